@@ -1,0 +1,35 @@
+"""mmavsr: modular audio-visual speech recognition, native to Hugging Face Transformers.
+
+Importing this package registers the classes with `AutoConfig`, `AutoModel` and `AutoModelForSpeechSeq2Seq`.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForSpeechSeq2Seq
+
+from .configuration_mmavsr import MMAVSRConfig, MMAVSRTextConfig
+from .modeling_mmavsr import (
+    MMAVSREncoder,
+    MMAVSREncoderOutput,
+    MMAVSRForConditionalGeneration,
+    MMAVSRModel,
+    MMAVSRPreTrainedModel,
+    MMAVSRSeq2SeqLMOutput,
+    MMAVSRSeq2SeqModelOutput,
+)
+
+
+AutoConfig.register(MMAVSRConfig.model_type, MMAVSRConfig, exist_ok=True)
+AutoConfig.register(MMAVSRTextConfig.model_type, MMAVSRTextConfig, exist_ok=True)
+AutoModel.register(MMAVSRConfig, MMAVSRModel, exist_ok=True)
+AutoModelForSpeechSeq2Seq.register(MMAVSRConfig, MMAVSRForConditionalGeneration, exist_ok=True)
+
+__all__ = [
+    "MMAVSRConfig",
+    "MMAVSRTextConfig",
+    "MMAVSRPreTrainedModel",
+    "MMAVSREncoder",
+    "MMAVSRModel",
+    "MMAVSRForConditionalGeneration",
+    "MMAVSREncoderOutput",
+    "MMAVSRSeq2SeqModelOutput",
+    "MMAVSRSeq2SeqLMOutput",
+]

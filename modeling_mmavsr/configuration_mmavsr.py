@@ -1,0 +1,192 @@
+"""Configuration of MMAVSR models: which encoders, which fusion, which decoder, and every size."""
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+
+VISION_ENCODERS = ("resnet", "vit", "vivit", "clip-vit")
+AUDIO_ENCODERS = ("resnet1d", "whisper", "wavlm")
+DECODERS = ("transformer", "llm", "whisper-decoder")
+FUSION_TYPES = ("concat", "add", "gated")
+# auto_avsr's `--modality` flag, as (vision_encoder, audio_encoder)
+LEGACY_MODALITIES = {
+    "video": ("resnet", None),
+    "audio": (None, "resnet1d"),
+    "audiovisual": ("resnet", "resnet1d"),
+}
+
+
+def _check_choice(name: str, value, choices: tuple, allow_none: bool = False):
+    if value is None and allow_none:
+        return
+    if value not in choices:
+        valid = ", ".join(repr(c) for c in choices) + (" or None" if allow_none else "")
+        raise ValueError(f"Unknown {name} {value!r}; valid choices are {valid}.")
+
+
+@strict
+class MMAVSRTextConfig(PreTrainedConfig):
+    r"""
+    Configuration of the attention decoder of auto_avsr (a Transformer decoder with cross-attention to the encoder).
+    The defaults are those of the released LRS3 models: 6 layers of width 768, 12 heads, a 5049-unit vocabulary
+    (blank 0, `<unk>` 1, `<sos/eos>` 5048).
+    """
+
+    model_type = "mmavsr_text"
+    attribute_map = {"hidden_size": "d_model", "num_attention_heads": "decoder_attention_heads"}
+
+    vocab_size: int = 5049
+    d_model: int = 768
+    num_hidden_layers: int = 6
+    decoder_attention_heads: int = 12
+    decoder_ffn_dim: int = 3072
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    positional_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    max_target_positions: int = 5000
+    initializer_range: float = 0.02
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 5048
+    eos_token_id: int | None = 5048
+    decoder_start_token_id: int | None = 5048
+    tie_word_embeddings: bool = False
+    is_decoder: bool = True
+
+
+@strict
+class MMAVSRConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`MMAVSRForConditionalGeneration`].
+
+    The modality follows from the encoders that are set: `vision_encoder` only is lip reading (VSR), `audio_encoder`
+    only is speech recognition (ASR), both is audio-visual (AVSR). The defaults rebuild auto_avsr's released LRS3
+    lip-reading model (3D-conv + ResNet18 frontend, 12-layer Conformer of width 768, 6-layer Transformer decoder).
+    auto_avsr's `modality="video" | "audio" | "audiovisual"` is accepted and mapped onto the encoders.
+
+    Args:
+        vision_encoder (`str` or `None`): one of `resnet`, `vit`, `vivit`, `clip-vit`, or `None` (no video).
+        audio_encoder (`str` or `None`): one of `resnet1d`, `whisper`, `wavlm`, or `None` (no audio).
+        decoder (`str`): one of `transformer`, `llm`, `whisper-decoder`.
+        fusion_type (`str`): how the two streams are combined: `concat` (auto_avsr's MLP with BatchNorm), `add`,
+            `gated`.
+        vision_model_name / audio_model_name / decoder_model_name (`str`, optional): Hub id or local folder of a
+            pretrained component (used by the pretrained encoders and decoders).
+        ctc_weight (`float`): weight of the CTC loss; the attention loss gets `1 - ctc_weight`.
+        frontend_channels (`int`): channels of the first ResNet stage (the output is `8 *` that).
+        frontend_layers (`list[int]`): BasicBlocks per ResNet stage.
+        frontend_activation (`str`): `swish`, `relu` or `prelu`.
+        audio_samples_per_frame (`int`): raw samples per 25 fps output frame of the ResNet1D frontend (16 kHz / 25).
+        fusion_hidden_size (`int`): hidden width of the `concat` fusion MLP.
+        hidden_size (`int`): width of the Conformer (and of what the decoder attends to).
+        encoder_layers, encoder_attention_heads, encoder_ffn_dim (`int`): Conformer sizes.
+        conv_kernel_size (`int`): depthwise convolution kernel of the Conformer convolution module.
+        macaron_style (`bool`): two half-step feed-forward modules per Conformer block.
+        encoder_dropout, encoder_attention_dropout, positional_dropout (`float`): Conformer dropouts.
+        ctc_dropout (`float`): dropout before the CTC projection.
+        label_smoothing (`float`): label smoothing of the attention loss.
+        text_config (`dict` or `PreTrainedConfig`): the decoder's configuration (`MMAVSRTextConfig` for the
+            Transformer decoder).
+    """
+
+    model_type = "mmavsr"
+
+    vision_encoder: str | None = "resnet"
+    audio_encoder: str | None = None
+    decoder: str = "transformer"
+    fusion_type: str = "concat"
+    vision_model_name: str | None = None
+    audio_model_name: str | None = None
+    decoder_model_name: str | None = None
+    ctc_weight: float = 0.1
+
+    # ResNet frontends (auto_avsr's Conv3dResNet / Conv1dResNet)
+    frontend_channels: int = 64
+    frontend_layers: list[int] | tuple[int, ...] = (2, 2, 2, 2)
+    frontend_activation: str = "swish"
+    audio_samples_per_frame: int = 640
+    fusion_hidden_size: int = 8192
+
+    # Conformer
+    hidden_size: int = 768
+    encoder_layers: int = 12
+    encoder_attention_heads: int = 12
+    encoder_ffn_dim: int = 3072
+    conv_kernel_size: int = 31
+    macaron_style: bool = True
+    encoder_dropout: float = 0.1
+    encoder_attention_dropout: float = 0.0
+    positional_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    ctc_dropout: float = 0.1
+
+    # losses and decoder
+    label_smoothing: float = 0.1
+    text_config: dict | PreTrainedConfig | None = None
+    initializer_range: float = 0.02
+    is_encoder_decoder: bool = True
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        modality = kwargs.pop("modality", None)
+        if modality is not None:
+            _check_choice("modality", modality, tuple(LEGACY_MODALITIES))
+            self.vision_encoder, self.audio_encoder = LEGACY_MODALITIES[modality]
+        self.text_config = self._build_text_config(self.text_config)
+        super().__post_init__(**kwargs)
+        self.frontend_layers = list(self.frontend_layers)
+        _check_choice("vision_encoder", self.vision_encoder, VISION_ENCODERS, allow_none=True)
+        _check_choice("audio_encoder", self.audio_encoder, AUDIO_ENCODERS, allow_none=True)
+        _check_choice("decoder", self.decoder, DECODERS)
+        _check_choice("fusion_type", self.fusion_type, FUSION_TYPES)
+        _check_choice("frontend_activation", self.frontend_activation, ("swish", "relu", "prelu"))
+        if self.vision_encoder is None and self.audio_encoder is None:
+            raise ValueError(
+                "An MMAVSR model needs at least one encoder: set `vision_encoder` (one of "
+                f"{', '.join(VISION_ENCODERS)}) and/or `audio_encoder` (one of {', '.join(AUDIO_ENCODERS)})."
+            )
+        if not 0.0 <= self.ctc_weight <= 1.0:
+            raise ValueError(f"`ctc_weight` must lie in [0, 1], got {self.ctc_weight}.")
+        if self.hidden_size % self.encoder_attention_heads:
+            raise ValueError(
+                f"`hidden_size` ({self.hidden_size}) must be divisible by `encoder_attention_heads` "
+                f"({self.encoder_attention_heads})."
+            )
+        if self.conv_kernel_size % 2 != 1:
+            raise ValueError(f"`conv_kernel_size` must be odd, got {self.conv_kernel_size}.")
+
+    def _build_text_config(self, text_config):
+        if isinstance(text_config, PreTrainedConfig):
+            return text_config
+        text_config = dict(text_config or {})
+        model_type = text_config.pop("model_type", MMAVSRTextConfig.model_type)
+        if model_type == MMAVSRTextConfig.model_type:
+            return MMAVSRTextConfig(**text_config)
+        if model_type not in CONFIG_MAPPING:
+            raise ValueError(f"Unknown decoder config model_type {model_type!r} in `text_config`.")
+        return CONFIG_MAPPING[model_type](**text_config)
+
+    @property
+    def modality(self) -> str:
+        """auto_avsr's name for the input: `video`, `audio` or `audiovisual`."""
+        if self.vision_encoder and self.audio_encoder:
+            return "audiovisual"
+        return "video" if self.vision_encoder else "audio"
+
+    @property
+    def frontend_output_size(self) -> int:
+        return self.frontend_channels * 8
+
+    @property
+    def vocab_size(self) -> int:
+        return self.text_config.vocab_size
+
+    def get_text_config(self, decoder=None, encoder=None) -> PreTrainedConfig:
+        # `decoder` is a choice string here, not a sub-config: the decoder's config is always `text_config`.
+        if encoder and not decoder:
+            return self
+        return self.text_config
+
+
+__all__ = ["MMAVSRConfig", "MMAVSRTextConfig"]

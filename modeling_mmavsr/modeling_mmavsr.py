@@ -1,0 +1,322 @@
+"""MMAVSR: modular audio-visual speech recognition (video, audio or both) with hybrid CTC/attention training."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
+
+from .configuration_mmavsr import MMAVSRConfig
+from .generation_mmavsr import MMAVSRGenerationMixin
+from .modeling_mmavsr_audio import MMAVSRAudioResNet
+from .modeling_mmavsr_conformer import MMAVSRConformerLayer, MMAVSRConformerEncoder, MMAVSRRelPositionAttention
+from .modeling_mmavsr_decoders import MMAVSRCTCHead, MMAVSRDecoderLayer, MMAVSRTransformerDecoder
+from .modeling_mmavsr_fusion import FUSION_CLASSES, MMAVSRProjector, align_streams
+from .modeling_mmavsr_vision import MMAVSRVideoResNet
+
+
+@dataclass
+class MMAVSREncoderOutput(BaseModelOutput):
+    """
+    attention_mask (`torch.BoolTensor` of shape `(batch_size, num_frames)`):
+        True on the encoder frames that hold real input (a frame-level mask, not the sample-level audio mask).
+    """
+
+    attention_mask: torch.BoolTensor | None = None
+
+
+@dataclass
+class MMAVSRSeq2SeqModelOutput(Seq2SeqModelOutput):
+    """
+    encoder_attention_mask (`torch.BoolTensor` of shape `(batch_size, num_frames)`):
+        True on the encoder frames that hold real input.
+    """
+
+    encoder_attention_mask: torch.BoolTensor | None = None
+
+
+@dataclass
+class MMAVSRSeq2SeqLMOutput(Seq2SeqLMOutput):
+    """
+    ctc_logits (`torch.FloatTensor` of shape `(batch_size, num_frames, vocab_size)`):
+        Frame-level CTC logits of the encoder (blank = 0).
+    ctc_loss, att_loss (`torch.FloatTensor`):
+        The two parts of `loss = ctc_weight * ctc_loss + (1 - ctc_weight) * att_loss`, each summed over the batch's
+        tokens and divided by the batch size (auto_avsr's normalisation).
+    encoder_attention_mask (`torch.BoolTensor` of shape `(batch_size, num_frames)`):
+        True on the encoder frames that hold real input.
+    """
+
+    ctc_logits: torch.FloatTensor | None = None
+    ctc_loss: torch.FloatTensor | None = None
+    att_loss: torch.FloatTensor | None = None
+    encoder_attention_mask: torch.BoolTensor | None = None
+
+
+class MMAVSRPreTrainedModel(PreTrainedModel):
+    config: MMAVSRConfig
+    base_model_prefix = "model"
+    main_input_name = "input_features"
+    input_modalities = ("video", "audio", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MMAVSRConformerLayer", "MMAVSRDecoderLayer"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, MMAVSRRelPositionAttention):
+            init.xavier_uniform_(module.pos_bias_u)
+            init.xavier_uniform_(module.pos_bias_v)
+        elif isinstance(module, nn.PReLU):
+            init.constant_(module.weight, 0.25)
+
+
+class MMAVSREncoder(MMAVSRPreTrainedModel):
+    """Frontends -> projection or fusion -> Conformer: video (B, T, C, H, W) and/or audio -> (B, T, hidden_size)."""
+
+    def __init__(self, config: MMAVSRConfig):
+        super().__init__(config)
+        self.vision_frontend = MMAVSRVideoResNet(config) if config.vision_encoder else None
+        self.audio_frontend = MMAVSRAudioResNet(config) if config.audio_encoder else None
+        if config.vision_encoder and config.audio_encoder:
+            size = config.frontend_output_size
+            self.fusion = FUSION_CLASSES[config.fusion_type](size, size, config)
+        else:
+            self.projector = MMAVSRProjector(config.frontend_output_size, config)
+        self.conformer = MMAVSRConformerEncoder(config)
+        self.post_init()
+
+    def _check_inputs(self, input_features, pixel_values_videos):
+        missing = []
+        if self.vision_frontend is not None and pixel_values_videos is None:
+            missing.append("`pixel_values_videos` (video)")
+        if self.audio_frontend is not None and input_features is None:
+            missing.append("`input_features` (audio)")
+        if missing:
+            raise ValueError(
+                f"This {self.config.modality} model needs {' and '.join(missing)}; got "
+                f"input_features={'set' if input_features is not None else None}, "
+                f"pixel_values_videos={'set' if pixel_values_videos is not None else None}."
+            )
+
+    def forward(
+        self,
+        input_features: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
+        video_attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> MMAVSREncoderOutput:
+        self._check_inputs(input_features, pixel_values_videos)
+        video = audio = video_mask = audio_mask = None
+        if self.vision_frontend is not None:
+            if pixel_values_videos.ndim != 5:
+                raise ValueError(
+                    f"`pixel_values_videos` must be (batch, frames, channels, height, width), got shape "
+                    f"{tuple(pixel_values_videos.shape)}."
+                )
+            video = self.vision_frontend(pixel_values_videos, video_attention_mask)
+            if video_attention_mask is not None:
+                video_mask = video_attention_mask.bool()
+        if self.audio_frontend is not None:
+            if input_features.ndim != 2:
+                raise ValueError(
+                    f"The ResNet1D audio encoder takes raw waves `input_features` of shape (batch, samples), got "
+                    f"{tuple(input_features.shape)}."
+                )
+            audio = self.audio_frontend(input_features, attention_mask)
+            if attention_mask is not None:
+                frames = self.audio_frontend.output_lengths(attention_mask.sum(-1))
+                audio_mask = torch.arange(audio.shape[1], device=audio.device)[None] < frames[:, None]
+
+        if video is not None and audio is not None:
+            video, audio, frame_mask = align_streams(video, video_mask, audio, audio_mask)
+            hidden_states = self.fusion(video, audio)
+        else:
+            features, frame_mask = (video, video_mask) if video is not None else (audio, audio_mask)
+            hidden_states = self.projector(features)
+        if frame_mask is None:
+            frame_mask = torch.ones(hidden_states.shape[:2], dtype=torch.bool, device=hidden_states.device)
+
+        hidden_states = self.conformer(hidden_states, frame_mask)
+        return MMAVSREncoderOutput(last_hidden_state=hidden_states, attention_mask=frame_mask)
+
+
+class MMAVSRModel(MMAVSRPreTrainedModel):
+    """The encoder and the attention decoder, returning decoder states (no output heads)."""
+
+    def __init__(self, config: MMAVSRConfig):
+        super().__init__(config)
+        if config.decoder != "transformer":
+            raise NotImplementedError(f"decoder={config.decoder!r} is not implemented yet; use 'transformer'.")
+        self.encoder = MMAVSREncoder(config)
+        self.decoder = MMAVSRTransformerDecoder(config)
+        self.post_init()
+
+    def get_encoder(self):
+        return self.encoder
+
+    def get_input_embeddings(self):
+        return self.decoder.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.decoder.embed_tokens = value
+
+    def forward(
+        self,
+        input_features: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
+        video_attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: MMAVSREncoderOutput | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> MMAVSRSeq2SeqModelOutput:
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(input_features, attention_mask, pixel_values_videos, video_attention_mask)
+        decoder_hidden_states = self.decoder(
+            decoder_input_ids,
+            encoder_outputs.last_hidden_state,
+            encoder_outputs.attention_mask,
+            decoder_attention_mask,
+            past_key_values if use_cache is not False else None,
+        )
+        return MMAVSRSeq2SeqModelOutput(
+            last_hidden_state=decoder_hidden_states,
+            past_key_values=past_key_values,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_attention_mask=encoder_outputs.attention_mask,
+        )
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Decoder inputs from labels: prepend the start token, drop the last position, replace -100 by padding."""
+    shifted = labels.new_full(labels.shape, pad_token_id)
+    shifted[:, 1:] = labels[:, :-1]
+    shifted[:, 0] = decoder_start_token_id
+    return shifted.masked_fill(shifted == -100, pad_token_id)
+
+
+def label_smoothing_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """KL divergence to the smoothed one-hot targets, summed over real tokens (labels != -100), over batch size."""
+    vocab_size = logits.shape[-1]
+    log_probs = torch.log_softmax(logits.float(), dim=-1).flatten(0, 1)
+    targets = labels.flatten()
+    keep = targets != -100
+    log_probs, targets = log_probs[keep], targets[keep]
+    off_value = smoothing / (vocab_size - 1)
+    true_dist = torch.full_like(log_probs, off_value)
+    true_dist.scatter_(1, targets[:, None], 1.0 - smoothing)
+    kl = true_dist * (torch.log(true_dist.clamp_min(1e-30)) - log_probs)
+    return kl.sum() / labels.shape[0]
+
+
+def ctc_loss(ctc_logits: torch.Tensor, frame_lengths: torch.Tensor, labels: torch.Tensor, eos_token_id: int):
+    """CTC loss (blank 0) over the labels without -100 padding and eos, summed and divided by the batch size."""
+    log_probs = torch.log_softmax(ctc_logits.float(), dim=-1).transpose(0, 1)  # (T, B, V)
+    keep = (labels != -100) & (labels != eos_token_id)
+    targets = labels[keep]
+    target_lengths = keep.sum(-1)
+    loss = nn.functional.ctc_loss(
+        log_probs, targets, frame_lengths, target_lengths, blank=0, reduction="sum", zero_infinity=True
+    )
+    return loss / labels.shape[0]
+
+
+class MMAVSRForConditionalGeneration(MMAVSRGenerationMixin, MMAVSRPreTrainedModel):
+    """MMAVSR with the decoder's output layer and a CTC head; trained with ctc_weight * CTC + (1 - ctc_weight) * CE."""
+
+    def __init__(self, config: MMAVSRConfig):
+        super().__init__(config)
+        self.model = MMAVSRModel(config)
+        self.lm_head = nn.Linear(config.text_config.d_model, config.vocab_size)
+        self.ctc_head = MMAVSRCTCHead(config)
+        if config.audio_encoder is None:
+            self.main_input_name = "pixel_values_videos"
+        self.post_init()
+
+    def get_encoder(self):
+        return self.model.get_encoder()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def forward(
+        self,
+        input_features: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
+        video_attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.Tensor | None = None,
+        encoder_outputs: MMAVSREncoderOutput | None = None,
+        past_key_values: Cache | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> MMAVSRSeq2SeqLMOutput:
+        r"""
+        input_features (`torch.FloatTensor` of shape `(batch_size, num_samples)`):
+            Raw 16 kHz waves (ResNet1D audio encoder), zero-padded; `attention_mask` marks the real samples.
+        pixel_values_videos (`torch.FloatTensor` of shape `(batch_size, num_frames, channels, height, width)`):
+            25 fps mouth-ROI videos, zero-padded; `video_attention_mask` (batch_size, num_frames) marks real frames.
+        labels (`torch.LongTensor` of shape `(batch_size, target_length)`):
+            Target token ids ending with eos, padded with -100. Decoder inputs are the labels shifted right.
+        """
+        text_config = self.config.text_config
+        if labels is not None and decoder_input_ids is None:
+            decoder_input_ids = shift_tokens_right(labels, text_config.pad_token_id, text_config.decoder_start_token_id)
+        outputs = self.model(
+            input_features=input_features,
+            attention_mask=attention_mask,
+            pixel_values_videos=pixel_values_videos,
+            video_attention_mask=video_attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            encoder_outputs=encoder_outputs,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)
+
+        loss = ctc_logits = ctc = att = None
+        if labels is not None or past_key_values is None or past_key_values.get_seq_length() == 0:
+            ctc_logits = self.ctc_head(outputs.encoder_last_hidden_state)
+        if labels is not None:
+            labels = labels.to(logits.device)
+            frame_lengths = outputs.encoder_attention_mask.sum(-1)
+            att = label_smoothing_loss(logits, labels, self.config.label_smoothing)
+            ctc = ctc_loss(ctc_logits, frame_lengths, labels, text_config.eos_token_id)
+            loss = self.config.ctc_weight * ctc + (1.0 - self.config.ctc_weight) * att
+
+        return MMAVSRSeq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            ctc_logits=ctc_logits,
+            ctc_loss=ctc,
+            att_loss=att,
+            encoder_attention_mask=outputs.encoder_attention_mask,
+        )
+
+
+__all__ = [
+    "MMAVSRPreTrainedModel",
+    "MMAVSREncoder",
+    "MMAVSRModel",
+    "MMAVSRForConditionalGeneration",
+    "MMAVSREncoderOutput",
+    "MMAVSRSeq2SeqModelOutput",
+    "MMAVSRSeq2SeqLMOutput",
+]

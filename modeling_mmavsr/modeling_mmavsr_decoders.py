@@ -1,0 +1,141 @@
+"""Decoders: auto_avsr's Transformer decoder (cross-attention to the encoder, KV cache), and the CTC head."""
+
+import math
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache, EncoderDecoderCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from .configuration_mmavsr import MMAVSRConfig
+from .modeling_mmavsr_layers import MMAVSRFeedForward, attention_function, sinusoidal_table
+
+
+class MMAVSRDecoderAttention(nn.Module):
+    """Multi-head attention over the decoder's own past (self) or over the encoder states (cross)."""
+
+    def __init__(self, config: MMAVSRConfig, layer_idx: int, is_cross_attention: bool):
+        super().__init__()
+        text_config = config.text_config
+        self.config = config
+        self.layer_idx = layer_idx
+        self.is_cross_attention = is_cross_attention
+        self.is_causal = False  # masks are always explicit
+        self.num_heads = text_config.decoder_attention_heads
+        self.head_dim = text_config.d_model // self.num_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout = text_config.attention_dropout
+        size = text_config.d_model
+        self.q_proj = nn.Linear(size, size)
+        self.k_proj = nn.Linear(size, size)
+        self.v_proj = nn.Linear(size, size)
+        self.out_proj = nn.Linear(size, size)
+
+    def _project(self, states: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+        batch, length, _ = states.shape
+        return linear(states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+
+    def forward(self, hidden_states, encoder_hidden_states=None, attention_mask=None, past_key_values=None):
+        batch, length, _ = hidden_states.shape
+        query = self._project(hidden_states, self.q_proj)
+        cache = past_key_values
+        if isinstance(past_key_values, EncoderDecoderCache):
+            cache = past_key_values.cross_attention_cache if self.is_cross_attention else past_key_values.self_attention_cache
+
+        if self.is_cross_attention and cache is not None and past_key_values.is_updated.get(self.layer_idx):
+            # the encoder's keys and values are computed once, at the first step
+            key, value = cache.layers[self.layer_idx].keys, cache.layers[self.layer_idx].values
+        else:
+            source = encoder_hidden_states if self.is_cross_attention else hidden_states
+            key, value = self._project(source, self.k_proj), self._project(source, self.v_proj)
+            if cache is not None:
+                key, value = cache.update(key, value, self.layer_idx)
+                if self.is_cross_attention:
+                    past_key_values.is_updated[self.layer_idx] = True
+
+        attention = attention_function(self.config._attn_implementation)
+        output, _ = attention(
+            self, query, key, value, attention_mask, scaling=self.scaling, dropout=self.dropout if self.training else 0.0
+        )
+        return self.out_proj(output.reshape(batch, length, -1))
+
+
+class MMAVSRDecoderLayer(GradientCheckpointingLayer):
+    """Pre-norm self-attention, cross-attention and feed-forward, each with a residual."""
+
+    def __init__(self, config: MMAVSRConfig, layer_idx: int):
+        super().__init__()
+        text_config = config.text_config
+        size, eps = text_config.d_model, text_config.layer_norm_eps
+        self.self_attn = MMAVSRDecoderAttention(config, layer_idx, is_cross_attention=False)
+        self.src_attn = MMAVSRDecoderAttention(config, layer_idx, is_cross_attention=True)
+        self.feed_forward = MMAVSRFeedForward(size, text_config.decoder_ffn_dim, text_config.dropout)
+        self.norm1 = nn.LayerNorm(size, eps=eps)
+        self.norm2 = nn.LayerNorm(size, eps=eps)
+        self.norm3 = nn.LayerNorm(size, eps=eps)
+        self.dropout = nn.Dropout(text_config.dropout)
+
+    def forward(self, hidden_states, self_attention_mask, encoder_hidden_states, encoder_attention_mask, past_key_values=None):
+        x = hidden_states
+        x = x + self.dropout(self.self_attn(self.norm1(x), None, self_attention_mask, past_key_values))
+        x = x + self.dropout(self.src_attn(self.norm2(x), encoder_hidden_states, encoder_attention_mask, past_key_values))
+        return x + self.dropout(self.feed_forward(self.norm3(x)))
+
+
+class MMAVSRTransformerDecoder(nn.Module):
+    """Token ids (B, L) attending to encoder states (B, T, D) -> decoder states (B, L, D)."""
+
+    def __init__(self, config: MMAVSRConfig):
+        super().__init__()
+        text_config = config.text_config
+        self.d_model = text_config.d_model
+        self.embed_scale = math.sqrt(text_config.d_model)
+        self.embed_tokens = nn.Embedding(text_config.vocab_size, text_config.d_model)
+        self.dropout = nn.Dropout(text_config.positional_dropout)
+        self.layers = nn.ModuleList([MMAVSRDecoderLayer(config, i) for i in range(text_config.num_hidden_layers)])
+        self.after_norm = nn.LayerNorm(text_config.d_model, eps=text_config.layer_norm_eps)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_frame_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+    ) -> torch.Tensor:
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        length = input_ids.shape[1]
+        positions = torch.arange(past_length, past_length + length, device=input_ids.device)
+        hidden_states = self.embed_tokens(input_ids) * self.embed_scale
+        hidden_states = self.dropout(hidden_states + sinusoidal_table(positions, self.d_model).to(hidden_states.dtype))
+
+        self_attention_mask = causal_mask(positions, past_length + length, attention_mask)
+        encoder_attention_mask = None if encoder_frame_mask is None else encoder_frame_mask[:, None, None, :]
+        for layer in self.layers:
+            hidden_states = layer(
+                hidden_states, self_attention_mask, encoder_hidden_states, encoder_attention_mask, past_key_values
+            )
+        return self.after_norm(hidden_states)
+
+
+def causal_mask(query_positions: torch.Tensor, key_length: int, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Boolean (B|1, 1, Lq, Lk) mask, True where query i may attend key j (j <= i and j not padding)."""
+    if attention_mask is None and len(query_positions) == 1:
+        return None  # one new token attends its whole past
+    keys = torch.arange(key_length, device=query_positions.device)
+    mask = (keys[None, :] <= query_positions[:, None])[None, None]
+    if attention_mask is not None:
+        mask = mask & attention_mask[:, None, None, -key_length:].bool()
+    return mask
+
+
+class MMAVSRCTCHead(nn.Module):
+    """Dropout and a linear map from encoder states to CTC logits over the vocabulary (blank = 0)."""
+
+    def __init__(self, config: MMAVSRConfig):
+        super().__init__()
+        self.dropout = nn.Dropout(config.ctc_dropout)
+        self.ctc_lo = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def forward(self, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.ctc_lo(self.dropout(encoder_hidden_states))
