@@ -1,0 +1,115 @@
+"""Reading and writing mp4/wav files: round trips on real files and clear errors on bad ones."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from mmavsr_processing.media_io import MediaError, read_audio, read_video, write_audio, write_video
+
+
+def _moving_square(num_frames=12, size=64):
+    frames = np.full((num_frames, size, size, 3), 40, dtype=np.uint8)
+    for t in range(num_frames):
+        frames[t, 10 : 30, 2 * t : 2 * t + 20] = 220
+    return frames
+
+
+def test_video_round_trip_keeps_frames_and_fps(tmp_path):
+    frames = _moving_square()
+    path = tmp_path / "clip.mp4"
+    write_video(path, frames, fps=25)
+    decoded, fps = read_video(path)
+    assert decoded.shape == frames.shape and decoded.dtype == np.uint8
+    assert fps == pytest.approx(25.0)
+    # lossy codec, but close to the original on average
+    assert np.abs(decoded.astype(int) - frames.astype(int)).mean() < 4
+
+
+def test_video_with_audio_track_is_h264_and_aac(tmp_path):
+    import av
+
+    wave = (0.3 * np.sin(2 * np.pi * 440 * np.arange(8000) / 16000)).astype(np.float32)
+    path = tmp_path / "av.mp4"
+    write_video(path, _moving_square(), fps=25, audio=wave, sampling_rate=16000)
+    with av.open(str(path)) as container:
+        codecs = {stream.type: stream.codec_context.name for stream in container.streams}
+    assert codecs == {"video": "h264", "audio": "aac"}
+    assert read_video(path)[0].shape[0] == 12
+
+
+def test_grayscale_and_odd_sizes_are_written(tmp_path):
+    path = tmp_path / "gray.mp4"
+    write_video(path, np.full((4, 31, 33), 128, dtype=np.uint8), fps=30)
+    decoded, fps = read_video(path)
+    assert decoded.shape == (4, 32, 34, 3)
+    assert fps == pytest.approx(30.0)
+
+
+def test_write_video_rejects_bad_frames(tmp_path):
+    with pytest.raises(MediaError, match="uint8"):
+        write_video(tmp_path / "f.mp4", np.zeros((3, 8, 8, 3), dtype=np.float32))
+    with pytest.raises(MediaError, match=r"\(T, H, W, 3\)"):
+        write_video(tmp_path / "f.mp4", np.zeros((3, 8, 8, 5), dtype=np.uint8))
+
+
+def test_missing_empty_and_corrupt_video_name_the_file(tmp_path):
+    with pytest.raises(MediaError, match="missing.mp4: file not found"):
+        read_video(tmp_path / "missing.mp4")
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(MediaError, match="empty.mp4: file is empty"):
+        read_video(empty)
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"not a video at all " * 64)
+    with pytest.raises(MediaError, match="garbage.mp4: cannot decode video"):
+        read_video(garbage)
+
+
+def test_truncated_video_names_the_file(tmp_path):
+    good = tmp_path / "good.mp4"
+    write_video(good, _moving_square(), fps=25)
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(MediaError, match="truncated.mp4"):
+        read_video(truncated)
+
+
+def test_audio_round_trip_is_16_bit_pcm(tmp_path):
+    wave = (0.5 * np.sin(2 * np.pi * 220 * np.arange(4000) / 16000)).astype(np.float32)
+    path = tmp_path / "a.wav"
+    write_audio(path, wave)
+    assert sf.info(str(path)).subtype == "PCM_16"
+    back = read_audio(path)
+    assert back.dtype == np.float32 and back.shape == wave.shape
+    np.testing.assert_allclose(back, wave, atol=1 / 2**15 + 1e-6)
+
+
+def test_wrong_rate_is_refused_or_resampled(tmp_path):
+    wave = (0.5 * np.sin(2 * np.pi * 100 * np.arange(8000) / 8000)).astype(np.float32)
+    path = tmp_path / "narrow.wav"
+    write_audio(path, wave, sampling_rate=8000)
+    with pytest.raises(MediaError, match=r"narrow.wav: sampling rate is 8000 Hz, expected 16000 Hz"):
+        read_audio(path)
+    upsampled = read_audio(path, resample=True)
+    assert upsampled.shape == (16000,)
+    # a 100 Hz tone stays a 100 Hz tone
+    spectrum = np.abs(np.fft.rfft(upsampled))
+    assert np.argmax(spectrum) == 100
+
+
+def test_stereo_is_refused_or_averaged(tmp_path):
+    path = tmp_path / "stereo.wav"
+    left = np.full(1600, 0.5, dtype=np.float32)
+    sf.write(str(path), np.stack([left, -0.25 * np.ones(1600, np.float32)], axis=1), 16000, subtype="PCM_16")
+    with pytest.raises(MediaError, match="stereo.wav: audio has 2 channels"):
+        read_audio(path)
+    np.testing.assert_allclose(read_audio(path, mono=True), 0.125, atol=1e-4)
+
+
+def test_missing_and_corrupt_wav_name_the_file(tmp_path):
+    with pytest.raises(MediaError, match="nowhere.wav: file not found"):
+        read_audio(tmp_path / "nowhere.wav")
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF....WAVEjunk" * 10)
+    with pytest.raises(MediaError, match="bad.wav: cannot read audio"):
+        read_audio(bad)
