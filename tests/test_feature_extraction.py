@@ -1,0 +1,106 @@
+"""MMAVSRFeatureExtractor: raw normalised wave, Whisper-identical log-mel, input types, bad rates and stereo."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import WhisperFeatureExtractor
+
+from mmavsr_processing.feature_extraction_mmavsr import MMAVSRFeatureExtractor
+from mmavsr_processing.media_io import write_audio
+
+
+def _tone(seconds, freq=300.0, rate=16000, amplitude=0.3, offset=0.0):
+    t = np.arange(int(seconds * rate)) / rate
+    return (offset + amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def test_raw_normalises_each_utterance_over_its_real_samples():
+    extractor = MMAVSRFeatureExtractor()
+    short, long = _tone(0.25, offset=0.5), _tone(0.5, amplitude=2.0)
+    batch = extractor([short, long], sampling_rate=16000, return_tensors="pt")
+    features, mask = batch["input_features"], batch["attention_mask"]
+    assert features.shape == mask.shape == (2, 8000) and features.dtype == torch.float32
+    assert mask[0].sum() == 4000 and mask[1].sum() == 8000
+    real = features[0, :4000].double()
+    assert abs(real.mean()) < 1e-5 and abs(real.std(unbiased=False) - 1) < 1e-3
+    assert torch.all(features[0, 4000:] == 0)
+    # auto_avsr normalises the whole utterance with a layer norm: same numbers for the unpadded clip
+    expected = torch.nn.functional.layer_norm(torch.from_numpy(short), short.shape)
+    torch.testing.assert_close(features[0, :4000], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_raw_accepts_lists_tensors_dicts_and_files(tmp_path):
+    extractor = MMAVSRFeatureExtractor()
+    wave = _tone(0.1)
+    path = tmp_path / "clip.wav"
+    write_audio(path, wave)
+    inputs = [wave.tolist(), torch.from_numpy(wave), {"array": wave, "sampling_rate": 16000}, str(path)]
+    batch = extractor(inputs, return_tensors="np")["input_features"]
+    for row in batch[1:]:
+        np.testing.assert_allclose(row, batch[0], atol=2e-3)  # the wav file is 16-bit
+    single = extractor(wave, return_tensors="np")["input_features"]
+    assert single.shape == (1, len(wave))
+
+
+def test_raw_accepts_a_torchcodec_audio_decoder(tmp_path):
+    from torchcodec.decoders import AudioDecoder
+
+    extractor = MMAVSRFeatureExtractor()
+    wave = _tone(0.2)
+    write_audio(tmp_path / "clip.wav", wave)
+    batch = extractor([AudioDecoder(str(tmp_path / "clip.wav"))], return_tensors="np")
+    np.testing.assert_allclose(batch["input_features"][0], extractor(wave)["input_features"][0], atol=2e-3)
+
+
+def test_wrong_rate_is_refused_or_resampled():
+    with pytest.raises(ValueError, match="sampling rate is 8000 Hz, expected 16000 Hz"):
+        MMAVSRFeatureExtractor()(_tone(0.1, rate=8000), sampling_rate=8000)
+    with pytest.raises(ValueError, match="44100 Hz, expected 16000 Hz"):
+        MMAVSRFeatureExtractor()([{"array": _tone(0.1, rate=44100), "sampling_rate": 44100}])
+    resampled = MMAVSRFeatureExtractor(resample=True)(_tone(0.1, rate=8000), sampling_rate=8000)
+    assert resampled["input_features"].shape == (1, 1600)
+
+
+def test_stereo_is_refused_or_averaged():
+    stereo = np.stack([_tone(0.1), _tone(0.1, amplitude=0.1)])  # (2, S)
+    with pytest.raises(ValueError, match=r"audio item 0: audio of shape \(2, 1600\) is not mono"):
+        MMAVSRFeatureExtractor()([stereo])
+    averaged = MMAVSRFeatureExtractor(mono=True)([stereo])["input_features"]
+    expected = MMAVSRFeatureExtractor()(stereo.mean(0))["input_features"]
+    np.testing.assert_allclose(averaged, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="is empty"):
+        MMAVSRFeatureExtractor()([np.zeros(0, np.float32)])
+
+
+@pytest.mark.parametrize("num_mel_bins", [80, 128])
+def test_log_mel_equals_whisper(num_mel_bins):
+    rng = np.random.default_rng(0)
+    clips = [_tone(1.3) + 0.05 * rng.standard_normal(20800).astype(np.float32), _tone(0.7, freq=900)]
+    whisper = WhisperFeatureExtractor(feature_size=num_mel_bins)
+
+    padded = MMAVSRFeatureExtractor("log-mel", num_mel_bins=num_mel_bins, pad_to_whisper_window=True)(clips)
+    expected = whisper(clips, sampling_rate=16000, return_attention_mask=True, return_tensors="np")
+    assert padded["input_features"].shape == (2, num_mel_bins, 3000)
+    np.testing.assert_array_equal(padded["input_features"], expected["input_features"])
+    np.testing.assert_array_equal(padded["attention_mask"], expected["attention_mask"])
+
+    short = MMAVSRFeatureExtractor("log-mel", num_mel_bins=num_mel_bins)(clips)
+    expected = whisper(clips, sampling_rate=16000, padding="longest", return_attention_mask=True, return_tensors="np")
+    assert short["input_features"].shape == (2, num_mel_bins, 130)
+    np.testing.assert_array_equal(short["input_features"], expected["input_features"])
+    assert short["attention_mask"].sum(-1).tolist() == [130, 70]
+
+
+def test_save_and_load_round_trip(tmp_path):
+    extractor = MMAVSRFeatureExtractor("log-mel", num_mel_bins=128, resample=True)
+    extractor.whisper_feature_extractor  # built lazily; must not end up in the saved json
+    extractor.save_pretrained(tmp_path)
+    loaded = MMAVSRFeatureExtractor.from_pretrained(tmp_path)
+    assert (loaded.feature_type, loaded.num_mel_bins, loaded.resample, loaded.feature_size) == ("log-mel", 128, True, 128)
+    clip = _tone(0.5)
+    np.testing.assert_array_equal(loaded(clip)["input_features"], extractor(clip)["input_features"])
+
+
+def test_unknown_feature_type_is_refused():
+    with pytest.raises(ValueError, match="feature_type must be one of"):
+        MMAVSRFeatureExtractor("mfcc")
