@@ -68,7 +68,10 @@ class MMAVSRPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         super()._init_weights(module)
-        if isinstance(module, MMAVSRRelPositionAttention):
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            # He initialisation, as for torchvision's ResNets, keeps the frontends' activations of order one
+            init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, MMAVSRRelPositionAttention):
             init.xavier_uniform_(module.pos_bias_u)
             init.xavier_uniform_(module.pos_bias_v)
         elif isinstance(module, nn.PReLU):

@@ -33,10 +33,10 @@ class MMAVSRAudioResNet(nn.Module):
         mask = None
         if attention_mask is not None:
             frames = self.output_lengths(attention_mask.sum(-1))
-            steps = torch.arange(x.shape[-1], device=x.device)
+            samples = frames * self.samples_per_frame
             # keep only each utterance's whole frames, exactly what it keeps alone
-            x = mask_steps(x, steps[None] < (frames * self.samples_per_frame)[:, None])
-            mask = steps[None, ::4] < (frames * self.samples_per_frame // 4)[:, None]
+            x = mask_steps(x, torch.arange(x.shape[-1], device=x.device)[None] < samples[:, None])
+            mask = torch.arange(x.shape[-1] // 4, device=x.device)[None] < (samples // 4)[:, None]  # after stride 4
         x = mask_steps(self.relu(self.bn1(self.conv1(x))), mask)
         x, _ = self.trunk(x, mask)
         x = nn.functional.avg_pool1d(x, kernel_size=self.pool_size, stride=self.pool_size)

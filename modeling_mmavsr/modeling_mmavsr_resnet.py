@@ -32,7 +32,7 @@ def mask_steps(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 def downsample_mask(mask: torch.Tensor | None, stride: int) -> torch.Tensor | None:
-    return None if mask is None or stride == 1 else mask[:, ::stride]
+    return mask if mask is None or stride == 1 else mask[:, ::stride]
 
 
 class MMAVSRBasicBlock(nn.Module):

@@ -1,0 +1,219 @@
+"""Behaviour of MMAVSRForConditionalGeneration for video-only, audio-only and audio-visual input."""
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForSpeechSeq2Seq
+
+from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration, MMAVSRModel
+
+from .common import EOS, MODALITIES, VOCAB_SIZE, make_inputs, make_labels, select_row, tiny_config
+
+
+FRAMES = [12, 7]
+TOKENS = [[3, 4, 5, 6], [7, 8]]
+
+
+def build(modality, seed=0, **overrides):
+    torch.manual_seed(seed)
+    return MMAVSRForConditionalGeneration(tiny_config(modality, **overrides)).eval()
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_output_shapes_and_losses(modality):
+    model = build(modality)
+    labels = make_labels(TOKENS)
+    out = model(**make_inputs(modality, FRAMES), labels=labels)
+    assert out.logits.shape == (2, labels.shape[1], VOCAB_SIZE)
+    assert out.ctc_logits.shape == (2, max(FRAMES), VOCAB_SIZE)
+    assert out.encoder_last_hidden_state.shape == (2, max(FRAMES), 32)
+    assert out.encoder_attention_mask.sum(-1).tolist() == FRAMES
+    assert torch.isfinite(out.loss)
+    expected = 0.1 * out.ctc_loss + 0.9 * out.att_loss
+    torch.testing.assert_close(out.loss, expected)
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_backward_reaches_every_parameter(modality):
+    model = build(modality).train()
+    model(**make_inputs(modality, FRAMES), labels=make_labels(TOKENS)).loss.backward()
+    without_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert without_grad == []
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_padding_does_not_change_outputs_or_loss(modality):
+    model = build(modality)
+    inputs, labels = make_inputs(modality, FRAMES), make_labels(TOKENS)
+    batch = model(**inputs, labels=labels)
+    losses = []
+    for row, frames in enumerate(FRAMES):
+        row_labels = labels[row : row + 1, : len(TOKENS[row]) + 1]
+        alone = model(**select_row(inputs, row, frames), labels=row_labels)
+        losses.append(alone.loss)
+        assert alone.encoder_last_hidden_state.shape[1] == frames
+        torch.testing.assert_close(
+            batch.encoder_last_hidden_state[row, :frames], alone.encoder_last_hidden_state[0], atol=1e-5, rtol=0
+        )
+        torch.testing.assert_close(batch.ctc_logits[row, :frames], alone.ctc_logits[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(batch.logits[row, : row_labels.shape[1]], alone.logits[0], atol=1e-5, rtol=0)
+    # auto_avsr's normalisation: per-utterance sums divided by the batch size
+    torch.testing.assert_close(batch.loss, torch.stack(losses).mean(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_overfits_two_samples_until_generate_returns_the_labels(modality):
+    model = build(modality, seed=1, encoder_dropout=0.0, positional_dropout=0.0, ctc_dropout=0.0,
+                  text_config=dict(dropout=0.0, attention_dropout=0.0, positional_dropout=0.0))
+    inputs, labels = make_inputs(modality, FRAMES, seed=3), make_labels(TOKENS)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(150):
+        optimizer.zero_grad()
+        loss = model(**inputs, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    for num_beams in (1, 3):
+        generated = model.generate(**inputs, num_beams=num_beams)
+        hypotheses = [[t for t in row.tolist()[1:] if t not in (EOS, 0)] for row in generated]
+        assert hypotheses == TOKENS, f"loss {loss.item():.3f}, beams {num_beams}"
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_generate_is_bounded_by_encoder_frames(modality):
+    model = build(modality)
+    # random weights never emit eos on their own: every hypothesis runs to its utterance's limit
+    model.lm_head.bias.data[EOS] = -1e4
+    for num_beams in (1, 2):
+        generated = model.generate(**make_inputs(modality, FRAMES), num_beams=num_beams)
+        for row, frames in enumerate(FRAMES):
+            tokens = generated[row].tolist()[1:]
+            assert tokens.index(EOS) == frames - 1  # frames - 1 tokens, then eos as the frames-th
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_kv_cache_gives_the_same_hypotheses(modality):
+    model = build(modality)
+    inputs = make_inputs(modality, FRAMES)
+    for num_beams in (1, 3):
+        cached = model.generate(**inputs, num_beams=num_beams, use_cache=True)
+        uncached = model.generate(**inputs, num_beams=num_beams, use_cache=False)
+        assert torch.equal(cached, uncached)
+
+
+def test_generate_from_precomputed_encoder_outputs():
+    model = build("video")
+    inputs = make_inputs("video", FRAMES)
+    encoder_outputs = model.get_encoder()(**inputs)
+    assert torch.equal(model.generate(encoder_outputs=encoder_outputs), model.generate(**inputs))
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_save_load_round_trip_is_exact(modality, tmp_path):
+    model = build(modality)
+    inputs, labels = make_inputs(modality, FRAMES), make_labels(TOKENS)
+    expected = model(**inputs, labels=labels).logits
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    assert not list(tmp_path.glob("*.bin"))
+    for loader in (MMAVSRForConditionalGeneration, AutoModelForSpeechSeq2Seq):
+        loaded = loader.from_pretrained(tmp_path).eval()
+        assert isinstance(loaded, MMAVSRForConditionalGeneration)
+        assert loaded.config.modality == modality
+        assert torch.equal(loaded(**inputs, labels=labels).logits, expected)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), MMAVSRConfig)
+    base = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(base, MMAVSRModel)
+    torch.testing.assert_close(
+        base(**inputs, decoder_input_ids=labels.clamp(min=0)).encoder_last_hidden_state,
+        model.model(**inputs, decoder_input_ids=labels.clamp(min=0)).encoder_last_hidden_state,
+        atol=0,
+        rtol=0,
+    )
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_sdpa_matches_eager(modality):
+    inputs, labels = make_inputs(modality, FRAMES), make_labels(TOKENS)
+    eager = build(modality, attn_implementation="eager")
+    sdpa = build(modality, attn_implementation="sdpa")
+    assert sdpa.config._attn_implementation == "sdpa"
+    sdpa.load_state_dict(eager.state_dict())
+    a, b = eager(**inputs, labels=labels), sdpa(**inputs, labels=labels)
+    torch.testing.assert_close(a.logits, b.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a.ctc_logits, b.ctc_logits, atol=1e-5, rtol=0)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    inputs, labels = make_inputs("audiovisual", FRAMES), make_labels(TOKENS)
+    grads = []
+    for checkpointing in (False, True):
+        model = build("audiovisual", encoder_dropout=0.0, positional_dropout=0.0, ctc_dropout=0.0,
+                      text_config=dict(dropout=0.0, attention_dropout=0.0, positional_dropout=0.0)).train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+            assert model.is_activation_checkpointing
+        model(**inputs, labels=labels).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5)
+
+
+def test_legacy_modality_maps_onto_encoders():
+    assert (MMAVSRConfig(modality="video").vision_encoder, MMAVSRConfig(modality="video").audio_encoder) == ("resnet", None)
+    assert MMAVSRConfig(modality="audio").audio_encoder == "resnet1d"
+    assert MMAVSRConfig(modality="audiovisual").modality == "audiovisual"
+    assert MMAVSRConfig().modality == "video"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(vision_encoder="resnet3d"), "valid choices are 'resnet', 'vit', 'vivit', 'clip-vit'"),
+        (dict(audio_encoder="mfcc"), "valid choices are 'resnet1d', 'whisper', 'wavlm'"),
+        (dict(decoder="lstm"), "valid choices are 'transformer', 'llm', 'whisper-decoder'"),
+        (dict(fusion_type="mul", audio_encoder="resnet1d"), "valid choices are 'concat', 'add', 'gated'"),
+        (dict(vision_encoder=None, audio_encoder=None), "needs at least one encoder"),
+        (dict(modality="lips"), "valid choices are 'video', 'audio', 'audiovisual'"),
+        (dict(ctc_weight=1.5), "ctc_weight"),
+        (dict(hidden_size=30, encoder_attention_heads=4), "divisible"),
+    ],
+)
+def test_bad_config_raises_a_clear_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MMAVSRConfig(**kwargs)
+
+
+def test_missing_modality_input_raises_a_clear_error():
+    model = build("audiovisual")
+    video_only = {k: v for k, v in make_inputs("video", FRAMES).items()}
+    with pytest.raises(ValueError, match=r"audiovisual model needs `input_features` \(audio\)"):
+        model(**video_only, labels=make_labels(TOKENS))
+    with pytest.raises(ValueError, match="batch, frames, channels, height, width"):
+        build("video")(pixel_values_videos=torch.zeros(2, 5, 24, 24), labels=make_labels(TOKENS))
+
+
+@pytest.mark.parametrize("modality, expected", [("video", 250_383_410), ("audio", 243_049_202)])
+def test_released_configs_have_auto_avsr_parameter_counts(modality, expected):
+    with torch.device("meta"):
+        model = MMAVSRForConditionalGeneration(MMAVSRConfig(modality=modality))
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_each_encoder_frame_sees_its_own_input(modality):
+    """Changing the input of one real frame changes the features of that frame (masks hide only padding)."""
+    encoder = build(modality).model.encoder
+    inputs = make_inputs(modality, FRAMES)
+    before = encoder(**inputs).last_hidden_state
+    for row, frames in enumerate(FRAMES):
+        last = frames - 1
+        changed = {k: v.clone() for k, v in inputs.items()}
+        if "pixel_values_videos" in changed:
+            changed["pixel_values_videos"][row, last] += 1.0
+        if "input_features" in changed:
+            changed["input_features"][row, last * 640 : frames * 640] += 1.0
+        after = encoder(**changed).last_hidden_state
+        assert (after[row, last] - before[row, last]).abs().max() > 1e-3
+        # and the padded tail of the row changes nothing: masking made it invisible
+        torch.testing.assert_close(after[1 - row], before[1 - row])
