@@ -212,7 +212,7 @@ class MMAVSRFeatureExtractor(SequenceFeatureExtractor):
         return BatchFeature(output, tensor_type=return_tensors)
 
     @staticmethod
-    def normalize(features: np.ndarray, mask: np.ndarray, padding_value: float = 0.0, eps: float = 1e-5) -> np.ndarray:
+    def normalize(features: np.ndarray, mask: np.ndarray, padding_value: float = 0.0, eps: float = 1e-8) -> np.ndarray:
         """Zero mean, unit variance per row of `features` `(B, S)` over the samples where `mask` is 1."""
         lengths = mask.sum(-1)
         normalised = np.full_like(features, padding_value)
