@@ -2,3 +2,28 @@
 
 Installed under the import name ``mmavsr_processing`` (the source folder is ``processing/``).
 """
+
+from .feature_extraction_mmavsr import MMAVSRFeatureExtractor
+from .media_io import MediaError, read_audio, read_video, resample_audio, write_audio, write_video
+from .processing_mmavsr import MMAVSRProcessor, pad_labels, register_auto_classes
+from .tokenization_mmavsr import MMAVSRTokenizer
+from .video_processing_mmavsr import MMAVSRVideoProcessor
+
+
+__all__ = [
+    "MediaError",
+    "read_audio",
+    "read_video",
+    "resample_audio",
+    "write_audio",
+    "write_video",
+    "MMAVSRFeatureExtractor",
+    "MMAVSRVideoProcessor",
+    "MMAVSRTokenizer",
+    "MMAVSRProcessor",
+    "pad_labels",
+    "register_auto_classes",
+]
+
+# Last, once every name above exists: `modeling_mmavsr` may import this package while we import its config.
+register_auto_classes()
