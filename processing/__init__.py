@@ -3,6 +3,7 @@
 Installed under the import name ``mmavsr_processing`` (the source folder is ``processing/``).
 """
 
+from .augmentation import CLEAN_SNR, AddNoise, TimeMask, make_babble, snr_db
 from .feature_extraction_mmavsr import MMAVSRFeatureExtractor
 from .media_io import MediaError, read_audio, read_video, resample_audio, write_audio, write_video
 from .processing_mmavsr import MMAVSRProcessor, pad_labels, register_auto_classes
@@ -23,6 +24,11 @@ __all__ = [
     "MMAVSRProcessor",
     "pad_labels",
     "register_auto_classes",
+    "CLEAN_SNR",
+    "AddNoise",
+    "TimeMask",
+    "make_babble",
+    "snr_db",
 ]
 
 # Last, once every name above exists: `modeling_mmavsr` may import this package while we import its config.
