@@ -4,6 +4,7 @@ Installed under the import name ``mmavsr_processing`` (the source folder is ``pr
 """
 
 from .augmentation import CLEAN_SNR, AddNoise, TimeMask, make_babble, snr_db
+from .collation import MaxFramesBatchSampler, MMAVSRDataCollator
 from .feature_extraction_mmavsr import MMAVSRFeatureExtractor
 from .media_io import MediaError, read_audio, read_video, resample_audio, write_audio, write_video
 from .processing_mmavsr import MMAVSRProcessor, pad_labels, register_auto_classes
@@ -24,6 +25,8 @@ __all__ = [
     "MMAVSRProcessor",
     "pad_labels",
     "register_auto_classes",
+    "MMAVSRDataCollator",
+    "MaxFramesBatchSampler",
     "CLEAN_SNR",
     "AddNoise",
     "TimeMask",
