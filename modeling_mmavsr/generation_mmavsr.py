@@ -1,12 +1,19 @@
-"""generate() for MMAVSR: the encoder runs first (video-only input has no `input_features`), and each hypothesis
-is at most as long as its utterance has encoder frames (auto_avsr's `maxlen`)."""
+"""generate() for MMAVSR: joint CTC/attention decoding as in auto_avsr (ESPnet), on top of Transformers' search.
+
+- The encoder runs first (video-only input has no `input_features`), once per utterance.
+- Each hypothesis holds at most as many tokens as its utterance has encoder frames, then ends (auto_avsr's `maxlen`).
+- With `ctc_weight` > 0, the score of a hypothesis is `(1 - ctc_weight) * attention + ctc_weight * CTC prefix`
+  log-probability, the CTC part computed only for the `int(1.5 * num_beams)` best next tokens of the attention
+  decoder (ESPnet's partial scoring) and for eos. Finished beams are ranked by their raw summed score: the
+  generation config's `length_penalty` defaults to 0, as in ESPnet.
+"""
 
 import torch
 from transformers import GenerationMixin, LogitsProcessor, LogitsProcessorList
 
 
 class EncoderLengthLogitsProcessor(LogitsProcessor):
-    """Forces eos as the `frame_length`-th token of a hypothesis (auto_avsr's `maxlen` = encoder frames)."""
+    """Ends a hypothesis once it holds `frame_length` tokens: eos is then its only continuation, at no score."""
 
     def __init__(self, frame_lengths: torch.Tensor, eos_token_id: int, prompt_length: int = 1):
         self.frame_lengths = frame_lengths
@@ -16,17 +23,140 @@ class EncoderLengthLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         num_beams = input_ids.shape[0] // self.frame_lengths.shape[0]
         limits = self.frame_lengths.to(input_ids.device).repeat_interleave(num_beams)
-        done = (input_ids.shape[1] - self.prompt_length) >= limits - 1
+        done = (input_ids.shape[1] - self.prompt_length) >= limits
         if done.any():
-            forced = torch.full_like(scores[done], torch.finfo(scores.dtype).min)
-            forced[:, self.eos_token_id] = 0.0
             scores = scores.clone()
-            scores[done] = forced
+            scores[done] = torch.finfo(scores.dtype).min
+            scores[done, self.eos_token_id] = 0.0
         return scores
 
 
+class CTCPrefixScorer:
+    """CTC prefix log-probabilities of hypotheses extended by candidate tokens, batched over rows and candidates.
+
+    A row's state is the pair of forward variables over frames (`r[t, 0]`: paths ending in the last token, `r[t, 1]`:
+    paths ending in blank) and its prefix score `psi`. Frames past an utterance's length emit blank with
+    probability one, so every row can run to the longest utterance's last frame.
+    """
+
+    def __init__(self, ctc_log_probs: torch.Tensor, frame_lengths: torch.Tensor, eos_token_id: int, blank_id: int = 0):
+        # ctc_log_probs: (B, T, V)
+        frames = torch.arange(ctc_log_probs.shape[1], device=ctc_log_probs.device)
+        padded = frames[None, :] >= frame_lengths[:, None].to(frames.device)  # (B, T)
+        log_probs = ctc_log_probs.float().masked_fill(padded[..., None], -float("inf"))
+        log_probs[..., blank_id] = log_probs[..., blank_id].masked_fill(padded, 0.0)
+        self.log_probs = log_probs
+        self.eos_token_id = eos_token_id
+        self.blank_id = blank_id
+
+    def initial_state(self, rows_per_utterance: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """State of the empty prefix for every row: no token emitted, only blanks so far."""
+        log_probs = self.log_probs.repeat_interleave(rows_per_utterance, dim=0)  # (N, T, V)
+        r = torch.full((log_probs.shape[1], 2, log_probs.shape[0]), -float("inf"), device=log_probs.device)
+        r[:, 1] = torch.cumsum(log_probs[:, :, self.blank_id], dim=1).T
+        return r, torch.zeros(log_probs.shape[0], device=log_probs.device)
+
+    def score(
+        self, r_prev: torch.Tensor, last_tokens: torch.Tensor, prefix_length: int, candidates: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prefix scores of each row's prefix + each candidate.
+
+        r_prev: (T, 2, N) state of the rows; last_tokens: (N,) last token of each row (-1 for the empty prefix);
+        prefix_length: tokens in the prefixes; candidates: (N, K) token ids (not blank, not eos).
+        Returns psi (N, K), the candidates' states (T, 2, N, K), and the eos score of each row (N,).
+        """
+        num_rows, num_frames = r_prev.shape[2], r_prev.shape[0]
+        rows_per_utterance = num_rows // self.log_probs.shape[0]
+        log_probs = self.log_probs.repeat_interleave(rows_per_utterance, dim=0)  # (N, T, V)
+        x = torch.gather(log_probs, 2, candidates[:, None, :].expand(-1, num_frames, -1)).permute(1, 0, 2)  # (T, N, K)
+        x_blank = log_probs[:, :, self.blank_id].T[:, :, None]  # (T, N, 1)
+
+        r_sum = torch.logaddexp(r_prev[:, 0], r_prev[:, 1])  # (T, N)
+        # phi: probability of the prefix before the candidate; a repeated token needs a blank in between
+        repeated = (candidates == last_tokens[:, None])[None]  # (1, N, K)
+        phi = torch.where(repeated, r_prev[:, 1, :, None], r_sum[:, :, None])  # (T, N, K)
+
+        r = torch.full((num_frames, 2) + candidates.shape, -float("inf"), device=r_prev.device)
+        if prefix_length == 0:
+            r[0, 0] = x[0]
+        start = max(prefix_length, 1)
+        for t in range(start, num_frames):
+            r[t, 0] = torch.logaddexp(r[t - 1, 0], phi[t - 1]) + x[t]
+            r[t, 1] = torch.logaddexp(r[t - 1, 0], r[t - 1, 1]) + x_blank[t]
+        psi = torch.logsumexp(torch.cat([phi[start - 1 : num_frames - 1] + x[start:], r[start - 1, 0][None]]), dim=0)
+        return psi, r, r_sum[-1]
+
+
+class CTCPrefixScoreLogitsProcessor(LogitsProcessor):
+    """Adds `ctc_weight` x the CTC prefix score to `(1 - ctc_weight)` x the decoder's log-probabilities.
+
+    Tokens outside the decoder's `int(pre_beam_ratio * num_beams)` best are ruled out, except eos, and blank always
+    is, as in ESPnet's batch beam search. Hypotheses are followed from step to step through the tokens they hold, so beam reordering
+    needs no hook into the search.
+    """
+
+    def __init__(
+        self,
+        ctc_log_probs: torch.Tensor,
+        frame_lengths: torch.Tensor,
+        ctc_weight: float,
+        num_beams: int,
+        eos_token_id: int,
+        blank_id: int = 0,
+        pre_beam_ratio: float = 1.5,
+        prompt_length: int = 1,
+    ):
+        self.scorer = CTCPrefixScorer(ctc_log_probs, frame_lengths, eos_token_id, blank_id)
+        self.num_utterances = ctc_log_probs.shape[0]
+        self.ctc_weight = ctc_weight
+        self.eos_token_id = eos_token_id
+        self.blank_id = blank_id
+        self.pre_beam_size = min(max(1, int(pre_beam_ratio * num_beams)), ctc_log_probs.shape[-1])
+        self.prompt_length = prompt_length
+        self._previous = None  # (input_ids, candidates (N, K), candidate psi (N, K), candidate states (T, 2, N, K))
+
+    def _row_states(self, input_ids: torch.LongTensor):
+        """Each row's CTC state, taken from the candidate of its parent row that it extended."""
+        rows = input_ids.shape[0]
+        if self._previous is None:
+            r, psi = self.scorer.initial_state(rows // self.num_utterances)
+            return r, psi
+        prev_ids, candidates, cand_psi, cand_r = self._previous
+        beams = rows // self.num_utterances
+        prefixes = input_ids[:, :-1].view(self.num_utterances, beams, 1, -1)
+        parents = (prefixes == prev_ids.view(self.num_utterances, 1, beams, -1)).all(-1).float().argmax(-1)
+        parents = (parents + torch.arange(self.num_utterances, device=input_ids.device)[:, None] * beams).flatten()
+        match = candidates[parents] == input_ids[:, -1:]  # (N, K)
+        slot = match.float().argmax(-1)
+        r = cand_r[:, :, parents, slot]  # (T, 2, N)
+        psi = cand_psi[parents, slot]
+        # rows that continue after a token the scorer never proposed (finished rows padded by greedy search)
+        lost = ~match.any(-1)
+        r[:, :, lost] = -float("inf")
+        return r, psi
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        log_probs = torch.log_softmax(scores.float(), dim=-1)  # greedy search passes raw logits
+        r_prev, psi_prev = self._row_states(input_ids)
+        prefix_length = input_ids.shape[1] - self.prompt_length
+        last_tokens = input_ids[:, -1] if prefix_length > 0 else torch.full_like(input_ids[:, -1], -1)
+
+        # ESPnet's pre-beam: the decoder's best tokens, eos and blank included (they are overwritten below)
+        candidates = log_probs.topk(self.pre_beam_size, dim=-1).indices  # (N, K)
+        psi, r, psi_eos = self.scorer.score(r_prev, last_tokens, prefix_length, candidates)
+        self._previous = (input_ids, candidates, psi, r)
+
+        weight = self.ctc_weight
+        joint = torch.full_like(log_probs, torch.finfo(log_probs.dtype).min)
+        joint.scatter_(1, candidates, (1 - weight) * log_probs.gather(1, candidates) + weight * (psi - psi_prev[:, None]))
+        # eos is always scored: the prefix must explain the whole utterance; blank is never a token
+        joint[:, self.eos_token_id] = (1 - weight) * log_probs[:, self.eos_token_id] + weight * (psi_eos - psi_prev)
+        joint[:, self.blank_id] = torch.finfo(log_probs.dtype).min
+        return joint.to(scores.dtype)
+
+
 class MMAVSRGenerationMixin(GenerationMixin):
-    """Greedy and beam search from video, audio or both; the KV cache is the decoder's `EncoderDecoderCache`."""
+    """Greedy and beam search from video, audio or both, with optional joint CTC prefix scoring."""
 
     def generate(
         self,
@@ -36,12 +166,16 @@ class MMAVSRGenerationMixin(GenerationMixin):
         video_attention_mask: torch.Tensor | None = None,
         encoder_outputs=None,
         logits_processor: LogitsProcessorList | None = None,
+        ctc_weight: float | None = None,
         **kwargs,
     ):
         r"""
         Transcribe `pixel_values_videos` and/or `input_features` (see `forward`). Accepts every argument of
-        [`~GenerationMixin.generate`] (`num_beams`, `max_new_tokens`, `generation_config`, ...). Without a length
-        limit, hypotheses stop at their utterance's number of encoder frames.
+        [`~GenerationMixin.generate`] (`num_beams`, `max_new_tokens`, `generation_config`, ...).
+
+        ctc_weight (`float`, *optional*):
+            Weight of the CTC prefix score in joint decoding; defaults to the generation config's `ctc_weight`
+            (0 turns it off). Needs the model's CTC head.
         """
         if encoder_outputs is None:
             encoder_outputs = self.get_encoder()(
@@ -50,11 +184,24 @@ class MMAVSRGenerationMixin(GenerationMixin):
                 pixel_values_videos=pixel_values_videos,
                 video_attention_mask=video_attention_mask,
             )
-        frame_lengths = encoder_outputs.attention_mask.sum(-1)
         generation_config = kwargs.get("generation_config", self.generation_config)
+        if ctc_weight is None:
+            ctc_weight = getattr(generation_config, "ctc_weight", 0.0) or 0.0
+        if not 0.0 <= ctc_weight <= 1.0:
+            raise ValueError(f"`ctc_weight` must lie in [0, 1], got {ctc_weight}.")
+        eos_token_id = generation_config.eos_token_id
+        frame_lengths = encoder_outputs.attention_mask.sum(-1)
         if kwargs.get("max_new_tokens") is None and kwargs.get("max_length") is None:
-            # each utterance is held to its own number of frames below
-            kwargs["max_new_tokens"] = int(frame_lengths.max())
+            # each utterance is held to its own number of frames below; +1 for the closing eos
+            kwargs["max_new_tokens"] = int(frame_lengths.max()) + 1
+
         processors = LogitsProcessorList(logits_processor or [])
-        processors.append(EncoderLengthLogitsProcessor(frame_lengths, generation_config.eos_token_id))
+        if ctc_weight > 0:
+            with torch.no_grad():
+                ctc_log_probs = torch.log_softmax(self.ctc_head(encoder_outputs.last_hidden_state).float(), dim=-1)
+            num_beams = kwargs.get("num_beams") or generation_config.num_beams or 1
+            processors.append(
+                CTCPrefixScoreLogitsProcessor(ctc_log_probs, frame_lengths, ctc_weight, num_beams, eos_token_id)
+            )
+        processors.append(EncoderLengthLogitsProcessor(frame_lengths, eos_token_id))
         return super().generate(encoder_outputs=encoder_outputs, logits_processor=processors, **kwargs)

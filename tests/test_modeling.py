@@ -88,7 +88,7 @@ def test_generate_is_bounded_by_encoder_frames(modality):
         generated = model.generate(**make_inputs(modality, FRAMES), num_beams=num_beams)
         for row, frames in enumerate(FRAMES):
             tokens = generated[row].tolist()[1:]
-            assert tokens.index(EOS) == frames - 1  # frames - 1 tokens, then eos as the frames-th
+            assert tokens.index(EOS) == frames  # as many tokens as frames, then eos (auto_avsr's maxlen)
 
 
 @pytest.mark.parametrize("modality", MODALITIES)

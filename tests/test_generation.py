@@ -1,0 +1,94 @@
+"""Joint CTC/attention decoding: the CTC prefix scorer and generate(ctc_weight=...)."""
+
+import pytest
+import torch
+
+from modeling_mmavsr.generation_mmavsr import CTCPrefixScorer
+
+from .common import EOS, MODALITIES, make_inputs, make_labels, select_row
+from .test_modeling import FRAMES, TOKENS, build
+
+
+def _run_prefix(scorer, tokens, rows=1):
+    """Walk a token sequence through the scorer; return the prefix scores and the final eos score."""
+    r, _ = scorer.initial_state(rows // scorer.log_probs.shape[0])
+    last = torch.full((rows,), -1)
+    prefix_scores = []
+    for length, token in enumerate(tokens):
+        candidates = torch.full((rows, 1), token)
+        psi, states, _ = scorer.score(r, last, length, candidates)
+        prefix_scores.append(psi[:, 0])
+        r, last = states[:, :, :, 0], candidates[:, 0]
+    _, _, psi_eos = scorer.score(r, last, len(tokens), torch.full((rows, 1), 1))
+    return prefix_scores, psi_eos
+
+
+@pytest.mark.parametrize("tokens", [[3], [3, 4, 5], [3, 3, 5], [7, 7, 7]])
+def test_prefix_scorer_ends_in_the_ctc_likelihood(tokens):
+    torch.manual_seed(0)
+    frames, vocab = 9, 8
+    log_probs = torch.log_softmax(torch.randn(1, frames, vocab), dim=-1)
+    scorer = CTCPrefixScorer(log_probs, torch.tensor([frames]), eos_token_id=vocab - 1)
+    prefix_scores, psi_eos = _run_prefix(scorer, tokens)
+    expected = -torch.nn.functional.ctc_loss(
+        log_probs.transpose(0, 1), torch.tensor([tokens]), torch.tensor([frames]), torch.tensor([len(tokens)]),
+        reduction="sum",
+    )
+    torch.testing.assert_close(psi_eos[0], expected, atol=1e-4, rtol=1e-5)
+    # a prefix is at least as likely as any of its extensions, and as the complete sequence
+    assert all(a >= b - 1e-5 for a, b in zip(prefix_scores, prefix_scores[1:]))
+    assert prefix_scores[-1] >= psi_eos[0] - 1e-5
+
+
+def test_prefix_scorer_ignores_padded_frames():
+    torch.manual_seed(0)
+    log_probs = torch.log_softmax(torch.randn(2, 12, 8), dim=-1)
+    scorer = CTCPrefixScorer(log_probs, torch.tensor([7, 12]), eos_token_id=7)
+    alone = CTCPrefixScorer(log_probs[:1, :7], torch.tensor([7]), eos_token_id=7)
+    padded_scores, padded_eos = _run_prefix(scorer, [3, 4], rows=2)
+    alone_scores, alone_eos = _run_prefix(alone, [3, 4], rows=1)
+    torch.testing.assert_close(padded_eos[0], alone_eos[0])
+    torch.testing.assert_close(padded_scores[-1][0], alone_scores[-1][0])
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_joint_decoding_of_a_padded_batch_equals_one_utterance_at_a_time(modality):
+    model = build(modality)
+    inputs = make_inputs(modality, FRAMES)
+    for num_beams in (1, 4):
+        batch = model.generate(**inputs, num_beams=num_beams, ctc_weight=0.3)
+        for row, frames in enumerate(FRAMES):
+            alone = model.generate(**select_row(inputs, row, frames), num_beams=num_beams, ctc_weight=0.3)
+            strip = lambda ids: [t for t in ids.tolist() if t not in (0, EOS)]
+            assert strip(batch[row]) == strip(alone[0])
+
+
+def test_ctc_weight_changes_the_search_and_defaults_to_the_generation_config():
+    model = build("video")
+    inputs = make_inputs("video", FRAMES)
+    assert model.generation_config.ctc_weight == 0.1
+    default = model.generate(**inputs, num_beams=3)
+    explicit = model.generate(**inputs, num_beams=3, ctc_weight=0.1)
+    assert torch.equal(default, explicit)
+    model.generation_config.ctc_weight = 0.0
+    attention_only = model.generate(**inputs, num_beams=3)
+    ctc_heavy = model.generate(**inputs, num_beams=3, ctc_weight=0.9)
+    assert not torch.equal(attention_only, ctc_heavy)
+    with pytest.raises(ValueError, match="ctc_weight"):
+        model.generate(**inputs, ctc_weight=1.5)
+
+
+def test_joint_decoding_recovers_trained_labels():
+    model = build("audio", seed=1, encoder_dropout=0.0, positional_dropout=0.0, ctc_dropout=0.0,
+                  text_config=dict(dropout=0.0, attention_dropout=0.0, positional_dropout=0.0))
+    inputs, labels = make_inputs("audio", FRAMES, seed=3), make_labels(TOKENS)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(150):
+        optimizer.zero_grad()
+        model(**inputs, labels=labels).loss.backward()
+        optimizer.step()
+    model.eval()
+    for ctc_weight in (0.1, 0.5, 1.0):
+        generated = model.generate(**inputs, num_beams=4, ctc_weight=ctc_weight)
+        assert [[t for t in row.tolist()[1:] if t not in (EOS, 0)] for row in generated] == TOKENS
