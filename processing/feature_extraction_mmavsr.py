@@ -143,8 +143,10 @@ class MMAVSRFeatureExtractor(SequenceFeatureExtractor):
             raw_speech = list(raw_speech)
         elif is_array and raw_speech.ndim > 2:
             raise ValueError(f"audio of shape {tuple(raw_speech.shape)}: expected (S,) or a batch (B, S)")
-        is_batch = isinstance(raw_speech, (list, tuple)) and len(raw_speech) > 0 and not isinstance(
-            raw_speech[0], (int, float, np.number)
+        is_batch = (
+            isinstance(raw_speech, (list, tuple))
+            and len(raw_speech) > 0
+            and not isinstance(raw_speech[0], (int, float, np.number))
         )
         items = list(raw_speech) if is_batch else [raw_speech]
         waves = []

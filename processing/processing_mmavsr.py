@@ -53,7 +53,7 @@ class MMAVSRProcessor(ProcessorMixin):
     def from_auto_avsr(
         cls, vision_encoder: str = "resnet", feature_type: str = "raw", **feature_extractor_kwargs
     ) -> MMAVSRProcessor:
-        """The processor of auto_avsr's setup: its unigram5000 vocabulary, the chosen video preset and audio features."""
+        """auto_avsr's setup: its unigram5000 vocabulary, the chosen video preset and audio features."""
         return cls(
             feature_extractor=MMAVSRFeatureExtractor(feature_type=feature_type, **feature_extractor_kwargs),
             video_processor=MMAVSRVideoProcessor(vision_encoder=vision_encoder),
@@ -111,9 +111,11 @@ class MMAVSRProcessor(ProcessorMixin):
         if isinstance(sequences, (torch.Tensor, np.ndarray)):
             sequences = sequences.tolist()
         if sequences and isinstance(sequences[0], int):
-            return [i for i in sequences if i != LABEL_PAD] if pad_id is None else [
-                pad_id if i == LABEL_PAD else i for i in sequences
-            ]
+            return (
+                [i for i in sequences if i != LABEL_PAD]
+                if pad_id is None
+                else [pad_id if i == LABEL_PAD else i for i in sequences]
+            )
         return [self._ids_for_decoding(row) for row in sequences]
 
     def batch_decode(self, sequences, skip_special_tokens: bool = True, **kwargs) -> list[str]:
@@ -124,7 +126,9 @@ class MMAVSRProcessor(ProcessorMixin):
 
     def decode(self, token_ids, skip_special_tokens: bool = True, **kwargs) -> str:
         """One token id sequence to text."""
-        return self.tokenizer.decode(self._ids_for_decoding(token_ids), skip_special_tokens=skip_special_tokens, **kwargs)
+        return self.tokenizer.decode(
+            self._ids_for_decoding(token_ids), skip_special_tokens=skip_special_tokens, **kwargs
+        )
 
     @property
     def model_input_names(self) -> list[str]:

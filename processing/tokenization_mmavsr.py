@@ -1,4 +1,4 @@
-"""SentencePiece unigram tokenizer with auto_avsr's id assignment (ids come from a units file, not from SentencePiece)."""
+"""SentencePiece unigram tokenizer with auto_avsr's ids (taken from a units file, not from SentencePiece)."""
 
 from __future__ import annotations
 

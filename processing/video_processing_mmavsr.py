@@ -119,7 +119,7 @@ class MMAVSRVideoProcessor(BaseVideoProcessor):
     - `vit` / `vivit`: RGB resized to 224x224, mean = std = 0.5 -> `(T, 3, 224, 224)`.
     - `clip-vit`: as `vit` with CLIP's mean and std.
 
-    Accepts one video or a list: uint8 arrays or tensors, file paths, torchcodec `VideoDecoder`s (see `to_video_tensor`).
+    Accepts one video or a list: uint8 arrays or tensors, file paths, torchcodec `VideoDecoder`s (`to_video_tensor`).
     """
 
     resample = PILImageResampling.BILINEAR

@@ -59,7 +59,9 @@ def test_collator_modalities_and_bad_rows(processor):
     assert set(video_only) == {"pixel_values_videos", "video_attention_mask", "labels"}
     no_text = MMAVSRDataCollator(processor)([{"audio": r["audio"]} for r in rows])
     assert set(no_text) == {"input_features", "attention_mask"}
-    with pytest.raises(ValueError, match=r"row 1 has keys \['video', 'text'\], the first row has \['video', 'audio', 'text'\]"):
+    with pytest.raises(
+        ValueError, match=r"row 1 has keys \['video', 'text'\], the first row has \['video', 'audio', 'text'\]"
+    ):
         MMAVSRDataCollator(processor)([rows[0], {"video": rows[1]["video"], "text": "X"}])
     with pytest.raises(ValueError, match="8000 Hz, expected 16000 Hz"):
         MMAVSRDataCollator(processor)([{"audio": {"array": np.ones(800, np.float32), "sampling_rate": 8000}}])
@@ -131,7 +133,9 @@ def test_sampler_drop_last_and_bad_arguments():
     seed=st.integers(0, 10),
 )
 def test_sampler_property(lengths, max_frames, shuffle, seed):
-    _check_batches(MaxFramesBatchSampler(lengths, max_frames=max_frames, shuffle=shuffle, seed=seed), lengths, max_frames)
+    _check_batches(
+        MaxFramesBatchSampler(lengths, max_frames=max_frames, shuffle=shuffle, seed=seed), lengths, max_frames
+    )
 
 
 def test_sampler_works_with_a_dataloader(processor):

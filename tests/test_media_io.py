@@ -10,7 +10,7 @@ from mmavsr_processing.media_io import MediaError, read_audio, read_video, write
 def _moving_square(num_frames=12, size=64):
     frames = np.full((num_frames, size, size, 3), 40, dtype=np.uint8)
     for t in range(num_frames):
-        frames[t, 10 : 30, 2 * t : 2 * t + 20] = 220
+        frames[t, 10:30, 2 * t : 2 * t + 20] = 220
     return frames
 
 
