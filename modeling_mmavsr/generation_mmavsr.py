@@ -4,8 +4,8 @@
 - Each hypothesis holds at most as many tokens as its utterance has encoder frames, then ends (auto_avsr's `maxlen`).
 - With `ctc_weight` > 0, the score of a hypothesis is `(1 - ctc_weight) * attention + ctc_weight * CTC prefix`
   log-probability, the CTC part computed only for the `int(1.5 * num_beams)` best next tokens of the attention
-  decoder (ESPnet's partial scoring) and for eos. Finished beams are ranked by their raw summed score: the
-  generation config's `length_penalty` defaults to 0, as in ESPnet.
+  decoder (ESPnet's partial scoring) and for eos. Finished beams are ranked by their raw summed score:
+  `length_penalty` is 0 unless the call or the generation config sets it, as in ESPnet.
 """
 
 import torch
@@ -195,6 +195,8 @@ class MMAVSRGenerationMixin(GenerationMixin):
             # each utterance is held to its own number of frames below; +1 for the closing eos
             kwargs["max_new_tokens"] = int(frame_lengths.max()) + 1
 
+        if kwargs.get("length_penalty") is None and generation_config.length_penalty is None:
+            kwargs["length_penalty"] = 0.0  # ESPnet ranks finished beams by their summed score
         processors = LogitsProcessorList(logits_processor or [])
         if ctc_weight > 0:
             with torch.no_grad():

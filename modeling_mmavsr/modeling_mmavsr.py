@@ -244,9 +244,8 @@ class MMAVSRForConditionalGeneration(MMAVSRGenerationMixin, MMAVSRPreTrainedMode
         if config.audio_encoder is None:
             self.main_input_name = "pixel_values_videos"
         self.post_init()
-        # auto_avsr's decoding: joint CTC/attention with weight 0.1, hypotheses ranked by their raw summed score
+        # auto_avsr's decoding: joint CTC/attention with weight 0.1 (generate() also ranks beams by raw score)
         self.generation_config.ctc_weight = 0.1
-        self.generation_config.length_penalty = 0.0
 
     def get_encoder(self):
         return self.model.get_encoder()
