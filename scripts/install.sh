@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what mmavsr needs on a fresh Debian/Ubuntu machine: apt packages, then the package into .venv.
+# Used by .ci/run (tests) and scripts/main_job.sh (demo training). Run from anywhere; activate .venv afterwards.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export DEBIAN_FRONTEND=noninteractive
+if command -v apt-get >/dev/null; then
+    apt-get update -qq
+    # ffmpeg: torchcodec decoding (datasets' Audio/Video); flite: the demo corpus' speech
+    apt-get install -y -qq --no-install-recommends ffmpeg flite >/dev/null
+fi
+
+python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# torch/torchvision first: pip takes the known-good 2.14.1 / 0.29.1 from the local wheel cache
+python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+python -m pip install -q -e ".[test]"
