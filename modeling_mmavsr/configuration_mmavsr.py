@@ -9,6 +9,16 @@ VISION_ENCODERS = ("resnet", "vit", "vivit", "clip-vit")
 AUDIO_ENCODERS = ("resnet1d", "whisper", "wavlm")
 DECODERS = ("transformer", "llm", "whisper-decoder")
 FUSION_TYPES = ("concat", "add", "gated")
+# vocabulary of auto_avsr's unigram units (blank 0 ... sos/eos 5048): the CTC head's when the decoder has its own
+AUTO_AVSR_VOCAB_SIZE = 5049
+# the instruction that opens the LLM decoder's prompt, per modality (`instruction=None`)
+DEFAULT_INSTRUCTIONS = {
+    "video": "Transcribe what the speaker says, reading the lip movements in the video.",
+    "audio": "Transcribe the speech in the audio.",
+    "audiovisual": "Transcribe what the speaker says, using the audio and the lip movements in the video.",
+}
+# the decoder configuration a `decoder` choice gets when `text_config` leaves out `model_type`
+DEFAULT_TEXT_MODEL_TYPES = {"transformer": "mmavsr_text", "whisper-decoder": "whisper", "llm": None}
 # auto_avsr's `--modality` flag, as (vision_encoder, audio_encoder)
 LEGACY_MODALITIES = {
     "video": ("resnet", None),
@@ -86,8 +96,24 @@ class MMAVSRConfig(PreTrainedConfig):
         encoder_dropout, encoder_attention_dropout, positional_dropout (`float`): Conformer dropouts.
         ctc_dropout (`float`): dropout before the CTC projection.
         label_smoothing (`float`): label smoothing of the attention loss.
-        text_config (`dict` or `PreTrainedConfig`): the decoder's configuration (`MMAVSRTextConfig` for the
-            Transformer decoder).
+        text_config (`dict` or `PreTrainedConfig`): the decoder's configuration: `MMAVSRTextConfig` for the
+            Transformer decoder, `WhisperConfig` for `whisper-decoder`, the LLM's own config (e.g. `LlamaConfig`, or
+            a dict with its `model_type`) for `llm`.
+        ctc_vocab_size (`int`, optional): size of the CTC head's vocabulary (blank 0). Default: the decoder's
+            vocabulary for the Transformer decoder; auto_avsr's 5049 units for the LLM and Whisper decoders, whose
+            CTC targets are then passed separately as `ctc_labels`.
+        instruction (`str`, optional): the LLM decoder's instruction; default per modality (`DEFAULT_INSTRUCTIONS`).
+        instruction_ids (`list[int]`, optional): the LLM's prompt tokens before the encoder features (the
+            instruction as its chat template renders it); written by `set_instruction(tokenizer)`.
+        decoder_prompt_ids (`list[int]`, optional): tokens that start every decoder sequence: `forward` puts them
+            before the labels, `generate` starts from them. Default: `[decoder_start_token_id]`; Whisper's
+            `<|startoftranscript|><|en|><|transcribe|><|notimestamps|>`; for the LLM the prompt's tail after the
+            features (e.g. the chat template's assistant header), `[bos_token_id]` without a tokenizer.
+        use_qlora (`bool`): train the LLM decoder through LoRA adapters with its base weights frozen (in 4-bit NF4
+            with bf16 compute where CUDA and bitsandbytes exist; without CUDA, LoRA over full-precision weights).
+        qlora_r, qlora_alpha (`int`), lora_dropout (`float`): LoRA rank, scaling numerator and dropout.
+        lora_target_modules (`list[str]`, optional): names of the LLM's linear layers that get adapters (default:
+            the attention and MLP projections of Llama-style models).
     """
 
     model_type = "mmavsr"
@@ -124,6 +150,17 @@ class MMAVSRConfig(PreTrainedConfig):
     # losses and decoder
     label_smoothing: float = 0.1
     text_config: dict | PreTrainedConfig | None = None
+    ctc_vocab_size: int | None = None
+    instruction: str | None = None
+    instruction_ids: list[int] | None = None
+    decoder_prompt_ids: list[int] | None = None
+
+    # LoRA / QLoRA on the LLM decoder
+    use_qlora: bool = False
+    qlora_r: int = 16
+    qlora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] | None = None
     initializer_range: float = 0.02
     is_encoder_decoder: bool = True
     tie_word_embeddings: bool = False
@@ -155,17 +192,51 @@ class MMAVSRConfig(PreTrainedConfig):
             )
         if self.conv_kernel_size % 2 != 1:
             raise ValueError(f"`conv_kernel_size` must be odd, got {self.conv_kernel_size}.")
+        self._resolve_decoder_defaults()
 
     def _build_text_config(self, text_config):
         if isinstance(text_config, PreTrainedConfig):
             return text_config
         text_config = dict(text_config or {})
-        model_type = text_config.pop("model_type", MMAVSRTextConfig.model_type)
+        model_type = text_config.pop("model_type", DEFAULT_TEXT_MODEL_TYPES.get(self.decoder, MMAVSRTextConfig.model_type))
+        if model_type is None:
+            raise ValueError(
+                "decoder='llm' needs the LLM's configuration as `text_config` (e.g. a `LlamaConfig`, or a dict with "
+                "its `model_type`), or `decoder_model_name` through `from_pretrained_components`."
+            )
         if model_type == MMAVSRTextConfig.model_type:
             return MMAVSRTextConfig(**text_config)
         if model_type not in CONFIG_MAPPING:
             raise ValueError(f"Unknown decoder config model_type {model_type!r} in `text_config`.")
         return CONFIG_MAPPING[model_type](**text_config)
+
+    def _resolve_decoder_defaults(self):
+        """Fill the decoder-dependent defaults: CTC vocabulary, instruction, decoder prompt."""
+        text_config = self.text_config
+        if self.decoder == "transformer" and text_config.model_type != MMAVSRTextConfig.model_type:
+            raise ValueError(
+                f"decoder='transformer' takes an MMAVSRTextConfig as `text_config`, got {text_config.model_type!r}; "
+                "use decoder='llm' or 'whisper-decoder' for other decoders."
+            )
+        if self.decoder == "whisper-decoder" and text_config.model_type != "whisper":
+            raise ValueError(f"decoder='whisper-decoder' takes a WhisperConfig, got {text_config.model_type!r}.")
+        if self.ctc_vocab_size is None:
+            own_vocabulary = self.decoder == "transformer"
+            self.ctc_vocab_size = text_config.vocab_size if own_vocabulary else AUTO_AVSR_VOCAB_SIZE
+        if self.decoder == "llm" and self.instruction is None:
+            self.instruction = DEFAULT_INSTRUCTIONS[self.modality]
+        if self.decoder_prompt_ids is None:
+            start = getattr(text_config, "decoder_start_token_id", None)
+            if self.decoder == "llm" or start is None:
+                start = text_config.bos_token_id if text_config.bos_token_id is not None else text_config.eos_token_id
+            if start is None:
+                raise ValueError("The decoder config has no decoder_start/bos/eos token id: set `decoder_prompt_ids`.")
+            self.decoder_prompt_ids = [int(start)]
+        self.decoder_prompt_ids = [int(i) for i in self.decoder_prompt_ids]
+        if self.lora_target_modules is not None:
+            self.lora_target_modules = list(self.lora_target_modules)
+        if self.use_qlora and self.decoder != "llm":
+            raise ValueError(f"`use_qlora` adapts an LLM decoder; this config has decoder={self.decoder!r}.")
 
     @property
     def modality(self) -> str:

@@ -13,7 +13,8 @@ from .configuration_mmavsr import MMAVSRConfig
 from .generation_mmavsr import MMAVSRGenerationMixin
 from .modeling_mmavsr_audio import MMAVSRAudioResNet
 from .modeling_mmavsr_conformer import MMAVSRConformerLayer, MMAVSRConformerEncoder, MMAVSRRelPositionAttention
-from .modeling_mmavsr_decoders import MMAVSRCTCHead, MMAVSRDecoderLayer, MMAVSRTransformerDecoder
+from .modeling_mmavsr_decoders import DECODER_CLASSES, MMAVSRCTCHead, MMAVSRDecoderLayer
+from .modeling_mmavsr_lora import MMAVSRLoraMixin
 from .modeling_mmavsr_fusion import FUSION_CLASSES, MMAVSRProjector, align_streams
 from .modeling_mmavsr_vision import MMAVSRVideoResNet
 
@@ -154,20 +155,18 @@ class MMAVSRModel(MMAVSRPreTrainedModel):
 
     def __init__(self, config: MMAVSRConfig):
         super().__init__(config)
-        if config.decoder != "transformer":
-            raise NotImplementedError(f"decoder={config.decoder!r} is not implemented yet; use 'transformer'.")
         self.encoder = MMAVSREncoder(config)
-        self.decoder = MMAVSRTransformerDecoder(config)
+        self.decoder = DECODER_CLASSES[config.decoder](config)
         self.post_init()
 
     def get_encoder(self):
         return self.encoder
 
     def get_input_embeddings(self):
-        return self.decoder.embed_tokens
+        return self.decoder.get_input_embeddings()
 
     def set_input_embeddings(self, value):
-        self.decoder.embed_tokens = value
+        self.decoder.set_input_embeddings(value)
 
     def forward(
         self,
@@ -207,6 +206,23 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_to
     return shifted.masked_fill(shifted == -100, pad_token_id)
 
 
+def prepend_decoder_prompt(labels: torch.Tensor, prompt_ids: list[int], pad_token_id: int) -> tuple:
+    """Decoder inputs for labels that follow a decoder prompt (e.g. Whisper's forced tokens, or just sos).
+
+    Labels that already open with the prompt, or with the prompt without its first token (Whisper's fine-tuning
+    recipe drops `<|startoftranscript|>`), lose that part: the model supplies it. Returns `(decoder_input_ids,
+    labels)` with `decoder_input_ids = prompt + labels[:-1]` minus the last prompt token's overlap (B, K - 1 + L).
+    """
+    prompt = torch.tensor(prompt_ids, dtype=labels.dtype, device=labels.device)
+    for part in (prompt, prompt[1:]):
+        if 0 < len(part) < labels.shape[1] and (labels[:, : len(part)] == part).all():
+            labels = labels[:, len(part) :]
+            break
+    decoder_input_ids = shift_tokens_right(labels, pad_token_id, prompt_ids[-1])
+    head = prompt[:-1][None].expand(labels.shape[0], -1)
+    return torch.cat([head, decoder_input_ids], dim=1), labels
+
+
 def label_smoothing_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float) -> torch.Tensor:
     """KL divergence to the smoothed one-hot targets, summed over real tokens (labels != -100), over batch size."""
     vocab_size = logits.shape[-1]
@@ -233,19 +249,64 @@ def ctc_loss(ctc_logits: torch.Tensor, frame_lengths: torch.Tensor, labels: torc
     return loss / labels.shape[0]
 
 
-class MMAVSRForConditionalGeneration(MMAVSRGenerationMixin, MMAVSRPreTrainedModel):
+class MMAVSRForConditionalGeneration(MMAVSRLoraMixin, MMAVSRGenerationMixin, MMAVSRPreTrainedModel):
     """MMAVSR with the decoder's output layer and a CTC head; trained with ctc_weight * CTC + (1 - ctc_weight) * CE."""
 
     def __init__(self, config: MMAVSRConfig):
         super().__init__(config)
         self.model = MMAVSRModel(config)
-        self.lm_head = nn.Linear(config.text_config.d_model, config.vocab_size)
+        # the Transformer decoder's output layer has a bias; Whisper's and the LLMs' have none
+        has_bias = config.decoder == "transformer"
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.vocab_size, bias=has_bias)
         self.ctc_head = MMAVSRCTCHead(config)
         if config.audio_encoder is None:
             self.main_input_name = "pixel_values_videos"
         self.post_init()
         # auto_avsr's decoding: joint CTC/attention with weight 0.1 (generate() also ranks beams by raw score)
         self.generation_config.ctc_weight = 0.1
+        if config.decoder != "transformer":
+            self._set_decoder_generation_defaults()
+
+    def _set_decoder_generation_defaults(self):
+        """Start tokens, eos and padding of the Whisper and LLM decoders; no joint CTC decoding (the CTC head has
+        its own vocabulary)."""
+        text_config = self.config.text_config
+        eos = text_config.eos_token_id
+        self.generation_config.ctc_weight = 0.0
+        self.generation_config.decoder_start_token_id = self.config.decoder_prompt_ids[0]
+        self.generation_config.eos_token_id = eos
+        pad = text_config.pad_token_id
+        self.generation_config.pad_token_id = pad if pad is not None else (eos[0] if isinstance(eos, list) else eos)
+
+    def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
+        # the LLM or Whisper config decides whether lm_head shares the token embeddings (the top config cannot)
+        tied = super().get_expanded_tied_weights_keys(all_submodels=all_submodels)
+        if self.config.decoder != "transformer" and self.config.text_config.tie_word_embeddings:
+            embeddings = self.model.decoder.get_input_embeddings()
+            name = next(n for n, m in self.named_modules() if m is embeddings)
+            tied["lm_head.weight"] = f"{name}.weight"
+        return tied
+
+    def _prepare_decoder_input_ids_for_generation(self, batch_size, model_input_name, model_kwargs, *args, **kwargs):
+        # generation starts from the whole decoder prompt (Whisper's forced tokens, the LLM prompt's tail)
+        prompt = self.config.decoder_prompt_ids
+        if len(prompt) > 1 and model_kwargs.get("decoder_input_ids") is None:
+            model_kwargs["decoder_input_ids"] = torch.tensor([prompt] * batch_size, device=self.device)
+        return super()._prepare_decoder_input_ids_for_generation(
+            batch_size, model_input_name, model_kwargs, *args, **kwargs
+        )
+
+    def generate(self, *args, **kwargs):
+        if self.config.decoder != "transformer":
+            if kwargs.get("ctc_weight"):
+                raise ValueError(
+                    f"Joint CTC decoding needs the CTC head and the decoder to share a vocabulary; decoder="
+                    f"{self.config.decoder!r} has its own ({self.config.vocab_size} vs {self.config.ctc_vocab_size})."
+                )
+            if self.config.decoder == "whisper-decoder" and kwargs.get("max_new_tokens") is None:
+                # Whisper's learned positions end at max_target_positions
+                kwargs.setdefault("max_length", self.config.text_config.max_target_positions)
+        return super().generate(*args, **kwargs)
 
     def get_encoder(self):
         return self.model.get_encoder()
@@ -267,6 +328,7 @@ class MMAVSRForConditionalGeneration(MMAVSRGenerationMixin, MMAVSRPreTrainedMode
         encoder_outputs: MMAVSREncoderOutput | None = None,
         past_key_values: Cache | None = None,
         labels: torch.LongTensor | None = None,
+        ctc_labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         **kwargs,
     ) -> MMAVSRSeq2SeqLMOutput:
@@ -276,11 +338,19 @@ class MMAVSRForConditionalGeneration(MMAVSRGenerationMixin, MMAVSRPreTrainedMode
         pixel_values_videos (`torch.FloatTensor` of shape `(batch_size, num_frames, channels, height, width)`):
             25 fps mouth-ROI videos, zero-padded; `video_attention_mask` (batch_size, num_frames) marks real frames.
         labels (`torch.LongTensor` of shape `(batch_size, target_length)`):
-            Target token ids ending with eos, padded with -100. Decoder inputs are the labels shifted right.
+            Target token ids ending with eos, padded with -100, in the decoder's vocabulary. Decoder inputs are the
+            decoder prompt (`config.decoder_prompt_ids`, e.g. sos) followed by the labels shifted right; the
+            attention loss covers the label tokens only, and `logits` are aligned with `labels`.
+        ctc_labels (`torch.LongTensor` of shape `(batch_size, ctc_length)`):
+            CTC targets in the CTC head's vocabulary (auto_avsr's units, e.g. `MMAVSRTokenizer.from_auto_avsr()`),
+            padded with -100, for the LLM and Whisper decoders; the Transformer decoder's CTC targets are `labels`.
         """
-        text_config = self.config.text_config
+        config = self.config
+        text_config = config.text_config
+        prompt_length = len(config.decoder_prompt_ids)
         if labels is not None and decoder_input_ids is None:
-            decoder_input_ids = shift_tokens_right(labels, text_config.pad_token_id, text_config.decoder_start_token_id)
+            pad = text_config.pad_token_id if text_config.pad_token_id is not None else config.decoder_prompt_ids[-1]
+            decoder_input_ids, labels = prepend_decoder_prompt(labels, config.decoder_prompt_ids, pad)
         outputs = self.model(
             input_features=input_features,
             attention_mask=attention_mask,
@@ -292,7 +362,10 @@ class MMAVSRForConditionalGeneration(MMAVSRGenerationMixin, MMAVSRPreTrainedMode
             past_key_values=past_key_values,
             use_cache=use_cache,
         )
-        logits = self.lm_head(outputs.last_hidden_state)
+        hidden_states = outputs.last_hidden_state
+        if labels is not None and hidden_states.shape[1] == labels.shape[1] + prompt_length - 1:
+            hidden_states = hidden_states[:, prompt_length - 1 :]  # the prompt's own predictions carry no loss
+        logits = self.lm_head(hidden_states)
 
         loss = ctc_logits = ctc = att = None
         if labels is not None or past_key_values is None or past_key_values.get_seq_length() == 0:
@@ -300,9 +373,11 @@ class MMAVSRForConditionalGeneration(MMAVSRGenerationMixin, MMAVSRPreTrainedMode
         if labels is not None:
             labels = labels.to(logits.device)
             frame_lengths = outputs.encoder_attention_mask.sum(-1)
-            att = label_smoothing_loss(logits, labels, self.config.label_smoothing)
-            ctc = ctc_loss(ctc_logits, frame_lengths, labels, text_config.eos_token_id)
-            loss = self.config.ctc_weight * ctc + (1.0 - self.config.ctc_weight) * att
+            att = label_smoothing_loss(logits, labels, config.label_smoothing)
+            loss = att
+            if config.ctc_weight > 0:
+                ctc = self._ctc_loss(ctc_logits, frame_lengths, labels, ctc_labels)
+                loss = config.ctc_weight * ctc + (1.0 - config.ctc_weight) * att
 
         return MMAVSRSeq2SeqLMOutput(
             loss=loss,
@@ -314,6 +389,19 @@ class MMAVSRForConditionalGeneration(MMAVSRGenerationMixin, MMAVSRPreTrainedMode
             att_loss=att,
             encoder_attention_mask=outputs.encoder_attention_mask,
         )
+
+    def _ctc_loss(self, ctc_logits, frame_lengths, labels, ctc_labels) -> torch.Tensor:
+        """CTC on `labels` when the CTC head shares the decoder's vocabulary, else on `ctc_labels` (its eos, the last
+        id of auto_avsr's vocabulary, is dropped like the decoder's)."""
+        if self.config.decoder == "transformer":
+            return ctc_loss(ctc_logits, frame_lengths, labels, self.config.text_config.eos_token_id)
+        if ctc_labels is None:
+            raise ValueError(
+                f"decoder={self.config.decoder!r} trains its CTC head (ctc_weight={self.config.ctc_weight}) on "
+                f"auto_avsr's {self.config.ctc_vocab_size}-unit vocabulary: pass `ctc_labels` (the text tokenized by "
+                "`MMAVSRTokenizer.from_auto_avsr()`, padded with -100) or set `ctc_weight=0`."
+            )
+        return ctc_loss(ctc_logits, frame_lengths, ctc_labels.to(ctc_logits.device), self.config.ctc_vocab_size - 1)
 
 
 __all__ = [

@@ -1,11 +1,15 @@
-"""Decoders: auto_avsr's Transformer decoder (cross-attention to the encoder, KV cache), and the CTC head."""
+"""Decoders: auto_avsr's Transformer decoder (cross-attention to the encoder, KV cache), Whisper's decoder, a causal
+LLM as a prefix decoder, and the CTC head."""
 
 import math
 
 import torch
 from torch import nn
+from transformers import AutoModel
 from transformers.cache_utils import Cache, EncoderDecoderCache
+from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.models.whisper.modeling_whisper import WhisperDecoder
 
 from .configuration_mmavsr import MMAVSRConfig
 from .modeling_mmavsr_layers import MMAVSRFeedForward, attention_function, sinusoidal_table
@@ -95,6 +99,12 @@ class MMAVSRTransformerDecoder(nn.Module):
         self.layers = nn.ModuleList([MMAVSRDecoderLayer(config, i) for i in range(text_config.num_hidden_layers)])
         self.after_norm = nn.LayerNorm(text_config.d_model, eps=text_config.layer_norm_eps)
 
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.embed_tokens = value
+
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -129,13 +139,169 @@ def causal_mask(query_positions: torch.Tensor, key_length: int, attention_mask: 
     return mask
 
 
+def padding_bias(frame_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T) frame mask, True on real frames -> additive (B, 1, 1, T) bias: 0 on real frames, the dtype's min on padding."""
+    bias = torch.zeros(frame_mask.shape, dtype=dtype, device=frame_mask.device)
+    return bias.masked_fill(~frame_mask.bool(), torch.finfo(dtype).min)[:, None, None, :]
+
+
+class MMAVSRWhisperDecoder(nn.Module):
+    """Whisper's decoder cross-attending to the encoder states (projected to its width when they differ), with the
+    encoder's padding masked (Whisper itself always attends all 1500 frames of its 30 s window)."""
+
+    def __init__(self, config: MMAVSRConfig):
+        super().__init__()
+        text_config = config.text_config
+        same_width = config.hidden_size == text_config.d_model
+        self.projector = nn.Identity() if same_width else nn.Linear(config.hidden_size, text_config.d_model)
+        self.whisper = WhisperDecoder(text_config)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.whisper.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.whisper.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_frame_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+    ) -> torch.Tensor:
+        whisper = self.whisper
+        encoder_hidden_states = self.projector(encoder_hidden_states)
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        batch, length = input_ids.shape
+        position_ids = torch.arange(past_length, past_length + length, device=input_ids.device)[None].expand(batch, -1)
+        inputs_embeds = whisper.embed_tokens(input_ids)
+        hidden_states = inputs_embeds + whisper.embed_positions(input_ids, position_ids=position_ids)
+        hidden_states = nn.functional.dropout(hidden_states, p=whisper.dropout, training=self.training)
+
+        self_attention_mask = create_causal_mask(
+            config=whisper.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            position_ids=position_ids,
+        )
+        cross_attention_mask = None
+        if encoder_frame_mask is not None and not encoder_frame_mask.all():
+            cross_attention_mask = padding_bias(encoder_frame_mask, hidden_states.dtype)
+        for layer in whisper.layers:
+            hidden_states = layer(
+                hidden_states,
+                self_attention_mask,
+                encoder_hidden_states,
+                encoder_attention_mask=cross_attention_mask,
+                past_key_values=past_key_values,
+                use_cache=past_key_values is not None,
+            )
+        return whisper.layer_norm(hidden_states)
+
+
+class MMAVSRLLMProjector(nn.Module):
+    """Two-layer MLP from the encoder's width to the LLM's embedding width: (B, T, D) -> (B, T, D_llm)."""
+
+    def __init__(self, in_size: int, out_size: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_size, out_size)
+        self.act = nn.GELU()
+        self.linear_2 = nn.Linear(out_size, out_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(hidden_states)))
+
+
+class MMAVSRLLMDecoder(nn.Module):
+    """A causal LM (any `AutoModel` decoder, Llama first) reading one sequence of embeddings:
+
+        [instruction tokens; projected encoder frames; decoder tokens (prompt tail + text)]
+
+    No layer is added inside the LLM. Padded encoder frames are masked out and use no position, so each utterance of
+    a padded batch sees exactly what it would alone. Returns the states of the decoder tokens only (B, L, D_llm).
+    With a cache, the first call fills it with the whole prefix; later calls feed only the new tokens.
+    """
+
+    def __init__(self, config: MMAVSRConfig):
+        super().__init__()
+        self.config = config
+        self.projector = MMAVSRLLMProjector(config.hidden_size, config.text_config.hidden_size)
+        self.language_model = AutoModel.from_config(config.text_config)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Embedding):
+        self.language_model.set_input_embeddings(value)
+
+    def _instruction_embeddings(self, batch: int, device: torch.device) -> torch.Tensor:
+        ids = torch.tensor(self.config.instruction_ids or [], dtype=torch.long, device=device)
+        return self.get_input_embeddings()(ids)[None].expand(batch, -1, -1)  # (B, P, D_llm)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_frame_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+    ) -> torch.Tensor:
+        cache = past_key_values
+        if isinstance(cache, EncoderDecoderCache):
+            cache = cache.self_attention_cache  # generate() builds an encoder-decoder cache: the LLM needs one part
+        past_length = cache.get_seq_length() if cache is not None else 0
+        batch, length = input_ids.shape
+        device = input_ids.device
+        num_frames = encoder_hidden_states.shape[1]
+        prompt_length = len(self.config.instruction_ids or [])
+        if encoder_frame_mask is None:
+            encoder_frame_mask = torch.ones(batch, num_frames, dtype=torch.bool, device=device)
+
+        token_embeds = self.get_input_embeddings()(input_ids)
+        if past_length == 0:
+            features = self.projector(encoder_hidden_states).to(token_embeds.dtype)
+            inputs_embeds = torch.cat([self._instruction_embeddings(batch, device), features, token_embeds], dim=1)
+        else:
+            inputs_embeds = token_embeds
+        num_tokens = past_length + length - (prompt_length + num_frames if past_length else 0)  # decoder tokens
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, num_tokens, dtype=torch.long, device=device)
+        full_mask = torch.cat(
+            [
+                torch.ones(batch, prompt_length, dtype=torch.long, device=device),
+                encoder_frame_mask.long(),
+                attention_mask[:, -num_tokens:].long(),
+            ],
+            dim=1,
+        )  # (B, past + new)
+        # padding takes no position: RoPE sees each utterance as if it were alone
+        position_ids = (full_mask.cumsum(-1) - 1).clamp(min=0)[:, -inputs_embeds.shape[1] :]
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=full_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=cache is not None,
+        )
+        return outputs.last_hidden_state[:, -length:]
+
+
 class MMAVSRCTCHead(nn.Module):
-    """Dropout and a linear map from encoder states to CTC logits over the vocabulary (blank = 0)."""
+    """Dropout and a linear map from encoder states to CTC logits over the CTC vocabulary (blank = 0)."""
 
     def __init__(self, config: MMAVSRConfig):
         super().__init__()
         self.dropout = nn.Dropout(config.ctc_dropout)
-        self.ctc_lo = nn.Linear(config.hidden_size, config.vocab_size)
+        self.ctc_lo = nn.Linear(config.hidden_size, config.ctc_vocab_size)
 
     def forward(self, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         return self.ctc_lo(self.dropout(encoder_hidden_states))
+
+
+DECODER_CLASSES = {
+    "transformer": MMAVSRTransformerDecoder,
+    "whisper-decoder": MMAVSRWhisperDecoder,
+    "llm": MMAVSRLLMDecoder,
+}
