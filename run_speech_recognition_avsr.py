@@ -22,7 +22,6 @@ import math
 import os
 import re
 import sys
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +32,8 @@ import torch
 import transformers
 from safetensors.torch import load_file
 from transformers import HfArgumentParser, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import get_last_checkpoint, load_sharded_checkpoint
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from mmavsr_processing import (
     CLEAN_SNR,
@@ -87,9 +87,7 @@ class ModelArguments:
     audio_model_name: str | None = field(default=None, metadata={"help": "Pretrained audio encoder (id/folder)."})
     decoder_model_name: str | None = field(default=None, metadata={"help": "Pretrained decoder (id/folder)."})
     ctc_weight: float | None = field(default=None, metadata={"help": "Weight of the CTC loss in training."})
-    unfreeze_vision: bool = field(
-        default=False, metadata={"help": "Train a pretrained vision encoder (frozen by default)."}
-    )
+    unfreeze_vision: bool = field(default=False, metadata={"help": "Train a pretrained vision encoder (frozen by default)."})
     unfreeze_audio: bool = field(default=False, metadata={"help": "Train a pretrained audio encoder (frozen by default)."})
     use_qlora: bool = field(
         default=False,
@@ -305,19 +303,14 @@ def _config_overrides(model_args: ModelArguments, base: dict) -> dict:
         value = getattr(model_args, name)
         if value is not None:
             overrides[name] = value
+    # pretrained encoders are frozen unless --unfreeze-*; encoders trained from scratch always train
+    if model_args.unfreeze_vision:
+        overrides["freeze_vision_encoder"] = False
+    if model_args.unfreeze_audio:
+        overrides["freeze_audio_encoder"] = False
     if model_args.use_qlora:
         overrides.update(use_qlora=True, qlora_r=model_args.qlora_r, qlora_alpha=model_args.qlora_alpha)
     return overrides
-
-
-def _check_qlora(model_args: ModelArguments, config: MMAVSRConfig) -> None:
-    if not model_args.use_qlora:
-        return
-    if config.decoder != "llm":
-        raise ValueError(f"--use-qlora quantizes an LLM decoder: add --decoder llm (the decoder is {config.decoder!r}).")
-    if not torch.cuda.is_available():
-        warnings.warn("--use-qlora without CUDA: bitsandbytes' 4-bit kernels need a GPU; training LoRA adapters on an "
-                      "unquantized LLM instead.")
 
 
 def load_pretrained(path: str, config_overrides: dict) -> MMAVSRForConditionalGeneration:
@@ -356,9 +349,7 @@ def build_model(model_args: ModelArguments) -> MMAVSRForConditionalGeneration:
     transfer = model_args.transfer_frontend or model_args.transfer_encoder
     if model_args.model_name_or_path and not transfer:
         overrides = {k: v for k, v in _config_overrides(model_args, {}).items() if k in ("ctc_weight",)}
-        model = load_pretrained(model_args.model_name_or_path, overrides)
-        _check_qlora(model_args, model.config)
-        return model
+        return load_pretrained(model_args.model_name_or_path, overrides)
     if transfer and not model_args.model_name_or_path:
         raise ValueError("--transfer-frontend/--transfer-encoder need --pretrained-model-path.")
 
@@ -369,9 +360,14 @@ def build_model(model_args: ModelArguments) -> MMAVSRForConditionalGeneration:
             "Which model? Give --pretrained-model-path, --config_name (a preset in hub_configs/), --modality, or "
             "--vision-encoder/--audio-encoder."
         )
-    config = MMAVSRConfig(**{**base, **overrides})
-    _check_qlora(model_args, config)
-    model = MMAVSRForConditionalGeneration(config)
+    config_kwargs = {**base, **overrides}
+    if any(config_kwargs.get(f"{part}_model_name") for part in ("vision", "audio", "decoder")):
+        builder = getattr(MMAVSRForConditionalGeneration, "from_pretrained_components", None)
+        if builder is None:
+            raise NotImplementedError("--vision/audio/decoder-model-name need from_pretrained_components (not here yet).")
+        model = builder(**config_kwargs)
+    else:
+        model = MMAVSRForConditionalGeneration(MMAVSRConfig(**config_kwargs))
     if transfer:
         _transfer_weights(model, model_args)
     return model
@@ -391,19 +387,6 @@ def _transfer_weights(model: MMAVSRForConditionalGeneration, model_args: ModelAr
         )
     model.load_state_dict(state, strict=False)
     logger.info(f"Loaded {len(state)} tensors ({', '.join(prefixes)}) from {model_args.model_name_or_path}.")
-
-
-def freeze_pretrained_encoders(model: MMAVSRForConditionalGeneration, model_args: ModelArguments) -> None:
-    """Pretrained encoders (a --*-model-name) stay frozen unless --unfreeze-*; encoders trained from scratch train."""
-    encoder = model.get_encoder()
-    for name, frozen in (
-        ("vision_frontend", model.config.vision_model_name and not model_args.unfreeze_vision),
-        ("audio_frontend", model.config.audio_model_name and not model_args.unfreeze_audio),
-    ):
-        module = getattr(encoder, name, None)
-        if frozen and module is not None:
-            module.requires_grad_(False)
-            logger.info(f"Freezing the pretrained {name} (pass --unfreeze-{name.split('_')[0]} to train it).")
 
 
 def build_processor(model_args: ModelArguments, config: MMAVSRConfig) -> MMAVSRProcessor:
@@ -540,6 +523,21 @@ class AVSRSeq2SeqTrainer(Seq2SeqTrainer):
             prefetch_factor=self.args.dataloader_prefetch_factor,
         )
         return self.accelerator.prepare(loader)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # Trainer's own version reads config.json with the base PreTrainedConfig, which MMAVSRConfig's `decoder` field
+        # (a choice string beside `text_config`) makes ambiguous; the weights are all that resuming needs here
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        model = model if model is not None else self.model
+        folder = Path(resume_from_checkpoint)
+        if (folder / SAFE_WEIGHTS_NAME).is_file():
+            model.load_state_dict(load_file(str(folder / SAFE_WEIGHTS_NAME)), strict=True)
+        elif (folder / SAFE_WEIGHTS_INDEX_NAME).is_file():
+            load_sharded_checkpoint(model, str(folder), strict=True, prefer_safe=True)
+        else:
+            raise FileNotFoundError(f"{folder}: no {SAFE_WEIGHTS_NAME} to resume from.")
+        logger.info(f"Loaded the model weights of {folder}.")
 
     def _pad_tensors_to_max_len(self, tensor, max_length):
         # generated ids are padded with the decoder's pad id (the processor has no pad_token_id of its own)
@@ -703,7 +701,6 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     set_seed(training_args.seed)
 
     model = build_model(model_args)
-    freeze_pretrained_encoders(model, model_args)
     config = model.config
     processor = build_processor(model_args, config)
     modalities = modalities_of(config)

@@ -1,0 +1,308 @@
+"""run_speech_recognition_avsr.py: the seed's command lines, training, evaluation, SNR tables, resume, averaging."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import TrainerCallback
+
+import run_speech_recognition_avsr as script
+from mmavsr_processing import MMAVSRTokenizer, write_audio, write_video
+from modeling_mmavsr import MMAVSRForConditionalGeneration
+
+
+WORDS = ["BIN", "BLUE", "AT", "NOW", "PLACE", "RED", "WITH", "GREEN"]
+
+
+def tiny_preset(path, modality):
+    """A preset JSON of the demo presets' shape, shrunk to test size, with a small video processor."""
+    vision, audio = script.LEGACY_MODALITIES[modality]
+    preset = dict(
+        vision_encoder=vision,
+        audio_encoder=audio,
+        frontend_channels=4,
+        frontend_layers=[1, 1, 1, 1],
+        fusion_hidden_size=32,
+        hidden_size=32,
+        encoder_layers=1,
+        encoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        conv_kernel_size=3,
+        ctc_weight=0.3,
+        text_config=dict(d_model=32, num_hidden_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64),
+        processor={"video_processor": {"size": {"height": 24, "width": 24}, "crop_size": {"height": 20, "width": 20}}},
+    )
+    path.write_text(json.dumps(preset))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A few short clips (noise video + noise audio) in auto_avsr's layout: ROOT/labels/*.csv, ROOT/demo/*.mp4|wav."""
+    root = tmp_path_factory.mktemp("corpus")
+    tokenizer = MMAVSRTokenizer.from_auto_avsr()
+    generator = np.random.default_rng(0)
+    for split, count in (("train", 4), ("test", 2)):
+        lines = []
+        for index in range(count):
+            frames = int(generator.integers(8, 12))
+            relative = f"{split}/clip{index}.mp4"
+            video = (generator.random((frames, 24, 24)) * 255).astype(np.uint8)
+            wave = (0.1 * generator.standard_normal(frames * 640)).astype(np.float32)
+            write_video(root / "demo" / relative, video)
+            write_audio((root / "demo" / relative).with_suffix(".wav"), wave)
+            text = " ".join(generator.choice(WORDS, 3))
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            lines.append(f"demo,{relative},{frames},{' '.join(map(str, ids))}")
+        (root / "labels").mkdir(exist_ok=True)
+        (root / "labels" / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def common_flags(corpus, output_dir, preset):
+    return [
+        f"--config_name={preset}", f"--root-dir={corpus}", f"--output_dir={output_dir}", "--report_to=none",
+        "--per_device_train_batch_size=2", "--per_device_eval_batch_size=2", "--seed=0", "--disable_tqdm=true",
+        "--generation_num_beams=2",
+    ]
+
+
+# ------------------------------------------------------------------------------------------------ arguments
+
+
+def test_seed_train_command_maps_onto_trainer_arguments():
+    model_args, data_args, args = script.parse_args(
+        "--exp-dir=exp --exp-name=vsr --modality=video --root-dir=data --train-file=train.csv --num-nodes=4 "
+        "--val-file=val.csv --test-file=test.csv --gpus=8 --pretrained-model-path=pre --transfer-frontend "
+        "--warmup-epochs=5 --max-epochs=75 --max-frames=1600 --lr=0.001 --weight-decay=0.03 --ctc-weight=0.1 "
+        "--train-num-buckets=400 --ckpt-path=exp/vsr/checkpoint-10 --debug".split()
+    )
+    assert args.output_dir == "exp/vsr"
+    assert (args.num_train_epochs, args.learning_rate, args.weight_decay) == (75, 1e-3, 0.03)
+    assert args.warmup_steps == pytest.approx(5 / 75)
+    assert args.resume_from_checkpoint == "exp/vsr/checkpoint-10"
+    assert args.log_level == "debug"
+    assert (args.gpus, args.num_nodes) == (8, 4)
+    assert (args.do_train, args.do_eval, args.do_predict) == (True, True, True)
+    assert (model_args.modality, model_args.model_name_or_path, model_args.transfer_frontend) == ("video", "pre", True)
+    assert model_args.ctc_weight == 0.1
+    assert (data_args.root_dir, data_args.train_file, data_args.max_frames) == ("data", "train.csv", 1600)
+    assert data_args.train_num_buckets == 400
+
+
+def test_seed_encoder_decoder_and_qlora_flags():
+    model_args, data_args, _ = script.parse_args(
+        "--vision-encoder vit --audio-encoder whisper --decoder llm --fusion-type gated --vision-model-name v "
+        "--audio-model-name a --decoder-model-name d --unfreeze-vision --unfreeze-audio --use-qlora --qlora-r 8 "
+        "--qlora-alpha 16 --root-dir r --train-file t.csv --exp-dir e --exp-name n --output-json out.json".split()
+    )
+    assert (model_args.vision_encoder, model_args.audio_encoder, model_args.decoder) == ("vit", "whisper", "llm")
+    assert (model_args.fusion_type, model_args.vision_model_name) == ("gated", "v")
+    assert (model_args.audio_model_name, model_args.decoder_model_name) == ("a", "d")
+    assert model_args.unfreeze_vision and model_args.unfreeze_audio and model_args.use_qlora
+    assert (model_args.qlora_r, model_args.qlora_alpha) == (8, 16)
+    overrides = script._config_overrides(model_args, {})
+    assert overrides["fusion_type"] == "gated" and overrides["use_qlora"] and overrides["qlora_r"] == 8
+    assert overrides["freeze_vision_encoder"] is False and overrides["freeze_audio_encoder"] is False
+    assert data_args.output_json == "out.json"
+
+
+def test_seed_eval_command_chooses_evaluation():
+    model_args, data_args, args = script.parse_args(
+        "--modality=audio --root-dir=data --test-file=test.csv --pretrained-model-path=exp/asr/model_avg_10 "
+        "--decode-snr-target 999999 10 5 0 -5".split()
+    )
+    assert (args.do_train, args.do_eval, args.do_predict) == (False, True, False)
+    assert model_args.model_name_or_path == "exp/asr/model_avg_10"
+    assert data_args.decode_snr_target == [999999, 10, 5, 0, -5]
+    assert args.predict_with_generate
+
+
+def test_arguments_from_json_and_yaml(tmp_path):
+    values = {"modality": "video", "root_dir": "d", "train_file": "t.csv", "output_dir": str(tmp_path / "o"),
+              "max_epochs": 3, "decode_snr_target": [999999, 0]}
+    (tmp_path / "args.json").write_text(json.dumps(values))
+    (tmp_path / "args.yaml").write_text("\n".join(f"{k}: {json.dumps(v)}" for k, v in values.items()))
+    for name in ("args.json", "args.yaml"):
+        model_args, data_args, args = script.parse_args([str(tmp_path / name)])
+        assert (model_args.modality, args.num_train_epochs, args.do_train) == ("video", 3, True)
+        assert data_args.decode_snr_target == [999999, 0]
+
+
+def test_modality_and_flag_conflicts_are_refused():
+    with pytest.raises(ValueError, match="--modality video has no use for --audio-encoder"):
+        script.build_model(script.parse_args("--modality video --audio-encoder resnet1d --test-file t".split())[0])
+    with pytest.raises(ValueError, match="--output_dir .* disagree"):
+        script.parse_args("--exp-dir e --exp-name n --output_dir other --test-file t".split())
+    with pytest.raises(ValueError, match="Nothing to do"):
+        script.parse_args(["--modality", "video"])
+    with pytest.raises(ValueError, match="an LLM decoder"):
+        script.build_model(script.parse_args("--modality video --use-qlora --test-file t".split())[0])
+
+
+def test_qlora_flags_reach_the_config():
+    model_args = script.parse_args("--modality video --decoder llm --use-qlora --qlora-r 4 --test-file t".split())[0]
+    overrides = script._config_overrides(model_args, {})
+    assert (overrides["decoder"], overrides["use_qlora"], overrides["qlora_r"], overrides["qlora_alpha"]) == (
+        "llm", True, 4, 32)
+
+
+def test_world_size_flags_that_disagree_with_the_launcher_warn(caplog, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    _, _, args = script.parse_args("--modality video --test-file t --gpus 8 --num-nodes 4".split())
+    with caplog.at_level(logging.WARNING, logger=script.logger.name):
+        script.check_world_size(args)
+    assert "launched with 1 process(es) on 1 machine(s)" in caplog.text
+    assert "torchrun --nnodes 4 --nproc_per_node 8" in caplog.text
+    caplog.clear()
+    _, _, args = script.parse_args("--modality video --test-file t --gpus 1 --num-nodes 1".split())
+    script.check_world_size(args)
+    assert caplog.text == ""
+
+
+# ------------------------------------------------------------------------------------------------ clear errors
+
+
+def test_missing_files_and_folders_give_clear_errors(corpus, tmp_path):
+    preset = tiny_preset(tmp_path / "p.json", "video")
+    flags = common_flags(corpus, tmp_path / "out", preset)
+    with pytest.raises(FileNotFoundError, match="--root-dir .*nowhere: no such directory"):
+        script.main(flags + [f"--root-dir={tmp_path / 'nowhere'}", "--test-file=test.csv"])
+    with pytest.raises(FileNotFoundError, match="--test-file missing.csv: not found"):
+        script.main(flags + ["--test-file=missing.csv"])
+    with pytest.raises(FileNotFoundError, match="--pretrained-model-path .*absent: no such model"):
+        script.main(flags + ["--test-file=test.csv", f"--pretrained-model-path={tmp_path / 'absent'}"])
+    with pytest.raises(FileNotFoundError, match="--config_name 'no-such-preset'"):
+        script.main(["--config_name=no-such-preset", f"--root-dir={corpus}", "--test-file=test.csv"])
+    with pytest.raises(FileNotFoundError, match="--noise-file .*none.wav: no such file"):
+        script.main(flags[1:] + [f"--config_name={tiny_preset(tmp_path / 'a.json', 'audio')}", "--test-file=test.csv",
+                                 "--decode-snr-target=0", f"--noise-file={tmp_path / 'none.wav'}"])
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+
+
+def test_train_average_then_evaluate_like_the_seed(corpus, tmp_path):
+    """train.py-style training with model_avg_2, then an eval.py-style run of the averaged model at two SNRs."""
+    preset = tiny_preset(tmp_path / "p.json", "audiovisual")
+    out = tmp_path / "exp" / "av"
+    results = script.main(
+        [f"--config_name={preset}", f"--root-dir={corpus}", f"--exp-dir={tmp_path / 'exp'}", "--exp-name=av",
+         "--train-file=train.csv", "--val-file=test.csv", "--max-epochs=2", "--save_strategy=epoch",
+         "--average_checkpoints=2", "--train-snr", "0", "999999", "--per_device_train_batch_size=2",
+         "--generation_num_beams=2", "--disable_tqdm=true"]
+    )
+    assert np.isfinite(results["eval_wer"]) and results["eval_wer"] >= 0
+    saved = json.loads((out / "eval_results.json").read_text())
+    assert saved["eval_wer"] == pytest.approx(results["eval_wer"])
+    assert list((out / "runs").rglob("events.out.tfevents.*")), "TensorBoard logs are missing"
+
+    # model_avg_2 is the mean of the last two checkpoints, BatchNorm statistics included
+    checkpoints = script.checkpoint_dirs(out)
+    assert [c.name for c in checkpoints] == ["checkpoint-2", "checkpoint-4"]
+    first, second = (load_file(str(c / "model.safetensors")) for c in checkpoints)
+    averaged = load_file(str(out / "model_avg_2" / "model.safetensors"))
+    name = next(k for k in averaged if k.endswith("running_mean"))
+    torch.testing.assert_close(averaged[name], (first[name] + second[name]) / 2)
+
+    # eval.py-style: evaluation chosen by the flags, a WER table over SNRs, every utterance in --output-json
+    hypotheses = tmp_path / "hyp.json"
+    results = script.main(
+        ["--modality=audiovisual", f"--root-dir={corpus}", "--test-file=test.csv",
+         f"--pretrained-model-path={out / 'model_avg_2'}", f"--output_dir={tmp_path / 'eval'}", "--report_to=none",
+         "--decode-snr-target", "999999", "0", f"--output-json={hypotheses}", "--generation_num_beams=2"]
+    )
+    table = json.loads((tmp_path / "eval" / "eval_wer_table.json").read_text())
+    assert [row["condition"] for row in table] == ["clean", "snr0"]
+    assert results["eval_clean_loss"] != results["eval_snr0_loss"], "the 0 dB condition was not noisier"
+    decoded = json.loads(hypotheses.read_text())[0]["conditions"]
+    references = [u["reference"] for u in decoded[0]["utterances"]]
+    tokenizer = MMAVSRTokenizer.from_auto_avsr()
+    expected = [
+        tokenizer.decode([int(t) for t in line.split(",")[3].split()])
+        for line in (corpus / "labels" / "test.csv").read_text().splitlines()
+    ]
+    assert sorted(references) == sorted(expected)
+    assert all(isinstance(u["hypothesis"], str) for u in decoded[1]["utterances"])
+
+
+def test_video_only_decoding_through_the_trainer(corpus, tmp_path, capsys):
+    """Seq2SeqTrainer.prediction_step hands video-only batches (no input_features) to generate()."""
+    preset = tiny_preset(tmp_path / "p.json", "video")
+    results = script.main(common_flags(corpus, tmp_path / "out", preset) + ["--test-file=test.csv", "--do_predict"])
+    assert np.isfinite(results["test_wer"])
+    assert "WER of video on 2 utterances (test)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "test_results.json").read_text())["test_wer"] == results["test_wer"]
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+def test_resumed_run_ends_where_an_uninterrupted_run_ends(corpus, tmp_path):
+    """6 steps straight == 3 steps, stop, resume to 6 (time masks, noise, random crops and dropout all active)."""
+    preset = tiny_preset(tmp_path / "p.json", "audiovisual")
+
+    def run(output_dir, callbacks=None):
+        flags = common_flags(corpus, output_dir, preset) + [
+            "--train-file=train.csv", "--max_steps=6", "--save_steps=3", "--max-frames=24", "--train-snr", "0",
+            "999999", "--learning_rate=0.003", "--warmup_steps=2",
+        ]
+        script.main(flags, callbacks=callbacks)
+
+    run(tmp_path / "straight")
+    run(tmp_path / "resumed", callbacks=[StopAt(3)])
+    interrupted = load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    assert script.checkpoint_dirs(tmp_path / "resumed")[-1].name == "checkpoint-3"
+    run(tmp_path / "resumed")  # finds checkpoint-3 in the output folder and resumes from it
+    straight = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    assert any(not torch.equal(interrupted[k], resumed[k]) for k in resumed), "the resumed run did not train"
+    for name, tensor in straight.items():
+        torch.testing.assert_close(resumed[name], tensor, atol=1e-6, rtol=0, msg=name)
+
+
+def test_average_state_dicts_means_floats_and_keeps_the_largest_counter(tmp_path):
+    states = [
+        {"w": torch.tensor([1.0, 2.0]), "bn.running_var": torch.tensor([1.0]), "bn.num_batches_tracked": torch.tensor(3)},
+        {"w": torch.tensor([3.0, 6.0]), "bn.running_var": torch.tensor([3.0]), "bn.num_batches_tracked": torch.tensor(7)},
+    ]
+    paths = []
+    for index, state in enumerate(states):
+        paths.append(tmp_path / f"{index}.safetensors")
+        save_file(state, str(paths[-1]))
+    averaged = script.average_state_dicts(paths)
+    torch.testing.assert_close(averaged["w"], torch.tensor([2.0, 4.0]))
+    torch.testing.assert_close(averaged["bn.running_var"], torch.tensor([2.0]))
+    assert averaged["bn.num_batches_tracked"].item() == 7
+    assert averaged["bn.num_batches_tracked"].dtype == torch.int64
+    with pytest.raises(FileNotFoundError, match="missing"):
+        script.average_state_dicts([tmp_path / "absent.safetensors"])
+
+
+def test_average_last_checkpoints_loads_into_the_model(tmp_path):
+    torch.manual_seed(0)
+    preset = json.loads(open(tiny_preset(tmp_path / "p.json", "video")).read())
+    preset.pop("processor")
+    model = MMAVSRForConditionalGeneration(script.MMAVSRConfig(**preset))
+    for step, scale in ((1, 1.0), (2, 2.0), (3, 4.0)):
+        folder = tmp_path / "out" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        save_file({k: v * scale if v.is_floating_point() else v for k, v in model.state_dict().items()},
+                  str(folder / "model.safetensors"))
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    processor = script.MMAVSRProcessor.from_auto_avsr()
+    target = script.average_last_checkpoints(model, processor, str(tmp_path / "out"), 2)
+    assert target.name == "model_avg_2"
+    name = "lm_head.weight"
+    torch.testing.assert_close(model.state_dict()[name], original[name] * 3.0)
+    reloaded = MMAVSRForConditionalGeneration.from_pretrained(target)
+    torch.testing.assert_close(reloaded.state_dict()[name], original[name] * 3.0)
