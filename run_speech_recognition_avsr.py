@@ -75,6 +75,15 @@ class ModelArguments:
     tokenizer_name: str | None = field(
         default=None, metadata={"help": "A saved tokenizer/processor folder; default: auto_avsr's unigram5000."}
     )
+    train_vocabulary_size: int | None = field(
+        default=None,
+        metadata={"help": "Train a SentencePiece unigram vocabulary of about this size on the training transcripts "
+                          "(saved with the model) instead of using auto_avsr's unigram5000."},
+    )
+    train_vocabulary_type: str = field(
+        default="unigram",
+        metadata={"help": "SentencePiece model of --train_vocabulary_size.", "choices": ["unigram", "bpe", "word", "char"]},
+    )
     modality: str | None = field(
         default=None,
         metadata={"help": "auto_avsr's input modality.", "choices": ["video", "audio", "audiovisual"]},
@@ -344,8 +353,9 @@ def read_preset(model_args: ModelArguments) -> tuple[dict, dict]:
     return base, processor_kwargs
 
 
-def build_model(model_args: ModelArguments) -> MMAVSRForConditionalGeneration:
-    """The model to train or evaluate, from a saved model, a preset + flags, or the flags alone."""
+def build_model(model_args: ModelArguments, tokenizer: MMAVSRTokenizer | None = None) -> MMAVSRForConditionalGeneration:
+    """The model to train or evaluate, from a saved model, a preset + flags, or the flags alone; a new `tokenizer`
+    sets the decoder's vocabulary size and special ids."""
     transfer = model_args.transfer_frontend or model_args.transfer_encoder
     if model_args.model_name_or_path and not transfer:
         overrides = {k: v for k, v in _config_overrides(model_args, {}).items() if k in ("ctc_weight",)}
@@ -361,6 +371,12 @@ def build_model(model_args: ModelArguments) -> MMAVSRForConditionalGeneration:
             "--vision-encoder/--audio-encoder."
         )
     config_kwargs = {**base, **overrides}
+    if tokenizer is not None:
+        special = tokenizer.eos_token_id
+        config_kwargs["text_config"] = {
+            **config_kwargs.get("text_config", {}), "vocab_size": tokenizer.vocab_size, "pad_token_id": 0,
+            "bos_token_id": special, "eos_token_id": special, "decoder_start_token_id": special,
+        }
     if any(config_kwargs.get(f"{part}_model_name") for part in ("vision", "audio", "decoder")):
         builder = getattr(MMAVSRForConditionalGeneration, "from_pretrained_components", None)
         if builder is None:
@@ -389,18 +405,21 @@ def _transfer_weights(model: MMAVSRForConditionalGeneration, model_args: ModelAr
     logger.info(f"Loaded {len(state)} tensors ({', '.join(prefixes)}) from {model_args.model_name_or_path}.")
 
 
-def build_processor(model_args: ModelArguments, config: MMAVSRConfig) -> MMAVSRProcessor:
+def build_processor(
+    model_args: ModelArguments, config: MMAVSRConfig, tokenizer: MMAVSRTokenizer | None = None
+) -> MMAVSRProcessor:
     source = model_args.tokenizer_name or model_args.model_name_or_path
-    if source and Path(source).is_dir() and (Path(source) / "processor_config.json").is_file():
+    if tokenizer is None and source and Path(source).is_dir() and (Path(source) / "processor_config.json").is_file():
         processor = MMAVSRProcessor.from_pretrained(source)
     else:
         _, settings = read_preset(model_args)
         video_kwargs = {"vision_encoder": config.vision_encoder or "resnet", **settings.get("video_processor", {})}
-        tokenizer = (
-            MMAVSRTokenizer.from_pretrained(model_args.tokenizer_name)
-            if model_args.tokenizer_name
-            else MMAVSRTokenizer.from_auto_avsr()
-        )
+        if tokenizer is None:
+            tokenizer = (
+                MMAVSRTokenizer.from_pretrained(model_args.tokenizer_name)
+                if model_args.tokenizer_name
+                else MMAVSRTokenizer.from_auto_avsr()
+            )
         processor = MMAVSRProcessor(
             feature_extractor=MMAVSRFeatureExtractor(**settings.get("feature_extractor", {})),
             video_processor=MMAVSRVideoProcessor(**video_kwargs),
@@ -700,12 +719,6 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     check_world_size(training_args)
     set_seed(training_args.seed)
 
-    model = build_model(model_args)
-    config = model.config
-    processor = build_processor(model_args, config)
-    modalities = modalities_of(config)
-    logger.info(f"Model: {config.modality} ({', '.join(modalities)}), {model.num_parameters():,} parameters.")
-
     train_dataset = eval_dataset = test_dataset = None
     if training_args.do_train:
         if not data_args.train_file:
@@ -721,6 +734,21 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         if not data_args.test_file:
             raise ValueError("--do_predict needs --test-file.")
         test_dataset = load_split(data_args, data_args.test_file, "--test-file", data_args.max_eval_samples)
+
+    tokenizer = None
+    if model_args.train_vocabulary_size:
+        if train_dataset is None:
+            raise ValueError("--train_vocabulary_size needs training transcripts (--train-file).")
+        tokenizer = MMAVSRTokenizer.train_vocabulary(
+            train_dataset["text"], Path(training_args.output_dir) / "vocabulary",
+            vocab_size=model_args.train_vocabulary_size, model_type=model_args.train_vocabulary_type,
+            hard_vocab_limit=False,
+        )
+    model = build_model(model_args, tokenizer)
+    config = model.config
+    processor = build_processor(model_args, config, tokenizer)
+    modalities = modalities_of(config)
+    logger.info(f"Model: {config.modality} ({', '.join(modalities)}), {model.num_parameters():,} parameters.")
 
     noise = None
     needs_noise = bool(data_args.train_snr and training_args.do_train) or any(

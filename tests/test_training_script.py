@@ -230,10 +230,18 @@ def test_train_average_then_evaluate_like_the_seed(corpus, tmp_path):
 
 
 def test_video_only_decoding_through_the_trainer(corpus, tmp_path, capsys):
-    """Seq2SeqTrainer.prediction_step hands video-only batches (no input_features) to generate()."""
+    """Seq2SeqTrainer.prediction_step hands video-only batches (no input_features) to generate(); a word vocabulary
+    trained on the transcripts replaces auto_avsr's and is saved with the model."""
     preset = tiny_preset(tmp_path / "p.json", "video")
-    results = script.main(common_flags(corpus, tmp_path / "out", preset) + ["--test-file=test.csv", "--do_predict"])
+    results = script.main(common_flags(corpus, tmp_path / "out", preset) + [
+        "--train-file=train.csv", "--test-file=test.csv", "--do_train", "--do_predict", "--max_steps=1",
+        "--train_vocabulary_size=40", "--train_vocabulary_type=word"])
     assert np.isfinite(results["test_wer"])
+    saved = MMAVSRForConditionalGeneration.from_pretrained(tmp_path / "out")
+    tokenizer = script.MMAVSRProcessor.from_pretrained(tmp_path / "out").tokenizer
+    assert saved.config.vocab_size == tokenizer.vocab_size < 40
+    assert saved.config.text_config.eos_token_id == tokenizer.eos_token_id == tokenizer.vocab_size - 1
+    assert len(tokenizer.tokenize("BLUE AT NOW")) == 3
     assert "WER of video on 2 utterances (test)" in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "test_results.json").read_text())["test_wer"] == results["test_wer"]
 
