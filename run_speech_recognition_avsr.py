@@ -15,7 +15,6 @@ and `--test-file` when given); otherwise a `--test-file` or `--val-file` is eval
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -30,11 +29,6 @@ import jiwer
 import numpy as np
 import torch
 import transformers
-from safetensors.torch import load_file
-from transformers import HfArgumentParser, Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback, set_seed
-from transformers.trainer_utils import get_last_checkpoint, load_sharded_checkpoint
-from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
-
 from mmavsr_processing import (
     CLEAN_SNR,
     AddNoise,
@@ -45,10 +39,20 @@ from mmavsr_processing import (
     TimeMask,
     make_babble,
 )
-from mmavsr_processing.collation import MMAVSRDataCollator, MaxFramesBatchSampler
+from mmavsr_processing.collation import MaxFramesBatchSampler, MMAVSRDataCollator
+from safetensors.torch import load_file
+from transformers import (
+    HfArgumentParser,
+    Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
+    TrainerCallback,
+    set_seed,
+)
+from transformers.trainer_utils import get_last_checkpoint, load_sharded_checkpoint
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
+
 from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
 from modeling_mmavsr.configuration_mmavsr import LEGACY_MODALITIES
-
 
 logger = logging.getLogger(__name__)
 
@@ -70,45 +74,88 @@ class ModelArguments:
     )
     config_name: str | None = field(
         default=None,
-        metadata={"help": "A preset name from hub_configs/ (e.g. demo-vsr-resnet), a config JSON or a config folder."},
+        metadata={
+            "help": "A preset name from hub_configs/ (e.g. demo-vsr-resnet), a config JSON or a config folder."
+        },
     )
     tokenizer_name: str | None = field(
-        default=None, metadata={"help": "A saved tokenizer/processor folder; default: auto_avsr's unigram5000."}
+        default=None,
+        metadata={
+            "help": "A saved tokenizer/processor folder; default: auto_avsr's unigram5000."
+        },
     )
     train_vocabulary_size: int | None = field(
         default=None,
-        metadata={"help": "Train a SentencePiece unigram vocabulary of about this size on the training transcripts "
-                          "(saved with the model) instead of using auto_avsr's unigram5000."},
+        metadata={
+            "help": "Train a SentencePiece unigram vocabulary of about this size on the training transcripts "
+            "(saved with the model) instead of using auto_avsr's unigram5000."
+        },
     )
     train_vocabulary_type: str = field(
         default="unigram",
-        metadata={"help": "SentencePiece model of --train_vocabulary_size.", "choices": ["unigram", "bpe", "word", "char"]},
+        metadata={
+            "help": "SentencePiece model of --train_vocabulary_size.",
+            "choices": ["unigram", "bpe", "word", "char"],
+        },
     )
     modality: str | None = field(
         default=None,
-        metadata={"help": "auto_avsr's input modality.", "choices": ["video", "audio", "audiovisual"]},
+        metadata={
+            "help": "auto_avsr's input modality.",
+            "choices": ["video", "audio", "audiovisual"],
+        },
     )
-    vision_encoder: str | None = field(default=None, metadata={"help": "resnet, vit, vivit or clip-vit."})
-    audio_encoder: str | None = field(default=None, metadata={"help": "resnet1d, whisper or wavlm."})
-    decoder: str | None = field(default=None, metadata={"help": "transformer, llm or whisper-decoder."})
-    fusion_type: str | None = field(default=None, metadata={"help": "concat, add or gated."})
-    vision_model_name: str | None = field(default=None, metadata={"help": "Pretrained vision encoder (id/folder)."})
-    audio_model_name: str | None = field(default=None, metadata={"help": "Pretrained audio encoder (id/folder)."})
-    decoder_model_name: str | None = field(default=None, metadata={"help": "Pretrained decoder (id/folder)."})
-    ctc_weight: float | None = field(default=None, metadata={"help": "Weight of the CTC loss in training."})
-    unfreeze_vision: bool = field(default=False, metadata={"help": "Train a pretrained vision encoder (frozen by default)."})
-    unfreeze_audio: bool = field(default=False, metadata={"help": "Train a pretrained audio encoder (frozen by default)."})
+    vision_encoder: str | None = field(
+        default=None, metadata={"help": "resnet, vit, vivit or clip-vit."}
+    )
+    audio_encoder: str | None = field(
+        default=None, metadata={"help": "resnet1d, whisper or wavlm."}
+    )
+    decoder: str | None = field(
+        default=None, metadata={"help": "transformer, llm or whisper-decoder."}
+    )
+    fusion_type: str | None = field(
+        default=None, metadata={"help": "concat, add or gated."}
+    )
+    vision_model_name: str | None = field(
+        default=None, metadata={"help": "Pretrained vision encoder (id/folder)."}
+    )
+    audio_model_name: str | None = field(
+        default=None, metadata={"help": "Pretrained audio encoder (id/folder)."}
+    )
+    decoder_model_name: str | None = field(
+        default=None, metadata={"help": "Pretrained decoder (id/folder)."}
+    )
+    ctc_weight: float | None = field(
+        default=None, metadata={"help": "Weight of the CTC loss in training."}
+    )
+    unfreeze_vision: bool = field(
+        default=False,
+        metadata={"help": "Train a pretrained vision encoder (frozen by default)."},
+    )
+    unfreeze_audio: bool = field(
+        default=False,
+        metadata={"help": "Train a pretrained audio encoder (frozen by default)."},
+    )
     use_qlora: bool = field(
         default=False,
-        metadata={"help": "4-bit NF4 LLM decoder with LoRA (needs --decoder llm; without CUDA: LoRA, no quantization)."},
+        metadata={
+            "help": "4-bit NF4 LLM decoder with LoRA (needs --decoder llm; without CUDA: LoRA, no quantization)."
+        },
     )
     qlora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     qlora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     transfer_frontend: bool = field(
-        default=False, metadata={"help": "Load only the frontends from --pretrained-model-path (auto_avsr)."}
+        default=False,
+        metadata={
+            "help": "Load only the frontends from --pretrained-model-path (auto_avsr)."
+        },
     )
     transfer_encoder: bool = field(
-        default=False, metadata={"help": "Load only the encoder from --pretrained-model-path (auto_avsr)."}
+        default=False,
+        metadata={
+            "help": "Load only the encoder from --pretrained-model-path (auto_avsr)."
+        },
     )
 
 
@@ -116,37 +163,70 @@ class ModelArguments:
 class DataTrainingArguments:
     """Where the data is (auto_avsr's preprocessed layout) and how it is batched, augmented and decoded."""
 
-    root_dir: str | None = field(default=None, metadata={"help": "Root of the preprocessed dataset."})
-    train_file: str | None = field(default=None, metadata={"help": "Training label CSV (in ROOT/labels/ or a path)."})
-    val_file: str | None = field(default=None, metadata={"help": "Validation label CSV."})
+    root_dir: str | None = field(
+        default=None, metadata={"help": "Root of the preprocessed dataset."}
+    )
+    train_file: str | None = field(
+        default=None,
+        metadata={"help": "Training label CSV (in ROOT/labels/ or a path)."},
+    )
+    val_file: str | None = field(
+        default=None, metadata={"help": "Validation label CSV."}
+    )
     test_file: str | None = field(default=None, metadata={"help": "Test label CSV."})
     max_frames: int | None = field(
         default=None,
-        metadata={"help": "Cap on the summed video frames of a training batch (replaces the batch size)."},
+        metadata={
+            "help": "Cap on the summed video frames of a training batch (replaces the batch size)."
+        },
     )
-    train_num_buckets: int = field(default=400, metadata={"help": "Length buckets of the --max-frames sampler."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training clips."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation clips."})
-    time_masking: bool = field(default=True, metadata={"help": "auto_avsr's adaptive time masks in training."})
+    train_num_buckets: int = field(
+        default=400, metadata={"help": "Length buckets of the --max-frames sampler."}
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N training clips."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N evaluation clips."}
+    )
+    time_masking: bool = field(
+        default=True, metadata={"help": "auto_avsr's adaptive time masks in training."}
+    )
     train_snr: list[float] | None = field(
         default=None,
-        metadata={"help": "Add babble/--noise-file noise in training at an SNR drawn from these (999999 = clean)."},
+        metadata={
+            "help": "Add babble/--noise-file noise in training at an SNR drawn from these (999999 = clean)."
+        },
     )
     noise_file: str | None = field(
-        default=None, metadata={"help": "Noise wav; default: babble mixed from training (or test) utterances."}
+        default=None,
+        metadata={
+            "help": "Noise wav; default: babble mixed from training (or test) utterances."
+        },
     )
     decode_snr_target: list[float] = field(
         default_factory=lambda: [CLEAN_SNR],
-        metadata={"help": "SNR(s) in dB of the noise added at evaluation; several give a WER table."},
+        metadata={
+            "help": "SNR(s) in dB of the noise added at evaluation; several give a WER table."
+        },
     )
     decode_ctc_weight: float | None = field(
-        default=None, metadata={"help": "CTC weight of joint decoding (default: the model's generation config)."}
+        default=None,
+        metadata={
+            "help": "CTC weight of joint decoding (default: the model's generation config)."
+        },
     )
     output_json: str | None = field(
-        default=None, metadata={"help": "Write every utterance's reference and hypothesis to this JSON file."}
+        default=None,
+        metadata={
+            "help": "Write every utterance's reference and hypothesis to this JSON file."
+        },
     )
     skip_bad_files: bool = field(
-        default=False, metadata={"help": "Skip (and count) clips whose files are missing, instead of stopping."}
+        default=False,
+        metadata={
+            "help": "Skip (and count) clips whose files are missing, instead of stopping."
+        },
     )
 
 
@@ -154,31 +234,59 @@ class DataTrainingArguments:
 class AVSRTrainingArguments(Seq2SeqTrainingArguments):
     """`Seq2SeqTrainingArguments` with AVSR defaults, the seed's trainer flags, and checkpoint averaging."""
 
-    predict_with_generate: bool = field(default=True, metadata={"help": "Decode with generate() for the WER."})
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the video/audio/text columns."})
-    report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "Loggers (tensorboard)."})
+    predict_with_generate: bool = field(
+        default=True, metadata={"help": "Decode with generate() for the WER."}
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep the video/audio/text columns."}
+    )
+    report_to: None | str | list[str] = field(
+        default="tensorboard", metadata={"help": "Loggers (tensorboard)."}
+    )
     average_checkpoints: int | None = field(
         default=None,
-        metadata={"help": "After training, average the last N checkpoints into OUTPUT_DIR/model_avg_N (auto_avsr)."},
+        metadata={
+            "help": "After training, average the last N checkpoints into OUTPUT_DIR/model_avg_N (auto_avsr)."
+        },
     )
     # auto_avsr's trainer flags, mapped onto the fields above in __post_init__
-    exp_dir: str | None = field(default=None, metadata={"help": "auto_avsr: output_dir is EXP_DIR/EXP_NAME."})
-    exp_name: str | None = field(default=None, metadata={"help": "auto_avsr: experiment name."})
-    max_epochs: float | None = field(default=None, metadata={"help": "auto_avsr: = --num_train_epochs."})
-    lr: float | None = field(default=None, metadata={"help": "auto_avsr: = --learning_rate."})
-    warmup_epochs: float | None = field(default=None, metadata={"help": "auto_avsr: warmup as a share of epochs."})
-    ckpt_path: str | None = field(default=None, metadata={"help": "auto_avsr: = --resume_from_checkpoint."})
+    exp_dir: str | None = field(
+        default=None, metadata={"help": "auto_avsr: output_dir is EXP_DIR/EXP_NAME."}
+    )
+    exp_name: str | None = field(
+        default=None, metadata={"help": "auto_avsr: experiment name."}
+    )
+    max_epochs: float | None = field(
+        default=None, metadata={"help": "auto_avsr: = --num_train_epochs."}
+    )
+    lr: float | None = field(
+        default=None, metadata={"help": "auto_avsr: = --learning_rate."}
+    )
+    warmup_epochs: float | None = field(
+        default=None, metadata={"help": "auto_avsr: warmup as a share of epochs."}
+    )
+    ckpt_path: str | None = field(
+        default=None, metadata={"help": "auto_avsr: = --resume_from_checkpoint."}
+    )
     gpus: int | None = field(
-        default=None, metadata={"help": "auto_avsr: processes per machine; checked against the launcher's."}
+        default=None,
+        metadata={
+            "help": "auto_avsr: processes per machine; checked against the launcher's."
+        },
     )
     num_nodes: int | None = field(
-        default=None, metadata={"help": "auto_avsr: machines; checked against the launcher's world size."}
+        default=None,
+        metadata={
+            "help": "auto_avsr: machines; checked against the launcher's world size."
+        },
     )
 
     def __post_init__(self):
         if self.exp_dir is not None or self.exp_name is not None:
             exp_dir = os.path.join(self.exp_dir or "./exp", self.exp_name or "")
-            if self.output_dir is not None and os.path.normpath(self.output_dir) != os.path.normpath(exp_dir):
+            if self.output_dir is not None and os.path.normpath(
+                self.output_dir
+            ) != os.path.normpath(exp_dir):
                 raise ValueError(
                     f"--output_dir {self.output_dir} and --exp-dir/--exp-name ({exp_dir}) disagree; give one of them."
                 )
@@ -189,13 +297,20 @@ class AVSRTrainingArguments(Seq2SeqTrainingArguments):
             self.learning_rate = self.lr
         if self.warmup_epochs is not None:
             epochs = self.num_train_epochs
-            self.warmup_steps = min(self.warmup_epochs / epochs, 0.999) if epochs > 0 else 0.0
+            self.warmup_steps = (
+                min(self.warmup_epochs / epochs, 0.999) if epochs > 0 else 0.0
+            )
         if self.ckpt_path is not None:
             self.resume_from_checkpoint = self.ckpt_path
         if self.average_checkpoints is not None:
             if self.average_checkpoints < 1:
-                raise ValueError(f"--average_checkpoints must be >= 1, got {self.average_checkpoints}.")
-            if self.save_total_limit is not None and self.save_total_limit < self.average_checkpoints:
+                raise ValueError(
+                    f"--average_checkpoints must be >= 1, got {self.average_checkpoints}."
+                )
+            if (
+                self.save_total_limit is not None
+                and self.save_total_limit < self.average_checkpoints
+            ):
                 raise ValueError(
                     f"--save_total_limit {self.save_total_limit} keeps fewer checkpoints than "
                     f"--average_checkpoints {self.average_checkpoints} averages."
@@ -222,7 +337,9 @@ def _translate_seed_flags(argv: list[str]) -> list[str]:
 def parse_args(argv: list[str] | None = None):
     """Command line (seed flags included) or a single JSON/YAML file -> the three argument dataclasses."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, AVSRTrainingArguments))
+    parser = HfArgumentParser(
+        (ModelArguments, DataTrainingArguments, AVSRTrainingArguments)
+    )
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         path = Path(argv[0])
         if not path.is_file():
@@ -239,7 +356,9 @@ def parse_args(argv: list[str] | None = None):
     return model_args, data_args, training_args
 
 
-def _choose_stages(data_args: DataTrainingArguments, training_args: AVSRTrainingArguments) -> None:
+def _choose_stages(
+    data_args: DataTrainingArguments, training_args: AVSRTrainingArguments
+) -> None:
     """Without --do_train/--do_eval/--do_predict the files decide, as with auto_avsr's train.py and eval.py."""
     if training_args.do_train or training_args.do_eval or training_args.do_predict:
         return
@@ -263,7 +382,9 @@ def check_world_size(training_args: AVSRTrainingArguments) -> None:
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
     nodes = max(world_size // max(local_size, 1), 1)
     wanted_local = training_args.gpus if training_args.gpus is not None else local_size
-    wanted_nodes = training_args.num_nodes if training_args.num_nodes is not None else nodes
+    wanted_nodes = (
+        training_args.num_nodes if training_args.num_nodes is not None else nodes
+    )
     if (wanted_local, wanted_nodes) != (local_size, nodes):
         logger.warning(
             f"--gpus {training_args.gpus} --num-nodes {training_args.num_nodes} ask for {wanted_local} process(es) "
@@ -279,13 +400,19 @@ def check_world_size(training_args: AVSRTrainingArguments) -> None:
 
 def resolve_preset(name: str) -> Path:
     """A preset name (hub_configs/NAME.json), a JSON file or a folder with config.json."""
-    for candidate in (Path(name), HUB_CONFIGS_DIR / name, HUB_CONFIGS_DIR / f"{name}.json"):
+    for candidate in (
+        Path(name),
+        HUB_CONFIGS_DIR / name,
+        HUB_CONFIGS_DIR / f"{name}.json",
+    ):
         if candidate.is_file():
             return candidate
         if candidate.is_dir() and (candidate / "config.json").is_file():
             return candidate / "config.json"
     presets = sorted(p.stem for p in HUB_CONFIGS_DIR.glob("*.json"))
-    raise FileNotFoundError(f"--config_name {name!r}: no such preset, JSON file or config folder (presets: {presets}).")
+    raise FileNotFoundError(
+        f"--config_name {name!r}: no such preset, JSON file or config folder (presets: {presets})."
+    )
 
 
 def _config_overrides(model_args: ModelArguments, base: dict) -> dict:
@@ -301,14 +428,27 @@ def _config_overrides(model_args: ModelArguments, base: dict) -> dict:
             ("--audio-encoder", model_args.audio_encoder, wanted_audio),
         ):
             if value is not None and allowed is None:
-                raise ValueError(f"--modality {model_args.modality} has no use for {flag} {value}.")
+                raise ValueError(
+                    f"--modality {model_args.modality} has no use for {flag} {value}."
+                )
     if model_args.vision_encoder is not None:
         vision = model_args.vision_encoder
     if model_args.audio_encoder is not None:
         audio = model_args.audio_encoder
-    if model_args.modality is not None or model_args.vision_encoder or model_args.audio_encoder:
+    if (
+        model_args.modality is not None
+        or model_args.vision_encoder
+        or model_args.audio_encoder
+    ):
         overrides.update(vision_encoder=vision, audio_encoder=audio)
-    for name in ("decoder", "fusion_type", "vision_model_name", "audio_model_name", "decoder_model_name", "ctc_weight"):
+    for name in (
+        "decoder",
+        "fusion_type",
+        "vision_model_name",
+        "audio_model_name",
+        "decoder_model_name",
+        "ctc_weight",
+    ):
         value = getattr(model_args, name)
         if value is not None:
             overrides[name] = value
@@ -318,17 +458,27 @@ def _config_overrides(model_args: ModelArguments, base: dict) -> dict:
     if model_args.unfreeze_audio:
         overrides["freeze_audio_encoder"] = False
     if model_args.use_qlora:
-        overrides.update(use_qlora=True, qlora_r=model_args.qlora_r, qlora_alpha=model_args.qlora_alpha)
+        overrides.update(
+            use_qlora=True,
+            qlora_r=model_args.qlora_r,
+            qlora_alpha=model_args.qlora_alpha,
+        )
     return overrides
 
 
-def load_pretrained(path: str, config_overrides: dict) -> MMAVSRForConditionalGeneration:
+def load_pretrained(
+    path: str, config_overrides: dict
+) -> MMAVSRForConditionalGeneration:
     """A save_pretrained folder, or an auto_avsr .pth checkpoint converted on the fly."""
     source = Path(path)
     if source.is_dir():
         if not (source / "config.json").is_file():
-            raise FileNotFoundError(f"--pretrained-model-path {path}: folder has no config.json (not a saved model).")
-        return MMAVSRForConditionalGeneration.from_pretrained(source, **config_overrides)
+            raise FileNotFoundError(
+                f"--pretrained-model-path {path}: folder has no config.json (not a saved model)."
+            )
+        return MMAVSRForConditionalGeneration.from_pretrained(
+            source, **config_overrides
+        )
     if source.is_file() and source.suffix in (".pth", ".pt", ".ckpt"):
         try:
             from modeling_mmavsr.convert_auto_avsr_checkpoint import convert_checkpoint
@@ -338,7 +488,9 @@ def load_pretrained(path: str, config_overrides: dict) -> MMAVSRForConditionalGe
                 "modeling_mmavsr.convert_auto_avsr_checkpoint, which is not available yet; convert it to a folder first."
             ) from error
         return convert_checkpoint(source, **config_overrides)
-    raise FileNotFoundError(f"--pretrained-model-path {path}: no such model folder or .pth file.")
+    raise FileNotFoundError(
+        f"--pretrained-model-path {path}: no such model folder or .pth file."
+    )
 
 
 def read_preset(model_args: ModelArguments) -> tuple[dict, dict]:
@@ -347,21 +499,36 @@ def read_preset(model_args: ModelArguments) -> tuple[dict, dict]:
     if not model_args.config_name:
         return {}, {}
     base = json.loads(resolve_preset(model_args.config_name).read_text())
-    for key in ("architectures", "auto_map", "transformers_version", "model_type", "_name_or_path", "dtype"):
+    for key in (
+        "architectures",
+        "auto_map",
+        "transformers_version",
+        "model_type",
+        "_name_or_path",
+        "dtype",
+    ):
         base.pop(key, None)
     processor_kwargs = base.pop("processor", {})
     return base, processor_kwargs
 
 
-def build_model(model_args: ModelArguments, tokenizer: MMAVSRTokenizer | None = None) -> MMAVSRForConditionalGeneration:
+def build_model(
+    model_args: ModelArguments, tokenizer: MMAVSRTokenizer | None = None
+) -> MMAVSRForConditionalGeneration:
     """The model to train or evaluate, from a saved model, a preset + flags, or the flags alone; a new `tokenizer`
     sets the decoder's vocabulary size and special ids."""
     transfer = model_args.transfer_frontend or model_args.transfer_encoder
     if model_args.model_name_or_path and not transfer:
-        overrides = {k: v for k, v in _config_overrides(model_args, {}).items() if k in ("ctc_weight",)}
+        overrides = {
+            k: v
+            for k, v in _config_overrides(model_args, {}).items()
+            if k in ("ctc_weight",)
+        }
         return load_pretrained(model_args.model_name_or_path, overrides)
     if transfer and not model_args.model_name_or_path:
-        raise ValueError("--transfer-frontend/--transfer-encoder need --pretrained-model-path.")
+        raise ValueError(
+            "--transfer-frontend/--transfer-encoder need --pretrained-model-path."
+        )
 
     base, _ = read_preset(model_args)
     overrides = _config_overrides(model_args, base)
@@ -374,13 +541,24 @@ def build_model(model_args: ModelArguments, tokenizer: MMAVSRTokenizer | None = 
     if tokenizer is not None:
         special = tokenizer.eos_token_id
         config_kwargs["text_config"] = {
-            **config_kwargs.get("text_config", {}), "vocab_size": tokenizer.vocab_size, "pad_token_id": 0,
-            "bos_token_id": special, "eos_token_id": special, "decoder_start_token_id": special,
+            **config_kwargs.get("text_config", {}),
+            "vocab_size": tokenizer.vocab_size,
+            "pad_token_id": 0,
+            "bos_token_id": special,
+            "eos_token_id": special,
+            "decoder_start_token_id": special,
         }
-    if any(config_kwargs.get(f"{part}_model_name") for part in ("vision", "audio", "decoder")):
-        builder = getattr(MMAVSRForConditionalGeneration, "from_pretrained_components", None)
+    if any(
+        config_kwargs.get(f"{part}_model_name")
+        for part in ("vision", "audio", "decoder")
+    ):
+        builder = getattr(
+            MMAVSRForConditionalGeneration, "from_pretrained_components", None
+        )
         if builder is None:
-            raise NotImplementedError("--vision/audio/decoder-model-name need from_pretrained_components (not here yet).")
+            raise NotImplementedError(
+                "--vision/audio/decoder-model-name need from_pretrained_components (not here yet)."
+            )
         model = builder(**config_kwargs)
     else:
         model = MMAVSRForConditionalGeneration(MMAVSRConfig(**config_kwargs))
@@ -389,11 +567,16 @@ def build_model(model_args: ModelArguments, tokenizer: MMAVSRTokenizer | None = 
     return model
 
 
-def _transfer_weights(model: MMAVSRForConditionalGeneration, model_args: ModelArguments) -> None:
+def _transfer_weights(
+    model: MMAVSRForConditionalGeneration, model_args: ModelArguments
+) -> None:
     """auto_avsr's --transfer-frontend / --transfer-encoder: copy those parts of a saved model."""
     source = load_pretrained(model_args.model_name_or_path, {})
-    prefixes = ("model.encoder.",) if model_args.transfer_encoder else (
-        "model.encoder.vision_frontend.", "model.encoder.audio_frontend.")
+    prefixes = (
+        ("model.encoder.",)
+        if model_args.transfer_encoder
+        else ("model.encoder.vision_frontend.", "model.encoder.audio_frontend.")
+    )
     state = {k: v for k, v in source.state_dict().items() if k.startswith(prefixes)}
     missing = [k for k in state if k not in model.state_dict()]
     if not state or missing:
@@ -402,18 +585,30 @@ def _transfer_weights(model: MMAVSRForConditionalGeneration, model_args: ModelAr
             f"({'nothing found' if not state else f'{len(missing)} keys absent from this model'})."
         )
     model.load_state_dict(state, strict=False)
-    logger.info(f"Loaded {len(state)} tensors ({', '.join(prefixes)}) from {model_args.model_name_or_path}.")
+    logger.info(
+        f"Loaded {len(state)} tensors ({', '.join(prefixes)}) from {model_args.model_name_or_path}."
+    )
 
 
 def build_processor(
-    model_args: ModelArguments, config: MMAVSRConfig, tokenizer: MMAVSRTokenizer | None = None
+    model_args: ModelArguments,
+    config: MMAVSRConfig,
+    tokenizer: MMAVSRTokenizer | None = None,
 ) -> MMAVSRProcessor:
     source = model_args.tokenizer_name or model_args.model_name_or_path
-    if tokenizer is None and source and Path(source).is_dir() and (Path(source) / "processor_config.json").is_file():
+    if (
+        tokenizer is None
+        and source
+        and Path(source).is_dir()
+        and (Path(source) / "processor_config.json").is_file()
+    ):
         processor = MMAVSRProcessor.from_pretrained(source)
     else:
         _, settings = read_preset(model_args)
-        video_kwargs = {"vision_encoder": config.vision_encoder or "resnet", **settings.get("video_processor", {})}
+        video_kwargs = {
+            "vision_encoder": config.vision_encoder or "resnet",
+            **settings.get("video_processor", {}),
+        }
         if tokenizer is None:
             tokenizer = (
                 MMAVSRTokenizer.from_pretrained(model_args.tokenizer_name)
@@ -421,7 +616,9 @@ def build_processor(
                 else MMAVSRTokenizer.from_auto_avsr()
             )
         processor = MMAVSRProcessor(
-            feature_extractor=MMAVSRFeatureExtractor(**settings.get("feature_extractor", {})),
+            feature_extractor=MMAVSRFeatureExtractor(
+                **settings.get("feature_extractor", {})
+            ),
             video_processor=MMAVSRVideoProcessor(**video_kwargs),
             tokenizer=tokenizer,
         )
@@ -439,22 +636,34 @@ def build_processor(
 
 def resolve_label_file(root_dir: str, label_file: str, flag: str) -> Path:
     """auto_avsr keeps label CSVs in ROOT/labels/; a path relative to ROOT or absolute works too."""
-    candidates = [Path(root_dir) / "labels" / label_file, Path(root_dir) / label_file, Path(label_file)]
+    candidates = [
+        Path(root_dir) / "labels" / label_file,
+        Path(root_dir) / label_file,
+        Path(label_file),
+    ]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"{flag} {label_file}: not found (looked for {', '.join(str(c) for c in candidates)}).")
+    raise FileNotFoundError(
+        f"{flag} {label_file}: not found (looked for {', '.join(str(c) for c in candidates)})."
+    )
 
 
-def load_split(data_args: DataTrainingArguments, label_file: str, flag: str, limit: int | None) -> datasets.Dataset:
+def load_split(
+    data_args: DataTrainingArguments, label_file: str, flag: str, limit: int | None
+) -> datasets.Dataset:
     from mmavsr_processing.lrs3 import load_auto_avsr_dataset
 
     if not data_args.root_dir:
-        raise ValueError(f"{flag} needs --root-dir (the root of the preprocessed dataset).")
+        raise ValueError(
+            f"{flag} needs --root-dir (the root of the preprocessed dataset)."
+        )
     if not Path(data_args.root_dir).is_dir():
         raise FileNotFoundError(f"--root-dir {data_args.root_dir}: no such directory.")
     path = resolve_label_file(data_args.root_dir, label_file, flag)
-    dataset = load_auto_avsr_dataset(data_args.root_dir, path, skip_bad_files=data_args.skip_bad_files)
+    dataset = load_auto_avsr_dataset(
+        data_args.root_dir, path, skip_bad_files=data_args.skip_bad_files
+    )
     if len(dataset) == 0:
         raise ValueError(f"{flag} {path}: no usable clips.")
     if limit is not None:
@@ -463,19 +672,32 @@ def load_split(data_args: DataTrainingArguments, label_file: str, flag: str, lim
 
 
 def modalities_of(config: MMAVSRConfig) -> tuple[str, ...]:
-    return tuple(name for name, used in (("video", config.vision_encoder), ("audio", config.audio_encoder)) if used)
+    return tuple(
+        name
+        for name, used in (
+            ("video", config.vision_encoder),
+            ("audio", config.audio_encoder),
+        )
+        if used
+    )
 
 
-def make_noise(data_args: DataTrainingArguments, dataset: datasets.Dataset, seed: int) -> np.ndarray | str:
+def make_noise(
+    data_args: DataTrainingArguments, dataset: datasets.Dataset, seed: int
+) -> np.ndarray | str:
     """--noise-file, or babble mixed from (up to 32 of) the dataset's utterances, as auto_avsr's babble_noise.wav."""
     if data_args.noise_file:
         if not Path(data_args.noise_file).is_file():
-            raise FileNotFoundError(f"--noise-file {data_args.noise_file}: no such file.")
+            raise FileNotFoundError(
+                f"--noise-file {data_args.noise_file}: no such file."
+            )
         return data_args.noise_file
     from mmavsr_processing.feature_extraction_mmavsr import to_waveform
 
     picks = np.random.default_rng(seed).permutation(len(dataset))[:32]
-    utterances = [to_waveform(dataset[int(i)]["audio"], None, 16000, True, True) for i in picks]
+    utterances = [
+        to_waveform(dataset[int(i)]["audio"], None, 16000, True, True) for i in picks
+    ]
     return make_babble(utterances, n_speakers=4, length=16000 * 30, seed=seed)
 
 
@@ -489,12 +711,19 @@ class SeededCollator:
         self.epoch = 0
 
     def _augmentations(self):
-        for group in (self.collator.video_augmentation, self.collator.audio_augmentation):
+        for group in (
+            self.collator.video_augmentation,
+            self.collator.audio_augmentation,
+        ):
             yield from group or []
 
     def __call__(self, rows):
         indices = [int(row[INDEX_COLUMN]) for row in rows]
-        seed = int(np.random.SeedSequence([self.seed, self.epoch, *indices]).generate_state(1)[0])
+        seed = int(
+            np.random.SeedSequence([self.seed, self.epoch, *indices]).generate_state(1)[
+                0
+            ]
+        )
         for offset, augmentation in enumerate(self._augmentations()):
             augmentation.generator = np.random.default_rng([seed, offset])
         with torch.random.fork_rng(devices=[]):
@@ -519,7 +748,9 @@ class EpochCallback(TrainerCallback):
 class AVSRSeq2SeqTrainer(Seq2SeqTrainer):
     """Seq2SeqTrainer with auto_avsr's frame-capped training batches (`--max-frames`)."""
 
-    def __init__(self, *args, max_frames: int | None = None, num_buckets: int = 400, **kwargs):
+    def __init__(
+        self, *args, max_frames: int | None = None, num_buckets: int = 400, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.max_frames = max_frames
         self.num_buckets = num_buckets
@@ -529,7 +760,10 @@ class AVSRSeq2SeqTrainer(Seq2SeqTrainer):
             return super().get_train_dataloader()
         dataset = self.train_dataset
         sampler = MaxFramesBatchSampler(
-            dataset["num_frames"], max_frames=self.max_frames, shuffle=True, seed=self.args.seed,
+            dataset["num_frames"],
+            max_frames=self.max_frames,
+            shuffle=True,
+            seed=self.args.seed,
             num_buckets=self.num_buckets,
         )
         loader = torch.utils.data.DataLoader(
@@ -551,7 +785,9 @@ class AVSRSeq2SeqTrainer(Seq2SeqTrainer):
         model = model if model is not None else self.model
         folder = Path(resume_from_checkpoint)
         if (folder / SAFE_WEIGHTS_NAME).is_file():
-            model.load_state_dict(load_file(str(folder / SAFE_WEIGHTS_NAME)), strict=True)
+            model.load_state_dict(
+                load_file(str(folder / SAFE_WEIGHTS_NAME)), strict=True
+            )
         elif (folder / SAFE_WEIGHTS_INDEX_NAME).is_file():
             load_sharded_checkpoint(model, str(folder), strict=True, prefer_safe=True)
         else:
@@ -560,7 +796,9 @@ class AVSRSeq2SeqTrainer(Seq2SeqTrainer):
 
     def _pad_tensors_to_max_len(self, tensor, max_length):
         # generated ids are padded with the decoder's pad id (the processor has no pad_token_id of its own)
-        padded = tensor.new_full((tensor.shape[0], max_length), self.model.config.text_config.pad_token_id)
+        padded = tensor.new_full(
+            (tensor.shape[0], max_length), self.model.config.text_config.pad_token_id
+        )
         padded[:, : tensor.shape[-1]] = tensor
         return padded
 
@@ -574,9 +812,15 @@ class WERMetric:
         self.hypotheses: list[str] = []
 
     def __call__(self, prediction):
-        predictions = np.where(prediction.predictions == -100, 0, prediction.predictions)
-        self.hypotheses = [text.strip() for text in self.processor.batch_decode(predictions)]
-        self.references = [text.strip() for text in self.processor.batch_decode(prediction.label_ids)]
+        predictions = np.where(
+            prediction.predictions == -100, 0, prediction.predictions
+        )
+        self.hypotheses = [
+            text.strip() for text in self.processor.batch_decode(predictions)
+        ]
+        self.references = [
+            text.strip() for text in self.processor.batch_decode(prediction.label_ids)
+        ]
         return {"wer": 100.0 * corpus_wer(self.references, self.hypotheses)}
 
 
@@ -587,8 +831,12 @@ def corpus_wer(references: list[str], hypotheses: list[str]) -> float:
     words = sum(len(r.split()) for r, _ in kept)
     if words == 0:
         return float(insertions > 0)
-    output = jiwer.process_words([r for r, _ in kept], [h if h else "" for _, h in kept])
-    return (output.substitutions + output.deletions + output.insertions + insertions) / words
+    output = jiwer.process_words(
+        [r for r, _ in kept], [h if h else "" for _, h in kept]
+    )
+    return (
+        output.substitutions + output.deletions + output.insertions + insertions
+    ) / words
 
 
 def snr_label(snr: float) -> str:
@@ -613,19 +861,35 @@ def evaluate_at_snrs(
         if "audio" in modalities_of(config) and snr < CLEAN_SNR:
             audio_augmentation = AddNoise(snr, noise=noise, seed=trainer.args.seed)
         trainer.data_collator = MMAVSRDataCollator(
-            processor, training=False, audio_augmentation=audio_augmentation, modalities=modalities_of(config)
+            processor,
+            training=False,
+            audio_augmentation=audio_augmentation,
+            modalities=modalities_of(config),
         )
-        key = prefix if len(data_args.decode_snr_target) == 1 else f"{prefix}_{snr_label(snr)}"
+        key = (
+            prefix
+            if len(data_args.decode_snr_target) == 1
+            else f"{prefix}_{snr_label(snr)}"
+        )
         result = trainer.evaluate(dataset, metric_key_prefix=key, **gen_kwargs)
         metrics.update(result)
-        rows.append({"snr": snr, "condition": snr_label(snr), "wer": result[f"{key}_wer"], "utterances": len(dataset)})
+        rows.append(
+            {
+                "snr": snr,
+                "condition": snr_label(snr),
+                "wer": result[f"{key}_wer"],
+                "utterances": len(dataset),
+            }
+        )
         utterances.append(
             {
                 "snr": snr,
                 "wer": result[f"{key}_wer"],
                 "utterances": [
                     {"index": i, "reference": r, "hypothesis": h}
-                    for i, (r, h) in enumerate(zip(metric.references, metric.hypotheses))
+                    for i, (r, h) in enumerate(
+                        zip(metric.references, metric.hypotheses)
+                    )
                 ],
             }
         )
@@ -635,10 +899,16 @@ def evaluate_at_snrs(
 
 
 def format_wer_table(rows: list[dict], title: str) -> str:
-    lines = [f"{title}", "| condition | SNR (dB) | WER (%) | utterances |", "| --- | ---: | ---: | ---: |"]
+    lines = [
+        f"{title}",
+        "| condition | SNR (dB) | WER (%) | utterances |",
+        "| --- | ---: | ---: | ---: |",
+    ]
     for row in rows:
         snr = "-" if row["snr"] >= CLEAN_SNR else f"{row['snr']:g}"
-        lines.append(f"| {row['condition']} | {snr} | {row['wer']:.2f} | {row['utterances']} |")
+        lines.append(
+            f"| {row['condition']} | {snr} | {row['wer']:.2f} | {row['utterances']} |"
+        )
     return "\n".join(lines)
 
 
@@ -648,7 +918,11 @@ def format_wer_table(rows: list[dict], title: str) -> str:
 
 def checkpoint_dirs(output_dir: str) -> list[Path]:
     """The Trainer's checkpoint-STEP folders, oldest first."""
-    found = [p for p in Path(output_dir).glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name) and p.is_dir()]
+    found = [
+        p
+        for p in Path(output_dir).glob("checkpoint-*")
+        if re.fullmatch(r"checkpoint-\d+", p.name) and p.is_dir()
+    ]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
@@ -660,31 +934,50 @@ def average_state_dicts(paths: list[Path]) -> dict[str, torch.Tensor]:
     total: dict[str, torch.Tensor] = {}
     for path in paths:
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing (checkpoint averaging reads model.safetensors).")
+            raise FileNotFoundError(
+                f"{path}: missing (checkpoint averaging reads model.safetensors)."
+            )
         state = load_file(str(path))
         if total and state.keys() != total.keys():
-            raise ValueError(f"{path}: its tensors differ from those of {paths[0]}; cannot average.")
+            raise ValueError(
+                f"{path}: its tensors differ from those of {paths[0]}; cannot average."
+            )
         for name, tensor in state.items():
             if tensor.is_floating_point():
-                total[name] = total[name] + tensor.double() if name in total else tensor.double()
+                total[name] = (
+                    total[name] + tensor.double() if name in total else tensor.double()
+                )
             else:
-                total[name] = torch.maximum(total[name], tensor) if name in total else tensor.clone()
+                total[name] = (
+                    torch.maximum(total[name], tensor)
+                    if name in total
+                    else tensor.clone()
+                )
     reference = load_file(str(paths[0]))
     return {
-        name: (tensor / len(paths)).to(reference[name].dtype) if tensor.is_floating_point() else tensor
+        name: (tensor / len(paths)).to(reference[name].dtype)
+        if tensor.is_floating_point()
+        else tensor
         for name, tensor in total.items()
     }
 
 
 def average_last_checkpoints(
-    model: MMAVSRForConditionalGeneration, processor: MMAVSRProcessor, output_dir: str, count: int
+    model: MMAVSRForConditionalGeneration,
+    processor: MMAVSRProcessor,
+    output_dir: str,
+    count: int,
 ) -> Path:
     """auto_avsr's model_avg_N: average the last `count` checkpoints into OUTPUT_DIR/model_avg_N and load it."""
     checkpoints = checkpoint_dirs(output_dir)[-count:]
     if not checkpoints:
-        raise FileNotFoundError(f"{output_dir}: no checkpoint-* folders to average (is --save_strategy 'no'?).")
+        raise FileNotFoundError(
+            f"{output_dir}: no checkpoint-* folders to average (is --save_strategy 'no'?)."
+        )
     if len(checkpoints) < count:
-        logger.warning(f"Averaging {len(checkpoints)} checkpoints: fewer than the {count} asked for exist.")
+        logger.warning(
+            f"Averaging {len(checkpoints)} checkpoints: fewer than the {count} asked for exist."
+        )
     state = average_state_dicts([c / "model.safetensors" for c in checkpoints])
     model.load_state_dict(state, strict=True)
     target = Path(output_dir) / f"model_avg_{count}"
@@ -712,7 +1005,9 @@ def setup_logging(training_args: AVSRTrainingArguments) -> None:
     transformers.utils.logging.set_verbosity(level)
 
 
-def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None) -> dict:
+def main(
+    argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None
+) -> dict:
     """Run what the arguments ask; returns every metric computed. `callbacks` go to the Trainer."""
     model_args, data_args, training_args = parse_args(argv)
     setup_logging(training_args)
@@ -723,44 +1018,66 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     if training_args.do_train:
         if not data_args.train_file:
             raise ValueError("--do_train needs --train-file.")
-        train_dataset = load_split(data_args, data_args.train_file, "--train-file", data_args.max_train_samples)
+        train_dataset = load_split(
+            data_args, data_args.train_file, "--train-file", data_args.max_train_samples
+        )
     if training_args.do_eval:
         eval_file = data_args.val_file or data_args.test_file
         if not eval_file:
             raise ValueError("--do_eval needs --val-file (or --test-file).")
         flag = "--val-file" if data_args.val_file else "--test-file"
-        eval_dataset = load_split(data_args, eval_file, flag, data_args.max_eval_samples)
+        eval_dataset = load_split(
+            data_args, eval_file, flag, data_args.max_eval_samples
+        )
     if training_args.do_predict:
         if not data_args.test_file:
             raise ValueError("--do_predict needs --test-file.")
-        test_dataset = load_split(data_args, data_args.test_file, "--test-file", data_args.max_eval_samples)
+        test_dataset = load_split(
+            data_args, data_args.test_file, "--test-file", data_args.max_eval_samples
+        )
 
     tokenizer = None
     if model_args.train_vocabulary_size:
         if train_dataset is None:
-            raise ValueError("--train_vocabulary_size needs training transcripts (--train-file).")
+            raise ValueError(
+                "--train_vocabulary_size needs training transcripts (--train-file)."
+            )
         tokenizer = MMAVSRTokenizer.train_vocabulary(
-            train_dataset["text"], Path(training_args.output_dir) / "vocabulary",
-            vocab_size=model_args.train_vocabulary_size, model_type=model_args.train_vocabulary_type,
+            train_dataset["text"],
+            Path(training_args.output_dir) / "vocabulary",
+            vocab_size=model_args.train_vocabulary_size,
+            model_type=model_args.train_vocabulary_type,
             hard_vocab_limit=False,
         )
     model = build_model(model_args, tokenizer)
     config = model.config
     processor = build_processor(model_args, config, tokenizer)
     modalities = modalities_of(config)
-    logger.info(f"Model: {config.modality} ({', '.join(modalities)}), {model.num_parameters():,} parameters.")
+    logger.info(
+        f"Model: {config.modality} ({', '.join(modalities)}), {model.num_parameters():,} parameters."
+    )
 
     noise = None
     needs_noise = bool(data_args.train_snr and training_args.do_train) or any(
         snr < CLEAN_SNR for snr in data_args.decode_snr_target
     )
     if needs_noise and "audio" in modalities:
-        noise = make_noise(data_args, train_dataset or eval_dataset or test_dataset, training_args.seed)
+        noise = make_noise(
+            data_args, train_dataset or eval_dataset or test_dataset, training_args.seed
+        )
 
     train_collator = None
     if train_dataset is not None:
-        video_augmentation = [TimeMask.for_video()] if data_args.time_masking and "video" in modalities else []
-        audio_augmentation = [TimeMask.for_audio()] if data_args.time_masking and "audio" in modalities else []
+        video_augmentation = (
+            [TimeMask.for_video()]
+            if data_args.time_masking and "video" in modalities
+            else []
+        )
+        audio_augmentation = (
+            [TimeMask.for_audio()]
+            if data_args.time_masking and "audio" in modalities
+            else []
+        )
         if data_args.train_snr and "audio" in modalities:
             audio_augmentation.append(AddNoise(data_args.train_snr, noise=noise))
         train_collator = SeededCollator(
@@ -779,7 +1096,8 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         model=model,
         args=training_args,
         train_dataset=train_dataset,
-        data_collator=train_collator or MMAVSRDataCollator(processor, modalities=modalities),
+        data_collator=train_collator
+        or MMAVSRDataCollator(processor, modalities=modalities),
         processing_class=processor,
         compute_metrics=metric,
         callbacks=[EpochCallback(train_collator)] if train_collator else None,
@@ -795,9 +1113,13 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         if checkpoint is None and os.path.isdir(training_args.output_dir):
             checkpoint = get_last_checkpoint(training_args.output_dir)
             if checkpoint:
-                logger.info(f"Resuming from {checkpoint} (found in --output_dir; use another folder to start afresh).")
+                logger.info(
+                    f"Resuming from {checkpoint} (found in --output_dir; use another folder to start afresh)."
+                )
         elif checkpoint is not None and not os.path.isdir(checkpoint):
-            raise FileNotFoundError(f"--resume_from_checkpoint/--ckpt-path {checkpoint}: no such checkpoint folder.")
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint/--ckpt-path {checkpoint}: no such checkpoint folder."
+            )
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model()
         processor.save_pretrained(training_args.output_dir)
@@ -808,29 +1130,53 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         trainer.save_state()
         results.update(metrics)
         if training_args.average_checkpoints:
-            average_last_checkpoints(model, processor, training_args.output_dir, training_args.average_checkpoints)
+            average_last_checkpoints(
+                model,
+                processor,
+                training_args.output_dir,
+                training_args.average_checkpoints,
+            )
 
     gen_kwargs = {}
     if data_args.decode_ctc_weight is not None:
         gen_kwargs["ctc_weight"] = data_args.decode_ctc_weight
     decoded = []
-    for stage, dataset, prefix in (("eval", eval_dataset, "eval"), ("predict", test_dataset, "test")):
+    for stage, dataset, prefix in (
+        ("eval", eval_dataset, "eval"),
+        ("predict", test_dataset, "test"),
+    ):
         if dataset is None:
             continue
-        if noise is None and "audio" in modalities and any(s < CLEAN_SNR for s in data_args.decode_snr_target):
+        if (
+            noise is None
+            and "audio" in modalities
+            and any(s < CLEAN_SNR for s in data_args.decode_snr_target)
+        ):
             noise = make_noise(data_args, dataset, training_args.seed)
         metrics, rows, utterances = evaluate_at_snrs(
-            trainer, dataset, data_args, config, processor, metric, prefix, noise, gen_kwargs
+            trainer,
+            dataset,
+            data_args,
+            config,
+            processor,
+            metric,
+            prefix,
+            noise,
+            gen_kwargs,
         )
         metrics[f"{prefix}_samples"] = len(dataset)
         trainer.log_metrics(prefix, metrics)
         trainer.save_metrics(prefix, metrics)
         results.update(metrics)
-        table = format_wer_table(rows, f"WER of {config.modality} on {len(dataset)} utterances ({prefix})")
+        table = format_wer_table(
+            rows, f"WER of {config.modality} on {len(dataset)} utterances ({prefix})"
+        )
         if trainer.is_world_process_zero():
             print(table)
             Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
-            (Path(training_args.output_dir) / f"{prefix}_wer_table.json").write_text(json.dumps(rows, indent=2))
+            (Path(training_args.output_dir) / f"{prefix}_wer_table.json").write_text(
+                json.dumps(rows, indent=2)
+            )
         decoded.append({"split": prefix, "conditions": utterances})
 
     if data_args.output_json and decoded and trainer.is_world_process_zero():

@@ -6,9 +6,16 @@ from pathlib import Path
 
 
 def main(exp_dir: str, runs: list[str]) -> None:
-    tables = {run: json.loads((Path(exp_dir) / run / "test_wer_table.json").read_text()) for run in runs}
+    tables = {
+        run: json.loads((Path(exp_dir) / run / "test_wer_table.json").read_text())
+        for run in runs
+    }
     conditions = [row["condition"] for row in next(iter(tables.values()))]
-    print("| model | " + " | ".join(f"{c} WER (%)" for c in conditions) + " | test utterances |")
+    print(
+        "| model | "
+        + " | ".join(f"{c} WER (%)" for c in conditions)
+        + " | test utterances |"
+    )
     print("| --- |" + " ---: |" * (len(conditions) + 1))
     for run, rows in tables.items():
         wers = {row["condition"]: row["wer"] for row in rows}

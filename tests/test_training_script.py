@@ -2,17 +2,17 @@
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from mmavsr_processing import MMAVSRTokenizer, write_audio, write_video
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 
 import run_speech_recognition_avsr as script
-from mmavsr_processing import MMAVSRTokenizer, write_audio, write_video
 from modeling_mmavsr import MMAVSRForConditionalGeneration
-
 
 WORDS = ["BIN", "BLUE", "AT", "NOW", "PLACE", "RED", "WITH", "GREEN"]
 
@@ -32,8 +32,18 @@ def tiny_preset(path, modality):
         encoder_ffn_dim=64,
         conv_kernel_size=3,
         ctc_weight=0.3,
-        text_config=dict(d_model=32, num_hidden_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64),
-        processor={"video_processor": {"size": {"height": 24, "width": 24}, "crop_size": {"height": 20, "width": 20}}},
+        text_config=dict(
+            d_model=32,
+            num_hidden_layers=1,
+            decoder_attention_heads=2,
+            decoder_ffn_dim=64,
+        ),
+        processor={
+            "video_processor": {
+                "size": {"height": 24, "width": 24},
+                "crop_size": {"height": 20, "width": 20},
+            }
+        },
     )
     path.write_text(json.dumps(preset))
     return str(path)
@@ -64,8 +74,14 @@ def corpus(tmp_path_factory):
 
 def common_flags(corpus, output_dir, preset):
     return [
-        f"--config_name={preset}", f"--root-dir={corpus}", f"--output_dir={output_dir}", "--report_to=none",
-        "--per_device_train_batch_size=2", "--per_device_eval_batch_size=2", "--seed=0", "--disable_tqdm=true",
+        f"--config_name={preset}",
+        f"--root-dir={corpus}",
+        f"--output_dir={output_dir}",
+        "--report_to=none",
+        "--per_device_train_batch_size=2",
+        "--per_device_eval_batch_size=2",
+        "--seed=0",
+        "--disable_tqdm=true",
         "--generation_num_beams=2",
     ]
 
@@ -75,45 +91,66 @@ def common_flags(corpus, output_dir, preset):
 
 def test_seed_train_command_maps_onto_trainer_arguments():
     model_args, data_args, args = script.parse_args(
-        "--exp-dir=exp --exp-name=vsr --modality=video --root-dir=data --train-file=train.csv --num-nodes=4 "
-        "--val-file=val.csv --test-file=test.csv --gpus=8 --pretrained-model-path=pre --transfer-frontend "
-        "--warmup-epochs=5 --max-epochs=75 --max-frames=1600 --lr=0.001 --weight-decay=0.03 --ctc-weight=0.1 "
-        "--train-num-buckets=400 --ckpt-path=exp/vsr/checkpoint-10 --debug".split()
+        ["--exp-dir=exp", "--exp-name=vsr", "--modality=video", "--root-dir=data", "--train-file=train.csv", "--num-nodes=4", "--val-file=val.csv", "--test-file=test.csv", "--gpus=8", "--pretrained-model-path=pre", "--transfer-frontend", "--warmup-epochs=5", "--max-epochs=75", "--max-frames=1600", "--lr=0.001", "--weight-decay=0.03", "--ctc-weight=0.1", "--train-num-buckets=400", "--ckpt-path=exp/vsr/checkpoint-10", "--debug"]
     )
     assert args.output_dir == "exp/vsr"
-    assert (args.num_train_epochs, args.learning_rate, args.weight_decay) == (75, 1e-3, 0.03)
+    assert (args.num_train_epochs, args.learning_rate, args.weight_decay) == (
+        75,
+        1e-3,
+        0.03,
+    )
     assert args.warmup_steps == pytest.approx(5 / 75)
     assert args.resume_from_checkpoint == "exp/vsr/checkpoint-10"
     assert args.log_level == "debug"
     assert (args.gpus, args.num_nodes) == (8, 4)
     assert (args.do_train, args.do_eval, args.do_predict) == (True, True, True)
-    assert (model_args.modality, model_args.model_name_or_path, model_args.transfer_frontend) == ("video", "pre", True)
+    assert (
+        model_args.modality,
+        model_args.model_name_or_path,
+        model_args.transfer_frontend,
+    ) == ("video", "pre", True)
     assert model_args.ctc_weight == 0.1
-    assert (data_args.root_dir, data_args.train_file, data_args.max_frames) == ("data", "train.csv", 1600)
+    assert (data_args.root_dir, data_args.train_file, data_args.max_frames) == (
+        "data",
+        "train.csv",
+        1600,
+    )
     assert data_args.train_num_buckets == 400
 
 
 def test_seed_encoder_decoder_and_qlora_flags():
     model_args, data_args, _ = script.parse_args(
-        "--vision-encoder vit --audio-encoder whisper --decoder llm --fusion-type gated --vision-model-name v "
-        "--audio-model-name a --decoder-model-name d --unfreeze-vision --unfreeze-audio --use-qlora --qlora-r 8 "
-        "--qlora-alpha 16 --root-dir r --train-file t.csv --exp-dir e --exp-name n --output-json out.json".split()
+        ["--vision-encoder", "vit", "--audio-encoder", "whisper", "--decoder", "llm", "--fusion-type", "gated", "--vision-model-name", "v", "--audio-model-name", "a", "--decoder-model-name", "d", "--unfreeze-vision", "--unfreeze-audio", "--use-qlora", "--qlora-r", "8", "--qlora-alpha", "16", "--root-dir", "r", "--train-file", "t.csv", "--exp-dir", "e", "--exp-name", "n", "--output-json", "out.json"]
     )
-    assert (model_args.vision_encoder, model_args.audio_encoder, model_args.decoder) == ("vit", "whisper", "llm")
+    assert (
+        model_args.vision_encoder,
+        model_args.audio_encoder,
+        model_args.decoder,
+    ) == ("vit", "whisper", "llm")
     assert (model_args.fusion_type, model_args.vision_model_name) == ("gated", "v")
     assert (model_args.audio_model_name, model_args.decoder_model_name) == ("a", "d")
-    assert model_args.unfreeze_vision and model_args.unfreeze_audio and model_args.use_qlora
+    assert (
+        model_args.unfreeze_vision
+        and model_args.unfreeze_audio
+        and model_args.use_qlora
+    )
     assert (model_args.qlora_r, model_args.qlora_alpha) == (8, 16)
     overrides = script._config_overrides(model_args, {})
-    assert overrides["fusion_type"] == "gated" and overrides["use_qlora"] and overrides["qlora_r"] == 8
-    assert overrides["freeze_vision_encoder"] is False and overrides["freeze_audio_encoder"] is False
+    assert (
+        overrides["fusion_type"] == "gated"
+        and overrides["use_qlora"]
+        and overrides["qlora_r"] == 8
+    )
+    assert (
+        overrides["freeze_vision_encoder"] is False
+        and overrides["freeze_audio_encoder"] is False
+    )
     assert data_args.output_json == "out.json"
 
 
 def test_seed_eval_command_chooses_evaluation():
     model_args, data_args, args = script.parse_args(
-        "--modality=audio --root-dir=data --test-file=test.csv --pretrained-model-path=exp/asr/model_avg_10 "
-        "--decode-snr-target 999999 10 5 0 -5".split()
+        ["--modality=audio", "--root-dir=data", "--test-file=test.csv", "--pretrained-model-path=exp/asr/model_avg_10", "--decode-snr-target", "999999", "10", "5", "0", "-5"]
     )
     assert (args.do_train, args.do_eval, args.do_predict) == (False, True, False)
     assert model_args.model_name_or_path == "exp/asr/model_avg_10"
@@ -122,43 +159,75 @@ def test_seed_eval_command_chooses_evaluation():
 
 
 def test_arguments_from_json_and_yaml(tmp_path):
-    values = {"modality": "video", "root_dir": "d", "train_file": "t.csv", "output_dir": str(tmp_path / "o"),
-              "max_epochs": 3, "decode_snr_target": [999999, 0]}
+    values = {
+        "modality": "video",
+        "root_dir": "d",
+        "train_file": "t.csv",
+        "output_dir": str(tmp_path / "o"),
+        "max_epochs": 3,
+        "decode_snr_target": [999999, 0],
+    }
     (tmp_path / "args.json").write_text(json.dumps(values))
-    (tmp_path / "args.yaml").write_text("\n".join(f"{k}: {json.dumps(v)}" for k, v in values.items()))
+    (tmp_path / "args.yaml").write_text(
+        "\n".join(f"{k}: {json.dumps(v)}" for k, v in values.items())
+    )
     for name in ("args.json", "args.yaml"):
         model_args, data_args, args = script.parse_args([str(tmp_path / name)])
-        assert (model_args.modality, args.num_train_epochs, args.do_train) == ("video", 3, True)
+        assert (model_args.modality, args.num_train_epochs, args.do_train) == (
+            "video",
+            3,
+            True,
+        )
         assert data_args.decode_snr_target == [999999, 0]
 
 
 def test_modality_and_flag_conflicts_are_refused():
-    with pytest.raises(ValueError, match="--modality video has no use for --audio-encoder"):
-        script.build_model(script.parse_args("--modality video --audio-encoder resnet1d --test-file t".split())[0])
+    with pytest.raises(
+        ValueError, match="--modality video has no use for --audio-encoder"
+    ):
+        script.build_model(
+            script.parse_args(
+                ["--modality", "video", "--audio-encoder", "resnet1d", "--test-file", "t"]
+            )[0]
+        )
     with pytest.raises(ValueError, match="--output_dir .* disagree"):
-        script.parse_args("--exp-dir e --exp-name n --output_dir other --test-file t".split())
+        script.parse_args(
+            ["--exp-dir", "e", "--exp-name", "n", "--output_dir", "other", "--test-file", "t"]
+        )
     with pytest.raises(ValueError, match="Nothing to do"):
         script.parse_args(["--modality", "video"])
     with pytest.raises(ValueError, match="an LLM decoder"):
-        script.build_model(script.parse_args("--modality video --use-qlora --test-file t".split())[0])
+        script.build_model(
+            script.parse_args(["--modality", "video", "--use-qlora", "--test-file", "t"])[0]
+        )
 
 
 def test_qlora_flags_reach_the_config():
-    model_args = script.parse_args("--modality video --decoder llm --use-qlora --qlora-r 4 --test-file t".split())[0]
+    model_args = script.parse_args(
+        ["--modality", "video", "--decoder", "llm", "--use-qlora", "--qlora-r", "4", "--test-file", "t"]
+    )[0]
     overrides = script._config_overrides(model_args, {})
-    assert (overrides["decoder"], overrides["use_qlora"], overrides["qlora_r"], overrides["qlora_alpha"]) == (
-        "llm", True, 4, 32)
+    assert (
+        overrides["decoder"],
+        overrides["use_qlora"],
+        overrides["qlora_r"],
+        overrides["qlora_alpha"],
+    ) == ("llm", True, 4, 32)
 
 
 def test_world_size_flags_that_disagree_with_the_launcher_warn(caplog, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    _, _, args = script.parse_args("--modality video --test-file t --gpus 8 --num-nodes 4".split())
+    _, _, args = script.parse_args(
+        ["--modality", "video", "--test-file", "t", "--gpus", "8", "--num-nodes", "4"]
+    )
     with caplog.at_level(logging.WARNING, logger=script.logger.name):
         script.check_world_size(args)
     assert "launched with 1 process(es) on 1 machine(s)" in caplog.text
     assert "torchrun --nnodes 4 --nproc_per_node 8" in caplog.text
     caplog.clear()
-    _, _, args = script.parse_args("--modality video --test-file t --gpus 1 --num-nodes 1".split())
+    _, _, args = script.parse_args(
+        ["--modality", "video", "--test-file", "t", "--gpus", "1", "--num-nodes", "1"]
+    )
     script.check_world_size(args)
     assert caplog.text == ""
 
@@ -169,17 +238,41 @@ def test_world_size_flags_that_disagree_with_the_launcher_warn(caplog, monkeypat
 def test_missing_files_and_folders_give_clear_errors(corpus, tmp_path):
     preset = tiny_preset(tmp_path / "p.json", "video")
     flags = common_flags(corpus, tmp_path / "out", preset)
-    with pytest.raises(FileNotFoundError, match="--root-dir .*nowhere: no such directory"):
-        script.main(flags + [f"--root-dir={tmp_path / 'nowhere'}", "--test-file=test.csv"])
+    with pytest.raises(
+        FileNotFoundError, match="--root-dir .*nowhere: no such directory"
+    ):
+        script.main(
+            flags + [f"--root-dir={tmp_path / 'nowhere'}", "--test-file=test.csv"]
+        )
     with pytest.raises(FileNotFoundError, match="--test-file missing.csv: not found"):
         script.main(flags + ["--test-file=missing.csv"])
-    with pytest.raises(FileNotFoundError, match="--pretrained-model-path .*absent: no such model"):
-        script.main(flags + ["--test-file=test.csv", f"--pretrained-model-path={tmp_path / 'absent'}"])
+    with pytest.raises(
+        FileNotFoundError, match="--pretrained-model-path .*absent: no such model"
+    ):
+        script.main(
+            flags
+            + ["--test-file=test.csv", f"--pretrained-model-path={tmp_path / 'absent'}"]
+        )
     with pytest.raises(FileNotFoundError, match="--config_name 'no-such-preset'"):
-        script.main(["--config_name=no-such-preset", f"--root-dir={corpus}", "--test-file=test.csv"])
-    with pytest.raises(FileNotFoundError, match="--noise-file .*none.wav: no such file"):
-        script.main(flags[1:] + [f"--config_name={tiny_preset(tmp_path / 'a.json', 'audio')}", "--test-file=test.csv",
-                                 "--decode-snr-target=0", f"--noise-file={tmp_path / 'none.wav'}"])
+        script.main(
+            [
+                "--config_name=no-such-preset",
+                f"--root-dir={corpus}",
+                "--test-file=test.csv",
+            ]
+        )
+    with pytest.raises(
+        FileNotFoundError, match="--noise-file .*none.wav: no such file"
+    ):
+        script.main(
+            flags[1:]
+            + [
+                f"--config_name={tiny_preset(tmp_path / 'a.json', 'audio')}",
+                "--test-file=test.csv",
+                "--decode-snr-target=0",
+                f"--noise-file={tmp_path / 'none.wav'}",
+            ]
+        )
 
 
 # ------------------------------------------------------------------------------------------------ end to end
@@ -190,15 +283,30 @@ def test_train_average_then_evaluate_like_the_seed(corpus, tmp_path):
     preset = tiny_preset(tmp_path / "p.json", "audiovisual")
     out = tmp_path / "exp" / "av"
     results = script.main(
-        [f"--config_name={preset}", f"--root-dir={corpus}", f"--exp-dir={tmp_path / 'exp'}", "--exp-name=av",
-         "--train-file=train.csv", "--val-file=test.csv", "--max-epochs=2", "--save_strategy=epoch",
-         "--average_checkpoints=2", "--train-snr", "0", "999999", "--per_device_train_batch_size=2",
-         "--generation_num_beams=2", "--disable_tqdm=true"]
+        [
+            f"--config_name={preset}",
+            f"--root-dir={corpus}",
+            f"--exp-dir={tmp_path / 'exp'}",
+            "--exp-name=av",
+            "--train-file=train.csv",
+            "--val-file=test.csv",
+            "--max-epochs=2",
+            "--save_strategy=epoch",
+            "--average_checkpoints=2",
+            "--train-snr",
+            "0",
+            "999999",
+            "--per_device_train_batch_size=2",
+            "--generation_num_beams=2",
+            "--disable_tqdm=true",
+        ]
     )
     assert np.isfinite(results["eval_wer"]) and results["eval_wer"] >= 0
     saved = json.loads((out / "eval_results.json").read_text())
     assert saved["eval_wer"] == pytest.approx(results["eval_wer"])
-    assert list((out / "runs").rglob("events.out.tfevents.*")), "TensorBoard logs are missing"
+    assert list((out / "runs").rglob("events.out.tfevents.*")), (
+        "TensorBoard logs are missing"
+    )
 
     # model_avg_2 is the mean of the last two checkpoints, BatchNorm statistics included
     checkpoints = script.checkpoint_dirs(out)
@@ -211,13 +319,25 @@ def test_train_average_then_evaluate_like_the_seed(corpus, tmp_path):
     # eval.py-style: evaluation chosen by the flags, a WER table over SNRs, every utterance in --output-json
     hypotheses = tmp_path / "hyp.json"
     results = script.main(
-        ["--modality=audiovisual", f"--root-dir={corpus}", "--test-file=test.csv",
-         f"--pretrained-model-path={out / 'model_avg_2'}", f"--output_dir={tmp_path / 'eval'}", "--report_to=none",
-         "--decode-snr-target", "999999", "0", f"--output-json={hypotheses}", "--generation_num_beams=2"]
+        [
+            "--modality=audiovisual",
+            f"--root-dir={corpus}",
+            "--test-file=test.csv",
+            f"--pretrained-model-path={out / 'model_avg_2'}",
+            f"--output_dir={tmp_path / 'eval'}",
+            "--report_to=none",
+            "--decode-snr-target",
+            "999999",
+            "0",
+            f"--output-json={hypotheses}",
+            "--generation_num_beams=2",
+        ]
     )
     table = json.loads((tmp_path / "eval" / "eval_wer_table.json").read_text())
     assert [row["condition"] for row in table] == ["clean", "snr0"]
-    assert results["eval_clean_loss"] != results["eval_snr0_loss"], "the 0 dB condition was not noisier"
+    assert results["eval_clean_loss"] != results["eval_snr0_loss"], (
+        "the 0 dB condition was not noisier"
+    )
     decoded = json.loads(hypotheses.read_text())[0]["conditions"]
     references = [u["reference"] for u in decoded[0]["utterances"]]
     tokenizer = MMAVSRTokenizer.from_auto_avsr()
@@ -233,17 +353,33 @@ def test_video_only_decoding_through_the_trainer(corpus, tmp_path, capsys):
     """Seq2SeqTrainer.prediction_step hands video-only batches (no input_features) to generate(); a word vocabulary
     trained on the transcripts replaces auto_avsr's and is saved with the model."""
     preset = tiny_preset(tmp_path / "p.json", "video")
-    results = script.main(common_flags(corpus, tmp_path / "out", preset) + [
-        "--train-file=train.csv", "--test-file=test.csv", "--do_train", "--do_predict", "--max_steps=1",
-        "--train_vocabulary_size=40", "--train_vocabulary_type=word"])
+    results = script.main(
+        common_flags(corpus, tmp_path / "out", preset)
+        + [
+            "--train-file=train.csv",
+            "--test-file=test.csv",
+            "--do_train",
+            "--do_predict",
+            "--max_steps=1",
+            "--train_vocabulary_size=40",
+            "--train_vocabulary_type=word",
+        ]
+    )
     assert np.isfinite(results["test_wer"])
     saved = MMAVSRForConditionalGeneration.from_pretrained(tmp_path / "out")
     tokenizer = script.MMAVSRProcessor.from_pretrained(tmp_path / "out").tokenizer
     assert saved.config.vocab_size == tokenizer.vocab_size < 40
-    assert saved.config.text_config.eos_token_id == tokenizer.eos_token_id == tokenizer.vocab_size - 1
+    assert (
+        saved.config.text_config.eos_token_id
+        == tokenizer.eos_token_id
+        == tokenizer.vocab_size - 1
+    )
     assert len(tokenizer.tokenize("BLUE AT NOW")) == 3
     assert "WER of video on 2 utterances (test)" in capsys.readouterr().out
-    assert json.loads((tmp_path / "out" / "test_results.json").read_text())["test_wer"] == results["test_wer"]
+    assert (
+        json.loads((tmp_path / "out" / "test_results.json").read_text())["test_wer"]
+        == results["test_wer"]
+    )
 
 
 class StopAt(TrainerCallback):
@@ -261,8 +397,15 @@ def test_resumed_run_ends_where_an_uninterrupted_run_ends(corpus, tmp_path):
 
     def run(output_dir, callbacks=None):
         flags = common_flags(corpus, output_dir, preset) + [
-            "--train-file=train.csv", "--max_steps=6", "--save_steps=3", "--max-frames=24", "--train-snr", "0",
-            "999999", "--learning_rate=0.003", "--warmup_steps=2",
+            "--train-file=train.csv",
+            "--max_steps=6",
+            "--save_steps=3",
+            "--max-frames=24",
+            "--train-snr",
+            "0",
+            "999999",
+            "--learning_rate=0.003",
+            "--warmup_steps=2",
         ]
         script.main(flags, callbacks=callbacks)
 
@@ -270,18 +413,30 @@ def test_resumed_run_ends_where_an_uninterrupted_run_ends(corpus, tmp_path):
     run(tmp_path / "resumed", callbacks=[StopAt(3)])
     interrupted = load_file(str(tmp_path / "resumed" / "model.safetensors"))
     assert script.checkpoint_dirs(tmp_path / "resumed")[-1].name == "checkpoint-3"
-    run(tmp_path / "resumed")  # finds checkpoint-3 in the output folder and resumes from it
+    run(
+        tmp_path / "resumed"
+    )  # finds checkpoint-3 in the output folder and resumes from it
     straight = load_file(str(tmp_path / "straight" / "model.safetensors"))
     resumed = load_file(str(tmp_path / "resumed" / "model.safetensors"))
-    assert any(not torch.equal(interrupted[k], resumed[k]) for k in resumed), "the resumed run did not train"
+    assert any(not torch.equal(interrupted[k], resumed[k]) for k in resumed), (
+        "the resumed run did not train"
+    )
     for name, tensor in straight.items():
         torch.testing.assert_close(resumed[name], tensor, atol=1e-6, rtol=0, msg=name)
 
 
 def test_average_state_dicts_means_floats_and_keeps_the_largest_counter(tmp_path):
     states = [
-        {"w": torch.tensor([1.0, 2.0]), "bn.running_var": torch.tensor([1.0]), "bn.num_batches_tracked": torch.tensor(3)},
-        {"w": torch.tensor([3.0, 6.0]), "bn.running_var": torch.tensor([3.0]), "bn.num_batches_tracked": torch.tensor(7)},
+        {
+            "w": torch.tensor([1.0, 2.0]),
+            "bn.running_var": torch.tensor([1.0]),
+            "bn.num_batches_tracked": torch.tensor(3),
+        },
+        {
+            "w": torch.tensor([3.0, 6.0]),
+            "bn.running_var": torch.tensor([3.0]),
+            "bn.num_batches_tracked": torch.tensor(7),
+        },
     ]
     paths = []
     for index, state in enumerate(states):
@@ -298,14 +453,19 @@ def test_average_state_dicts_means_floats_and_keeps_the_largest_counter(tmp_path
 
 def test_average_last_checkpoints_loads_into_the_model(tmp_path):
     torch.manual_seed(0)
-    preset = json.loads(open(tiny_preset(tmp_path / "p.json", "video")).read())
+    preset = json.loads(Path(tiny_preset(tmp_path / "p.json", "video")).read_text())
     preset.pop("processor")
     model = MMAVSRForConditionalGeneration(script.MMAVSRConfig(**preset))
     for step, scale in ((1, 1.0), (2, 2.0), (3, 4.0)):
         folder = tmp_path / "out" / f"checkpoint-{step}"
         folder.mkdir(parents=True)
-        save_file({k: v * scale if v.is_floating_point() else v for k, v in model.state_dict().items()},
-                  str(folder / "model.safetensors"))
+        save_file(
+            {
+                k: v * scale if v.is_floating_point() else v
+                for k, v in model.state_dict().items()
+            },
+            str(folder / "model.safetensors"),
+        )
     original = {k: v.clone() for k, v in model.state_dict().items()}
     processor = script.MMAVSRProcessor.from_auto_avsr()
     target = script.average_last_checkpoints(model, processor, str(tmp_path / "out"), 2)
