@@ -25,6 +25,7 @@ echo "demo corpus ready after $(( $(date +%s) - start )) s"
 # flags shared by the three runs: auto_avsr's layout and flags, babble noise in training, beam search at test time
 common=(
     --root-dir "$WORK/corpus" --train-file train.csv --test-file test.csv
+    --train_vocabulary_size 64 --train_vocabulary_type word
     --train-snr -5 0 5 10 999999 --decode-snr-target 999999 0
     --per_device_train_batch_size 16 --per_device_eval_batch_size 32 --generation_num_beams 4
     --lr_scheduler_type cosine --warmup_steps 0.1 --weight_decay 0.01 --adam_beta2 0.98 --max_grad_norm 5
