@@ -10,6 +10,7 @@
 
 import torch
 from transformers import GenerationMixin, LogitsProcessor, LogitsProcessorList
+from transformers.cache_utils import EncoderDecoderCache
 
 
 class EncoderLengthLogitsProcessor(LogitsProcessor):
@@ -49,12 +50,17 @@ class CTCPrefixScorer:
         self.eos_token_id = eos_token_id
         self.blank_id = blank_id
 
+    def _utterance_of_rows(self, num_rows: int) -> torch.Tensor:
+        rows_per_utterance = num_rows // self.log_probs.shape[0]
+        return torch.arange(self.log_probs.shape[0], device=self.log_probs.device).repeat_interleave(rows_per_utterance)
+
     def initial_state(self, rows_per_utterance: int) -> tuple[torch.Tensor, torch.Tensor]:
         """State of the empty prefix for every row: no token emitted, only blanks so far."""
-        log_probs = self.log_probs.repeat_interleave(rows_per_utterance, dim=0)  # (N, T, V)
-        r = torch.full((log_probs.shape[1], 2, log_probs.shape[0]), -float("inf"), device=log_probs.device)
-        r[:, 1] = torch.cumsum(log_probs[:, :, self.blank_id], dim=1).T
-        return r, torch.zeros(log_probs.shape[0], device=log_probs.device)
+        utterances = self._utterance_of_rows(rows_per_utterance * self.log_probs.shape[0])
+        blank = self.log_probs[utterances, :, self.blank_id]  # (N, T)
+        r = torch.full((blank.shape[1], 2, blank.shape[0]), -float("inf"), device=blank.device)
+        r[:, 1] = torch.cumsum(blank, dim=1).T
+        return r, torch.zeros(blank.shape[0], device=blank.device)
 
     def score(
         self, r_prev: torch.Tensor, last_tokens: torch.Tensor, prefix_length: int, candidates: torch.Tensor
@@ -66,10 +72,9 @@ class CTCPrefixScorer:
         Returns psi (N, K), the candidates' states (T, 2, N, K), and the eos score of each row (N,).
         """
         num_rows, num_frames = r_prev.shape[2], r_prev.shape[0]
-        rows_per_utterance = num_rows // self.log_probs.shape[0]
-        log_probs = self.log_probs.repeat_interleave(rows_per_utterance, dim=0)  # (N, T, V)
-        x = torch.gather(log_probs, 2, candidates[:, None, :].expand(-1, num_frames, -1)).permute(1, 0, 2)  # (T, N, K)
-        x_blank = log_probs[:, :, self.blank_id].T[:, :, None]  # (T, N, 1)
+        utterances = self._utterance_of_rows(num_rows)
+        x = self.log_probs[utterances[:, None], :, candidates].permute(2, 0, 1)  # (T, N, K)
+        x_blank = self.log_probs[utterances, :, self.blank_id].T[:, :, None]  # (T, N, 1)
 
         r_sum = torch.logaddexp(r_prev[:, 0], r_prev[:, 1])  # (T, N)
         # phi: probability of the prefix before the candidate; a repeated token needs a blank in between
@@ -157,6 +162,15 @@ class CTCPrefixScoreLogitsProcessor(LogitsProcessor):
 
 class MMAVSRGenerationMixin(GenerationMixin):
     """Greedy and beam search from video, audio or both, with optional joint CTC prefix scoring."""
+
+    def _reorder_cache(self, past_key_values, beam_idx):
+        # the beams of an utterance share its encoder states, hence the cross-attention keys and values: only the
+        # self-attention cache needs to follow the beams (copying both would dominate decoding time)
+        if isinstance(past_key_values, EncoderDecoderCache):
+            past_key_values.self_attention_cache.reorder_cache(beam_idx)
+        else:
+            past_key_values.reorder_cache(beam_idx)
+        return past_key_values
 
     def generate(
         self,
