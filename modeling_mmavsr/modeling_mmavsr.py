@@ -261,6 +261,11 @@ class MMAVSRForConditionalGeneration(MMAVSRLoraMixin, MMAVSRGenerationMixin, MMA
         self.ctc_head = MMAVSRCTCHead(config)
         if config.audio_encoder is None:
             self.main_input_name = "pixel_values_videos"
+        if config.decoder != "transformer" and config.text_config.tie_word_embeddings:
+            # the LLM or Whisper config decides whether lm_head shares the token embeddings (the top config cannot)
+            embeddings = self.model.decoder.get_input_embeddings()
+            name = next(n for n, m in self.named_modules() if m is embeddings)
+            self._tied_weights_keys = {"lm_head.weight": f"{name}.weight"}
         self.post_init()
         # auto_avsr's decoding: joint CTC/attention with weight 0.1 (generate() also ranks beams by raw score)
         self.generation_config.ctc_weight = 0.1
@@ -279,13 +284,8 @@ class MMAVSRForConditionalGeneration(MMAVSRLoraMixin, MMAVSRGenerationMixin, MMA
         self.generation_config.pad_token_id = pad if pad is not None else (eos[0] if isinstance(eos, list) else eos)
 
     def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
-        # the LLM or Whisper config decides whether lm_head shares the token embeddings (the top config cannot)
-        tied = super().get_expanded_tied_weights_keys(all_submodels=all_submodels)
-        if self.config.decoder != "transformer" and self.config.text_config.tie_word_embeddings:
-            embeddings = self.model.decoder.get_input_embeddings()
-            name = next(n for n, m in self.named_modules() if m is embeddings)
-            tied["lm_head.weight"] = f"{name}.weight"
-        return tied
+        # the top config's tie_word_embeddings is False: the decoder's own config decided in __init__
+        return super().get_expanded_tied_weights_keys(all_submodels=all_submodels) | dict(self._tied_weights_keys or {})
 
     def _prepare_decoder_input_ids_for_generation(self, batch_size, model_input_name, model_kwargs, *args, **kwargs):
         # generation starts from the whole decoder prompt (Whisper's forced tokens, the LLM prompt's tail)
@@ -306,7 +306,14 @@ class MMAVSRForConditionalGeneration(MMAVSRLoraMixin, MMAVSRGenerationMixin, MMA
             if self.config.decoder == "whisper-decoder" and kwargs.get("max_new_tokens") is None:
                 # Whisper's learned positions end at max_target_positions
                 kwargs.setdefault("max_length", self.config.text_config.max_target_positions)
-        return super().generate(*args, **kwargs)
+        generated = super().generate(*args, **kwargs)
+        if self.config.decoder == "llm":
+            # like a decoder-only LLM, return the new tokens only: the prompt's tail is ordinary text
+            prompt_length = len(self.config.decoder_prompt_ids)
+            if isinstance(generated, torch.Tensor):
+                return generated[:, prompt_length:]
+            generated.sequences = generated.sequences[:, prompt_length:]
+        return generated
 
     def get_encoder(self):
         return self.model.get_encoder()

@@ -153,6 +153,7 @@ class MMAVSRLoraMixin:
                 setattr(self.get_submodule(parent), child, module.get_base_layer())
         self._hf_peft_config_loaded = False
         self.peft_config = {}
+        self._weight_conversions = None  # load_adapter's key renaming (`base_model.model.` prefix) is moot now
         self.config.use_qlora = False
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -165,6 +166,8 @@ class MMAVSRLoraMixin:
         super().save_pretrained(save_directory, *args, **kwargs)
         self._hf_peft_config_loaded = False
         try:
+            # our own key names, without the adapter loader's renaming
+            kwargs["save_original_format"] = False
             super().save_pretrained(save_directory, *args, state_dict=_without_lora(self.state_dict()), **kwargs)
         finally:
             self._hf_peft_config_loaded = True

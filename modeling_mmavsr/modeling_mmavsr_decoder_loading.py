@@ -1,0 +1,116 @@
+"""Pretrained decoders: the LLM (any causal LM; GGUF files too) or Whisper's decoder, with their tokenizers and prompts.
+
+The decoder step of `from_pretrained_components`: `pretrained_decoder_settings` gives the config fields (the decoder's
+own config saved as `text_config`, its prompt ids), `load_pretrained_decoder` puts the weights into a built model.
+`decoder_model_name` is a Hub id or local folder, or a `.gguf` file (loaded by transformers with `gguf_file=`).
+"""
+
+import os
+
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, WhisperForConditionalGeneration
+
+from .configuration_mmavsr import DEFAULT_INSTRUCTIONS
+from .modeling_mmavsr_lora import can_quantize_4bit, qlora_quantization_config
+
+
+WHISPER_TRANSCRIBE_PROMPT = ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")
+FEATURES_MARKER = "<<mmavsr-features>>"
+
+
+def _location(name_or_path: str) -> dict:
+    """`from_pretrained` arguments for a Hub id / folder, or a `.gguf` file."""
+    if name_or_path.endswith(".gguf"):
+        folder, file = os.path.split(os.path.abspath(name_or_path))
+        return {"pretrained_model_name_or_path": folder, "gguf_file": file}
+    return {"pretrained_model_name_or_path": name_or_path}
+
+
+def load_decoder_tokenizer(decoder: str, decoder_model_name: str):
+    """The decoder's own tokenizer, set up so that `tokenizer(text)` gives the model's labels: for an LLM the text's
+    ids followed by eos (no bos); for Whisper its forced prompt, the text and `<|endoftext|>`."""
+    if decoder == "whisper-decoder":
+        tokenizer = AutoTokenizer.from_pretrained(**_location(decoder_model_name))
+        tokenizer.set_prefix_tokens(language="english", task="transcribe", predict_timestamps=False)
+        return tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(**_location(decoder_model_name), add_bos_token=False, add_eos_token=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def llm_prompt_ids(tokenizer, instruction: str) -> tuple[list[int], list[int]]:
+    """Token ids before and after the encoder features: the instruction as a user turn of the tokenizer's chat
+    template (with the assistant header after the features), or `instruction\\n<features>\\n` without a template."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": f"{instruction}\n{FEATURES_MARKER}"}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        text = f"{instruction}\n{FEATURES_MARKER}\n"
+    before, after = text.split(FEATURES_MARKER)
+    encode = lambda part: tokenizer(part, add_special_tokens=False)["input_ids"] if part else []  # noqa: E731
+    after_ids = encode(after)
+    if not after_ids:  # the decoder prompt needs a start token
+        after_ids = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id]
+    return encode(before), after_ids
+
+
+def set_instruction(model, tokenizer, instruction: str | None = None) -> None:
+    """Set an LLM-decoder model's instruction (default: the one for its modality) and its prompt ids."""
+    config = model.config
+    config.instruction = instruction or DEFAULT_INSTRUCTIONS[config.modality]
+    config.instruction_ids, config.decoder_prompt_ids = llm_prompt_ids(tokenizer, config.instruction)
+    model.generation_config.decoder_start_token_id = config.decoder_prompt_ids[0]
+
+
+def pretrained_decoder_settings(
+    decoder: str, decoder_model_name: str, modality: str, instruction: str | None = None
+) -> dict:
+    """`MMAVSRConfig` fields of a pretrained decoder: `text_config`, `decoder_prompt_ids` (and the LLM's
+    `instruction`, `instruction_ids`); read from the checkpoint and its tokenizer, no weights loaded."""
+    text_config = AutoConfig.from_pretrained(**_location(decoder_model_name))
+    tokenizer = load_decoder_tokenizer(decoder, decoder_model_name)
+    if decoder == "whisper-decoder":
+        prompt = tokenizer.convert_tokens_to_ids(list(WHISPER_TRANSCRIBE_PROMPT))
+        return {"text_config": text_config, "decoder_prompt_ids": prompt}
+    if decoder != "llm":
+        raise ValueError(f"decoder={decoder!r} has no pretrained weights to load; use 'llm' or 'whisper-decoder'.")
+    instruction = instruction or DEFAULT_INSTRUCTIONS[modality]
+    instruction_ids, decoder_prompt_ids = llm_prompt_ids(tokenizer, instruction)
+    return {
+        "text_config": text_config,
+        "instruction": instruction,
+        "instruction_ids": instruction_ids,
+        "decoder_prompt_ids": decoder_prompt_ids,
+    }
+
+
+def load_pretrained_decoder(model, decoder_model_name: str, **kwargs) -> None:
+    """Put the pretrained decoder's weights into `model` (built from `pretrained_decoder_settings`' config): the LLM
+    and its output layer (in 4-bit NF4 when `config.use_qlora` and CUDA exist, then LoRA is added), or Whisper's
+    decoder and `proj_out`. `kwargs` go to `from_pretrained` (e.g. `dtype`)."""
+    config = model.config
+    if config.decoder == "whisper-decoder":
+        whisper = WhisperForConditionalGeneration.from_pretrained(**_location(decoder_model_name), **kwargs)
+        model.model.decoder.whisper.load_state_dict(whisper.model.decoder.state_dict())
+        model.lm_head.load_state_dict(whisper.proj_out.state_dict())
+        return
+    if config.decoder != "llm":
+        raise ValueError(f"decoder={config.decoder!r} has no pretrained weights to load; use 'llm' or 'whisper-decoder'.")
+    if config.use_qlora and can_quantize_4bit():
+        kwargs.setdefault("quantization_config", qlora_quantization_config())
+        kwargs.setdefault("device_map", {"": 0})
+    causal_lm = AutoModelForCausalLM.from_pretrained(**_location(decoder_model_name), **kwargs)
+    model.model.decoder.language_model = causal_lm.get_decoder()
+    model.lm_head = causal_lm.get_output_embeddings()
+    model.tie_weights()
+    if config.use_qlora:
+        model.add_lora()
+
+
+__all__ = [
+    "load_decoder_tokenizer",
+    "llm_prompt_ids",
+    "set_instruction",
+    "pretrained_decoder_settings",
+    "load_pretrained_decoder",
+]

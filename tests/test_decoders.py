@@ -1,0 +1,251 @@
+"""The LLM prefix decoder and the Whisper decoder with tiny random Llama / Whisper configs; LoRA on the CPU path."""
+
+import json
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers.models.whisper.modeling_whisper import WhisperDecoder
+
+from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
+
+from .common import make_inputs
+
+
+FRAMES = [12, 7]
+TOKENS = [[3, 4, 5, 6], [7, 8]]
+EOS, START = 2, 9
+INSTRUCTION_IDS = [10, 11, 12]
+LLM_PROMPT = [13, START]  # the prompt's tail after the features; its last token starts the text
+WHISPER_PROMPT = [30, 31, 32, 33]  # <|startoftranscript|> <|en|> <|transcribe|> <|notimestamps|>
+CTC_TOKENS = [[5, 6, 7], [8, 9]]
+NO_DROPOUT = dict(encoder_dropout=0.0, positional_dropout=0.0, ctc_dropout=0.0)
+
+
+def llama_config(**overrides) -> dict:
+    values = dict(
+        model_type="llama", vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, bos_token_id=1, eos_token_id=EOS, pad_token_id=0,
+        tie_word_embeddings=True,
+    )
+    return values | overrides
+
+
+def whisper_config(**overrides) -> dict:
+    values = dict(
+        model_type="whisper", vocab_size=40, d_model=32, decoder_layers=2, encoder_layers=2,
+        decoder_attention_heads=4, encoder_attention_heads=4, decoder_ffn_dim=64, encoder_ffn_dim=64,
+        max_target_positions=32, max_source_positions=64, pad_token_id=EOS, bos_token_id=EOS, eos_token_id=EOS,
+        decoder_start_token_id=WHISPER_PROMPT[0], suppress_tokens=None, begin_suppress_tokens=None, dropout=0.0,
+        attention_dropout=0.0,
+    )
+    return values | overrides
+
+
+def build(decoder, modality="audio", seed=0, hidden_size=32, **overrides) -> MMAVSRForConditionalGeneration:
+    if decoder == "llm":
+        decoder_values = dict(text_config=llama_config(), instruction_ids=INSTRUCTION_IDS, decoder_prompt_ids=LLM_PROMPT)
+    else:
+        decoder_values = dict(text_config=whisper_config(), decoder_prompt_ids=WHISPER_PROMPT)
+    values = dict(
+        modality=modality, decoder=decoder, frontend_channels=4, frontend_layers=[1, 1, 1, 1], fusion_hidden_size=48,
+        hidden_size=hidden_size, encoder_layers=1, encoder_attention_heads=4, encoder_ffn_dim=64, conv_kernel_size=5,
+        ctc_vocab_size=12, label_smoothing=0.0, **NO_DROPOUT,
+    )
+    values.update(decoder_values)
+    values.update(overrides)
+    torch.manual_seed(seed)
+    return MMAVSRForConditionalGeneration(MMAVSRConfig(**values)).eval()
+
+
+def pad(sequences, end=None) -> torch.Tensor:
+    """Token lists (+ `end`) -> (B, L) int64 padded with -100."""
+    rows = [s + ([end] if end is not None else []) for s in sequences]
+    out = torch.full((len(rows), max(map(len, rows))), -100, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row)
+    return out
+
+
+def texts(generated: torch.Tensor, prompt_length: int) -> list[list[int]]:
+    return [[t for t in row[prompt_length:] if t not in (EOS, 0)] for row in generated.tolist()]  # eos, padding
+
+
+def train(model, inputs, steps, lr=3e-3, **batch):
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = model(**inputs, **batch).loss
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return model.eval(), losses
+
+
+DECODERS = ("llm", "whisper-decoder")
+PROMPT_LENGTH = {"llm": 0, "whisper-decoder": len(WHISPER_PROMPT)}  # the LLM returns new tokens only
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_logits_align_with_labels_and_padding_changes_nothing(decoder):
+    model = build(decoder)
+    inputs, labels = make_inputs("audio", FRAMES), pad(TOKENS, EOS)
+    batch = model(**inputs, labels=labels, ctc_labels=pad(CTC_TOKENS))
+    assert batch.logits.shape == (2, labels.shape[1], 40)
+    assert batch.ctc_logits.shape == (2, max(FRAMES), 12)  # the CTC head keeps its own vocabulary
+    torch.testing.assert_close(batch.loss, 0.1 * batch.ctc_loss + 0.9 * batch.att_loss)
+    for row, frames in enumerate(FRAMES):
+        alone_inputs = {k: v[row : row + 1, : int(inputs["attention_mask"][row].sum())] for k, v in inputs.items()}
+        row_labels = labels[row : row + 1, : len(TOKENS[row]) + 1]
+        alone = model(**alone_inputs, labels=row_labels, ctc_labels=pad(CTC_TOKENS[row : row + 1]))
+        torch.testing.assert_close(batch.logits[row, : row_labels.shape[1]], alone.logits[0], atol=1e-5, rtol=0)
+
+
+def test_llm_loss_covers_only_the_target_tokens():
+    model = build("llm", ctc_weight=0.0)
+    inputs, labels = make_inputs("audio", FRAMES), pad(TOKENS, EOS)
+    out = model(**inputs, labels=labels)
+    log_probs = torch.log_softmax(out.logits, -1)
+    keep = labels != -100
+    expected = -log_probs[keep].gather(-1, labels[keep][:, None]).sum() / 2
+    torch.testing.assert_close(out.loss, expected)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_overfits_two_samples_until_generate_returns_them(decoder):
+    model = build(decoder, seed=1)
+    inputs = make_inputs("audio", FRAMES, seed=3)
+    model, losses = train(model, inputs, 40, lr=5e-3, labels=pad(TOKENS, EOS), ctc_labels=pad(CTC_TOKENS))
+    assert losses[-1] < 0.2 * losses[0]
+    for num_beams in (1, 3):
+        generated = model.generate(**inputs, num_beams=num_beams, max_new_tokens=8)
+        assert texts(generated, PROMPT_LENGTH[decoder]) == TOKENS, f"loss {losses[-1]:.3f}, beams {num_beams}"
+        # a padded batch gives each utterance its own output
+        for row, frames in enumerate(FRAMES if num_beams == 1 else []):
+            alone = {k: v[row : row + 1, : int(inputs["attention_mask"][row].sum())] for k, v in inputs.items()}
+            single = model.generate(**alone, num_beams=num_beams, max_new_tokens=8)
+            assert texts(single, PROMPT_LENGTH[decoder]) == [TOKENS[row]]
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_kv_cache_gives_the_same_hypotheses(decoder):
+    model = build(decoder)
+    inputs = make_inputs("audio", FRAMES)
+    for num_beams in (1, 3):
+        cached = model.generate(**inputs, num_beams=num_beams, max_new_tokens=6, use_cache=True)
+        uncached = model.generate(**inputs, num_beams=num_beams, max_new_tokens=6, use_cache=False)
+        assert torch.equal(cached, uncached)
+
+
+def test_whisper_decoder_is_whispers_own_on_unpadded_input():
+    model = build("whisper-decoder")
+    reference = WhisperDecoder(model.config.text_config).eval()
+    reference.load_state_dict(model.model.decoder.whisper.state_dict())
+    encoder_states = torch.randn(2, 9, 32)
+    ids = torch.tensor([WHISPER_PROMPT + [5, 6], WHISPER_PROMPT + [7, 8]])
+    ours = model.model.decoder(ids, encoder_states)
+    theirs = reference(input_ids=ids, encoder_hidden_states=encoder_states).last_hidden_state
+    torch.testing.assert_close(ours, theirs)
+    assert model.lm_head.weight is model.model.decoder.whisper.embed_tokens.weight  # Whisper ties proj_out
+
+
+def test_whisper_decoder_projects_a_narrower_encoder_and_strips_given_prompts():
+    model = build("whisper-decoder", hidden_size=16)
+    assert model.model.decoder.projector.weight.shape == (32, 16)
+    inputs, labels = make_inputs("audio", FRAMES), pad(TOKENS, EOS)
+    prompt = torch.tensor([WHISPER_PROMPT] * 2)
+    reference = model(**inputs, labels=labels, ctc_labels=pad(CTC_TOKENS)).loss
+    # labels as Whisper's tokenizer writes them (forced prompt first), or with <|startoftranscript|> dropped
+    for given in (torch.cat([prompt, labels], 1), torch.cat([prompt[:, 1:], labels], 1)):
+        torch.testing.assert_close(model(**inputs, labels=given, ctc_labels=pad(CTC_TOKENS)).loss, reference)
+
+
+@pytest.mark.parametrize("modality", ["video", "audiovisual"])
+def test_llm_decoder_takes_every_modality(modality):
+    model = build("llm", modality=modality, ctc_weight=0.0)
+    out = model(**make_inputs(modality, FRAMES), labels=pad(TOKENS, EOS))
+    assert torch.isfinite(out.loss)
+    assert model.config.instruction.startswith("Transcribe what the speaker says")
+
+
+def test_ctc_needs_its_own_labels_and_joint_decoding_is_refused():
+    model = build("llm")
+    inputs = make_inputs("audio", FRAMES)
+    with pytest.raises(ValueError, match="pass `ctc_labels`"):
+        model(**inputs, labels=pad(TOKENS, EOS))
+    with pytest.raises(ValueError, match="share a vocabulary"):
+        model.generate(**inputs, ctc_weight=0.3)
+    with pytest.raises(ValueError, match="needs the LLM's configuration"):
+        MMAVSRConfig(modality="audio", decoder="llm")
+    with pytest.raises(ValueError, match="use_qlora"):
+        MMAVSRConfig(modality="audio", use_qlora=True)
+
+
+def lora_model(**overrides):
+    model = build("llm", use_qlora=True, qlora_r=4, qlora_alpha=8, lora_dropout=0.0, **overrides)
+    with pytest.warns(UserWarning, match="not quantized"):
+        model.add_lora()
+    return model
+
+
+def test_lora_trains_adapters_and_encoder_not_the_llm_base():
+    model = lora_model()
+    model.model.encoder.conformer.requires_grad_(False)  # a part frozen before the adapters stays frozen
+    model.train()
+    model(**make_inputs("audio", FRAMES), labels=pad(TOKENS, EOS), ctc_labels=pad(CTC_TOKENS)).loss.backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    lora = {n for n, p in model.named_parameters() if "lora_" in n and p.requires_grad}
+    assert len(lora) == 2 * 2 * 7  # A and B of every attention and MLP projection of both layers
+    assert {n for n in lora if "lora_B" in n} <= with_grad  # B starts at zero, so only B has a gradient at first
+    llm_base = {n for n, _ in model.named_parameters() if n.startswith("model.decoder.language_model") and "lora_" not in n}
+    assert llm_base and not (llm_base & with_grad)
+    assert not any(n.startswith("model.encoder.conformer") for n in with_grad)
+    for part in ("model.encoder.audio_frontend", "model.decoder.projector", "ctc_head"):
+        assert any(n.startswith(part) for n in with_grad), part
+
+
+def test_lora_save_load_round_trip_and_merge(tmp_path):
+    model = lora_model()
+    inputs, labels = make_inputs("audio", FRAMES), pad(TOKENS, EOS)
+    model, _ = train(model, inputs, 3, labels=labels, ctc_labels=pad(CTC_TOKENS))
+    expected = model(**inputs, labels=labels, ctc_labels=pad(CTC_TOKENS))
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["r"] == 4
+    assert all("lora_" in k for k in load_file(tmp_path / "adapter_model.safetensors"))
+    assert not any("lora_" in k or "base_layer" in k for k in load_file(tmp_path / "model.safetensors"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = MMAVSRForConditionalGeneration.from_pretrained(tmp_path).eval()
+    out = loaded(**inputs, labels=labels, ctc_labels=pad(CTC_TOKENS))
+    torch.testing.assert_close(out.logits, expected.logits, atol=0, rtol=0)
+    assert {n for n, p in loaded.named_parameters() if p.requires_grad and "language_model" in n} == {
+        n for n, _ in loaded.named_parameters() if "lora_" in n
+    }
+
+    loaded.save_pretrained(tmp_path / "again")  # a model loaded with its adapter saves the same files again
+    again = MMAVSRForConditionalGeneration.from_pretrained(tmp_path / "again").eval()
+    torch.testing.assert_close(again(**inputs, labels=labels).logits, expected.logits, atol=0, rtol=0)
+
+    loaded.merge_lora()
+    assert not any("lora_" in n for n, _ in loaded.named_parameters())
+    torch.testing.assert_close(loaded(**inputs, labels=labels, ctc_labels=pad(CTC_TOKENS)).logits, expected.logits, atol=1e-5, rtol=0)
+    loaded.save_pretrained(tmp_path / "merged")
+    merged = MMAVSRForConditionalGeneration.from_pretrained(tmp_path / "merged").eval()
+    assert not merged.config.use_qlora
+    torch.testing.assert_close(merged(**inputs, labels=labels, ctc_labels=pad(CTC_TOKENS)).logits, expected.logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_save_load_round_trip_without_adapters(decoder, tmp_path):
+    model = build(decoder)
+    inputs, labels = make_inputs("audio", FRAMES), pad(TOKENS, EOS)
+    expected = model(**inputs, labels=labels, ctc_labels=pad(CTC_TOKENS)).logits
+    model.save_pretrained(tmp_path)
+    loaded = MMAVSRForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert type(loaded.config.text_config).__name__ == ("LlamaConfig" if decoder == "llm" else "WhisperConfig")
+    assert loaded.config.decoder_prompt_ids == model.config.decoder_prompt_ids
+    assert torch.equal(loaded(**inputs, labels=labels, ctc_labels=pad(CTC_TOKENS)).logits, expected)
+    assert torch.equal(loaded.generate(**inputs, max_new_tokens=4), model.generate(**inputs, max_new_tokens=4))
