@@ -72,18 +72,22 @@ def quantize_llm_4bit(model: nn.Module, device: str | torch.device = "cuda") -> 
             quant_type="nf4",
             device="meta",
         )
+        weight = module.weight.data
+        if weight.is_meta:  # a model built on the meta device: random weights, made on `device` (benchmarks)
+            weight = torch.empty(weight.shape, dtype=torch.bfloat16, device=device).normal_(0.0, 0.02)
         quantized.weight = bnb.nn.Params4bit(
-            module.weight.data.to(torch.bfloat16), requires_grad=False, compress_statistics=True, quant_type="nf4"
+            weight.to(torch.bfloat16), requires_grad=False, compress_statistics=True, quant_type="nf4"
         )
         if module.bias is not None:
-            quantized.bias = nn.Parameter(module.bias.data.to(torch.bfloat16), requires_grad=False)
+            bias = torch.zeros(module.bias.shape, device=device) if module.bias.is_meta else module.bias.data
+            quantized.bias = nn.Parameter(bias.to(torch.bfloat16), requires_grad=False)
         parent, _, child = name.rpartition(".")
         setattr(language_model.get_submodule(parent) if parent else language_model, child, quantized.to(device))
     for param in language_model.parameters():
-        if not isinstance(param, bnb.nn.Params4bit):
+        if not isinstance(param, bnb.nn.Params4bit) and not param.is_meta:
             param.data = param.data.to(device=device, dtype=torch.bfloat16)
     for buffer_name, buffer in list(language_model.named_buffers()):
-        if buffer.device != torch.device(device):
+        if not buffer.is_meta and buffer.device != torch.device(device):
             owner, _, leaf = buffer_name.rpartition(".")
             target = language_model.get_submodule(owner) if owner else language_model
             target._buffers[leaf] = buffer.to(device)
