@@ -33,3 +33,13 @@ __all__ = [
     "MMAVSRSeq2SeqModelOutput",
     "MMAVSRSeq2SeqLMOutput",
 ]
+
+
+def __getattr__(name):
+    # The data side (`mmavsr_processing`: processor, tokenizer, feature extractor, datasets, ...) is re-exported
+    # lazily: it imports this package's config itself, so an eager import here would be circular.
+    import mmavsr_processing
+
+    if name in mmavsr_processing.__all__:
+        return getattr(mmavsr_processing, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

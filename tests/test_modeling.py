@@ -218,3 +218,13 @@ def test_each_encoder_frame_sees_its_own_input(modality):
         assert (after[row, last] - before[row, last]).abs().max() > 1e-3
         # and the padded tail of the row changes nothing: masking made it invisible
         torch.testing.assert_close(after[1 - row], before[1 - row])
+
+
+def test_processing_names_are_reexported_from_the_model_package():
+    import mmavsr_processing
+    import modeling_mmavsr
+
+    for name in mmavsr_processing.__all__:
+        assert getattr(modeling_mmavsr, name) is getattr(mmavsr_processing, name)
+    with pytest.raises(AttributeError, match="no attribute 'NotAThing'"):
+        modeling_mmavsr.NotAThing
