@@ -1,0 +1,150 @@
+"""Decoding and training speed of MMAVSR against auto_avsr's own implementation, with the same weights.
+
+    python benchmarks/bench_auto_avsr_speed.py [--auto-avsr PATH] [--modality video|audio] [--beam 40]
+
+Decoding: one utterance of `--seconds` on the full released architecture, beam `--beam`, CTC weight `--ctc-weight`,
+`--threads` CPU threads. Training: forward + backward of a batch of `--batch` utterances. With `--auto-avsr` (a
+checkout of mpc001/auto_avsr; it is imported from there at run time, never copied), auto_avsr's model gets random
+weights that are converted into an MMAVSR model, both sides run, and the script prints both timings and whether
+the best hypotheses agree. Without it, only MMAVSR runs. Weights are random, so hypotheses tend to run to the
+length limit: the worst case for decoding time.
+"""
+
+import argparse
+import sys
+import time
+
+import torch
+
+from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
+
+
+VOCAB_SIZE = 5049
+EOS = VOCAB_SIZE - 1
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--auto-avsr", help="path of an mpc001/auto_avsr checkout to compare against")
+    parser.add_argument("--modality", choices=("video", "audio"), default="video")
+    parser.add_argument("--beam", type=int, default=40)
+    parser.add_argument("--ctc-weight", type=float, default=0.1)
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--batch", type=int, default=4, help="utterances per training batch")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-decoding", action="store_true")
+    parser.add_argument("--skip-training", action="store_true")
+    return parser.parse_args()
+
+
+def build_models(modality: str, auto_avsr_path: str | None):
+    torch.manual_seed(0)
+    if auto_avsr_path is None:
+        return MMAVSRForConditionalGeneration(MMAVSRConfig(modality=modality)), None
+    sys.path.insert(0, auto_avsr_path)
+    from espnet.nets.pytorch_backend.e2e_asr_conformer import E2E
+
+    from modeling_mmavsr.convert_auto_avsr_checkpoint import convert_auto_avsr_state_dict
+
+    reference = E2E(VOCAB_SIZE, modality)
+    config, state_dict = convert_auto_avsr_state_dict(reference.state_dict())
+    model = MMAVSRForConditionalGeneration(config)
+    model.load_state_dict(state_dict)
+    return model, reference
+
+
+def make_batch(modality: str, seconds: float, batch: int):
+    frames = int(seconds * 25)
+    if modality == "video":
+        return torch.randn(batch, frames, 1, 88, 88), frames
+    return torch.randn(batch, frames * 640), frames
+
+
+def model_inputs(modality: str, x: torch.Tensor) -> dict:
+    return {"pixel_values_videos": x} if modality == "video" else {"input_features": x}
+
+
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def decode_reference(reference, modality, x, beam, ctc_weight):
+    from espnet.nets.batch_beam_search import BatchBeamSearch
+    from espnet.nets.scorers.length_bonus import LengthBonus
+
+    scorers = reference.scorers()
+    scorers["length_bonus"] = LengthBonus(VOCAB_SIZE)
+    search = BatchBeamSearch(
+        beam_size=beam,
+        vocab_size=VOCAB_SIZE,
+        weights={"decoder": 1.0 - ctc_weight, "ctc": ctc_weight, "length_bonus": 0.0},
+        scorers=scorers,
+        sos=EOS,
+        eos=EOS,
+        token_list=[str(i) for i in range(VOCAB_SIZE)],
+        pre_beam_score_key=None if ctc_weight == 1.0 else "decoder",
+    )
+    sample = x[0] if modality == "video" else x[0].unsqueeze(-1)  # auto_avsr takes (T, 1, H, W) or (S, 1)
+    features = reference.proj_encoder(reference.frontend(sample.unsqueeze(0)))
+    encoded, _ = reference.encoder(features, None)
+    best = search(encoded.squeeze(0))[0]
+    return [int(t) for t in best.yseq[1:] if int(t) != EOS]
+
+
+def decode_ours(model, modality, x, beam, ctc_weight):
+    generated = model.generate(**model_inputs(modality, x[:1]), num_beams=beam, ctc_weight=ctc_weight)
+    return [t for t in generated[0, 1:].tolist() if t not in (EOS, 0)]
+
+
+def train_step_reference(reference, modality, x, labels):
+    lengths = torch.full((x.shape[0],), x.shape[1] if modality == "video" else x.shape[1], dtype=torch.long)
+    inputs = x if modality == "video" else x.unsqueeze(-1)
+    loss, _, _, _ = reference(inputs, lengths, labels.masked_fill(labels == -100, -1))
+    loss.backward()
+
+
+def train_step_ours(model, modality, x, labels):
+    with_eos = torch.cat([labels, torch.full((labels.shape[0], 1), EOS)], dim=1)
+    model(**model_inputs(modality, x), labels=with_eos).loss.backward()
+
+
+def main():
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    model, reference = build_models(args.modality, args.auto_avsr)
+    print(f"modality={args.modality} beam={args.beam} ctc_weight={args.ctc_weight} seconds={args.seconds} threads={args.threads}")
+
+    if not args.skip_decoding:
+        model.eval()
+        x, frames = make_batch(args.modality, args.seconds, 1)
+        with torch.inference_mode():
+            ours, ours_time = timed(lambda: decode_ours(model, args.modality, x, args.beam, args.ctc_weight))
+        print(f"decoding  mmavsr    : {ours_time:8.2f} s  ({len(ours)} tokens, {frames} frames)")
+        if reference is not None:
+            reference.eval()
+            with torch.inference_mode():
+                theirs, theirs_time = timed(
+                    lambda: decode_reference(reference, args.modality, x, args.beam, args.ctc_weight)
+                )
+            print(f"decoding  auto_avsr : {theirs_time:8.2f} s  ({len(theirs)} tokens)")
+            print(f"decoding  speed-up  : {theirs_time / ours_time:8.2f} x   same hypothesis: {ours == theirs}")
+
+    if not args.skip_training:
+        x, _ = make_batch(args.modality, args.seconds, args.batch)
+        labels = torch.randint(1, EOS, (args.batch, 20))
+        model.train()
+        train_step_ours(model, args.modality, x, labels)  # warm-up
+        _, ours_time = timed(lambda: train_step_ours(model, args.modality, x, labels))
+        print(f"training  mmavsr    : {ours_time:8.2f} s per forward+backward of {args.batch} x {args.seconds} s")
+        if reference is not None:
+            reference.train()
+            train_step_reference(reference, args.modality, x, labels)
+            _, theirs_time = timed(lambda: train_step_reference(reference, args.modality, x, labels))
+            print(f"training  auto_avsr : {theirs_time:8.2f} s")
+            print(f"training  speed-up  : {theirs_time / ours_time:8.2f} x")
+
+
+if __name__ == "__main__":
+    main()
