@@ -198,6 +198,9 @@ class MMAVSRGenerationMixin(GenerationMixin):
                 pixel_values_videos=pixel_values_videos,
                 video_attention_mask=video_attention_mask,
             )
+        else:
+            # the search expands the encoder outputs for its beams in place: keep the caller's object intact
+            encoder_outputs = type(encoder_outputs)(**encoder_outputs)
         generation_config = kwargs.get("generation_config", self.generation_config)
         if ctc_weight is None:
             ctc_weight = getattr(generation_config, "ctc_weight", 0.0) or 0.0

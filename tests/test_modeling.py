@@ -106,7 +106,10 @@ def test_generate_from_precomputed_encoder_outputs():
     model = build("video")
     inputs = make_inputs("video", FRAMES)
     encoder_outputs = model.get_encoder()(**inputs)
-    assert torch.equal(model.generate(encoder_outputs=encoder_outputs), model.generate(**inputs))
+    expected = model.generate(**inputs, num_beams=3)
+    for _ in range(2):  # the same encoder outputs serve several calls
+        assert torch.equal(model.generate(encoder_outputs=encoder_outputs, num_beams=3), expected)
+    assert encoder_outputs.last_hidden_state.shape[0] == len(FRAMES)
 
 
 @pytest.mark.parametrize("modality", MODALITIES)
