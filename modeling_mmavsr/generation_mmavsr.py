@@ -212,13 +212,22 @@ class MMAVSRGenerationMixin(GenerationMixin):
             # each utterance is held to its own number of frames below; +1 for the closing eos
             kwargs["max_new_tokens"] = int(frame_lengths.max()) + 1
 
+        num_beams = kwargs.get("num_beams") or generation_config.num_beams or 1
+        decoder = getattr(getattr(self, "model", None), "decoder", None)
+        sampling = kwargs.get("do_sample", generation_config.do_sample)
+        if (
+            hasattr(decoder, "prefill_cross_attention")
+            and kwargs.get("past_key_values") is None
+            and kwargs.get("use_cache", generation_config.use_cache) is not False
+            and not sampling
+        ):
+            kwargs["past_key_values"] = decoder.prefill_cross_attention(encoder_outputs.last_hidden_state, num_beams)
         if kwargs.get("length_penalty") is None and generation_config.length_penalty is None:
             kwargs["length_penalty"] = 0.0  # ESPnet ranks finished beams by their summed score
         processors = LogitsProcessorList(logits_processor or [])
         if ctc_weight > 0:
             with torch.no_grad():
                 ctc_log_probs = torch.log_softmax(self.ctc_head(encoder_outputs.last_hidden_state).float(), dim=-1)
-            num_beams = kwargs.get("num_beams") or generation_config.num_beams or 1
             processors.append(
                 CTCPrefixScoreLogitsProcessor(ctc_log_probs, frame_lengths, ctc_weight, num_beams, eos_token_id)
             )

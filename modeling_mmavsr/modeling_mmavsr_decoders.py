@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 from transformers import AutoModel
-from transformers.cache_utils import Cache, EncoderDecoderCache
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.models.whisper.modeling_whisper import WhisperDecoder
@@ -104,6 +104,18 @@ class MMAVSRTransformerDecoder(nn.Module):
 
     def set_input_embeddings(self, value: nn.Embedding):
         self.embed_tokens = value
+
+    def prefill_cross_attention(self, encoder_hidden_states: torch.Tensor, num_beams: int) -> EncoderDecoderCache:
+        """A generation cache holding each layer's cross-attention keys and values, projected once per utterance
+        (B, T, D) and shared by its `num_beams` rows: the search would otherwise project B * num_beams copies."""
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        for layer in self.layers:
+            attention = layer.src_attn
+            key = attention._project(encoder_hidden_states, attention.k_proj).repeat_interleave(num_beams, dim=0)
+            value = attention._project(encoder_hidden_states, attention.v_proj).repeat_interleave(num_beams, dim=0)
+            cache.cross_attention_cache.update(key, value, attention.layer_idx)
+            cache.is_updated[attention.layer_idx] = True
+        return cache
 
     def forward(
         self,
