@@ -6,6 +6,7 @@ Installed under the import name ``mmavsr_processing`` (the source folder is ``pr
 from .augmentation import CLEAN_SNR, AddNoise, TimeMask, make_babble, snr_db
 from .collation import MaxFramesBatchSampler, MMAVSRDataCollator
 from .feature_extraction_mmavsr import MMAVSRFeatureExtractor
+from .lrs3 import DatasetError, load_auto_avsr_dataset
 from .media_io import MediaError, read_audio, read_video, resample_audio, write_audio, write_video
 from .processing_mmavsr import MMAVSRProcessor, pad_labels, register_auto_classes
 from .tokenization_mmavsr import MMAVSRTokenizer
@@ -13,6 +14,8 @@ from .video_processing_mmavsr import MMAVSRVideoProcessor
 
 
 __all__ = [
+    "DatasetError",
+    "load_auto_avsr_dataset",
     "MediaError",
     "read_audio",
     "read_video",
