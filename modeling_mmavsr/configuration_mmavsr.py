@@ -9,6 +9,15 @@ VISION_ENCODERS = ("resnet", "vit", "vivit", "clip-vit")
 AUDIO_ENCODERS = ("resnet1d", "whisper", "wavlm")
 DECODERS = ("transformer", "llm", "whisper-decoder")
 FUSION_TYPES = ("concat", "add", "gated")
+# the transformers model type each pretrained encoder choice is built from (`vision_config` / `audio_config`)
+PRETRAINED_ENCODER_MODEL_TYPES = {
+    "vit": "vit",
+    "vivit": "vivit",
+    "clip-vit": "clip_vision_model",
+    "whisper": "whisper",
+    "wavlm": "wavlm",
+}
+VISION_POOLINGS = ("cls", "mean")
 # vocabulary of auto_avsr's unigram units (blank 0 ... sos/eos 5048): the CTC head's when the decoder has its own
 AUTO_AVSR_VOCAB_SIZE = 5049
 # the instruction that opens the LLM decoder's prompt, per modality (`instruction=None`)
@@ -33,6 +42,31 @@ def _check_choice(name: str, value, choices: tuple, allow_none: bool = False):
     if value not in choices:
         valid = ", ".join(repr(c) for c in choices) + (" or None" if allow_none else "")
         raise ValueError(f"Unknown {name} {value!r}; valid choices are {valid}.")
+
+
+def _build_encoder_config(kind: str, choice: str | None, value) -> PreTrainedConfig | None:
+    """The sub-config of a pretrained `vision`/`audio` encoder choice (None for the ResNet frontends and no encoder)."""
+    expected = PRETRAINED_ENCODER_MODEL_TYPES.get(choice)
+    if expected is None:
+        if value is not None:
+            raise ValueError(
+                f"`{kind}_config` configures a pretrained {kind} encoder, but {kind}_encoder={choice!r} has none; "
+                f"choose one of {', '.join(repr(c) for c in PRETRAINED_ENCODER_MODEL_TYPES)} or drop `{kind}_config`."
+            )
+        return None
+    if not isinstance(value, PreTrainedConfig):
+        value = dict(value or {})
+        model_type = value.pop("model_type", expected)
+        if model_type not in CONFIG_MAPPING:
+            raise ValueError(f"Unknown model_type {model_type!r} in `{kind}_config`.")
+        value = CONFIG_MAPPING[model_type](**value)
+    if value.model_type == "clip" and expected == "clip_vision_model":
+        value = value.vision_config
+    if value.model_type != expected:
+        raise ValueError(
+            f"{kind}_encoder={choice!r} takes a {expected!r} configuration as `{kind}_config`, got {value.model_type!r}."
+        )
+    return value
 
 
 @strict
@@ -89,6 +123,19 @@ class MMAVSRConfig(PreTrainedConfig):
         frontend_activation (`str`): `swish`, `relu` or `prelu`.
         audio_samples_per_frame (`int`): raw samples per 25 fps output frame of the ResNet1D frontend (16 kHz / 25).
         fusion_hidden_size (`int`): hidden width of the `concat` fusion MLP.
+        vision_config / audio_config (`dict` or `PreTrainedConfig`, optional): configuration of a pretrained encoder
+            (`ViTConfig` for `vit`, `VivitConfig` for `vivit`, `CLIPVisionConfig` for `clip-vit`, `WhisperConfig` for
+            `whisper`, `WavLMConfig` for `wavlm`; a dict may leave out `model_type`). Saved inside `config.json`, so
+            `from_pretrained` rebuilds the encoder without the network. Default: that class's defaults. Must be
+            unset for the ResNet frontends.
+        freeze_vision_encoder / freeze_audio_encoder (`bool`): keep a pretrained encoder's weights fixed: they get
+            `requires_grad=False` (so the optimizer leaves them out), run under `torch.no_grad()` and in eval mode
+            (no dropout, no SpecAugment). The training script's `--unfreeze-vision` / `--unfreeze-audio` set them to
+            False. The ResNet frontends always train.
+        vision_pooling (`str`): one feature per frame from `vit` / `clip-vit`: `cls` (the CLS token; CLIP's pooled,
+            post-layer-norm CLS) or `mean` (mean of the patch tokens). `vivit` always averages each time step's patches.
+        max_stream_length_difference (`int`): audio and video of one sample may differ by this many 25 fps frames;
+            both are cut to the shorter. A larger difference raises a ValueError.
         hidden_size (`int`): width of the Conformer (and of what the decoder attends to).
         encoder_layers, encoder_attention_heads, encoder_ffn_dim (`int`): Conformer sizes.
         conv_kernel_size (`int`): depthwise convolution kernel of the Conformer convolution module.
@@ -134,6 +181,14 @@ class MMAVSRConfig(PreTrainedConfig):
     audio_samples_per_frame: int = 640
     fusion_hidden_size: int = 8192
 
+    # pretrained encoders and temporal alignment
+    vision_config: dict | PreTrainedConfig | None = None
+    audio_config: dict | PreTrainedConfig | None = None
+    freeze_vision_encoder: bool = True
+    freeze_audio_encoder: bool = True
+    vision_pooling: str = "cls"
+    max_stream_length_difference: int = 3
+
     # Conformer
     hidden_size: int = 768
     encoder_layers: int = 12
@@ -161,6 +216,7 @@ class MMAVSRConfig(PreTrainedConfig):
     qlora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_target_modules: list[str] | None = None
+
     initializer_range: float = 0.02
     is_encoder_decoder: bool = True
     tie_word_embeddings: bool = False
@@ -171,12 +227,17 @@ class MMAVSRConfig(PreTrainedConfig):
             _check_choice("modality", modality, tuple(LEGACY_MODALITIES))
             self.vision_encoder, self.audio_encoder = LEGACY_MODALITIES[modality]
         self.text_config = self._build_text_config(self.text_config)
+        self.vision_config = _build_encoder_config("vision", self.vision_encoder, self.vision_config)
+        self.audio_config = _build_encoder_config("audio", self.audio_encoder, self.audio_config)
         super().__post_init__(**kwargs)
         self.frontend_layers = list(self.frontend_layers)
         _check_choice("vision_encoder", self.vision_encoder, VISION_ENCODERS, allow_none=True)
         _check_choice("audio_encoder", self.audio_encoder, AUDIO_ENCODERS, allow_none=True)
         _check_choice("decoder", self.decoder, DECODERS)
         _check_choice("fusion_type", self.fusion_type, FUSION_TYPES)
+        _check_choice("vision_pooling", self.vision_pooling, VISION_POOLINGS)
+        if self.max_stream_length_difference < 0:
+            raise ValueError(f"`max_stream_length_difference` must be >= 0, got {self.max_stream_length_difference}.")
         _check_choice("frontend_activation", self.frontend_activation, ("swish", "relu", "prelu"))
         if self.vision_encoder is None and self.audio_encoder is None:
             raise ValueError(

@@ -11,12 +11,12 @@ from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2
 
 from .configuration_mmavsr import MMAVSRConfig
 from .generation_mmavsr import MMAVSRGenerationMixin
-from .modeling_mmavsr_audio import MMAVSRAudioResNet
+from .modeling_mmavsr_audio import AUDIO_ENCODER_CLASSES, AUDIO_INPUTS
 from .modeling_mmavsr_conformer import MMAVSRConformerLayer, MMAVSRConformerEncoder, MMAVSRRelPositionAttention
 from .modeling_mmavsr_decoders import DECODER_CLASSES, MMAVSRCTCHead, MMAVSRDecoderLayer
 from .modeling_mmavsr_lora import MMAVSRLoraMixin
 from .modeling_mmavsr_fusion import FUSION_CLASSES, MMAVSRProjector, align_streams
-from .modeling_mmavsr_vision import MMAVSRVideoResNet
+from .modeling_mmavsr_vision import VISION_ENCODER_CLASSES
 
 
 @dataclass
@@ -80,17 +80,23 @@ class MMAVSRPreTrainedModel(PreTrainedModel):
 
 
 class MMAVSREncoder(MMAVSRPreTrainedModel):
-    """Frontends -> projection or fusion -> Conformer: video (B, T, C, H, W) and/or audio -> (B, T, hidden_size)."""
+    """Encoders -> projection or fusion -> Conformer: video (B, T, C, H, W) and/or audio -> (B, T, hidden_size).
+
+    The encoders are the ResNet frontends or pretrained transformers models (`VISION_ENCODER_CLASSES`,
+    `AUDIO_ENCODER_CLASSES`); all deliver 25 fps features, whose width sets the projector's or fusion's input size.
+    """
 
     def __init__(self, config: MMAVSRConfig):
         super().__init__(config)
-        self.vision_frontend = MMAVSRVideoResNet(config) if config.vision_encoder else None
-        self.audio_frontend = MMAVSRAudioResNet(config) if config.audio_encoder else None
-        if config.vision_encoder and config.audio_encoder:
-            size = config.frontend_output_size
-            self.fusion = FUSION_CLASSES[config.fusion_type](size, size, config)
+        vision_encoder, audio_encoder = config.vision_encoder, config.audio_encoder
+        self.vision_frontend = VISION_ENCODER_CLASSES[vision_encoder](config) if vision_encoder else None
+        self.audio_frontend = AUDIO_ENCODER_CLASSES[audio_encoder](config) if audio_encoder else None
+        if self.vision_frontend is not None and self.audio_frontend is not None:
+            video_size, audio_size = self.vision_frontend.output_size, self.audio_frontend.output_size
+            self.fusion = FUSION_CLASSES[config.fusion_type](video_size, audio_size, config)
         else:
-            self.projector = MMAVSRProjector(config.frontend_output_size, config)
+            frontend = self.vision_frontend if self.vision_frontend is not None else self.audio_frontend
+            self.projector = MMAVSRProjector(frontend.output_size, config)
         self.conformer = MMAVSRConformerEncoder(config)
         self.post_init()
 
@@ -127,9 +133,10 @@ class MMAVSREncoder(MMAVSRPreTrainedModel):
             if video_attention_mask is not None:
                 video_mask = video_attention_mask.bool()
         if self.audio_frontend is not None:
-            if input_features.ndim != 2:
+            ndim, description = AUDIO_INPUTS[self.config.audio_encoder]
+            if input_features.ndim != ndim:
                 raise ValueError(
-                    f"The ResNet1D audio encoder takes raw waves `input_features` of shape (batch, samples), got "
+                    f"audio_encoder={self.config.audio_encoder!r} takes {description} as `input_features`, got shape "
                     f"{tuple(input_features.shape)}."
                 )
             audio = self.audio_frontend(input_features, attention_mask)
@@ -138,7 +145,9 @@ class MMAVSREncoder(MMAVSRPreTrainedModel):
                 audio_mask = torch.arange(audio.shape[1], device=audio.device)[None] < frames[:, None]
 
         if video is not None and audio is not None:
-            video, audio, frame_mask = align_streams(video, video_mask, audio, audio_mask)
+            video, audio, frame_mask = align_streams(
+                video, video_mask, audio, audio_mask, self.config.max_stream_length_difference
+            )
             hidden_states = self.fusion(video, audio)
         else:
             features, frame_mask = (video, video_mask) if video is not None else (audio, audio_mask)
@@ -314,6 +323,62 @@ class MMAVSRForConditionalGeneration(MMAVSRLoraMixin, MMAVSRGenerationMixin, MMA
                 return generated[:, prompt_length:]
             generated.sequences = generated.sequences[:, prompt_length:]
         return generated
+
+    @classmethod
+    def from_pretrained_components(
+        cls,
+        vision_encoder: str | None = None,
+        vision_model_name: str | None = None,
+        audio_encoder: str | None = None,
+        audio_model_name: str | None = None,
+        decoder: str = "transformer",
+        decoder_model_name: str | None = None,
+        fusion_type: str = "concat",
+        **kwargs,
+    ) -> "MMAVSRForConditionalGeneration":
+        r"""
+        Build a model from pretrained parts (like `SpeechEncoderDecoderModel.from_encoder_decoder_pretrained`): each
+        `*_model_name` (Hub id or local folder) is loaded, its configuration becomes the sub-config of the MMAVSR
+        config (`vision_config`, `audio_config`, ...), and its weights are copied in. Parts without a name start from
+        random weights (the ResNet frontends, the Conformer, the fusion and the heads always do). `save_pretrained`
+        then writes one folder (sub-configs inside `config.json`) that `from_pretrained` rebuilds without the network.
+
+        kwargs: further `MMAVSRConfig` fields (sizes, `freeze_vision_encoder`, ...), and `component_kwargs` (`dict`):
+            keyword arguments of each part's `from_pretrained`, keyed `vision`, `audio`, `decoder`.
+        """
+        component_kwargs = kwargs.pop("component_kwargs", None) or {}
+        # step 1: the pretrained encoders
+        encoders = {}
+        for kind, choice, name in (("vision", vision_encoder, vision_model_name), ("audio", audio_encoder, audio_model_name)):
+            if name is None:
+                continue
+            classes = VISION_ENCODER_CLASSES if kind == "vision" else AUDIO_ENCODER_CLASSES
+            if choice not in classes or not hasattr(classes[choice], "load_pretrained"):
+                raise ValueError(
+                    f"{kind}_model_name={name!r} needs a pretrained {kind}_encoder, got {kind}_encoder={choice!r}."
+                )
+            encoders[kind] = classes[choice].load_pretrained(name, **component_kwargs.get(kind, {}))
+            kwargs[f"{kind}_config"] = encoders[kind].config
+        # step 2: the pretrained decoder
+        if decoder_model_name is not None:
+            raise NotImplementedError("`decoder_model_name` is not supported yet.")
+
+        config = MMAVSRConfig(
+            vision_encoder=vision_encoder,
+            vision_model_name=vision_model_name,
+            audio_encoder=audio_encoder,
+            audio_model_name=audio_model_name,
+            decoder=decoder,
+            decoder_model_name=decoder_model_name,
+            fusion_type=fusion_type,
+            **kwargs,
+        )
+        model = cls(config)
+        # step 3: the pretrained weights into the composed model
+        frontends = {"vision": model.model.encoder.vision_frontend, "audio": model.model.encoder.audio_frontend}
+        for kind, pretrained in encoders.items():
+            frontends[kind].encoder.load_state_dict(pretrained.state_dict())
+        return model
 
     def get_encoder(self):
         return self.model.get_encoder()
