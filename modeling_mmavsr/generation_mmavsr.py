@@ -96,8 +96,8 @@ class CTCPrefixScoreLogitsProcessor(LogitsProcessor):
     """Adds `ctc_weight` x the CTC prefix score to `(1 - ctc_weight)` x the decoder's log-probabilities.
 
     Tokens outside the decoder's `int(pre_beam_ratio * num_beams)` best are ruled out, except eos, and blank always
-    is, as in ESPnet's batch beam search. Hypotheses are followed from step to step through the tokens they hold, so beam reordering
-    needs no hook into the search.
+    is, as in ESPnet's batch beam search. Hypotheses are followed from step to step through the tokens they hold,
+    so beam reordering needs no hook into the search.
     """
 
     def __init__(
@@ -152,10 +152,13 @@ class CTCPrefixScoreLogitsProcessor(LogitsProcessor):
         self._previous = (input_ids, candidates, psi, r)
 
         weight = self.ctc_weight
+        # an impossible prefix (psi -inf) stays impossible: -inf - -inf must not become NaN
+        gain = (psi - psi_prev[:, None]).nan_to_num(nan=-float("inf"))
+        gain_eos = (psi_eos - psi_prev).nan_to_num(nan=-float("inf"))
         joint = torch.full_like(log_probs, torch.finfo(log_probs.dtype).min)
-        joint.scatter_(1, candidates, (1 - weight) * log_probs.gather(1, candidates) + weight * (psi - psi_prev[:, None]))
+        joint.scatter_(1, candidates, (1 - weight) * log_probs.gather(1, candidates) + weight * gain)
         # eos is always scored: the prefix must explain the whole utterance; blank is never a token
-        joint[:, self.eos_token_id] = (1 - weight) * log_probs[:, self.eos_token_id] + weight * (psi_eos - psi_prev)
+        joint[:, self.eos_token_id] = (1 - weight) * log_probs[:, self.eos_token_id] + weight * gain_eos
         joint[:, self.blank_id] = torch.finfo(log_probs.dtype).min
         return joint.to(scores.dtype)
 

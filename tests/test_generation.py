@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from modeling_mmavsr.generation_mmavsr import CTCPrefixScorer
+from modeling_mmavsr.generation_mmavsr import CTCPrefixScoreLogitsProcessor, CTCPrefixScorer
 
 from .common import EOS, MODALITIES, make_inputs, make_labels, select_row
 from .test_modeling import FRAMES, TOKENS, build
@@ -92,3 +92,17 @@ def test_joint_decoding_recovers_trained_labels():
     for ctc_weight in (0.1, 0.5, 1.0):
         generated = model.generate(**inputs, num_beams=4, ctc_weight=ctc_weight)
         assert [[t for t in row.tolist()[1:] if t not in (EOS, 0)] for row in generated] == TOKENS
+
+
+def test_a_prefix_ctc_rules_out_stays_ruled_out_without_nan():
+    """After a token CTC gives probability zero, every continuation scores -inf (not NaN, which breaks the search)."""
+    log_probs = torch.log_softmax(torch.randn(1, 4, 6), dim=-1)
+    log_probs[..., 3] = -float("inf")
+    processor = CTCPrefixScoreLogitsProcessor(log_probs, torch.tensor([4]), ctc_weight=0.5, num_beams=1, eos_token_id=5)
+    logits = torch.zeros(1, 6)
+    logits[0, 3] = 5.0  # the decoder insists on token 3
+    first = processor(torch.tensor([[5]]), logits)
+    assert first[0, 3] < -1e30
+    second = processor(torch.tensor([[5, 3]]), logits)
+    assert not torch.isnan(second).any()
+    assert second[0, 3] < -1e30 and second[0, 5] < -1e30
