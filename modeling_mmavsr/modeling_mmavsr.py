@@ -13,10 +13,15 @@ from .configuration_mmavsr import MMAVSRConfig
 from .generation_mmavsr import MMAVSRGenerationMixin
 from .modeling_mmavsr_audio import AUDIO_ENCODER_CLASSES, AUDIO_INPUTS
 from .modeling_mmavsr_conformer import MMAVSRConformerLayer, MMAVSRConformerEncoder, MMAVSRRelPositionAttention
+from .modeling_mmavsr_decoder_loading import load_pretrained_decoder, pretrained_decoder_settings
 from .modeling_mmavsr_decoders import DECODER_CLASSES, MMAVSRCTCHead, MMAVSRDecoderLayer
 from .modeling_mmavsr_lora import MMAVSRLoraMixin
 from .modeling_mmavsr_fusion import FUSION_CLASSES, MMAVSRProjector, align_streams
 from .modeling_mmavsr_vision import VISION_ENCODER_CLASSES
+
+
+# (has video, has audio) -> the modality name of the default LLM instructions
+LEGACY_MODALITY_OF = {(True, False): "video", (False, True): "audio", (True, True): "audiovisual"}
 
 
 @dataclass
@@ -359,9 +364,11 @@ class MMAVSRForConditionalGeneration(MMAVSRLoraMixin, MMAVSRGenerationMixin, MMA
                 )
             encoders[kind] = classes[choice].load_pretrained(name, **component_kwargs.get(kind, {}))
             kwargs[f"{kind}_config"] = encoders[kind].config
-        # step 2: the pretrained decoder
+        # step 2: the pretrained decoder's configuration and prompts, read from its checkpoint and tokenizer
         if decoder_model_name is not None:
-            raise NotImplementedError("`decoder_model_name` is not supported yet.")
+            modality = LEGACY_MODALITY_OF[(vision_encoder is not None, audio_encoder is not None)]
+            instruction = kwargs.pop("instruction", None)
+            kwargs.update(pretrained_decoder_settings(decoder, decoder_model_name, modality, instruction))
 
         config = MMAVSRConfig(
             vision_encoder=vision_encoder,
@@ -378,6 +385,8 @@ class MMAVSRForConditionalGeneration(MMAVSRLoraMixin, MMAVSRGenerationMixin, MMA
         frontends = {"vision": model.model.encoder.vision_frontend, "audio": model.model.encoder.audio_frontend}
         for kind, pretrained in encoders.items():
             frontends[kind].encoder.load_state_dict(pretrained.state_dict())
+        if decoder_model_name is not None:
+            load_pretrained_decoder(model, decoder_model_name, **component_kwargs.get("decoder", {}))
         return model
 
     def get_encoder(self):

@@ -10,12 +10,8 @@ import warnings
 import pytest
 import torch
 
-from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
-from modeling_mmavsr.modeling_mmavsr_decoder_loading import (
-    load_decoder_tokenizer,
-    load_pretrained_decoder,
-    pretrained_decoder_settings,
-)
+from modeling_mmavsr import MMAVSRForConditionalGeneration
+from modeling_mmavsr.modeling_mmavsr_decoder_loading import load_decoder_tokenizer, pretrained_decoder_settings
 
 from .common import make_inputs
 
@@ -39,16 +35,16 @@ def test_smollm2_decoder_trains_a_step_and_generates():
     # the chat template frames the features; its assistant header is the decoder prompt
     assert tokenizer.decode(settings["decoder_prompt_ids"]).endswith("<|im_start|>assistant\n")
     assert "Transcribe the speech in the audio." in tokenizer.decode(settings["instruction_ids"])
-    config = MMAVSRConfig(
-        modality="audio", decoder="llm", frontend_channels=4, frontend_layers=[1, 1, 1, 1], hidden_size=64,
-        encoder_layers=1, encoder_attention_heads=4, encoder_ffn_dim=128, conv_kernel_size=5, ctc_weight=0.0,
-        use_qlora=True, qlora_r=4, qlora_alpha=8, **settings,
-    )
     torch.manual_seed(0)
-    model = MMAVSRForConditionalGeneration(config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # no CUDA: LoRA over full-precision weights
-        load_pretrained_decoder(model, GGUF)
+        model = MMAVSRForConditionalGeneration.from_pretrained_components(
+            audio_encoder="resnet1d", decoder="llm", decoder_model_name=GGUF, frontend_channels=4,
+            frontend_layers=[1, 1, 1, 1], hidden_size=64, encoder_layers=1, encoder_attention_heads=4,
+            encoder_ffn_dim=128, conv_kernel_size=5, ctc_weight=0.0, use_qlora=True, qlora_r=4, qlora_alpha=8,
+        )
+    assert model.config.decoder_prompt_ids == settings["decoder_prompt_ids"]
+    assert model.config.instruction_ids == settings["instruction_ids"]
     assert model.config.text_config.hidden_size == 576 and model.config.text_config.num_hidden_layers == 30
     assert model.lm_head.weight is model.model.decoder.language_model.embed_tokens.weight
 
