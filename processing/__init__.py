@@ -6,8 +6,9 @@ Installed under the import name ``mmavsr_processing`` (the source folder is ``pr
 from .augmentation import CLEAN_SNR, AddNoise, TimeMask, make_babble, snr_db
 from .collation import MaxFramesBatchSampler, MMAVSRDataCollator
 from .feature_extraction_mmavsr import MMAVSRFeatureExtractor
-from .lrs3 import DatasetError, load_auto_avsr_dataset
+from .lrs3 import DatasetError, load_auto_avsr_dataset, load_lrs3_dataset
 from .media_io import MediaError, read_audio, read_video, resample_audio, write_audio, write_video
+from .mouth_cropping import HaarCascadeMouthDetector, MouthCropper, MouthDetector, MouthLocation, NoFaceError
 from .processing_mmavsr import MMAVSRProcessor, pad_labels, register_auto_classes
 from .tokenization_mmavsr import MMAVSRTokenizer
 from .video_processing_mmavsr import MMAVSRVideoProcessor
@@ -16,12 +17,18 @@ from .video_processing_mmavsr import MMAVSRVideoProcessor
 __all__ = [
     "DatasetError",
     "load_auto_avsr_dataset",
+    "load_lrs3_dataset",
     "MediaError",
     "read_audio",
     "read_video",
     "resample_audio",
     "write_audio",
     "write_video",
+    "HaarCascadeMouthDetector",
+    "MouthCropper",
+    "MouthDetector",
+    "MouthLocation",
+    "NoFaceError",
     "MMAVSRFeatureExtractor",
     "MMAVSRVideoProcessor",
     "MMAVSRTokenizer",

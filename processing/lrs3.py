@@ -1,18 +1,28 @@
-"""auto_avsr's preprocessed layout (LRS3, VoxCeleb2, the demo corpus) as a `datasets.Dataset`.
+"""LRS3 as a `datasets.Dataset`: auto_avsr's preprocessed layout, or the raw layout LRS3 is distributed in.
 
-Layout: a headerless label CSV whose rows are `dataset,rel_path,num_frames,token ids`; the clip is
+auto_avsr's layout ([`load_auto_avsr_dataset`], also VoxCeleb2 and the demo corpus): a headerless label CSV whose rows are `dataset,rel_path,num_frames,token ids`; the clip is
 `root_dir/dataset/rel_path` (an .mp4 of the mouth ROI at 25 fps) and its audio the .wav beside it with the same stem.
 Every row is checked when the dataset is built (CSV syntax, files present and not empty), so that training never
 meets a missing file mid-epoch: a bad row raises a `DatasetError` naming the file, line and problem, or, with
 `skip_bad_files=True`, is left out and counted (`dataset.info.description` and the log give the counts and reasons).
+
+Raw layout ([`load_lrs3_dataset`]): `pretrain/`, `trainval/`, `test/` folders of speaker folders, each clip an .mp4
+(face video with its audio track) and a .txt beside it whose first line is `Text:  THE WORDS`, then `Conf:  N` and,
+after a `WORD START END ASDSCORE` header, one line per word with its start and end in seconds. Checked the same way.
+
+Both loaders check only that files exist and are not empty unless `check_media=True`, which also opens every media
+file and reads its header (and the first video frame), so that truncated or corrupt files are found before training.
 """
 
 import csv
 import logging
+import re
 from collections import Counter
 from pathlib import Path
 
+import av
 import datasets
+import soundfile as sf
 
 from .tokenization_mmavsr import MMAVSRTokenizer
 
@@ -48,16 +58,295 @@ def _check_file(path: Path, what: str, where: str):
         raise DatasetError(f"{where}: {what} {path} is empty.")
 
 
+def _check_media(path: Path, where: str, need_audio: bool = False):
+    """Opens a media file and reads its header (an mp4 also decodes its first frame); raises a `DatasetError`
+    naming the file when it cannot."""
+    if path.suffix.lower() == ".wav":
+        try:
+            info = sf.info(str(path))
+        except (sf.LibsndfileError, RuntimeError) as error:
+            raise DatasetError(f"{where}: audio {path} is corrupt ({error}).") from None
+        if info.frames == 0:
+            raise DatasetError(f"{where}: audio {path} holds no sample.")
+        return
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DatasetError(f"{where}: video {path} has no video stream.")
+            if need_audio and not container.streams.audio:
+                raise DatasetError(f"{where}: video {path} has no audio stream.")
+            if next(container.decode(video=0), None) is None:
+                raise DatasetError(f"{where}: video {path} holds no decodable frame.")
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as error:
+        if isinstance(error, DatasetError):
+            raise
+        raise DatasetError(f"{where}: video {path} is corrupt ({type(error).__name__}: {error}).") from None
+
+
+def _finish(rows: list[dict], features: datasets.Features, skipped: Counter, source: Path) -> datasets.Dataset:
+    if skipped:
+        logger.warning(
+            "%s: skipped %d of %d rows (%s)",
+            source,
+            sum(skipped.values()),
+            sum(skipped.values()) + len(rows),
+            dict(skipped),
+        )
+    dataset = datasets.Dataset.from_list(rows, features=features)
+    dataset.info.description = f"skipped rows: {dict(skipped)}" if skipped else ""
+    return dataset
+
+
+_TEXT_LINE = re.compile(r"^Text:\s*(.*)$")
+_WORD_HEADER = "WORD START END"
+
+
+def parse_lrs3_transcript(path: str | Path) -> tuple[str, list[dict]]:
+    """Reads an LRS3 `.txt`: returns the text of its `Text:` line (spaces collapsed) and its word timings
+    `[{"word", "start", "end"}]` in seconds (empty when the file has no `WORD START END ...` table).
+
+    Raises:
+        DatasetError: no `Text:` first line, an empty text, or a timing line that is not `WORD START END [SCORE]`.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{path}: cannot read the transcript ({error}).") from None
+    match = _TEXT_LINE.match(lines[0].strip()) if lines else None
+    if match is None:
+        raise DatasetError(f"{path}, line 1: expected `Text:  THE WORDS`, got {lines[0][:60] if lines else ''!r}.")
+    text = " ".join(match.group(1).split())
+    if not text:
+        raise DatasetError(f"{path}, line 1: empty transcript.")
+    words = []
+    header = next((index for index, line in enumerate(lines) if line.strip().startswith(_WORD_HEADER)), None)
+    for number, line in enumerate(lines[header + 1 :] if header is not None else [], start=(header or 0) + 2):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            if len(fields) not in (3, 4):
+                raise ValueError(f"{len(fields)} fields")
+            start, end = float(fields[1]), float(fields[2])
+        except ValueError as error:
+            raise DatasetError(
+                f"{path}, line {number}: expected `WORD START END [SCORE]`, got {line.strip()!r} ({error})."
+            ) from None
+        words.append({"word": fields[0], "start": start, "end": end})
+    return text, words
+
+
+def load_lrs3_dataset(
+    root_dir: str | Path,
+    skip_bad_files: bool = False,
+    sampling_rate: int = 16000,
+    check_media: bool = False,
+) -> datasets.Dataset:
+    """LRS3 as distributed: every `.mp4` in the sub-folders of `root_dir` (searched recursively: `root_dir` is e.g.
+    `trainval/`, or the folder above `pretrain/`, `trainval/` and `test/`) with the `.txt` of the same stem beside
+    it; files directly in `root_dir` are ignored.
+
+    Rows `{"id", "video", "audio", "text", "words"}`, sorted by `id` (the clip's path below `root_dir` without its
+    suffix, e.g. `trainval/0af00UcTOSc/50001`): `video` is a `datasets.Video()` column, `audio` a
+    `datasets.Audio(sampling_rate)` column reading the mp4's audio track (both decoded lazily with torchcodec),
+    `text` the `Text:` line, `words` the word timings. A clip without its .txt, a .txt without its clip, an empty or
+    (with `check_media=True`) corrupt mp4 and a malformed .txt raise a `DatasetError` naming the file, or with
+    `skip_bad_files=True` are left out and counted.
+    """
+    root_dir = Path(root_dir)
+    if not root_dir.is_dir():
+        raise DatasetError(f"root_dir {root_dir} is not a directory.")
+    stems = sorted(
+        {
+            path.parent / path.stem
+            for pattern in ("*.mp4", "*.txt")
+            for path in root_dir.rglob(pattern)
+            if path.parent != root_dir  # clips live in speaker folders; a README or file list beside them is not one
+        }
+    )
+    if not stems:
+        raise DatasetError(f"{root_dir}: no .mp4 or .txt file in its sub-folders (expected LRS3's speaker folders).")
+
+    rows, skipped = [], Counter()
+    where = f"LRS3 folder {root_dir}"
+    for stem in stems:
+        video, transcript = stem.parent / f"{stem.name}.mp4", stem.parent / f"{stem.name}.txt"
+        try:
+            problem = "missing or empty file"
+            _check_file(video, "video", where)
+            _check_file(transcript, "transcript", where)
+            problem = "bad transcript"
+            text, words = parse_lrs3_transcript(transcript)
+            if check_media:
+                problem = "corrupt file"
+                _check_media(video, where, need_audio=True)
+        except DatasetError as error:
+            if not skip_bad_files:
+                raise
+            _skip(skipped, problem, error)
+            continue
+        rows.append(
+            {
+                "id": stem.relative_to(root_dir).as_posix(),
+                "video": str(video),
+                "audio": str(video),
+                "text": text,
+                "words": words,
+            }
+        )
+
+    features = datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "video": datasets.Video(),
+            "audio": datasets.Audio(sampling_rate=sampling_rate),
+            "text": datasets.Value("string"),
+            "words": datasets.List(
+                {"word": datasets.Value("string"), "start": datasets.Value("float32"), "end": datasets.Value("float32")}
+            ),
+        }
+    )
+    return _finish(rows, features, skipped, root_dir)
+
+
+def _skip(skipped: Counter, problem: str, error: DatasetError):
+    skipped[problem] += 1
+    if sum(skipped.values()) <= 5:
+        logger.warning("skipping: %s", error)
+
+
+_TEXT_LINE = re.compile(r"^Text:\s*(.*)$")
+_WORD_HEADER = "WORD START END"
+
+
+def parse_lrs3_transcript(path: str | Path) -> tuple[str, list[dict]]:
+    """Reads an LRS3 `.txt`: returns the text of its `Text:` line (spaces collapsed) and its word timings
+    `[{"word", "start", "end"}]` in seconds (empty when the file has no `WORD START END ...` table).
+
+    Raises:
+        DatasetError: no `Text:` first line, an empty text, or a timing line that is not `WORD START END [SCORE]`.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{path}: cannot read the transcript ({error}).") from None
+    match = _TEXT_LINE.match(lines[0].strip()) if lines else None
+    if match is None:
+        raise DatasetError(f"{path}, line 1: expected `Text:  THE WORDS`, got {lines[0][:60] if lines else ''!r}.")
+    text = " ".join(match.group(1).split())
+    if not text:
+        raise DatasetError(f"{path}, line 1: empty transcript.")
+    words = []
+    header = next((index for index, line in enumerate(lines) if line.strip().startswith(_WORD_HEADER)), None)
+    for number, line in enumerate(lines[header + 1 :] if header is not None else [], start=(header or 0) + 2):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            if len(fields) not in (3, 4):
+                raise ValueError(f"{len(fields)} fields")
+            start, end = float(fields[1]), float(fields[2])
+        except ValueError as error:
+            raise DatasetError(
+                f"{path}, line {number}: expected `WORD START END [SCORE]`, got {line.strip()!r} ({error})."
+            ) from None
+        words.append({"word": fields[0], "start": start, "end": end})
+    return text, words
+
+
+def load_lrs3_dataset(
+    root_dir: str | Path,
+    skip_bad_files: bool = False,
+    sampling_rate: int = 16000,
+    check_media: bool = False,
+) -> datasets.Dataset:
+    """LRS3 as distributed: every `.mp4` in the sub-folders of `root_dir` (searched recursively: `root_dir` is e.g.
+    `trainval/`, or the folder above `pretrain/`, `trainval/` and `test/`) with the `.txt` of the same stem beside
+    it; files directly in `root_dir` are ignored.
+
+    Rows `{"id", "video", "audio", "text", "words"}`, sorted by `id` (the clip's path below `root_dir` without its
+    suffix, e.g. `trainval/0af00UcTOSc/50001`): `video` is a `datasets.Video()` column, `audio` a
+    `datasets.Audio(sampling_rate)` column reading the mp4's audio track (both decoded lazily with torchcodec),
+    `text` the `Text:` line, `words` the word timings. A clip without its .txt, a .txt without its clip, an empty or
+    (with `check_media=True`) corrupt mp4 and a malformed .txt raise a `DatasetError` naming the file, or with
+    `skip_bad_files=True` are left out and counted.
+    """
+    root_dir = Path(root_dir)
+    if not root_dir.is_dir():
+        raise DatasetError(f"root_dir {root_dir} is not a directory.")
+    stems = sorted(
+        {
+            path.parent / path.stem
+            for pattern in ("*.mp4", "*.txt")
+            for path in root_dir.rglob(pattern)
+            if path.parent != root_dir  # clips live in speaker folders; a README or file list beside them is not one
+        }
+    )
+    if not stems:
+        raise DatasetError(f"{root_dir}: no .mp4 or .txt file in its sub-folders (expected LRS3's speaker folders).")
+
+    rows, skipped = [], Counter()
+    where = f"LRS3 folder {root_dir}"
+    for stem in stems:
+        video, transcript = stem.parent / f"{stem.name}.mp4", stem.parent / f"{stem.name}.txt"
+        try:
+            problem = "missing or empty file"
+            _check_file(video, "video", where)
+            _check_file(transcript, "transcript", where)
+            problem = "bad transcript"
+            text, words = parse_lrs3_transcript(transcript)
+            if check_media:
+                problem = "corrupt file"
+                _check_media(video, where, need_audio=True)
+        except DatasetError as error:
+            if not skip_bad_files:
+                raise
+            _skip(skipped, problem, error)
+            continue
+        rows.append(
+            {
+                "id": stem.relative_to(root_dir).as_posix(),
+                "video": str(video),
+                "audio": str(video),
+                "text": text,
+                "words": words,
+            }
+        )
+
+    features = datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "video": datasets.Video(),
+            "audio": datasets.Audio(sampling_rate=sampling_rate),
+            "text": datasets.Value("string"),
+            "words": datasets.List(
+                {"word": datasets.Value("string"), "start": datasets.Value("float32"), "end": datasets.Value("float32")}
+            ),
+        }
+    )
+    return _finish(rows, features, skipped, root_dir)
+
+
+def _skip(skipped: Counter, problem: str, error: DatasetError):
+    skipped[problem] += 1
+    if sum(skipped.values()) <= 5:
+        logger.warning("skipping: %s", error)
+
+
 def load_auto_avsr_dataset(
     root_dir: str | Path,
     label_file: str | Path,
     tokenizer: MMAVSRTokenizer | None = None,
     skip_bad_files: bool = False,
     sampling_rate: int = 16000,
+    check_media: bool = False,
 ) -> datasets.Dataset:
     """Rows `{"id", "video", "audio", "text", "num_frames"}`: `video` and `audio` are `datasets.Video()` and
     `datasets.Audio(sampling_rate)` columns (decoded lazily with torchcodec), `text` the transcript decoded from the
-    CSV's token ids with `tokenizer` (auto_avsr's unigram5000 by default)."""
+    CSV's token ids with `tokenizer` (auto_avsr's unigram5000 by default). `check_media=True` also opens every
+    mp4 and wav (see the module's docstring)."""
     root_dir, label_file = Path(root_dir), Path(label_file)
     if not root_dir.is_dir():
         raise DatasetError(f"root_dir {root_dir} is not a directory.")
@@ -77,12 +366,14 @@ def load_auto_avsr_dataset(
                 video = root_dir / dataset_name / rel_path
                 _check_file(video, "video", where)
                 _check_file(video.with_suffix(".wav"), "audio", where)
+                if check_media:
+                    problem = "corrupt file"
+                    _check_media(video, where)
+                    _check_media(video.with_suffix(".wav"), where)
             except DatasetError as error:
                 if not skip_bad_files:
                     raise
-                skipped[problem] += 1
-                if sum(skipped.values()) <= 5:
-                    logger.warning("skipping: %s", error)
+                _skip(skipped, problem, error)
                 continue
             rows.append(
                 {
@@ -93,10 +384,6 @@ def load_auto_avsr_dataset(
                     "num_frames": frames,
                 }
             )
-    if skipped:
-        logger.warning("%s: skipped %d of %d rows (%s)", label_file, sum(skipped.values()),
-                       sum(skipped.values()) + len(rows), dict(skipped))
-
     features = datasets.Features(
         {
             "id": datasets.Value("string"),
@@ -106,6 +393,117 @@ def load_auto_avsr_dataset(
             "num_frames": datasets.Value("int32"),
         }
     )
-    dataset = datasets.Dataset.from_list(rows, features=features)
-    dataset.info.description = f"skipped rows: {dict(skipped)}" if skipped else ""
-    return dataset
+    return _finish(rows, features, skipped, label_file)
+
+
+_TEXT_LINE = re.compile(r"^Text:\s*(.*)$")
+_WORD_HEADER = "WORD START END"
+
+
+def parse_lrs3_transcript(path: str | Path) -> tuple[str, list[dict]]:
+    """Reads an LRS3 `.txt`: returns the text of its `Text:` line (spaces collapsed) and its word timings
+    `[{"word", "start", "end"}]` in seconds (empty when the file has no `WORD START END ...` table).
+
+    Raises:
+        DatasetError: no `Text:` first line, an empty text, or a timing line that is not `WORD START END [SCORE]`.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{path}: cannot read the transcript ({error}).") from None
+    match = _TEXT_LINE.match(lines[0].strip()) if lines else None
+    if match is None:
+        raise DatasetError(f"{path}, line 1: expected `Text:  THE WORDS`, got {lines[0][:60] if lines else ''!r}.")
+    text = " ".join(match.group(1).split())
+    if not text:
+        raise DatasetError(f"{path}, line 1: empty transcript.")
+    words = []
+    header = next((index for index, line in enumerate(lines) if line.strip().startswith(_WORD_HEADER)), None)
+    for number, line in enumerate(lines[header + 1 :] if header is not None else [], start=(header or 0) + 2):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            if len(fields) not in (3, 4):
+                raise ValueError(f"{len(fields)} fields")
+            start, end = float(fields[1]), float(fields[2])
+        except ValueError as error:
+            raise DatasetError(
+                f"{path}, line {number}: expected `WORD START END [SCORE]`, got {line.strip()!r} ({error})."
+            ) from None
+        words.append({"word": fields[0], "start": start, "end": end})
+    return text, words
+
+
+def load_lrs3_dataset(
+    root_dir: str | Path,
+    skip_bad_files: bool = False,
+    sampling_rate: int = 16000,
+    check_media: bool = False,
+) -> datasets.Dataset:
+    """LRS3 as distributed: every `.mp4` in the sub-folders of `root_dir` (searched recursively: `root_dir` is e.g.
+    `trainval/`, or the folder above `pretrain/`, `trainval/` and `test/`) with the `.txt` of the same stem beside
+    it; files directly in `root_dir` are ignored.
+
+    Rows `{"id", "video", "audio", "text", "words"}`, sorted by `id` (the clip's path below `root_dir` without its
+    suffix, e.g. `trainval/0af00UcTOSc/50001`): `video` is a `datasets.Video()` column, `audio` a
+    `datasets.Audio(sampling_rate)` column reading the mp4's audio track (both decoded lazily with torchcodec),
+    `text` the `Text:` line, `words` the word timings. A clip without its .txt, a .txt without its clip, an empty or
+    (with `check_media=True`) corrupt mp4 and a malformed .txt raise a `DatasetError` naming the file, or with
+    `skip_bad_files=True` are left out and counted.
+    """
+    root_dir = Path(root_dir)
+    if not root_dir.is_dir():
+        raise DatasetError(f"root_dir {root_dir} is not a directory.")
+    stems = sorted(
+        {
+            path.parent / path.stem
+            for pattern in ("*.mp4", "*.txt")
+            for path in root_dir.rglob(pattern)
+            if path.parent != root_dir  # clips live in speaker folders; a README or file list beside them is not one
+        }
+    )
+    if not stems:
+        raise DatasetError(f"{root_dir}: no .mp4 or .txt file in its sub-folders (expected LRS3's speaker folders).")
+
+    rows, skipped = [], Counter()
+    where = f"LRS3 folder {root_dir}"
+    for stem in stems:
+        video, transcript = stem.parent / f"{stem.name}.mp4", stem.parent / f"{stem.name}.txt"
+        try:
+            problem = "missing or empty file"
+            _check_file(video, "video", where)
+            _check_file(transcript, "transcript", where)
+            problem = "bad transcript"
+            text, words = parse_lrs3_transcript(transcript)
+            if check_media:
+                problem = "corrupt file"
+                _check_media(video, where, need_audio=True)
+        except DatasetError as error:
+            if not skip_bad_files:
+                raise
+            _skip(skipped, problem, error)
+            continue
+        rows.append(
+            {
+                "id": stem.relative_to(root_dir).as_posix(),
+                "video": str(video),
+                "audio": str(video),
+                "text": text,
+                "words": words,
+            }
+        )
+
+    features = datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "video": datasets.Video(),
+            "audio": datasets.Audio(sampling_rate=sampling_rate),
+            "text": datasets.Value("string"),
+            "words": datasets.List(
+                {"word": datasets.Value("string"), "start": datasets.Value("float32"), "end": datasets.Value("float32")}
+            ),
+        }
+    )
+    return _finish(rows, features, skipped, root_dir)
