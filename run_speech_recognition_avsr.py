@@ -19,8 +19,12 @@ import json
 import logging
 import math
 import os
+import pickle
 import re
+import shutil
+import signal
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,11 +52,17 @@ from transformers import (
     TrainerCallback,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint, load_sharded_checkpoint
+from transformers.trainer import OPTIMIZER_NAME, SCALER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
+from transformers.trainer_pt_utils import safe_globals
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, load_sharded_checkpoint, rotate_checkpoints
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
 from modeling_mmavsr.configuration_mmavsr import LEGACY_MODALITIES
+from modeling_mmavsr.convert_auto_avsr_checkpoint import (
+    convert_auto_avsr_state_dict,
+    load_auto_avsr_checkpoint,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -476,18 +486,29 @@ def load_pretrained(
             raise FileNotFoundError(
                 f"--pretrained-model-path {path}: folder has no config.json (not a saved model)."
             )
-        return MMAVSRForConditionalGeneration.from_pretrained(
-            source, **config_overrides
-        )
+        try:  # model.safetensors, or pytorch_model.bin read with torch.load(weights_only=True)
+            return MMAVSRForConditionalGeneration.from_pretrained(
+                source, **config_overrides
+            )
+        except pickle.UnpicklingError as error:
+            pickled = ", ".join(p.name for p in sorted(source.glob("*.bin"))) or "its weights"
+            needs = re.search(r"GLOBAL (\S+)", str(error))
+            raise UnsafeCheckpointError(
+                f"--pretrained-model-path {path}: refused to load {pickled}: its pickle needs "
+                f"{needs.group(1) if needs else 'Python objects beyond tensors'}, which "
+                "`torch.load(weights_only=True)` does not allow (loading it could run arbitrary code). Models saved "
+                "with save_pretrained hold model.safetensors; use one of those."
+            ) from None
     if source.is_file() and source.suffix in (".pth", ".pt", ".ckpt"):
-        try:
-            from modeling_mmavsr.convert_auto_avsr_checkpoint import convert_checkpoint
-        except ImportError as error:
-            raise NotImplementedError(
-                f"--pretrained-model-path {path}: reading auto_avsr .pth checkpoints needs "
-                "modeling_mmavsr.convert_auto_avsr_checkpoint, which is not available yet; convert it to a folder first."
-            ) from error
-        return convert_checkpoint(source, **config_overrides)
+        # read with torch.load(weights_only=True): a pickle that needs more than tensors is refused
+        config, state_dict = convert_auto_avsr_state_dict(
+            load_auto_avsr_checkpoint(source)
+        )
+        for name, value in config_overrides.items():
+            setattr(config, name, value)
+        model = MMAVSRForConditionalGeneration(config)
+        model.load_state_dict(state_dict, strict=True)
+        return model
     raise FileNotFoundError(
         f"--pretrained-model-path {path}: no such model folder or .pth file."
     )
@@ -742,11 +763,130 @@ class EpochCallback(TrainerCallback):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Checkpoints: atomic saves, resuming from the newest complete one, SIGTERM, loading safety
+
+# checkpoints are written under OUTPUT_DIR/INCOMPLETE_CHECKPOINTS_DIR and renamed into OUTPUT_DIR once complete
+INCOMPLETE_CHECKPOINTS_DIR = ".incomplete_checkpoints"
+# the marker transformers' `--enable_jit_checkpoint` leaves in a checkpoint folder whose save has not finished
+INCOMPLETE_MARKER = "checkpoint-is-incomplete.txt"
+# the exit status of a run stopped by SIGTERM after saving its checkpoint (the shell's 128 + signal number): a
+# scheduler sees an unfinished run, and rerunning the same command resumes it
+INTERRUPTED_EXIT_CODE = 128 + signal.SIGTERM
+# the pickle-based files the Trainer reads back when resuming (with `torch.load(weights_only=True)`)
+RESUMED_PICKLE_FILES = (OPTIMIZER_NAME, SCHEDULER_NAME, SCALER_NAME, "rng_state*.pth")
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint file needs Python objects beyond tensors and plain containers to be unpickled."""
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why `folder` (a checkpoint-STEP) cannot be resumed from, or None when its save finished."""
+    if (folder / INCOMPLETE_MARKER).exists():
+        return f"its save never finished ({INCOMPLETE_MARKER} is still there)"
+    state = folder / TRAINER_STATE_NAME
+    if not state.is_file():
+        return f"it has no {TRAINER_STATE_NAME} (written last: the save never finished)"
+    try:
+        json.loads(state.read_text())
+    except ValueError:
+        return f"its {TRAINER_STATE_NAME} is cut short (the save never finished)"
+    return None
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest checkpoint-STEP of `output_dir` whose save finished; newer half-written ones are skipped with a
+    warning (saves killed before this script's saves became atomic, or written by other tools)."""
+    for folder in reversed(checkpoint_dirs(output_dir)):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return str(folder)
+        logger.warning(f"Ignoring {folder}: {problem}. Resuming from an older checkpoint.")
+    return None
+
+
+def discard_incomplete_checkpoints(output_dir: str) -> None:
+    """Delete the half-written checkpoints that saves killed mid-way left in OUTPUT_DIR/.incomplete_checkpoints."""
+    staging = Path(output_dir) / INCOMPLETE_CHECKPOINTS_DIR
+    for leftover in sorted(staging.glob("*")):
+        logger.warning(f"Ignoring and deleting {leftover}: a checkpoint whose save was killed before it finished.")
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def refuse_unsafe_pickles(folder: Path) -> None:
+    """Every pickle-based file the Trainer reads when resuming from `folder` must hold only tensors, plain containers
+    and the numpy RNG state: `torch.load(weights_only=True)` refuses anything else, and this names the file first.
+    The check reads the pickle's opcodes without running them."""
+    for pattern in RESUMED_PICKLE_FILES:
+        for path in sorted(folder.glob(pattern)):
+            try:
+                with safe_globals():  # the numpy objects of the RNG state, as the Trainer allows them
+                    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+            except (ValueError, RuntimeError, OSError, pickle.UnpicklingError) as error:
+                raise UnsafeCheckpointError(
+                    f"{path}: refused to load: not a `torch.save` archive ({str(error).splitlines()[0]}). The Trainer "
+                    "writes this file with `torch.save`; a file replaced by a bare pickle may run code when loaded."
+                ) from None
+            if unsafe:
+                raise UnsafeCheckpointError(
+                    f"{path}: refused to load: its pickle calls or builds {', '.join(sorted(unsafe))}, which "
+                    "`torch.load(weights_only=True)` does not allow (loading it could run arbitrary code). The "
+                    "Trainer's own checkpoints never need this; resume only from checkpoints you wrote."
+                )
+
+
+class SigtermCheckpointCallback(TrainerCallback):
+    """On SIGTERM (preemption, `scancel`, `kill`): finish the optimizer step under way, save checkpoint-STEP and stop
+    training, every process at the same step. A second SIGTERM ends the process at once (the atomic saves keep the
+    newest complete checkpoint loadable). Installed for the duration of `trainer.train()` only."""
+
+    def __init__(self):
+        self.received = False
+        self.stopped_at_step: int | None = None
+        self._previous_handler = None
+
+    def _on_sigterm(self, signum, frame):
+        if self.received:  # the second one: die as SIGTERM's default action does
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+        self.received = True
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            logger.warning("Training outside the main thread: SIGTERM will not save a checkpoint.")
+            return
+        self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+            self._previous_handler = None
+
+    def _anyone_received(self, args) -> bool:
+        """Whether any process got SIGTERM (processes may see it at different steps: they agree on one)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return self.received
+        flag = torch.tensor([float(self.received)], device=args.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._anyone_received(args):
+            control.should_save = True
+            control.should_training_stop = True
+            self.stopped_at_step = state.global_step
+            logger.warning(
+                f"SIGTERM: stopping after step {state.global_step}; saving {PREFIX_CHECKPOINT_DIR}-{state.global_step}."
+            )
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Trainer
 
 
 class AVSRSeq2SeqTrainer(Seq2SeqTrainer):
-    """Seq2SeqTrainer with auto_avsr's frame-capped training batches (`--max-frames`)."""
+    """Seq2SeqTrainer with auto_avsr's frame-capped training batches (`--max-frames`), atomic checkpoint saves and
+    resuming that refuses pickled code."""
 
     def __init__(
         self, *args, max_frames: int | None = None, num_buckets: int = 400, **kwargs
@@ -754,6 +894,11 @@ class AVSRSeq2SeqTrainer(Seq2SeqTrainer):
         super().__init__(*args, **kwargs)
         self.max_frames = max_frames
         self.num_buckets = num_buckets
+        # the model divides its summed losses by the batch size and ignores `num_items_in_batch`; the Trainer would
+        # otherwise pass it, then skip the division by the gradient-accumulation steps and multiply the loss by the
+        # number of processes (gradients twice those of one process with the same global batch under DDP)
+        self.model_accepts_loss_kwargs = False
+        self._staging_dir: str | None = None
 
     def get_train_dataloader(self):
         if self.max_frames is None:
@@ -777,7 +922,46 @@ class AVSRSeq2SeqTrainer(Seq2SeqTrainer):
         )
         return self.accelerator.prepare(loader)
 
+    def _get_output_dir(self, trial) -> str:
+        return self._staging_dir or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        """Write checkpoint-STEP under OUTPUT_DIR/.incomplete_checkpoints, then rename it into OUTPUT_DIR once every
+        process has written its part: a kill during the save leaves the previous checkpoints as they were."""
+        run_dir = Path(self._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging_root = run_dir / INCOMPLETE_CHECKPOINTS_DIR
+        staging, final = staging_root / name, run_dir / name
+        if self.args.should_save and staging.exists():
+            shutil.rmtree(staging)
+        self.accelerator.wait_for_everyone()
+        self._staging_dir = str(staging_root)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_dir = None
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            if self.state.best_model_checkpoint == str(staging):
+                self.state.best_model_checkpoint = str(final)
+                self.state.save_to_json(str(staging / TRAINER_STATE_NAME))
+            if final.exists():  # saved again at this step: swap the folders, then drop the old one
+                replaced = staging_root / f"{name}.replaced"
+                os.replace(final, replaced)
+                os.replace(staging, final)
+                shutil.rmtree(replaced)
+            else:
+                os.replace(staging, final)
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
+
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        refuse_unsafe_pickles(Path(resume_from_checkpoint))
         # Trainer's own version reads config.json with the base PreTrainedConfig, which MMAVSRConfig's `decoder` field
         # (a choice string beside `text_config`) makes ambiguous; the weights are all that resuming needs here
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
@@ -991,6 +1175,31 @@ def average_last_checkpoints(
 # Main
 
 
+def resume_checkpoint(training_args: AVSRTrainingArguments) -> str | None:
+    """--resume_from_checkpoint/--ckpt-path when given (it must be a complete checkpoint), else the newest complete
+    checkpoint-STEP already in --output_dir, else None (a fresh run)."""
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is None:
+        if not os.path.isdir(training_args.output_dir):
+            return None
+        checkpoint = last_complete_checkpoint(training_args.output_dir)
+        if checkpoint:
+            logger.info(
+                f"Resuming from {checkpoint} (found in --output_dir; use another folder to start afresh)."
+            )
+        return checkpoint
+    if not os.path.isdir(checkpoint):
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint/--ckpt-path {checkpoint}: no such checkpoint folder."
+        )
+    problem = checkpoint_problem(Path(checkpoint))
+    if problem is not None:
+        raise ValueError(
+            f"--resume_from_checkpoint/--ckpt-path {checkpoint}: cannot resume from it: {problem}."
+        )
+    return checkpoint
+
+
 def setup_logging(training_args: AVSRTrainingArguments) -> None:
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
@@ -1012,6 +1221,12 @@ def main(
     model_args, data_args, training_args = parse_args(argv)
     setup_logging(training_args)
     check_world_size(training_args)
+    if training_args.enable_jit_checkpoint:
+        logger.warning(
+            "--enable_jit_checkpoint is not needed: this script saves a checkpoint on SIGTERM itself (after the "
+            "step under way, on every process at the same step); using that instead."
+        )
+        training_args.enable_jit_checkpoint = False
     set_seed(training_args.seed)
 
     train_dataset = eval_dataset = test_dataset = None
@@ -1109,18 +1324,19 @@ def main(
 
     results = {}
     if training_args.do_train:
-        checkpoint = training_args.resume_from_checkpoint
-        if checkpoint is None and os.path.isdir(training_args.output_dir):
-            checkpoint = get_last_checkpoint(training_args.output_dir)
-            if checkpoint:
-                logger.info(
-                    f"Resuming from {checkpoint} (found in --output_dir; use another folder to start afresh)."
-                )
-        elif checkpoint is not None and not os.path.isdir(checkpoint):
-            raise FileNotFoundError(
-                f"--resume_from_checkpoint/--ckpt-path {checkpoint}: no such checkpoint folder."
-            )
+        checkpoint = resume_checkpoint(training_args)
+        if training_args.should_save:
+            discard_incomplete_checkpoints(training_args.output_dir)
+        sigterm = SigtermCheckpointCallback()
+        trainer.add_callback(sigterm)
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        if sigterm.stopped_at_step is not None:
+            logger.warning(
+                f"Stopped by SIGTERM after step {sigterm.stopped_at_step}: "
+                f"{Path(training_args.output_dir) / f'{PREFIX_CHECKPOINT_DIR}-{sigterm.stopped_at_step}'} is saved. "
+                "Run the same command again to resume from it."
+            )
+            sys.exit(INTERRUPTED_EXIT_CODE)
         trainer.save_model()
         processor.save_pretrained(training_args.output_dir)
         metrics = train_result.metrics

@@ -67,7 +67,7 @@ def _first_line(error: Exception) -> str:
 
 
 def _first_global(error: Exception) -> str:
-    match = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    match = re.search(r"GLOBAL (\S+)", str(error))
     return f"e.g. `{match.group(1)}`" if match else "not allowed by weights_only"
 
 
@@ -79,7 +79,9 @@ def load_auto_avsr_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "Unsupported global" not in str(error):
+        # torch names the GLOBAL its weights_only unpickler refused (unsupported, or from a blocked module such as
+        # os/posix); any other unpickling error means the file is not a checkpoint at all
+        if "GLOBAL" not in str(error):
             raise CheckpointConversionError(
                 f"{path}: not a readable PyTorch checkpoint (neither a `torch.save` archive nor a pickle of tensors)."
             ) from None

@@ -1,0 +1,130 @@
+"""Loading safety: weights come from safetensors or `torch.load(weights_only=True)`; a file whose unpickling would run
+code (here: `os.system` creating a file) is refused with a message naming it, and the code never runs."""
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import run_speech_recognition_avsr as script
+from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
+from modeling_mmavsr.convert_auto_avsr_checkpoint import CheckpointConversionError
+
+from .test_training_script import common_flags, corpus, tiny_preset  # noqa: F401 (corpus is a fixture)
+
+
+class Payload:
+    """Unpickling this runs `touch PATH` (pickle calls what `__reduce__` names)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.path}",)
+
+
+@pytest.fixture
+def side_effect(tmp_path):
+    path = tmp_path / "payload-ran"
+    yield path
+    assert not path.exists(), "the pickled payload ran"
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    preset = dict(
+        vision_encoder="resnet",
+        audio_encoder=None,
+        frontend_channels=4,
+        frontend_layers=[1, 1, 1, 1],
+        hidden_size=32,
+        encoder_layers=1,
+        encoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        conv_kernel_size=3,
+        text_config=dict(d_model=32, num_hidden_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64),
+    )
+    torch.manual_seed(0)
+    return MMAVSRForConditionalGeneration(MMAVSRConfig(**preset))
+
+
+def bin_folder(model, path, extra=None):
+    """A model folder with pytorch_model.bin (a pickle) instead of model.safetensors."""
+    model.save_pretrained(path)
+    (path / "model.safetensors").unlink()
+    torch.save({**model.state_dict(), **(extra or {})}, path / "pytorch_model.bin")
+    return path
+
+
+def test_pytorch_model_bin_is_read_with_weights_only(tiny_model, tmp_path, side_effect):
+    plain = script.load_pretrained(str(bin_folder(tiny_model, tmp_path / "plain")), {})
+    for name, tensor in tiny_model.state_dict().items():
+        assert torch.equal(plain.state_dict()[name], tensor), name
+
+    evil = bin_folder(tiny_model, tmp_path / "evil", {"extra": Payload(side_effect)})
+    with pytest.raises(
+        script.UnsafeCheckpointError,
+        match=r"--pretrained-model-path .*evil: refused to load pytorch_model.bin: its pickle needs posix.system",
+    ):
+        script.load_pretrained(str(evil), {})
+
+
+def test_auto_avsr_pth_is_read_with_weights_only(tmp_path, side_effect):
+    fixture = Path(__file__).parent / "fixtures" / "auto_avsr" / "audio_model.pth"
+    model = script.load_pretrained(str(fixture), {"ctc_weight": 0.3})
+    original = torch.load(fixture, weights_only=True)
+    assert model.config.ctc_weight == 0.3
+    assert torch.equal(model.ctc_head.ctc_lo.weight, original["ctc.ctc_lo.weight"])
+
+    checkpoint = tmp_path / "vsr_trlrs3.pth"
+    torch.save({"state_dict": {"encoder.weight": torch.zeros(2)}, "hyper_parameters": Payload(side_effect)}, checkpoint)
+    with pytest.raises(CheckpointConversionError, match=r"vsr_trlrs3.pth: refused to load.*posix.system"):
+        script.load_pretrained(str(checkpoint), {})
+
+
+def test_refuse_unsafe_pickles_names_the_file(tmp_path, side_effect):
+    folder = tmp_path / "checkpoint-1"
+    folder.mkdir()
+    torch.save({"state": {}, "param_groups": []}, folder / "optimizer.pt")
+    # a numpy RNG state, as the Trainer saves it, is allowed
+    torch.save({"python": (3, (1, 2), None), "numpy": np.random.get_state(), "cpu": torch.get_rng_state()}, folder / "rng_state.pth")
+    script.refuse_unsafe_pickles(folder)
+
+    torch.save({"lr": 0.1, "hook": Payload(side_effect)}, folder / "scheduler.pt")
+    with pytest.raises(script.UnsafeCheckpointError, match=r"checkpoint-1/scheduler.pt: refused to load: its pickle calls or builds posix.system"):
+        script.refuse_unsafe_pickles(folder)
+    (folder / "scheduler.pt").unlink()
+
+    # a bare pickle (no torch.save archive) is refused without being opened by pickle
+    (folder / "rng_state_1.pth").write_bytes(pickle.dumps(Payload(side_effect), protocol=2))
+    with pytest.raises(script.UnsafeCheckpointError, match=r"checkpoint-1/rng_state_1.pth: refused to load: not a `torch.save` archive"):
+        script.refuse_unsafe_pickles(folder)
+    # and torch.load(weights_only=True), what the Trainer calls, refuses it too
+    with pytest.raises(pickle.UnpicklingError, match="posix.system"):
+        torch.load(folder / "rng_state_1.pth", weights_only=True)
+
+
+def test_resuming_from_a_checkpoint_with_a_payload_is_refused(corpus, tmp_path, side_effect, monkeypatch):  # noqa: F811
+    """A real checkpoint whose optimizer.pt was replaced: resuming stops before loading anything; with the script's
+    check switched off, the Trainer's own `torch.load(weights_only=True)` still refuses it."""
+    preset = tiny_preset(tmp_path / "p.json", "video")
+    output_dir = tmp_path / "out"
+    flags = common_flags(corpus, output_dir, preset) + ["--train-file=train.csv", "--save_steps=1"]
+    script.main(flags + ["--max_steps=1"])
+    checkpoint = output_dir / "checkpoint-1"
+    script.refuse_unsafe_pickles(checkpoint)  # the Trainer's own files pass (its RNG state holds numpy objects)
+
+    optimizer = torch.load(checkpoint / "optimizer.pt", weights_only=True)
+    optimizer["payload"] = Payload(side_effect)
+    torch.save(optimizer, checkpoint / "optimizer.pt")
+    with pytest.raises(script.UnsafeCheckpointError, match=r"checkpoint-1/optimizer.pt: refused to load: .*posix.system"):
+        script.main(flags + ["--max_steps=2"])
+    assert not (output_dir / "checkpoint-2").exists()
+
+    monkeypatch.setattr(script, "refuse_unsafe_pickles", lambda folder: None)
+    with pytest.raises(pickle.UnpicklingError, match="posix.system"):
+        script.main(flags + ["--max_steps=2"])
+    assert not (output_dir / "checkpoint-2").exists()
