@@ -1,0 +1,88 @@
+"""Named model presets: the JSON files of `hub_configs/` (one per configuration, e.g. `mmavsr-avsr-vit-whisper-llama-qlora`).
+
+A preset holds `MMAVSRConfig` fields (the `*_model_name` fields name the Hub checkpoints of its pretrained parts) and an
+optional `processor` key with the keyword arguments of the video processor and the feature extractor:
+`{"video_processor": {...}, "feature_extractor": {...}}`. The training script reads the same files
+(`--config_name NAME`).
+"""
+
+import json
+from pathlib import Path
+
+from .configuration_mmavsr import MMAVSRConfig
+from .modeling_mmavsr import MMAVSRForConditionalGeneration
+
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "hub_configs"
+# keys a config.json carries that are no configuration fields
+_SAVED_ONLY_KEYS = ("architectures", "auto_map", "custom_pipelines", "transformers_version", "model_type", "dtype")
+
+
+def preset_names() -> list[str]:
+    """The names of the presets in `hub_configs/`."""
+    return sorted(path.stem for path in PRESETS_DIR.glob("*.json"))
+
+
+def preset_path(name: str) -> Path:
+    """The JSON file of a preset name, or `name` itself when it is a JSON file."""
+    for candidate in (PRESETS_DIR / f"{name}.json", Path(name)):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"No preset {name!r} in {PRESETS_DIR} (presets: {', '.join(preset_names())}).")
+
+
+def load_preset(name: str) -> tuple[dict, dict]:
+    """`(config fields, processor settings)` of a preset."""
+    path = preset_path(name)
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error}).") from error
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a preset is a JSON object of MMAVSRConfig fields.")
+    for key in _SAVED_ONLY_KEYS:
+        values.pop(key, None)
+    processor = values.pop("processor", {})
+    unknown = sorted(set(processor) - {"video_processor", "feature_extractor"})
+    if unknown:
+        raise ValueError(f"{path}: unknown processor settings {unknown}; use 'video_processor' and 'feature_extractor'.")
+    return values, processor
+
+
+def build_model_from_preset(name: str, pretrained: bool = True, **overrides) -> MMAVSRForConditionalGeneration:
+    """The model of a preset, its fields updated with `overrides`.
+
+    With `pretrained=True` the parts named by `*_model_name` are loaded (Hub ids or local folders) through
+    `MMAVSRForConditionalGeneration.from_pretrained_components`; with `pretrained=False` the architecture is built
+    with random weights, without the network: the pretrained parts then take their configuration from
+    `vision_config` / `audio_config` / `text_config` in `overrides` (the LLM decoder needs its `text_config`).
+    """
+    values, _ = load_preset(name)
+    values.update(overrides)
+    named = any(values.get(f"{part}_model_name") for part in ("vision", "audio", "decoder"))
+    if pretrained and named:
+        return MMAVSRForConditionalGeneration.from_pretrained_components(**values)
+    return MMAVSRForConditionalGeneration(MMAVSRConfig(**values))
+
+
+def build_processor_from_preset(name: str, tokenizer=None, **overrides):
+    """The `MMAVSRProcessor` of a preset: its video processor and feature extractor settings (updated with
+    `overrides`, keyed `video_processor` / `feature_extractor`), and `tokenizer` (default: auto_avsr's unigram5000,
+    the Transformer decoder's; the LLM and Whisper decoders take their own)."""
+    from mmavsr_processing.feature_extraction_mmavsr import MMAVSRFeatureExtractor
+    from mmavsr_processing.processing_mmavsr import MMAVSRProcessor
+    from mmavsr_processing.tokenization_mmavsr import MMAVSRTokenizer
+    from mmavsr_processing.video_processing_mmavsr import MMAVSRVideoProcessor
+
+    values, settings = load_preset(name)
+    video_kwargs = {"vision_encoder": values.get("vision_encoder") or "resnet", **settings.get("video_processor", {})}
+    video_kwargs.update(overrides.get("video_processor", {}))
+    audio_kwargs = {**settings.get("feature_extractor", {}), **overrides.get("feature_extractor", {})}
+    return MMAVSRProcessor(
+        feature_extractor=MMAVSRFeatureExtractor(**audio_kwargs),
+        video_processor=MMAVSRVideoProcessor(**video_kwargs),
+        tokenizer=tokenizer if tokenizer is not None else MMAVSRTokenizer.from_auto_avsr(),
+    )
+
+
+__all__ = ["PRESETS_DIR", "preset_names", "preset_path", "load_preset", "build_model_from_preset", "build_processor_from_preset"]
