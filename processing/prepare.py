@@ -1,0 +1,356 @@
+"""Raw talking-face videos -> auto_avsr's preprocessed layout, which [`load_auto_avsr_dataset`] reads.
+
+```bash
+python -m mmavsr_processing.prepare --input-dir lrs3/trainval --output-dir data --dataset lrs3 --split train
+```
+
+For every video under `--input-dir` (searched recursively; .mp4 .avi .mov .mkv .mpg .webm) this writes, under
+`--output-dir`:
+
+- `DATASET/SPLIT/<path below input-dir>.mp4`: the 96x96 grayscale mouth region at 25 fps ([`MouthCropper`]);
+- the `.wav` beside it with the same stem: the audio track (or a same-stem .wav/.flac beside a silent video),
+  mono 16 kHz, cut or zero-padded to 640 samples per video frame so both streams span the same time;
+- `labels/DATASET_SPLIT.csv`: headerless rows `DATASET,SPLIT/<path>.mp4,num_frames,token ids` with the transcript
+  tokenized by `--tokenizer` (auto_avsr's `unigram5000` by default, or a saved [`MMAVSRTokenizer`] folder).
+
+Transcripts come from the `.txt` beside each video (LRS3's `Text:  THE WORDS` first line, or else the whole file is
+the text), or from a `--transcripts` CSV of `path,text` rows (`path` relative to `--input-dir`; a `path,text` header
+row is allowed). Videos at any frame rate and audio at any sampling rate are resampled (frames by nearest
+timestamp). A rerun skips the clips already written (files are written under a temporary name and renamed, so an
+interrupted run leaves no half-written clip) and rewrites the label file. A bad clip (unreadable media, no face, no
+transcript) stops the run with an error that names it, or with `--skip-bad-files` is left out, counted and listed
+in `labels/DATASET_SPLIT_skipped.tsv`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+import numpy as np
+from tqdm.auto import tqdm
+
+from .lrs3 import DatasetError, parse_lrs3_transcript
+from .media_io import MediaError, read_audio, read_video, write_audio, write_video
+from .mouth_cropping import MouthCropper, NoFaceError
+from .tokenization_mmavsr import MMAVSRTokenizer
+
+
+__all__ = ["PreparationError", "PreparationSummary", "prepare_dataset", "main"]
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".mpg", ".webm")
+AUDIO_SUFFIXES = (".wav", ".flac")
+FPS = 25
+SAMPLING_RATE = 16000
+SAMPLES_PER_FRAME = SAMPLING_RATE // FPS
+
+
+class PreparationError(ValueError):
+    """A clip cannot be prepared (unreadable media, no face, no transcript); the message names the file."""
+
+
+@dataclass
+class PreparationSummary:
+    """What one run did: `written` clips, `reused` clips already there, `skipped` {source path: reason} (also
+    listed in `skipped_file` when there are any), and the label file holding the `written + reused` clips."""
+
+    label_file: Path
+    skipped_file: Path
+    written: int = 0
+    reused: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Clip:
+    source: Path  # the raw video
+    relative: str  # its path below the input folder, without suffix (posix)
+    text: str | None  # None when the transcript could not be read (`problem` says why)
+    problem: str | None = None
+
+
+def _read_transcript_file(path: Path) -> str:
+    if not path.is_file():
+        raise PreparationError(f"{path}: transcript not found (expected a .txt beside the video, or --transcripts).")
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    if lines and lines[0].lstrip().startswith("Text:"):
+        text, _ = parse_lrs3_transcript(path)
+        return text
+    text = " ".join(" ".join(lines).split())
+    if not text:
+        raise PreparationError(f"{path}: empty transcript.")
+    return text
+
+
+def _read_transcripts_csv(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        raise PreparationError(f"transcripts file {path} does not exist.")
+    texts = {}
+    with path.open(newline="", encoding="utf-8") as handle:
+        for line, row in enumerate(csv.reader(handle), start=1):
+            if not row or (line == 1 and [value.strip() for value in row] == ["path", "text"]):
+                continue
+            if len(row) != 2:
+                raise PreparationError(f"{path}, line {line}: expected 2 columns `path,text`, got {len(row)}.")
+            texts[Path(row[0].strip()).as_posix()] = " ".join(row[1].split())
+    return texts
+
+
+def _find_clips(input_dir: Path, transcripts: Path | None) -> list[_Clip]:
+    videos = sorted(path for path in input_dir.rglob("*") if path.suffix.lower() in VIDEO_SUFFIXES and path.is_file())
+    texts = _read_transcripts_csv(transcripts) if transcripts is not None else None
+    clips = []
+    for video in videos:
+        relative = video.relative_to(input_dir)
+        stem = relative.with_suffix("").as_posix()
+        try:
+            if texts is None:
+                text = _read_transcript_file(video.with_suffix(".txt"))
+            elif relative.as_posix() in texts and texts[relative.as_posix()]:
+                text = texts.pop(relative.as_posix())
+            else:
+                raise PreparationError(f"{video}: no transcript for {relative.as_posix()} in {transcripts}.")
+            clips.append(_Clip(video, stem, text))
+        except (PreparationError, DatasetError) as error:
+            clips.append(_Clip(video, stem, None, str(error)))
+    for missing in sorted(texts or {}):
+        clips.append(_Clip(input_dir / missing, Path(missing).with_suffix("").as_posix(), None,
+                           f"{input_dir / missing}: listed in {transcripts} but not found."))
+    return clips
+
+
+def _read_audio_track(video: Path) -> np.ndarray | None:
+    """The video's first audio track as mono float32 at 16 kHz, or None when it has none."""
+    try:
+        with av.open(str(video)) as container:
+            if not container.streams.audio:
+                return None
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLING_RATE)
+            pieces = []
+            for frame in container.decode(audio=0):
+                pieces.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
+            pieces.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
+    except (av.error.FFmpegError, ValueError) as error:
+        raise MediaError(f"{video}: cannot decode the audio track ({type(error).__name__}: {error})") from error
+    if not pieces:
+        raise MediaError(f"{video}: the audio track holds no sample")
+    return np.concatenate(pieces).astype(np.float32)
+
+
+def _resample_frames(frames: np.ndarray, fps: float, source: Path) -> np.ndarray:
+    """Frames at `fps` -> frames at 25 fps, each output frame the input frame nearest to its timestamp."""
+    if fps <= 0:
+        raise MediaError(f"{source}: unknown frame rate")
+    if abs(fps - FPS) < 1e-3:
+        return frames
+    count = max(1, round(len(frames) * FPS / fps))
+    indices = np.minimum(np.round(np.arange(count) * fps / FPS).astype(int), len(frames) - 1)
+    return frames[indices]
+
+
+def _fit_audio(wave: np.ndarray, num_frames: int) -> np.ndarray:
+    """Cut or zero-pad to exactly 640 samples per video frame."""
+    target = num_frames * SAMPLES_PER_FRAME
+    return np.pad(wave[:target], (0, max(0, target - len(wave))))
+
+
+def _count_frames(video: Path) -> int:
+    with av.open(str(video)) as container:
+        stream = container.streams.video[0]
+        return stream.frames or sum(1 for _ in container.decode(stream))
+
+
+_cropper: MouthCropper | None = None
+
+
+def _init_worker(detection_stride: int):
+    global _cropper
+    _cropper = MouthCropper(detection_stride=detection_stride)
+
+
+def _prepare_clip(clip: _Clip, target: Path) -> tuple[int | None, str | None]:
+    """Writes one clip's mouth video and wav; returns `(num_frames, None)` or `(None, reason)` for a bad clip."""
+    try:
+        frames, fps = read_video(clip.source)
+        frames = _resample_frames(frames, fps, clip.source)
+        wave = _read_audio_track(clip.source)
+        if wave is None:
+            beside = [clip.source.with_suffix(suffix) for suffix in AUDIO_SUFFIXES]
+            audio_file = next((path for path in beside if path.is_file()), None)
+            if audio_file is None:
+                raise MediaError(f"{clip.source}: no audio track, and no {' or '.join(map(str, beside))} beside it")
+            wave = read_audio(audio_file, SAMPLING_RATE, resample=True, mono=True)
+        try:
+            crops = _cropper(frames)
+        except NoFaceError as error:
+            raise PreparationError(f"{clip.source}: {error}") from None
+    except (MediaError, PreparationError) as error:
+        return None, str(error)
+    video, audio = target.with_suffix(".mp4"), target.with_suffix(".wav")
+    partial_video, partial_audio = (path.with_name(path.name + ".partial") for path in (video, audio))
+    write_audio(partial_audio, _fit_audio(wave, len(crops)), SAMPLING_RATE)
+    write_video(partial_video, crops, fps=FPS)
+    os.replace(partial_audio, audio)
+    os.replace(partial_video, video)  # last: an existing mp4 means the clip is complete
+    return len(crops), None
+
+
+def _load_tokenizer(name: str) -> MMAVSRTokenizer:
+    if name == "unigram5000":
+        return MMAVSRTokenizer.from_auto_avsr()
+    if not Path(name).is_dir():
+        raise PreparationError(f"--tokenizer {name}: neither 'unigram5000' nor a saved tokenizer folder.")
+    return MMAVSRTokenizer.from_pretrained(name)
+
+
+def prepare_dataset(
+    input_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    dataset: str,
+    split: str = "train",
+    tokenizer: MMAVSRTokenizer | str = "unigram5000",
+    transcripts: str | os.PathLike | None = None,
+    skip_bad_files: bool = False,
+    num_workers: int = 1,
+    detection_stride: int = 1,
+) -> PreparationSummary:
+    """Converts the videos under `input_dir` to auto_avsr's layout under `output_dir` (see the module's docstring).
+
+    Args:
+        input_dir: folder searched recursively for videos.
+        output_dir: receives `dataset/split/...` clips and `labels/{dataset}_{split}.csv`.
+        dataset: the dataset name (first CSV column and top folder), e.g. `lrs3`.
+        split: sub-folder and label-file suffix, e.g. `train`, `test`.
+        tokenizer: `"unigram5000"`, a saved tokenizer folder, or an `MMAVSRTokenizer`.
+        transcripts: a `path,text` CSV; default: the `.txt` beside each video.
+        skip_bad_files: leave bad clips out (counted, listed) instead of raising.
+        num_workers: processes cropping clips in parallel (1: in this process).
+        detection_stride: run the face detector on every n-th frame only (see [`MouthCropper`]).
+
+    Raises:
+        PreparationError: a bad clip (without `skip_bad_files`), a bad transcripts CSV, or an unknown tokenizer.
+    """
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if not input_dir.is_dir():
+        raise PreparationError(f"input dir {input_dir} is not a directory.")
+    if isinstance(tokenizer, str):
+        tokenizer = _load_tokenizer(tokenizer)
+    clips = _find_clips(input_dir, Path(transcripts) if transcripts is not None else None)
+    if not clips:
+        raise PreparationError(f"{input_dir}: no video ({' '.join(VIDEO_SUFFIXES)}) found.")
+    label_file = output_dir / "labels" / f"{dataset}_{split}.csv"
+    summary = PreparationSummary(label_file, label_file.with_name(f"{dataset}_{split}_skipped.tsv"))
+    clip_dir = output_dir / dataset / split
+
+    def reject(clip: _Clip, reason: str):
+        if not skip_bad_files:
+            raise PreparationError(reason)
+        summary.skipped[str(clip.source)] = reason
+
+    frames, todo = {}, []
+    for clip in clips:
+        if clip.text is None:
+            reject(clip, clip.problem)
+        elif (clip_dir / f"{clip.relative}.mp4").is_file() and (clip_dir / f"{clip.relative}.wav").is_file():
+            frames[clip.relative] = _count_frames(clip_dir / f"{clip.relative}.mp4")
+            summary.reused += 1
+        else:
+            todo.append(clip)
+
+    progress = tqdm(total=len(todo), desc=f"{dataset}/{split}", unit="clip", disable=not todo)
+    if num_workers > 1 and len(todo) > 1:
+        pool = ProcessPoolExecutor(min(num_workers, len(todo)), initializer=_init_worker, initargs=(detection_stride,))
+        results = pool.map(_prepare_clip, todo, [clip_dir / clip.relative for clip in todo])
+    else:
+        pool = None
+        _init_worker(detection_stride)
+        results = (_prepare_clip(clip, clip_dir / clip.relative) for clip in todo)
+    try:
+        for clip, (count, problem) in zip(todo, results):
+            progress.update()
+            if problem is not None:
+                reject(clip, problem)
+            else:
+                frames[clip.relative] = count
+                summary.written += 1
+    finally:
+        progress.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+    label_file.parent.mkdir(parents=True, exist_ok=True)
+    with label_file.open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        for clip in clips:
+            if clip.relative in frames:
+                ids = tokenizer(clip.text, add_special_tokens=False)["input_ids"]
+                writer.writerow([dataset, f"{split}/{clip.relative}.mp4", frames[clip.relative], " ".join(map(str, ids))])
+    if summary.skipped:
+        summary.skipped_file.write_text("".join(f"{path}\t{reason}\n" for path, reason in summary.skipped.items()))
+    elif summary.skipped_file.exists():
+        summary.skipped_file.unlink()
+    return summary
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m mmavsr_processing.prepare",
+        description="Raw talking-face videos -> auto_avsr's layout: 25 fps 96x96 mouth ROIs (.mp4), 16 kHz audio "
+        "(.wav beside it) and a label CSV `dataset,rel_path,num_frames,token ids`.",
+    )
+    parser.add_argument("--input-dir", required=True, help="folder searched recursively for videos")
+    parser.add_argument("--output-dir", required=True, help="root of the prepared dataset")
+    parser.add_argument("--dataset", required=True, help="dataset name: first CSV column and top output folder")
+    parser.add_argument("--split", default="train", help="output sub-folder and label-file suffix (default: train)")
+    parser.add_argument(
+        "--tokenizer", default="unigram5000", help="'unigram5000' (auto_avsr's, default) or a saved tokenizer folder"
+    )
+    parser.add_argument(
+        "--transcripts", help="CSV of `path,text` rows (path relative to --input-dir); default: the .txt beside each video"
+    )
+    parser.add_argument(
+        "--skip-bad-files", action="store_true", help="leave out (count and list) clips that cannot be prepared"
+    )
+    parser.add_argument("--num-workers", type=int, default=1, help="processes cropping clips in parallel (default 1)")
+    parser.add_argument(
+        "--detection-stride", type=int, default=1, help="run the face detector on every n-th frame only (default 1)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        summary = prepare_dataset(
+            args.input_dir,
+            args.output_dir,
+            args.dataset,
+            split=args.split,
+            tokenizer=args.tokenizer,
+            transcripts=args.transcripts,
+            skip_bad_files=args.skip_bad_files,
+            num_workers=args.num_workers,
+            detection_stride=args.detection_stride,
+        )
+    except PreparationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"{summary.label_file}: {summary.written + summary.reused} clips "
+        f"({summary.written} written, {summary.reused} already there, {len(summary.skipped)} skipped)"
+    )
+    for path, reason in list(summary.skipped.items())[:5]:
+        print(f"skipped {path}: {reason}")
+    if len(summary.skipped) > 5:
+        print(f"... all {len(summary.skipped)} listed in {summary.skipped_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
