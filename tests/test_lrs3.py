@@ -1,4 +1,5 @@
-"""auto_avsr's preprocessed layout through `datasets`: rows, decoding, and clear errors or counted skips."""
+"""LRS3 through `datasets`, auto_avsr's preprocessed layout and the raw layout: rows, decoding, and clear errors or
+counted skips."""
 
 import logging
 
@@ -6,7 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from mmavsr_processing import DatasetError, MMAVSRTokenizer, load_auto_avsr_dataset, write_audio, write_video
+from mmavsr_processing import (
+    DatasetError,
+    MMAVSRTokenizer,
+    load_auto_avsr_dataset,
+    load_lrs3_dataset,
+    write_audio,
+    write_video,
+)
 
 
 TEXTS = ["BIN BLUE AT F TWO NOW", "PLACE RED WITH G NINE SOON"]
@@ -75,3 +83,103 @@ def test_missing_root_or_label_file_is_named(tmp_path):
         load_auto_avsr_dataset(tmp_path / "nowhere", tmp_path / "x.csv")
     with pytest.raises(DatasetError, match=r"label file .*x\.csv does not exist"):
         load_auto_avsr_dataset(tmp_path, tmp_path / "x.csv")
+
+
+# --- auto_avsr layout: corrupt (not just empty) media with check_media ---
+
+
+def test_check_media_finds_corrupt_files_that_are_not_empty(corpus):
+    root, label_file, _ = corpus
+    (root / "demo/test/spk1/clip1.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
+    assert len(load_auto_avsr_dataset(root, label_file)) == 2  # only existence and size are checked by default
+    with pytest.raises(DatasetError, match=r"line 2: video .*clip1\.mp4 is corrupt"):
+        load_auto_avsr_dataset(root, label_file, check_media=True)
+    assert len(load_auto_avsr_dataset(root, label_file, check_media=True, skip_bad_files=True)) == 1
+    (root / "demo/test/spk1/clip1.mp4").unlink()
+    write_video(root / "demo/test/spk1/clip1.mp4", np.zeros((11, 32, 32, 3), dtype=np.uint8))
+    (root / "demo/test/spk0/clip0.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 10)
+    with pytest.raises(DatasetError, match=r"line 1: audio .*clip0\.wav is corrupt"):
+        load_auto_avsr_dataset(root, label_file, check_media=True)
+
+
+# --- LRS3's raw layout: speaker folders of .mp4 (face video with audio) and .txt ---
+
+RAW = {
+    "trainval/spkA/50001": "SO WE WENT HOME",
+    "trainval/spkB/50002": "AND THAT'S IT",
+    "test/spkC/00003": "THANK YOU",
+}
+
+
+def lrs3_txt(text: str, timed: bool = True) -> str:
+    words = "".join(f"{word} {0.3 * i:.2f} {0.3 * i + 0.25:.2f} 2.5\n" for i, word in enumerate(text.split()))
+    return f"Text:  {text}\nConf:  4\n\n" + (f"WORD START END ASDSCORE\n{words}" if timed else "")
+
+
+@pytest.fixture()
+def lrs3_raw(tmp_path):
+    root = tmp_path / "lrs3"
+    for index, (stem, text) in enumerate(RAW.items()):
+        frames = 10 + index
+        video = (np.random.default_rng(index).random((frames, 48, 48, 3)) * 255).astype(np.uint8)
+        audio = 0.1 * np.sin(np.arange(int(frames * 0.04 * 44100)) / 10).astype(np.float32)
+        write_video(root / f"{stem}.mp4", video, audio=audio, sampling_rate=44100)
+        (root / f"{stem}.txt").write_text(lrs3_txt(text, timed=index != 2))
+    (root / "README.txt").write_text("not a clip: files directly in the root are ignored\n")
+    return root
+
+
+def test_raw_lrs3_rows_carry_video_audio_text_and_word_timings(lrs3_raw):
+    dataset = load_lrs3_dataset(lrs3_raw, check_media=True)
+    assert dataset["id"] == sorted(RAW)
+    assert dataset["text"] == [RAW[key] for key in sorted(RAW)]
+    row = dataset[dataset["id"].index("trainval/spkB/50002")]
+    assert [word["word"] for word in row["words"]] == ["AND", "THAT'S", "IT"]
+    assert row["words"][1]["start"] == pytest.approx(0.3) and row["words"][1]["end"] == pytest.approx(0.55)
+    assert dataset[0]["words"] == []  # test/spkC: no timing table
+    frames = row["video"].get_frames_in_range(0, 11).data
+    assert tuple(frames.shape) == (11, 3, 48, 48)
+    samples = row["audio"].get_all_samples()  # the mp4's AAC track, resampled from 44.1 kHz
+    assert samples.sample_rate == 16000 and abs(samples.data.shape[-1] - 11 * 640) < 2048
+
+
+@pytest.mark.parametrize(
+    "corruption, message",
+    [
+        ("missing_txt", r"transcript .*spkA/50001\.txt does not exist"),
+        ("orphan_txt", r"video .*spkB/50002\.mp4 does not exist"),
+        ("empty_mp4", r"video .*spkA/50001\.mp4 is empty"),
+        ("no_text_line", r"spkA/50001\.txt, line 1: expected `Text:  THE WORDS`"),
+        ("bad_timing", r"spkA/50001\.txt, line 6: expected `WORD START END \[SCORE\]`, got 'SO zero 0.25 2.5'"),
+        ("corrupt_mp4", r"video .*spkA/50001\.mp4 is corrupt"),
+    ],
+)
+def test_raw_lrs3_bad_files_are_named_or_skipped_and_counted(lrs3_raw, corruption, message, caplog):
+    clip = lrs3_raw / "trainval/spkA/50001"
+    if corruption == "missing_txt":
+        clip.with_suffix(".txt").unlink()
+    elif corruption == "orphan_txt":
+        (lrs3_raw / "trainval/spkB/50002.mp4").unlink()
+    elif corruption == "empty_mp4":
+        clip.with_suffix(".mp4").write_bytes(b"")
+    elif corruption == "no_text_line":
+        clip.with_suffix(".txt").write_text("SO WE WENT HOME\n")
+    elif corruption == "bad_timing":
+        clip.with_suffix(".txt").write_text(lrs3_txt(RAW["trainval/spkA/50001"]).replace("SO 0.00", "SO zero"))
+    else:
+        clip.with_suffix(".mp4").write_bytes(clip.with_suffix(".mp4").read_bytes()[:300])  # truncated download
+    with pytest.raises(DatasetError, match=message):
+        load_lrs3_dataset(lrs3_raw, check_media=True)
+    with caplog.at_level(logging.WARNING):
+        dataset = load_lrs3_dataset(lrs3_raw, check_media=True, skip_bad_files=True)
+    assert len(dataset) == 2
+    assert "skipped 1 of 3 rows" in caplog.text
+    assert "skipped rows" in dataset.info.description
+
+
+def test_raw_lrs3_empty_or_missing_root_is_named(tmp_path):
+    with pytest.raises(DatasetError, match="is not a directory"):
+        load_lrs3_dataset(tmp_path / "nowhere")
+    (tmp_path / "notes.txt").write_text("Text:  NOT IN A SPEAKER FOLDER\n")
+    with pytest.raises(DatasetError, match="no .mp4 or .txt file in its sub-folders"):
+        load_lrs3_dataset(tmp_path)
