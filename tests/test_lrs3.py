@@ -150,7 +150,7 @@ def test_raw_lrs3_rows_carry_video_audio_text_and_word_timings(lrs3_raw):
         ("orphan_txt", r"video .*spkB/50002\.mp4 does not exist"),
         ("empty_mp4", r"video .*spkA/50001\.mp4 is empty"),
         ("no_text_line", r"spkA/50001\.txt, line 1: expected `Text:  THE WORDS`"),
-        ("bad_timing", r"spkA/50001\.txt, line 6: expected `WORD START END \[SCORE\]`, got 'SO zero 0.25 2.5'"),
+        ("bad_timing", r"spkA/50001\.txt, line 5: expected `WORD START END \[SCORE\]`, got 'SO zero 0.25 2.5'"),
         ("corrupt_mp4", r"video .*spkA/50001\.mp4 is corrupt"),
     ],
 )
