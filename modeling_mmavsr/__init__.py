@@ -1,6 +1,7 @@
 """mmavsr: modular audio-visual speech recognition, native to Hugging Face Transformers.
 
-Importing this package registers the classes with `AutoConfig`, `AutoModel` and `AutoModelForSpeechSeq2Seq`.
+Importing this package registers the classes with `AutoConfig`, `AutoModel` and `AutoModelForSpeechSeq2Seq`, and the
+speech recognition pipelines (`pipeline_mmavsr`).
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForSpeechSeq2Seq
@@ -15,12 +16,15 @@ from .modeling_mmavsr import (
     MMAVSRSeq2SeqLMOutput,
     MMAVSRSeq2SeqModelOutput,
 )
+from .pipeline_mmavsr import MMAVSRSpeechRecognitionPipeline, register_pipelines
 
 
 AutoConfig.register(MMAVSRConfig.model_type, MMAVSRConfig, exist_ok=True)
 AutoConfig.register(MMAVSRTextConfig.model_type, MMAVSRTextConfig, exist_ok=True)
 AutoModel.register(MMAVSRConfig, MMAVSRModel, exist_ok=True)
 AutoModelForSpeechSeq2Seq.register(MMAVSRConfig, MMAVSRForConditionalGeneration, exist_ok=True)
+# the ASR pipeline runs MMAVSR models as seq2seq models; `audio-visual-speech-recognition` takes videos too
+register_pipelines()
 
 __all__ = [
     "MMAVSRConfig",
@@ -32,6 +36,7 @@ __all__ = [
     "MMAVSREncoderOutput",
     "MMAVSRSeq2SeqModelOutput",
     "MMAVSRSeq2SeqLMOutput",
+    "MMAVSRSpeechRecognitionPipeline",
 ]
 
 
