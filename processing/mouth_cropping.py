@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 
 
-__all__ = ["MouthLocation", "MouthDetector", "HaarCascadeMouthDetector", "MouthCropper", "NoFaceError"]
+__all__ = ["HaarCascadeMouthDetector", "MouthCropper", "MouthDetector", "MouthLocation", "NoFaceError"]
 
 
 class NoFaceError(ValueError):
@@ -136,7 +136,9 @@ class HaarCascadeMouthDetector:
     def _from_smile(self, gray, x, y, w, h) -> tuple[float, float] | None:
         top, left = int(y + 0.5 * h), int(x)
         lower = gray[top : int(y + 1.1 * h), left : int(x + w)]
-        smiles = self._smile.detectMultiScale(lower, scaleFactor=1.05, minNeighbors=20, minSize=(int(w / 4), int(w / 8)))
+        smiles = self._smile.detectMultiScale(
+            lower, scaleFactor=1.05, minNeighbors=20, minSize=(int(w / 4), int(w / 8))
+        )
         if len(smiles) == 0:
             return None
         sx, sy, sw, sh = max(smiles, key=lambda box: box[2] * box[3])

@@ -42,7 +42,7 @@ from .mouth_cropping import MouthCropper, NoFaceError
 from .tokenization_mmavsr import MMAVSRTokenizer
 
 
-__all__ = ["PreparationError", "PreparationSummary", "prepare_dataset", "main"]
+__all__ = ["PreparationError", "PreparationSummary", "main", "prepare_dataset"]
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".mpg", ".webm")
 AUDIO_SUFFIXES = (".wav", ".flac")
@@ -120,8 +120,14 @@ def _find_clips(input_dir: Path, transcripts: Path | None) -> list[_Clip]:
         except (PreparationError, DatasetError) as error:
             clips.append(_Clip(video, stem, None, str(error)))
     for missing in sorted(texts or {}):
-        clips.append(_Clip(input_dir / missing, Path(missing).with_suffix("").as_posix(), None,
-                           f"{input_dir / missing}: listed in {transcripts} but not found."))
+        clips.append(
+            _Clip(
+                input_dir / missing,
+                Path(missing).with_suffix("").as_posix(),
+                None,
+                f"{input_dir / missing}: listed in {transcripts} but not found.",
+            )
+        )
     return clips
 
 
@@ -290,7 +296,9 @@ def prepare_dataset(
         for clip in clips:
             if clip.relative in frames:
                 ids = tokenizer(clip.text, add_special_tokens=False)["input_ids"]
-                writer.writerow([dataset, f"{split}/{clip.relative}.mp4", frames[clip.relative], " ".join(map(str, ids))])
+                writer.writerow(
+                    [dataset, f"{split}/{clip.relative}.mp4", frames[clip.relative], " ".join(map(str, ids))]
+                )
     if summary.skipped:
         summary.skipped_file.write_text("".join(f"{path}\t{reason}\n" for path, reason in summary.skipped.items()))
     elif summary.skipped_file.exists():
@@ -312,7 +320,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--tokenizer", default="unigram5000", help="'unigram5000' (auto_avsr's, default) or a saved tokenizer folder"
     )
     parser.add_argument(
-        "--transcripts", help="CSV of `path,text` rows (path relative to --input-dir); default: the .txt beside each video"
+        "--transcripts",
+        help="CSV of `path,text` rows (path relative to --input-dir); default: the .txt beside each video",
     )
     parser.add_argument(
         "--skip-bad-files", action="store_true", help="leave out (count and list) clips that cannot be prepared"

@@ -36,7 +36,9 @@ def raw(tmp_path, faces):
     root = tmp_path / "raw"
     for stem, (frames, fps, rate) in faces.items():
         write_video(root / f"{stem}.mp4", frames, fps=fps, audio=tone(len(frames) / fps, rate), sampling_rate=rate)
-        words = "\n".join(f"{word} {0.1 * i:.2f} {0.1 * i + 0.08:.2f} 1.0" for i, word in enumerate(TEXTS[stem].split()))
+        words = "\n".join(
+            f"{word} {0.1 * i:.2f} {0.1 * i + 0.08:.2f} 1.0" for i, word in enumerate(TEXTS[stem].split())
+        )
         (root / f"{stem}.txt").write_text(LRS3_TXT.format(text=TEXTS[stem], words=words))
     return root
 
@@ -130,7 +132,15 @@ def test_transcripts_csv_and_audio_beside_a_silent_video(tmp_path, faces):
 
 def test_module_runs_as_a_script(tmp_path, monkeypatch, capsys):
     """`python -m mmavsr_processing.prepare ...` (run in this process: a new interpreter would re-import torch)."""
-    argv = ["prepare", "--input-dir", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "out"), "--dataset", "x"]
+    argv = [
+        "prepare",
+        "--input-dir",
+        str(tmp_path / "nowhere"),
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--dataset",
+        "x",
+    ]
     monkeypatch.setattr(sys, "argv", argv)
     monkeypatch.delitem(sys.modules, "mmavsr_processing.prepare")  # as in a fresh interpreter
     with pytest.raises(SystemExit) as exit_info:
