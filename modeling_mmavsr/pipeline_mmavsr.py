@@ -55,14 +55,17 @@ def register_pipelines() -> None:
 
 
 def custom_pipelines_entry() -> dict:
-    """The `custom_pipelines` of an exported config: both tasks run [`MMAVSRSpeechRecognitionPipeline`] from the
-    folder's `pipeline_mmavsr.py` (with `trust_remote_code=True`)."""
+    """The `custom_pipelines` of an exported config: `pipeline("automatic-speech-recognition", model=FOLDER,
+    trust_remote_code=True)` runs [`MMAVSRSpeechRecognitionPipeline`] from the folder's `pipeline_mmavsr.py`.
+
+    Only that task is listed: Transformers asks for `trust_remote_code` for every task a config lists, and
+    `audio-visual-speech-recognition` stays usable without it where this package is installed."""
     entry = {
         "impl": f"{Path(__file__).stem}.{MMAVSRSpeechRecognitionPipeline.__name__}",
         "pt": [AutoModelForSpeechSeq2Seq.__name__],
         "type": "multimodal",
     }
-    return {SPEECH_RECOGNITION_TASK: dict(entry), AUDIO_VISUAL_TASK: dict(entry)}
+    return {SPEECH_RECOGNITION_TASK: entry}
 
 
 def read_audio_track(path: str | os.PathLike, sampling_rate: int = 16000) -> np.ndarray | None:
