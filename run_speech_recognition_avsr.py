@@ -325,6 +325,14 @@ class AVSRTrainingArguments(Seq2SeqTrainingArguments):
                     f"--save_total_limit {self.save_total_limit} keeps fewer checkpoints than "
                     f"--average_checkpoints {self.average_checkpoints} averages."
                 )
+        if (
+            int(os.environ.get("WORLD_SIZE", "1")) > 1
+            and not self.use_cpu
+            and not torch.accelerator.is_available()
+        ):
+            # launched by torchrun/accelerate on machines without GPUs: Accelerate starts DDP over gloo only when told
+            # to use the CPU; without it every process would train alone on all the data
+            self.use_cpu = True
         super().__post_init__()
 
 
@@ -701,6 +709,21 @@ def modalities_of(config: MMAVSRConfig) -> tuple[str, ...]:
         )
         if used
     )
+
+
+def read_files_directly(dataset: datasets.Dataset, modalities: tuple[str, ...]) -> datasets.Dataset:
+    """Drop the media column the model does not use and leave the other undecoded: the collator reads each file
+    with soundfile / PyAV, several times faster than opening a torchcodec decoder per row."""
+    dataset = dataset.remove_columns([c for c in ("video", "audio") if c not in modalities and c in dataset.column_names])
+    for column in modalities:
+        feature = dataset.features[column]
+        undecoded = (
+            datasets.Audio(sampling_rate=feature.sampling_rate, decode=False)
+            if isinstance(feature, datasets.Audio)
+            else datasets.Video(decode=False)
+        )
+        dataset = dataset.cast_column(column, undecoded)
+    return dataset
 
 
 def make_noise(
@@ -1268,6 +1291,10 @@ def main(
     config = model.config
     processor = build_processor(model_args, config, tokenizer)
     modalities = modalities_of(config)
+    train_dataset, eval_dataset, test_dataset = (
+        read_files_directly(dataset, modalities) if dataset is not None else None
+        for dataset in (train_dataset, eval_dataset, test_dataset)
+    )
     logger.info(
         f"Model: {config.modality} ({', '.join(modalities)}), {model.num_parameters():,} parameters."
     )

@@ -1,0 +1,179 @@
+"""Interrupted training: SIGTERM saves a checkpoint and exits, SIGKILL during a save leaves the newest complete
+checkpoint loadable, and either run resumed ends exactly where an uninterrupted run ends (weights and loss log)."""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import run_speech_recognition_avsr as script
+
+from .test_training_script import common_flags, corpus, tiny_preset  # noqa: F401 (corpus is a fixture)
+
+SCRIPT = Path(script.__file__)
+MAX_STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def preset(tmp_path_factory):
+    return tiny_preset(tmp_path_factory.mktemp("preset") / "p.json", "audiovisual")
+
+
+def training_flags(corpus, output_dir, preset, save_steps):
+    """Time masks, training noise, random crops and dropout all active: resuming must restore every RNG."""
+    return common_flags(corpus, output_dir, preset) + [
+        "--train-file=train.csv",
+        f"--max_steps={MAX_STEPS}",
+        f"--save_steps={save_steps}",
+        "--logging_steps=1",
+        "--max-frames=24",
+        "--train-snr",
+        "0",
+        "999999",
+        "--learning_rate=0.003",
+        "--warmup_steps=2",
+    ]
+
+
+def launch(arguments, **kwargs):
+    """The script (or a wrapper around it) in its own process, its log on a pipe."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen(
+        [sys.executable, *map(str, arguments)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=SCRIPT.parent,
+        **kwargs,
+    )
+
+
+def losses(output_dir):
+    history = json.loads((Path(output_dir) / "trainer_state.json").read_text())["log_history"]
+    return {entry["step"]: [entry["loss"], entry["grad_norm"]] for entry in history if "loss" in entry}
+
+
+def assert_same_training(resumed_dir, straight_dir):
+    straight = load_file(str(straight_dir / "model.safetensors"))
+    resumed = load_file(str(resumed_dir / "model.safetensors"))
+    assert straight.keys() == resumed.keys()
+    for name, tensor in straight.items():
+        torch.testing.assert_close(resumed[name], tensor, atol=1e-6, rtol=0, msg=name)
+    resumed, straight = losses(resumed_dir), losses(straight_dir)
+    assert sorted(resumed) == sorted(straight) == list(range(1, MAX_STEPS + 1))
+    for step, values in straight.items():
+        assert resumed[step] == pytest.approx(values, abs=1e-5), f"step {step}"
+
+
+@pytest.fixture(scope="module")
+def straight_run(corpus, preset, tmp_path_factory):  # noqa: F811
+    """The uninterrupted reference run."""
+    output_dir = tmp_path_factory.mktemp("straight")
+    script.main(training_flags(corpus, output_dir, preset, save_steps=2))
+    return output_dir
+
+
+def test_sigterm_saves_a_checkpoint_exits_and_the_rerun_resumes(corpus, preset, straight_run, tmp_path):  # noqa: F811
+    output_dir = tmp_path / "out"
+    flags = training_flags(corpus, output_dir, preset, save_steps=100)  # no scheduled save before the end
+    process = launch([SCRIPT, *flags])
+    log = []
+    for line in process.stdout:
+        log.append(line)
+        if "'loss'" in line:  # step 1 is done: training is under way
+            process.send_signal(signal.SIGTERM)
+            break
+    log.append(process.communicate(timeout=300)[0])
+    log = "".join(log)
+    assert process.returncode == script.INTERRUPTED_EXIT_CODE == 143, log
+    assert "Traceback" not in log, log
+    checkpoints = script.checkpoint_dirs(output_dir)
+    assert len(checkpoints) == 1, log
+    stopped_at = int(checkpoints[0].name.split("-")[1])
+    assert 1 <= stopped_at < MAX_STEPS, log
+    assert f"Stopped by SIGTERM after step {stopped_at}" in log
+    assert script.checkpoint_problem(checkpoints[0]) is None
+    assert not (output_dir / "model.safetensors").exists(), "an interrupted run must not pass for a finished one"
+
+    script.main(flags)  # the same command again: resumes from the SIGTERM checkpoint
+    assert_same_training(output_dir, straight_run)
+
+
+KILL_DURING_SAVE = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import run_speech_recognition_avsr as script
+
+save_rng_state = script.AVSRSeq2SeqTrainer._save_rng_state
+
+def save_rng_state_then_die(self, output_dir):
+    # the model, optimizer and scheduler of this checkpoint are on disk, its RNG and trainer state are not
+    if self.state.global_step == {step}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    save_rng_state(self, output_dir)
+
+script.AVSRSeq2SeqTrainer._save_rng_state = save_rng_state_then_die
+script.main(sys.argv[1:])
+"""
+
+
+def test_sigkill_during_a_save_leaves_the_last_checkpoint_loadable(corpus, preset, straight_run, tmp_path, caplog):  # noqa: F811
+    output_dir = tmp_path / "out"
+    flags = training_flags(corpus, output_dir, preset, save_steps=2)
+    wrapper = tmp_path / "kill_during_save.py"
+    wrapper.write_text(KILL_DURING_SAVE.format(root=str(SCRIPT.parent), step=4))
+    process = launch([wrapper, *flags])
+    log = process.communicate(timeout=300)[0]
+    assert process.returncode == -signal.SIGKILL, log
+
+    # the killed save never reached checkpoint-4: only its staging folder, half-written, is there
+    assert [c.name for c in script.checkpoint_dirs(output_dir)] == ["checkpoint-2"]
+    half_written = output_dir / script.INCOMPLETE_CHECKPOINTS_DIR / "checkpoint-4"
+    assert (half_written / "model.safetensors").is_file()
+    assert (half_written / "optimizer.pt").is_file()
+    assert not (half_written / "trainer_state.json").exists()
+
+    with caplog.at_level(logging.WARNING, logger=script.logger.name):
+        script.main(flags)  # the same command again
+    assert f"Ignoring and deleting {half_written}" in caplog.text
+    assert not half_written.exists()
+    assert_same_training(output_dir, straight_run)
+
+
+def test_half_written_checkpoints_are_skipped_with_a_warning(tmp_path, caplog):
+    """Checkpoint folders from saves that were not atomic (older runs, other tools, `--enable_jit_checkpoint`)."""
+    output_dir = tmp_path / "out"
+    states = {
+        "checkpoint-2": '{"global_step": 2}',
+        "checkpoint-4": '{"global_step": 4}',
+        "checkpoint-6": '{"global_st',  # cut short
+        "checkpoint-8": None,  # no trainer_state.json
+        "checkpoint-10": '{"global_step": 10}',
+    }
+    for name, state in states.items():
+        (output_dir / name).mkdir(parents=True)
+        if state is not None:
+            (output_dir / name / "trainer_state.json").write_text(state)
+    (output_dir / "checkpoint-10" / script.INCOMPLETE_MARKER).write_text("in progress")
+    with caplog.at_level(logging.WARNING, logger=script.logger.name):
+        assert script.last_complete_checkpoint(str(output_dir)) == str(output_dir / "checkpoint-4")
+    assert f"Ignoring {output_dir / 'checkpoint-10'}: its save never finished" in caplog.text
+    assert f"Ignoring {output_dir / 'checkpoint-8'}: it has no trainer_state.json" in caplog.text
+    assert f"Ignoring {output_dir / 'checkpoint-6'}: its trainer_state.json is cut short" in caplog.text
+    assert "checkpoint-4:" not in caplog.text
+
+    _, _, args = script.parse_args(
+        ["--modality=video", "--train-file=t.csv", f"--output_dir={output_dir}", "--report_to=none"]
+    )
+    assert script.resume_checkpoint(args) == str(output_dir / "checkpoint-4")
+    args.resume_from_checkpoint = str(output_dir / "checkpoint-8")
+    with pytest.raises(ValueError, match="checkpoint-8: cannot resume from it: it has no trainer_state.json"):
+        script.resume_checkpoint(args)
