@@ -350,8 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     except PreparationError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    total = summary.written + summary.reused
     print(
-        f"{summary.label_file}: {summary.written + summary.reused} clips "
+        f"{summary.label_file}: {total} clip{'' if total == 1 else 's'} "
         f"({summary.written} written, {summary.reused} already there, {len(summary.skipped)} skipped)"
     )
     for path, reason in list(summary.skipped.items())[:5]:
