@@ -102,8 +102,14 @@ def _read_transcripts_csv(path: Path) -> dict[str, str]:
     return texts
 
 
-def _find_clips(input_dir: Path, transcripts: Path | None) -> list[_Clip]:
-    videos = sorted(path for path in input_dir.rglob("*") if path.suffix.lower() in VIDEO_SUFFIXES and path.is_file())
+def _find_clips(input_dir: Path, transcripts: Path | None, output_dir: Path) -> list[_Clip]:
+    """Every video below `input_dir` (except in `output_dir`, which may lie inside it) with its transcript."""
+    skip = output_dir.resolve()
+    videos = sorted(
+        path
+        for path in input_dir.rglob("*")
+        if path.suffix.lower() in VIDEO_SUFFIXES and path.is_file() and skip not in path.resolve().parents
+    )
     texts = _read_transcripts_csv(transcripts) if transcripts is not None else None
     clips = []
     for video in videos:
@@ -112,10 +118,10 @@ def _find_clips(input_dir: Path, transcripts: Path | None) -> list[_Clip]:
         try:
             if texts is None:
                 text = _read_transcript_file(video.with_suffix(".txt"))
-            elif relative.as_posix() in texts and texts[relative.as_posix()]:
-                text = texts.pop(relative.as_posix())
             else:
-                raise PreparationError(f"{video}: no transcript for {relative.as_posix()} in {transcripts}.")
+                text = texts.pop(relative.as_posix(), "")
+                if not text:
+                    raise PreparationError(f"{video}: no transcript for {relative.as_posix()} in {transcripts}.")
             clips.append(_Clip(video, stem, text))
         except (PreparationError, DatasetError) as error:
             clips.append(_Clip(video, stem, None, str(error)))
@@ -181,7 +187,8 @@ def _init_worker(detection_stride: int):
 
 
 def _prepare_clip(clip: _Clip, target: Path) -> tuple[int | None, str | None]:
-    """Writes one clip's mouth video and wav; returns `(num_frames, None)` or `(None, reason)` for a bad clip."""
+    """Writes one clip's mouth video `target.mp4` and `target.wav`; returns `(num_frames, None)`, or `(None, reason)`
+    for a clip that cannot be prepared (any error on it: a damaged file can fail in many places)."""
     try:
         frames, fps = read_video(clip.source)
         frames = _resample_frames(frames, fps, clip.source)
@@ -192,18 +199,17 @@ def _prepare_clip(clip: _Clip, target: Path) -> tuple[int | None, str | None]:
             if audio_file is None:
                 raise MediaError(f"{clip.source}: no audio track, and no {' or '.join(map(str, beside))} beside it")
             wave = read_audio(audio_file, SAMPLING_RATE, resample=True, mono=True)
-        try:
-            crops = _cropper(frames)
-        except NoFaceError as error:
-            raise PreparationError(f"{clip.source}: {error}") from None
-    except (MediaError, PreparationError) as error:
-        return None, str(error)
-    video, audio = target.with_suffix(".mp4"), target.with_suffix(".wav")
-    partial_video, partial_audio = (path.with_name(path.name + ".partial") for path in (video, audio))
-    write_audio(partial_audio, _fit_audio(wave, len(crops)), SAMPLING_RATE)
-    write_video(partial_video, crops, fps=FPS)
-    os.replace(partial_audio, audio)
-    os.replace(partial_video, video)  # last: an existing mp4 means the clip is complete
+        crops = _cropper(frames)
+        video, audio = (target.with_name(f"{target.name}{suffix}") for suffix in (".mp4", ".wav"))
+        partial_video, partial_audio = (path.with_name(path.name + ".partial") for path in (video, audio))
+        write_audio(partial_audio, _fit_audio(wave, len(crops)), SAMPLING_RATE)
+        write_video(partial_video, crops, fps=FPS)
+        os.replace(partial_audio, audio)
+        os.replace(partial_video, video)  # last: an existing mp4 means the clip is complete
+    except (MediaError, NoFaceError) as error:
+        return None, str(error) if str(clip.source) in str(error) else f"{clip.source}: {error}"
+    except Exception as error:  # noqa: BLE001 - reported against the clip, so one odd file cannot end a long run
+        return None, f"{clip.source}: {type(error).__name__}: {error}"
     return len(crops), None
 
 
@@ -245,9 +251,11 @@ def prepare_dataset(
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not input_dir.is_dir():
         raise PreparationError(f"input dir {input_dir} is not a directory.")
+    if detection_stride < 1:
+        raise PreparationError(f"detection_stride must be at least 1, got {detection_stride}.")
     if isinstance(tokenizer, str):
         tokenizer = _load_tokenizer(tokenizer)
-    clips = _find_clips(input_dir, Path(transcripts) if transcripts is not None else None)
+    clips = _find_clips(input_dir, Path(transcripts) if transcripts is not None else None, output_dir)
     if not clips:
         raise PreparationError(f"{input_dir}: no video ({' '.join(VIDEO_SUFFIXES)}) found.")
     label_file = output_dir / "labels" / f"{dataset}_{split}.csv"

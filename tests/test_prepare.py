@@ -72,8 +72,8 @@ def test_round_trip_through_load_auto_avsr_dataset(raw, tmp_path):
     assert np.mean(similarity) > 0.75 and min(similarity) > 0.6, similarity
 
 
-def test_rerun_reuses_written_clips(raw, tmp_path):
-    out = tmp_path / "out"
+def test_rerun_reuses_written_clips(raw):
+    out = raw / "prepared"  # inside the input folder: its videos must not be taken for raw clips
     first = prepare_dataset(raw, out, "lrs3", split="test")
     assert (first.written, first.reused) == (2, 0)
     labels = first.label_file.read_text()
@@ -84,6 +84,7 @@ def test_rerun_reuses_written_clips(raw, tmp_path):
     assert (second.written, second.reused) == (1, 1)
     assert kept.stat().st_mtime_ns == stamp
     assert second.label_file.read_text() == labels
+    assert len(labels.splitlines()) == 2 and not second.skipped
     assert not list(out.rglob("*.partial"))
 
 
