@@ -18,7 +18,7 @@ import run_speech_recognition_avsr as script
 from .test_training_script import common_flags, corpus, tiny_preset  # noqa: F401 (corpus is a fixture)
 
 SCRIPT = Path(script.__file__)
-MAX_STEPS = 8
+MAX_STEPS = 6
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,8 @@ def straight_run(corpus, preset, tmp_path_factory):  # noqa: F811
 def test_sigterm_saves_a_checkpoint_exits_and_the_rerun_resumes(corpus, preset, straight_run, tmp_path):  # noqa: F811
     output_dir = tmp_path / "out"
     flags = training_flags(corpus, output_dir, preset, save_steps=100)  # no scheduled save before the end
+    # as a user runs it: a progress bar and TensorBoard logs
+    flags = [f for f in flags if f not in ("--disable_tqdm=true", "--report_to=none")] + ["--report_to=tensorboard"]
     process = launch([SCRIPT, *flags])
     log = []
     for line in process.stdout:
@@ -102,6 +104,8 @@ def test_sigterm_saves_a_checkpoint_exits_and_the_rerun_resumes(corpus, preset, 
     assert f"Stopped by SIGTERM after step {stopped_at}" in log
     assert script.checkpoint_problem(checkpoints[0]) is None
     assert not (output_dir / "model.safetensors").exists(), "an interrupted run must not pass for a finished one"
+    assert f"{stopped_at}/{MAX_STEPS} [" in log, "no progress bar"
+    assert list((output_dir / "runs").rglob("events.out.tfevents.*")), "no TensorBoard log"
 
     script.main(flags)  # the same command again: resumes from the SIGTERM checkpoint
     assert_same_training(output_dir, straight_run)
