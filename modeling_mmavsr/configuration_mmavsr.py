@@ -18,6 +18,9 @@ PRETRAINED_ENCODER_MODEL_TYPES = {
     "wavlm": "wavlm",
 }
 VISION_POOLINGS = ("cls", "mean")
+# audio encoders with 50 Hz output: `audio_frame_rate` 25 (pairs averaged, the default) or 50 (their own rate)
+NATIVE_50HZ_AUDIO_ENCODERS = ("whisper", "wavlm")
+AUDIO_FRAME_RATES = (25, 50)
 # vocabulary of auto_avsr's unigram units (blank 0 ... sos/eos 5048): the CTC head's when the decoder has its own
 AUTO_AVSR_VOCAB_SIZE = 5049
 # the instruction that opens the LLM decoder's prompt, per modality (`instruction=None`)
@@ -136,8 +139,16 @@ class MMAVSRConfig(PreTrainedConfig):
             post-layer-norm CLS) or `mean` (mean of the patch tokens). `vivit` always averages each time step's patches.
         max_stream_length_difference (`int`): audio and video of one sample may differ by this many 25 fps frames;
             both are cut to the shorter. A larger difference raises a ValueError.
+        audio_frame_rate (`int`): frames per second of the audio encoder's output. 25 (default): every encoder is
+            brought to the video rate (`whisper` and `wavlm` average their 50 Hz frames in pairs). 50: `whisper` and
+            `wavlm` keep their own 50 Hz frames, untouched; audio-only models only (fusion aligns streams at 25 fps).
         hidden_size (`int`): width of the Conformer (and of what the decoder attends to).
-        encoder_layers, encoder_attention_heads, encoder_ffn_dim (`int`): Conformer sizes.
+        encoder_layers, encoder_attention_heads, encoder_ffn_dim (`int`): Conformer sizes. `encoder_layers=0` means
+            no Conformer: the encoder's features reach the decoder and the CTC head as they are (no input scaling, no
+            final LayerNorm), and a single encoder whose output width equals `hidden_size` is not projected either.
+            With `audio_encoder="whisper"`, `audio_frame_rate=50`, `hidden_size=d_model` and
+            `decoder="whisper-decoder"`, the model is Whisper itself (its decoder attends to exactly the features of
+            Whisper's encoder).
         conv_kernel_size (`int`): depthwise convolution kernel of the Conformer convolution module.
         macaron_style (`bool`): two half-step feed-forward modules per Conformer block.
         encoder_dropout, encoder_attention_dropout, positional_dropout (`float`): Conformer dropouts.
@@ -188,6 +199,7 @@ class MMAVSRConfig(PreTrainedConfig):
     freeze_audio_encoder: bool = True
     vision_pooling: str = "cls"
     max_stream_length_difference: int = 3
+    audio_frame_rate: int = 25
 
     # Conformer
     hidden_size: int = 768
@@ -236,6 +248,7 @@ class MMAVSRConfig(PreTrainedConfig):
         _check_choice("decoder", self.decoder, DECODERS)
         _check_choice("fusion_type", self.fusion_type, FUSION_TYPES)
         _check_choice("vision_pooling", self.vision_pooling, VISION_POOLINGS)
+        self._check_audio_frame_rate()
         if self.max_stream_length_difference < 0:
             raise ValueError(f"`max_stream_length_difference` must be >= 0, got {self.max_stream_length_difference}.")
         _check_choice("frontend_activation", self.frontend_activation, ("swish", "relu", "prelu"))
@@ -246,7 +259,9 @@ class MMAVSRConfig(PreTrainedConfig):
             )
         if not 0.0 <= self.ctc_weight <= 1.0:
             raise ValueError(f"`ctc_weight` must lie in [0, 1], got {self.ctc_weight}.")
-        if self.hidden_size % self.encoder_attention_heads:
+        if self.encoder_layers < 0:
+            raise ValueError(f"`encoder_layers` must be >= 0 (0: no Conformer), got {self.encoder_layers}.")
+        if self.encoder_layers and self.hidden_size % self.encoder_attention_heads:
             raise ValueError(
                 f"`hidden_size` ({self.hidden_size}) must be divisible by `encoder_attention_heads` "
                 f"({self.encoder_attention_heads})."
@@ -254,6 +269,21 @@ class MMAVSRConfig(PreTrainedConfig):
         if self.conv_kernel_size % 2 != 1:
             raise ValueError(f"`conv_kernel_size` must be odd, got {self.conv_kernel_size}.")
         self._resolve_decoder_defaults()
+
+    def _check_audio_frame_rate(self):
+        _check_choice("audio_frame_rate", self.audio_frame_rate, AUDIO_FRAME_RATES)
+        if self.audio_frame_rate == 25:
+            return
+        if self.audio_encoder not in NATIVE_50HZ_AUDIO_ENCODERS:
+            raise ValueError(
+                f"audio_frame_rate=50 keeps the 50 Hz frames of {' or '.join(NATIVE_50HZ_AUDIO_ENCODERS)}; "
+                f"audio_encoder={self.audio_encoder!r} delivers 25 fps: use audio_frame_rate=25."
+            )
+        if self.vision_encoder is not None:
+            raise ValueError(
+                f"audio_frame_rate=50 is for audio-only models: fusion with vision_encoder={self.vision_encoder!r} "
+                "aligns both streams at 25 fps (use audio_frame_rate=25)."
+            )
 
     def _build_text_config(self, text_config):
         if isinstance(text_config, PreTrainedConfig):

@@ -88,7 +88,9 @@ class MMAVSREncoder(MMAVSRPreTrainedModel):
     """Encoders -> projection or fusion -> Conformer: video (B, T, C, H, W) and/or audio -> (B, T, hidden_size).
 
     The encoders are the ResNet frontends or pretrained transformers models (`VISION_ENCODER_CLASSES`,
-    `AUDIO_ENCODER_CLASSES`); all deliver 25 fps features, whose width sets the projector's or fusion's input size.
+    `AUDIO_ENCODER_CLASSES`); all deliver 25 fps features (Whisper and WavLM 50 Hz with `audio_frame_rate=50`), whose
+    width sets the projector's or fusion's input size. Without Conformer layers (`encoder_layers=0`), a single
+    encoder whose width is `hidden_size` is not projected: its features are the encoder's output as they are.
     """
 
     def __init__(self, config: MMAVSRConfig):
@@ -101,7 +103,10 @@ class MMAVSREncoder(MMAVSRPreTrainedModel):
             self.fusion = FUSION_CLASSES[config.fusion_type](video_size, audio_size, config)
         else:
             frontend = self.vision_frontend if self.vision_frontend is not None else self.audio_frontend
-            self.projector = MMAVSRProjector(frontend.output_size, config)
+            if config.encoder_layers == 0 and frontend.output_size == config.hidden_size:
+                self.projector = nn.Identity()
+            else:
+                self.projector = MMAVSRProjector(frontend.output_size, config)
         self.conformer = MMAVSRConformerEncoder(config)
         self.post_init()
 
@@ -195,6 +200,8 @@ class MMAVSRModel(MMAVSRPreTrainedModel):
         use_cache: bool | None = None,
         **kwargs,
     ) -> MMAVSRSeq2SeqModelOutput:
+        if past_key_values is None:
+            past_key_values = kwargs.pop("cache", None)  # the name generate() passes from transformers 5.24 on
         if encoder_outputs is None:
             encoder_outputs = self.encoder(input_features, attention_mask, pixel_values_videos, video_attention_mask)
         decoder_hidden_states = self.decoder(
@@ -426,6 +433,8 @@ class MMAVSRForConditionalGeneration(MMAVSRLoraMixin, MMAVSRGenerationMixin, MMA
             CTC targets in the CTC head's vocabulary (auto_avsr's units, e.g. `MMAVSRTokenizer.from_auto_avsr()`),
             padded with -100, for the LLM and Whisper decoders; the Transformer decoder's CTC targets are `labels`.
         """
+        if past_key_values is None:
+            past_key_values = kwargs.pop("cache", None)  # the name generate() passes from transformers 5.24 on
         config = self.config
         text_config = config.text_config
         prompt_length = len(config.decoder_prompt_ids)

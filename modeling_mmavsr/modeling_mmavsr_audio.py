@@ -1,6 +1,7 @@
 """Audio encoders: auto_avsr's ResNet18-1D frontend for raw 16 kHz waves; pretrained Whisper encoder and WavLM.
 
-Each maps its input (`AUDIO_INPUTS`) with its `attention_mask` to features (B, T, output_size) at 25 fps, and
+Each maps its input (`AUDIO_INPUTS`) with its `attention_mask` to features (B, T, output_size) at
+`config.audio_frame_rate` (25 fps, the video rate, by default; Whisper and WavLM can keep their own 50 Hz), and
 `output_lengths` maps a sample's real input length to its number of output frames.
 """
 
@@ -54,7 +55,8 @@ class MMAVSRAudioResNet(nn.Module):
 
 
 class MMAVSRWhisperEncoder(MMAVSRPretrainedEncoder):
-    """Whisper's encoder on a log-mel spectrogram (B, n_mels, F) at 100 frames/s -> (B, ceil(F / 4), d_model) at 25 fps.
+    """Whisper's encoder on a log-mel spectrogram (B, n_mels, F) at 100 frames/s -> (B, ceil(F / 4), d_model) at 25 fps,
+    or (B, ceil(F / 2), d_model) at 50 Hz with `audio_frame_rate=50`.
 
     Whisper was trained on 30 s windows (F = 3000, 1500 positions). Here it runs on the real length instead: the conv
     stem sees zeros beyond each sample's last frame, the position embeddings are the first ceil(F / 2), and attention
@@ -62,7 +64,8 @@ class MMAVSRWhisperEncoder(MMAVSRPretrainedEncoder):
     features it gets alone. This is Whisper's encoder cut to the clip (as `WhisperEncoder` with `embed_positions` cut
     to ceil(F / 2)), not the first frames of its 30 s-padded output: attention there also sees the padding's frames.
     For exactly those features, pass log-mels padded to 3000 frames with an all-ones mask (then this is
-    `WhisperEncoder` itself) and cut the result. The 50 Hz output is averaged in pairs to 25 fps (`pool_pairs`).
+    `WhisperEncoder` itself) and cut the result. At 25 fps the 50 Hz output is averaged in pairs (`pool_pairs`); at
+    50 Hz it is returned as it is.
     """
 
     model_class = WhisperEncoder
@@ -72,6 +75,7 @@ class MMAVSRWhisperEncoder(MMAVSRPretrainedEncoder):
         self.output_size = config.audio_config.d_model
         self.num_mel_bins = config.audio_config.num_mel_bins
         self.max_frames = 2 * config.audio_config.max_source_positions
+        self.pool = config.audio_frame_rate == 25
 
     @classmethod
     def load_pretrained(cls, name_or_path: str, **kwargs):
@@ -80,7 +84,7 @@ class MMAVSRWhisperEncoder(MMAVSRPretrainedEncoder):
 
     def output_lengths(self, mel_frames: torch.Tensor) -> torch.Tensor:
         positions = torch.div(mel_frames - 1, 2, rounding_mode="floor") + 1  # stride-2 conv, 50 Hz
-        return torch.div(positions + 1, 2, rounding_mode="floor")  # pairs, 25 fps
+        return torch.div(positions + 1, 2, rounding_mode="floor") if self.pool else positions  # pairs, 25 fps
 
     def forward(self, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         batch_size, num_mel_bins, num_frames = input_features.shape
@@ -112,11 +116,12 @@ class MMAVSRWhisperEncoder(MMAVSRPretrainedEncoder):
                     continue
                 hidden_states = layer(hidden_states, attention)
             hidden_states = encoder.layer_norm(hidden_states)
-        return pool_pairs(hidden_states, position_lengths)[0]
+        return pool_pairs(hidden_states, position_lengths)[0] if self.pool else hidden_states
 
 
 class MMAVSRWavLMEncoder(MMAVSRPretrainedEncoder):
-    """WavLM on a raw 16 kHz wave (B, S) -> (B, T, hidden_size) at 25 fps (its 50 Hz output averaged in pairs).
+    """WavLM on a raw 16 kHz wave (B, S) -> (B, T, hidden_size) at 25 fps (its 50 Hz output averaged in pairs), or
+    its own 50 Hz frames with `audio_frame_rate=50`.
 
     Configs whose convolutional feature encoder normalises with GroupNorm over time (`feat_extract_norm="group"`,
     e.g. wavlm-base-plus) would mix padding into the statistics of a batched sample: their feature encoder runs on
@@ -132,10 +137,11 @@ class MMAVSRWavLMEncoder(MMAVSRPretrainedEncoder):
         super().__init__(config.audio_config, frozen=config.freeze_audio_encoder)
         self.output_size = config.audio_config.hidden_size
         self.per_sample_feature_encoder = config.audio_config.feat_extract_norm == "group"
+        self.pool = config.audio_frame_rate == 25
 
     def output_lengths(self, num_samples: torch.Tensor) -> torch.Tensor:
         frames = self.encoder._get_feat_extract_output_lengths(num_samples)  # 50 Hz
-        return torch.div(frames + 1, 2, rounding_mode="floor")
+        return torch.div(frames + 1, 2, rounding_mode="floor") if self.pool else frames
 
     def extract_features(self, input_values: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
         """The convolutional feature encoder: (B, S) -> (B, C, S') at 50 Hz."""
@@ -158,7 +164,7 @@ class MMAVSRWavLMEncoder(MMAVSRPretrainedEncoder):
             hidden_states, _ = model.feature_projection(features)
             hidden_states = model._mask_hidden_states(hidden_states, attention_mask=frame_mask)
             hidden_states = model.encoder(hidden_states, attention_mask=frame_mask).last_hidden_state
-        return pool_pairs(hidden_states, frame_lengths)[0]
+        return pool_pairs(hidden_states, frame_lengths)[0] if self.pool else hidden_states
 
 
 # what `input_features` holds for each audio encoder: (number of dimensions, description)

@@ -132,15 +132,23 @@ class MMAVSRConformerLayer(GradientCheckpointingLayer):
 
 
 class MMAVSRConformerEncoder(nn.Module):
-    """(B, T, D) features and a (B, T) frame mask -> (B, T, D) encoder states."""
+    """(B, T, D) features and a (B, T) frame mask -> (B, T, D) encoder states.
+
+    With `encoder_layers=0` there is no Conformer: the features pass through unchanged (no input scaling, no final
+    LayerNorm, no parameters), e.g. to give a pretrained decoder exactly the features of its own pretrained encoder.
+    """
 
     def __init__(self, config: MMAVSRConfig):
         super().__init__()
-        self.embed = MMAVSRRelPositionalEncoding(config)
         self.layers = nn.ModuleList([MMAVSRConformerLayer(config) for _ in range(config.encoder_layers)])
-        self.after_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.embed = self.after_norm = None
+        if self.layers:
+            self.embed = MMAVSRRelPositionalEncoding(config)
+            self.after_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden_states: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.layers:
+            return hidden_states
         hidden_states, position_embeddings = self.embed(hidden_states)
         attention_mask = None if frame_mask is None else frame_mask[:, None, None, :]  # (B, 1, 1, T)
         for layer in self.layers:
