@@ -130,7 +130,10 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
           at the feature extractor's rate, or `{"array"/"raw": wave, "sampling_rate": rate}` (resampled here).
 
     Videos at another frame rate are brought to 25 fps by repeating or dropping frames; the audio track is cut or
-    zero-padded to the video's duration. Frames larger than 128x128 pixels are taken as full faces and the mouth is
+    zero-padded to the video's duration, unless the two differ by more than
+    `processing_mmavsr.AV_DURATION_TOLERANCE` (0.5 s): then a ValueError names the video. Audio files at another
+    sampling rate are resampled and several channels averaged. Missing, empty, corrupt or truncated files raise a
+    `MediaError` naming the file. Frames larger than 128x128 pixels are taken as full faces and the mouth is
     cropped by `mouth_cropper` (default: `mmavsr_processing.mouth_cropping.MouthCropper()`, built on first use); frames
     of at most 128x128 are taken as mouth ROIs already. `crop_mouth=True` / `False` (at construction or per call)
     forces either way. Long audio is transcribed in chunks with `chunk_length_s` (and `stride_length_s`, default a
@@ -179,10 +182,13 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
     def _read_audio_input(self, inputs):
         """Audio files and dicts at another rate become waves at the feature extractor's rate; the rest is left to
         the ASR pipeline (arrays, bytes, URLs, torchcodec decoders)."""
-        from mmavsr_processing.media_io import read_audio, resample_audio
+        from mmavsr_processing.media_io import MediaError, read_audio, resample_audio
 
         if isinstance(inputs, os.PathLike) or (isinstance(inputs, str) and not inputs.startswith(("http://", "https://"))):
-            return read_audio(inputs, sampling_rate=self._sampling_rate, resample=True, mono=True)
+            wave = read_audio(inputs, sampling_rate=self._sampling_rate, resample=True, mono=True)
+            if wave.size == 0:
+                raise MediaError(f"{inputs}: the audio file holds no sample")
+            return wave
         if isinstance(inputs, dict) and inputs.get("sampling_rate") not in (None, self._sampling_rate):
             inputs = dict(inputs)
             wave = inputs.pop("raw", None)
@@ -288,6 +294,8 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         yield from super().preprocess(self._read_audio_input(inputs), chunk_length_s, stride_length_s)
 
     def _preprocess_video(self, inputs, crop_mouth: bool | None) -> dict:
+        from mmavsr_processing.processing_mmavsr import AV_DURATION_TOLERANCE, check_av_durations
+
         config = self._config
         source, frames, fps, audio = self._read_video_input(inputs)
         frames = resample_frames(frames, fps)
@@ -304,6 +312,9 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
                     f"{source}: this {config.modality} model needs the audio track, but the video has none "
                     "(give {'video': ..., 'audio': wave, 'sampling_rate': rate})."
                 )
+            check_av_durations(
+                len(frames) / VIDEO_FRAME_RATE, len(audio) / self._sampling_rate, source, AV_DURATION_TOLERANCE
+            )
             audio = fit_audio_to_video(audio, len(frames), self._sampling_rate)
             model_inputs.update(
                 self.feature_extractor(

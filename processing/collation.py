@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
 from transformers import BatchFeature
 
 from .feature_extraction_mmavsr import to_waveform
-from .processing_mmavsr import MMAVSRProcessor
+from .processing_mmavsr import MMAVSRProcessor, check_av_durations, check_transcript
 from .video_processing_mmavsr import to_video_tensor
 
 
-__all__ = ["MMAVSRDataCollator", "MaxFramesBatchSampler"]
+__all__ = ["ClipReader", "MMAVSRDataCollator", "MaxFramesBatchSampler", "read_clip", "SKIPPED_CLIPS"]
+
+logger = logging.getLogger(__name__)
+
+# the key under which rows read by `ClipReader`, and the batches made of them, list the clips skipped in their place
+SKIPPED_CLIPS = "skipped_clips"
 
 Augmentation = Callable[[Any], Any] | Sequence[Callable[[Any], Any]]
 
@@ -28,6 +35,99 @@ def _apply(augmentation: Augmentation | None, x):
     return x
 
 
+def _files_of(row: dict[str, Any]) -> list[str]:
+    """The media files a row names: paths, or the `path` of undecoded `datasets.Audio`/`Video` rows."""
+    files = []
+    for key in ("video", "audio"):
+        value = row.get(key)
+        if isinstance(value, dict):
+            value = value.get("path")
+        if isinstance(value, (str, os.PathLike)) and str(value) not in files:
+            files.append(str(value))
+    return files
+
+
+def read_clip(
+    row: dict[str, Any], processor: MMAVSRProcessor, modalities: Sequence[str] = ("video", "audio"), index: int = 0
+) -> dict[str, Any]:
+    """One dataset row with its media read: `video` becomes a tensor `(T, C, H, W)` and `audio` a float32 wave `(S,)`
+    at the feature extractor's rate (for the `modalities` the row has; other keys are kept as they are).
+
+    Raises:
+        ValueError: naming the row's files (or `row {index}` for in-memory rows) and the problem: a missing, empty,
+            corrupt or truncated file (`MediaError`), another sampling or frame rate or several channels (unless the
+            processor converts them), audio and video durations that differ by more than
+            `processing_mmavsr.AV_DURATION_TOLERANCE`, an empty transcript or one with characters the tokenizer lacks.
+    """
+    files = _files_of(row)
+    source = " and ".join(files) if files else f"row {index}"
+    clip = dict(row)
+    try:
+        if "video" in modalities and "video" in row:
+            clip["video"] = to_video_tensor(row["video"], processor.video_processor.frame_rate)
+        if "audio" in modalities and "audio" in row:
+            extractor = processor.feature_extractor
+            clip["audio"] = to_waveform(row["audio"], None, extractor.sampling_rate, extractor.resample, extractor.mono)
+        if "video" in modalities and "audio" in modalities and "video" in row and "audio" in row:
+            frame_rate = processor.video_processor.frame_rate or 25.0
+            rate = processor.feature_extractor.sampling_rate
+            check_av_durations(len(clip["video"]) / frame_rate, len(clip["audio"]) / rate, source)
+        if "text" in row:
+            check_transcript(row["text"], processor.tokenizer, source)
+    except ValueError as error:
+        if any(file in str(error) for file in files) or str(error).startswith(source):
+            raise
+        raise type(error)(f"{source}: {error}") from error
+    return clip
+
+
+class ClipReader(Dataset):
+    """A map-style dataset of `dataset`'s rows with their media read by [`read_clip`], for a DataLoader whose
+    collator is [`MMAVSRDataCollator`] (reading happens in the DataLoader's workers).
+
+    With `skip_bad_files=False` a clip that cannot be used raises the `ValueError` of [`read_clip`], which names its
+    files. With `skip_bad_files=True` it is skipped: a warning names the file and the problem, the next usable row in
+    dataset order takes its place (batches keep their size, so an epoch never ends early and every process under DDP
+    runs the same number of steps), and the row returned lists the skipped clips' messages under `SKIPPED_CLIPS`
+    (the collator puts them into the batch, for the trainer to count). Only a dataset without any usable clip raises.
+
+    `reader["column"]` returns a column of `dataset` (e.g. `num_frames` for [`MaxFramesBatchSampler`]).
+    """
+
+    def __init__(
+        self,
+        dataset,
+        processor: MMAVSRProcessor,
+        modalities: Sequence[str] = ("video", "audio"),
+        skip_bad_files: bool = False,
+    ):
+        self.dataset = dataset
+        self.processor = processor
+        self.modalities = tuple(modalities)
+        self.skip_bad_files = skip_bad_files
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        if isinstance(index, str):
+            return self.dataset[index]
+        skipped = []
+        for offset in range(len(self.dataset)):
+            position = (int(index) + offset) % len(self.dataset)
+            try:
+                clip = read_clip(self.dataset[position], self.processor, self.modalities, index=position)
+            except ValueError as error:
+                if not self.skip_bad_files:
+                    raise
+                logger.warning("Skipping a clip: %s", error)
+                skipped.append(str(error))
+                continue
+            clip[SKIPPED_CLIPS] = skipped
+            return clip
+        raise ValueError(f"None of the {len(self.dataset)} clips can be used; the first problem: {skipped[0]}")
+
+
 @dataclass
 class MMAVSRDataCollator:
     """Turns dataset rows into one padded model batch with [`MMAVSRProcessor`].
@@ -35,7 +135,8 @@ class MMAVSRDataCollator:
     A row is a dict with any of `video` (array `(T, H, W, C)`, path or torchcodec `VideoDecoder`), `audio` (array at
     the feature extractor's rate, `{"array", "sampling_rate"}`, torchcodec `AudioDecoder` or path) and `text` (str);
     every row must carry the same keys among `modalities` (+ `text`). Keys outside `modalities` are ignored, so a
-    video-only model can read an audio-visual dataset.
+    video-only model can read an audio-visual dataset. Each row is read by [`read_clip`], whose errors name the
+    row's files; the `SKIPPED_CLIPS` that rows of a [`ClipReader`] carry are gathered into the batch's `SKIPPED_CLIPS`.
 
     Args:
         processor: the processor making the batch.
@@ -70,24 +171,19 @@ class MMAVSRDataCollator:
         if not any(key in wanted for key in self.modalities):
             raise ValueError(f"rows carry none of the modalities {self.modalities} (keys: {sorted(rows[0])})")
 
+        clips = [read_clip(row, self.processor, self.modalities, index) for index, row in enumerate(rows)]
         inputs = {}
         if "video" in wanted:
-            frame_rate = self.processor.video_processor.frame_rate
-            inputs["videos"] = [
-                _apply(self.video_augmentation, to_video_tensor(row["video"], frame_rate)) for row in rows
-            ]
+            inputs["videos"] = [_apply(self.video_augmentation, clip["video"]) for clip in clips]
         if "audio" in wanted:
-            extractor = self.processor.feature_extractor
-            inputs["audio"] = [
-                _apply(
-                    self.audio_augmentation,
-                    to_waveform(row["audio"], None, extractor.sampling_rate, extractor.resample, extractor.mono),
-                )
-                for row in rows
-            ]
+            inputs["audio"] = [_apply(self.audio_augmentation, clip["audio"]) for clip in clips]
         if "text" in wanted:
-            inputs["text"] = [row["text"] for row in rows]
-        return self.processor(**inputs, training=self.training, return_tensors="pt")
+            inputs["text"] = [clip["text"] for clip in clips]
+        batch = self.processor(**inputs, training=self.training, return_tensors="pt")
+        skipped = [message for row in rows for message in row.get(SKIPPED_CLIPS, ())]
+        if skipped:
+            batch[SKIPPED_CLIPS] = skipped  # not a tensor: the trainer takes it out before the model sees the batch
+        return batch
 
 
 class MaxFramesBatchSampler(Sampler[list[int]]):

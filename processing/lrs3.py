@@ -12,6 +12,10 @@ after a `WORD START END ASDSCORE` header, one line per word with its start and e
 
 Both loaders check only that files exist and are not empty unless `check_media=True`, which also opens every media
 file and reads its header (and the first video frame), so that truncated or corrupt files are found before training.
+In the auto_avsr layout it also checks the format the layout promises: a 25 fps video with about `num_frames` frames
+and a mono wav at `sampling_rate` whose duration is the video's (within `AV_DURATION_TOLERANCE` seconds); a clip
+that breaks it raises or, when skipping, is counted under "media format". Files that pass these checks can still
+fail to decode further in (a truncated stream): the training data path (`collation.ClipReader`) skips those.
 """
 
 import csv
@@ -24,6 +28,7 @@ import av
 import datasets
 import soundfile as sf
 
+from .processing_mmavsr import AV_DURATION_TOLERANCE
 from .tokenization_mmavsr import MMAVSRTokenizer
 
 
@@ -58,9 +63,10 @@ def _check_file(path: Path, what: str, where: str):
         raise DatasetError(f"{where}: {what} {path} is empty.")
 
 
-def _check_media(path: Path, where: str, need_audio: bool = False):
+def _check_media(path: Path, where: str, need_audio: bool = False) -> dict:
     """Opens a media file and reads its header (an mp4 also decodes its first frame); raises a `DatasetError`
-    naming the file when it cannot."""
+    naming the file when it cannot. Returns what the header says: `rate`, `channels`, `samples` of a wav;
+    `fps`, `frames` (0 when the header does not say) of a video."""
     if path.suffix.lower() == ".wav":
         try:
             info = sf.info(str(path))
@@ -68,19 +74,74 @@ def _check_media(path: Path, where: str, need_audio: bool = False):
             raise DatasetError(f"{where}: audio {path} is corrupt ({error}).") from None
         if info.frames == 0:
             raise DatasetError(f"{where}: audio {path} holds no sample.")
-        return
+        return {"rate": info.samplerate, "channels": info.channels, "samples": info.frames}
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise DatasetError(f"{where}: video {path} has no video stream.")
             if need_audio and not container.streams.audio:
                 raise DatasetError(f"{where}: video {path} has no audio stream.")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.base_rate or stream.guessed_rate
             if next(container.decode(video=0), None) is None:
                 raise DatasetError(f"{where}: video {path} holds no decodable frame.")
     except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as error:
         if isinstance(error, DatasetError):
             raise
         raise DatasetError(f"{where}: video {path} is corrupt ({type(error).__name__}: {error}).") from None
+    return {"fps": float(rate) if rate else 0.0, "frames": int(stream.frames or 0)}
+
+
+# the frame rate of the auto_avsr layout's videos
+LAYOUT_FRAME_RATE = 25.0
+
+
+def _check_layout_format(
+    video: Path, audio: Path, video_info: dict, audio_info: dict, num_frames: int, sampling_rate: int, where: str
+):
+    """The auto_avsr layout's promises: 25 fps video of about `num_frames` frames, mono wav at `sampling_rate`, and
+    audio as long as the video; raises a `DatasetError` naming the file and the problem."""
+    fps, frames = video_info["fps"], video_info["frames"]
+    if fps and abs(fps - LAYOUT_FRAME_RATE) > 0.01 * LAYOUT_FRAME_RATE:
+        raise DatasetError(f"{where}: video {video} is {fps:g} fps, expected {LAYOUT_FRAME_RATE:g} fps.")
+    if frames and abs(frames - num_frames) > AV_DURATION_TOLERANCE * LAYOUT_FRAME_RATE:
+        raise DatasetError(f"{where}: video {video} has {frames} frames, but the label file says {num_frames}.")
+    if audio_info["channels"] != 1:
+        raise DatasetError(f"{where}: audio {audio} has {audio_info['channels']} channels, expected mono.")
+    if audio_info["rate"] != sampling_rate:
+        raise DatasetError(f"{where}: audio {audio} is sampled at {audio_info['rate']} Hz, expected {sampling_rate} Hz.")
+    video_seconds = (frames or num_frames) / LAYOUT_FRAME_RATE
+    audio_seconds = audio_info["samples"] / audio_info["rate"]
+    if abs(video_seconds - audio_seconds) > AV_DURATION_TOLERANCE:
+        raise DatasetError(
+            f"{where}: audio {audio} lasts {audio_seconds:.2f} s and video {video} {video_seconds:.2f} s; they "
+            f"differ by more than {AV_DURATION_TOLERANCE:g} s."
+        )
+
+
+def _csv_rows(label_file: Path):
+    """`(line number, row or DatasetError)` for each line of a headerless CSV: a line that is not UTF-8 or not
+    valid CSV gives a `DatasetError` naming the file and line, so that it can be skipped like any bad row."""
+    with label_file.open("rb") as handle:
+        for line, raw in enumerate(handle, start=1):
+            where = f"{label_file}, line {line}"
+            try:
+                text = raw.decode("utf-8")
+                yield line, next(csv.reader([text]), [])
+            except UnicodeDecodeError as error:
+                yield line, DatasetError(f"{where}: not UTF-8 text ({error.reason} at byte {error.start}).")
+            except csv.Error as error:
+                yield line, DatasetError(f"{where}: not a CSV row ({error}).")
+
+
+def _check_token_ids(ids: list[int], tokenizer, where: str):
+    """Token ids of a transcript must be ordinary ids of the tokenizer (not padding/blank, bos or eos)."""
+    special = {tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id} - {None}
+    bad = [i for i in ids if not 0 <= i < len(tokenizer) or i in special]
+    if bad:
+        raise DatasetError(
+            f"{where}: token ids {bad[:5]} are not transcript ids of the tokenizer (0 < id < {len(tokenizer) - 1})."
+        )
 
 
 def _finish(rows: list[dict], features: datasets.Features, skipped: Counter, source: Path) -> datasets.Dataset:
@@ -114,7 +175,12 @@ def load_auto_avsr_dataset(
     """Rows `{"id", "video", "audio", "text", "num_frames"}`: `video` and `audio` are `datasets.Video()` and
     `datasets.Audio(sampling_rate)` columns (decoded lazily with torchcodec), `text` the transcript decoded from the
     CSV's token ids with `tokenizer` (auto_avsr's unigram5000 by default). `check_media=True` also opens every
-    mp4 and wav (see the module's docstring)."""
+    mp4 and wav and checks their format (see the module's docstring).
+
+    Bad rows (not UTF-8, not CSV, not 4 columns, non-integer or non-positive `num_frames`, no token ids, ids that
+    are not transcript ids or decode to nothing) and missing, empty, corrupt or (with `check_media`) mismatched media
+    raise a `DatasetError` naming the label file, the line and the problem; with `skip_bad_files=True` they are left
+    out and counted by problem in `dataset.info.description` and the log."""
     root_dir, label_file = Path(root_dir), Path(label_file)
     if not root_dir.is_dir():
         raise DatasetError(f"root_dir {root_dir} is not a directory.")
@@ -122,36 +188,43 @@ def load_auto_avsr_dataset(
     tokenizer = tokenizer or MMAVSRTokenizer.from_auto_avsr()
 
     rows, skipped = [], Counter()
-    with label_file.open(newline="") as handle:
-        for line, row in enumerate(csv.reader(handle), start=1):
-            if not row or not "".join(row).strip():
-                continue
-            where = f"{label_file}, line {line}"
-            try:
-                problem = "bad row"
-                dataset_name, rel_path, frames, ids = _parse_row(row, label_file, line)
-                problem = "missing or empty file"
-                video = root_dir / dataset_name / rel_path
-                _check_file(video, "video", where)
-                _check_file(video.with_suffix(".wav"), "audio", where)
-                if check_media:
-                    problem = "corrupt file"
-                    _check_media(video, where)
-                    _check_media(video.with_suffix(".wav"), where)
-            except DatasetError as error:
-                if not skip_bad_files:
-                    raise
-                _skip(skipped, problem, error)
-                continue
-            rows.append(
-                {
-                    "id": str(Path(dataset_name) / rel_path),
-                    "video": str(video),
-                    "audio": str(video.with_suffix(".wav")),
-                    "text": tokenizer.decode(ids, skip_special_tokens=True),
-                    "num_frames": frames,
-                }
-            )
+    for line, row in _csv_rows(label_file):
+        if isinstance(row, list) and not "".join(row).strip():
+            continue
+        where = f"{label_file}, line {line}"
+        try:
+            problem = "bad row"
+            if isinstance(row, DatasetError):
+                raise row
+            dataset_name, rel_path, frames, ids = _parse_row(row, label_file, line)
+            _check_token_ids(ids, tokenizer, where)
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            if not text.strip():
+                raise DatasetError(f"{where}: the token ids {ids[:5]} decode to an empty transcript.")
+            problem = "missing or empty file"
+            video = root_dir / dataset_name / rel_path
+            audio = video.with_suffix(".wav")
+            _check_file(video, "video", where)
+            _check_file(audio, "audio", where)
+            if check_media:
+                problem = "corrupt file"
+                video_info, audio_info = _check_media(video, where), _check_media(audio, where)
+                problem = "media format"
+                _check_layout_format(video, audio, video_info, audio_info, frames, sampling_rate, where)
+        except DatasetError as error:
+            if not skip_bad_files:
+                raise
+            _skip(skipped, problem, error)
+            continue
+        rows.append(
+            {
+                "id": str(Path(dataset_name) / rel_path),
+                "video": str(video),
+                "audio": str(audio),
+                "text": text,
+                "num_frames": frames,
+            }
+        )
     features = datasets.Features(
         {
             "id": datasets.Value("string"),

@@ -13,9 +13,12 @@ from .tokenization_mmavsr import MMAVSRTokenizer
 from .video_processing_mmavsr import MMAVSRVideoProcessor
 
 
-__all__ = ["MMAVSRProcessor", "register_auto_classes", "pad_labels"]
+__all__ = ["MMAVSRProcessor", "register_auto_classes", "pad_labels", "check_av_durations", "check_transcript"]
 
 LABEL_PAD = -100
+# audio and video of one clip may differ by this many seconds (encoder priming, rounding to whole frames); beyond it
+# they are taken as not belonging together. Within it the model keeps the frames both streams have.
+AV_DURATION_TOLERANCE = 0.5
 
 
 def pad_labels(sequences: list[list[int]], padding_value: int = LABEL_PAD) -> torch.Tensor:
@@ -24,6 +27,37 @@ def pad_labels(sequences: list[list[int]], padding_value: int = LABEL_PAD) -> to
     for row, ids in enumerate(sequences):
         labels[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
     return labels
+
+
+def check_av_durations(
+    video_seconds: float, audio_seconds: float, source: str, tolerance: float | None = AV_DURATION_TOLERANCE
+) -> None:
+    """Raise a ValueError naming `source` when a clip's audio and video durations differ by more than `tolerance`
+    seconds (None: no check)."""
+    if tolerance is not None and abs(video_seconds - audio_seconds) > tolerance:
+        raise ValueError(
+            f"{source}: the audio lasts {audio_seconds:.2f} s and the video {video_seconds:.2f} s; they differ by more "
+            f"than {tolerance:g} s (is the audio the video's own?)"
+        )
+
+
+def check_transcript(text: Any, tokenizer, source: str) -> None:
+    """Raise a ValueError naming `source` when a transcript is not a string, is empty, or holds characters that the
+    tokenizer can only map to its unknown token (e.g. accented letters for auto_avsr's upper-case English pieces)."""
+    if not isinstance(text, str):
+        raise ValueError(f"{source}: the transcript must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise ValueError(f"{source}: the transcript is empty")
+    unk_id = getattr(tokenizer, "unk_token_id", None)
+    if unk_id is None or unk_id not in tokenizer(text, add_special_tokens=False)["input_ids"]:
+        return
+    unknown = sorted(
+        {c for c in text if not c.isspace() and unk_id in tokenizer(c, add_special_tokens=False)["input_ids"]}
+    )
+    raise ValueError(
+        f"{source}: the transcript {text!r} holds characters the tokenizer does not know "
+        f"({', '.join(repr(c) for c in unknown) or 'a sequence of them'}): they would become {tokenizer.unk_token}"
+    )
 
 
 def _batch_size(value: Any, is_text: bool = False) -> int:
@@ -68,6 +102,7 @@ class MMAVSRProcessor(ProcessorMixin):
         sampling_rate: int | None = None,
         training: bool = False,
         return_tensors: str | None = "pt",
+        av_tolerance: float | None = AV_DURATION_TOLERANCE,
         **kwargs,
     ) -> BatchFeature:
         """Process a batch (or one example) of any of audio, videos and text.
@@ -79,7 +114,14 @@ class MMAVSRProcessor(ProcessorMixin):
             sampling_rate: rate of array audio inputs (None: the feature extractor's rate).
             training: random video crops instead of centre crops.
             return_tensors: "pt" (default) or "np".
+            av_tolerance: seconds by which an item's audio and video may differ in duration; beyond it a ValueError
+                names the item (None: no check). Video durations count `video_processor.frame_rate` frames a second.
             kwargs: passed to the feature extractor (e.g. `padding`, `max_length`).
+
+        Raises:
+            ValueError: inputs the model cannot use, naming the item: besides the feature extractor's and video
+                processor's own errors, an empty transcript, characters the tokenizer maps to its unknown token, and
+                audio and video durations that differ by more than `av_tolerance`.
         """
         if audio is None and videos is None and text is None:
             raise ValueError("MMAVSRProcessor needs at least one of `audio`, `videos` or `text`")
@@ -100,10 +142,26 @@ class MMAVSRProcessor(ProcessorMixin):
             data.update(self.feature_extractor(audio, sampling_rate=sampling_rate, return_tensors="pt", **kwargs))
         if videos is not None:
             data.update(self.video_processor(videos, training=training, return_tensors="pt"))
+        if audio is not None and videos is not None:
+            self._check_durations(data, av_tolerance)
         if text is not None:
             texts = [text] if isinstance(text, str) else list(text)
+            for index, item in enumerate(texts):
+                check_transcript(item, self.tokenizer, f"text item {index}")
             data["labels"] = pad_labels(self.tokenizer(texts)["input_ids"])
         return BatchFeature(data, tensor_type=return_tensors)
+
+    def _check_durations(self, data: dict, tolerance: float | None) -> None:
+        """Each item's audio duration (from `attention_mask`) against its video's (from `video_attention_mask`)."""
+        if tolerance is None or "attention_mask" not in data:
+            return
+        extractor = self.feature_extractor
+        seconds_per_step = (1 if extractor.feature_type == "raw" else extractor.hop_length) / extractor.sampling_rate
+        frame_rate = self.video_processor.frame_rate or 25.0
+        audio_steps = data["attention_mask"].sum(-1).tolist()
+        video_frames = data["video_attention_mask"].sum(-1).tolist()
+        for index, (steps, frames) in enumerate(zip(audio_steps, video_frames)):
+            check_av_durations(frames / frame_rate, steps * seconds_per_step, f"item {index}", tolerance)
 
     def _ids_for_decoding(self, sequences):
         """Replace the label padding -100 by the tokenizer's pad id (or drop it) so labels can be decoded."""
