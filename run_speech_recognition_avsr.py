@@ -11,6 +11,10 @@ given on the command line or as one JSON/YAML file. auto_avsr's flags work as wr
 
 Without `--do_train/--do_eval/--do_predict`, the flags choose: a `--train-file` trains (then evaluates `--val-file`
 and `--test-file` when given); otherwise a `--test-file` or `--val-file` is evaluated.
+
+Rerunning a command resumes its training from the newest complete checkpoint in the output folder. SIGTERM saves a
+checkpoint after the step under way and exits with status 143; checkpoints are written atomically. Launch with
+`torchrun` or `accelerate launch` for several processes. See docs/distributed_and_reliability.md.
 """
 
 from __future__ import annotations
@@ -52,9 +56,18 @@ from transformers import (
     TrainerCallback,
     set_seed,
 )
-from transformers.trainer import OPTIMIZER_NAME, SCALER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
+from transformers.trainer import (
+    OPTIMIZER_NAME,
+    SCALER_NAME,
+    SCHEDULER_NAME,
+    TRAINER_STATE_NAME,
+)
 from transformers.trainer_pt_utils import safe_globals
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, load_sharded_checkpoint, rotate_checkpoints
+from transformers.trainer_utils import (
+    PREFIX_CHECKPOINT_DIR,
+    load_sharded_checkpoint,
+    rotate_checkpoints,
+)
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
@@ -499,7 +512,9 @@ def load_pretrained(
                 source, **config_overrides
             )
         except pickle.UnpicklingError as error:
-            pickled = ", ".join(p.name for p in sorted(source.glob("*.bin"))) or "its weights"
+            pickled = (
+                ", ".join(p.name for p in sorted(source.glob("*.bin"))) or "its weights"
+            )
             needs = re.search(r"GLOBAL (\S+)", str(error))
             raise UnsafeCheckpointError(
                 f"--pretrained-model-path {path}: refused to load {pickled}: its pickle needs "
@@ -711,10 +726,18 @@ def modalities_of(config: MMAVSRConfig) -> tuple[str, ...]:
     )
 
 
-def read_files_directly(dataset: datasets.Dataset, modalities: tuple[str, ...]) -> datasets.Dataset:
+def read_files_directly(
+    dataset: datasets.Dataset, modalities: tuple[str, ...]
+) -> datasets.Dataset:
     """Drop the media column the model does not use and leave the other undecoded: the collator reads each file
     with soundfile / PyAV, several times faster than opening a torchcodec decoder per row."""
-    dataset = dataset.remove_columns([c for c in ("video", "audio") if c not in modalities and c in dataset.column_names])
+    dataset = dataset.remove_columns(
+        [
+            c
+            for c in ("video", "audio")
+            if c not in modalities and c in dataset.column_names
+        ]
+    )
     for column in modalities:
         feature = dataset.features[column]
         undecoded = (
@@ -824,7 +847,9 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
         problem = checkpoint_problem(folder)
         if problem is None:
             return str(folder)
-        logger.warning(f"Ignoring {folder}: {problem}. Resuming from an older checkpoint.")
+        logger.warning(
+            f"Ignoring {folder}: {problem}. Resuming from an older checkpoint."
+        )
     return None
 
 
@@ -832,7 +857,9 @@ def discard_incomplete_checkpoints(output_dir: str) -> None:
     """Delete the half-written checkpoints that saves killed mid-way left in OUTPUT_DIR/.incomplete_checkpoints."""
     staging = Path(output_dir) / INCOMPLETE_CHECKPOINTS_DIR
     for leftover in sorted(staging.glob("*")):
-        logger.warning(f"Ignoring and deleting {leftover}: a checkpoint whose save was killed before it finished.")
+        logger.warning(
+            f"Ignoring and deleting {leftover}: a checkpoint whose save was killed before it finished."
+        )
         shutil.rmtree(leftover, ignore_errors=True)
 
 
@@ -843,8 +870,11 @@ def refuse_unsafe_pickles(folder: Path) -> None:
     for pattern in RESUMED_PICKLE_FILES:
         for path in sorted(folder.glob(pattern)):
             try:
-                with safe_globals():  # the numpy objects of the RNG state, as the Trainer allows them
-                    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+                # the numpy objects of the RNG state are allowed, as the Trainer allows them
+                with safe_globals():
+                    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(
+                        str(path)
+                    )
             except (ValueError, RuntimeError, OSError, pickle.UnpicklingError) as error:
                 raise UnsafeCheckpointError(
                     f"{path}: refused to load: not a `torch.save` archive ({str(error).splitlines()[0]}). The Trainer "
@@ -861,7 +891,7 @@ def refuse_unsafe_pickles(folder: Path) -> None:
 class SigtermCheckpointCallback(TrainerCallback):
     """On SIGTERM (preemption, `scancel`, `kill`): finish the optimizer step under way, save checkpoint-STEP and stop
     training, every process at the same step. A second SIGTERM ends the process at once (the atomic saves keep the
-    newest complete checkpoint loadable). Installed for the duration of `trainer.train()` only."""
+    newest complete checkpoint loadable). The handler is in place between `install()` and `restore()`."""
 
     def __init__(self):
         self.received = False
@@ -874,20 +904,24 @@ class SigtermCheckpointCallback(TrainerCallback):
             os.kill(os.getpid(), signal.SIGTERM)
         self.received = True
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
-            logger.warning("Training outside the main thread: SIGTERM will not save a checkpoint.")
+            logger.warning(
+                "Training outside the main thread: SIGTERM will not save a checkpoint."
+            )
             return
         self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def restore(self) -> None:
         if self._previous_handler is not None:
             signal.signal(signal.SIGTERM, self._previous_handler)
             self._previous_handler = None
 
     def _anyone_received(self, args) -> bool:
         """Whether any process got SIGTERM (processes may see it at different steps: they agree on one)."""
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        if not (
+            torch.distributed.is_available() and torch.distributed.is_initialized()
+        ):
             return self.received
         flag = torch.tensor([float(self.received)], device=args.device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
@@ -968,7 +1002,8 @@ class AVSRSeq2SeqTrainer(Seq2SeqTrainer):
             if self.state.best_model_checkpoint == str(staging):
                 self.state.best_model_checkpoint = str(final)
                 self.state.save_to_json(str(staging / TRAINER_STATE_NAME))
-            if final.exists():  # saved again at this step: swap the folders, then drop the old one
+            if final.exists():
+                # saved again at this step: swap the folders, then drop the old one
                 replaced = staging_root / f"{name}.replaced"
                 os.replace(final, replaced)
                 os.replace(staging, final)
@@ -1356,7 +1391,11 @@ def main(
             discard_incomplete_checkpoints(training_args.output_dir)
         sigterm = SigtermCheckpointCallback()
         trainer.add_callback(sigterm)
-        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        sigterm.install()
+        try:
+            train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        finally:  # SIGTERM after training (final save, evaluation) ends the process as usual
+            sigterm.restore()
         if sigterm.stopped_at_step is not None:
             logger.warning(
                 f"Stopped by SIGTERM after step {sigterm.stopped_at_step}: "

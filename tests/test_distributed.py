@@ -31,7 +31,12 @@ def setup(tmp_path_factory):
     runs differ only in how the batches are split."""
     root = tmp_path_factory.mktemp("distributed")
     generate_demo_corpus(
-        root / "corpus", num_clips=8, seed=0, split_fractions=(1.0, 0.0, 0.0), num_workers=2, progress=False
+        root / "corpus",
+        num_clips=8,
+        seed=0,
+        split_fractions=(1.0, 0.0, 0.0),
+        num_workers=2,
+        progress=False,
     )
     preset = dict(
         vision_encoder="resnet",
@@ -57,7 +62,12 @@ def setup(tmp_path_factory):
             attention_dropout=0.0,
             positional_dropout=0.0,
         ),
-        processor={"video_processor": {"size": {"height": 24, "width": 24}, "crop_size": {"height": 24, "width": 24}}},
+        processor={
+            "video_processor": {
+                "size": {"height": 24, "width": 24},
+                "crop_size": {"height": 24, "width": 24},
+            }
+        },
     )
     (root / "preset.json").write_text(json.dumps(preset))
     return root
@@ -90,15 +100,28 @@ def flags(root, output_dir, batch_size, *extra):
 @pytest.fixture(scope="module")
 def one_process(setup):
     """The references, in this process: batch 2 with 2 accumulation steps, and batch 4."""
-    script.main(flags(setup, setup / "accumulated", 2, "--gradient_accumulation_steps=2"))
+    script.main(
+        flags(setup, setup / "accumulated", 2, "--gradient_accumulation_steps=2")
+    )
     script.main(flags(setup, setup / "batch4", 4))
     return {"accumulated": setup / "accumulated", "batch4": setup / "batch4"}
 
 
 def run_launcher(command, timeout=480):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     done = subprocess.run(
-        command, capture_output=True, text=True, env=env, cwd=SCRIPT.parent, timeout=timeout
+        command,
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=SCRIPT.parent,
+        timeout=timeout,
     )
     log = done.stdout + done.stderr
     assert done.returncode == 0, log
@@ -112,11 +135,15 @@ def free_port():
 
 
 def trainable(state):
-    return {k: v for k, v in state.items() if v.is_floating_point() and "running_" not in k}
+    return {
+        k: v for k, v in state.items() if v.is_floating_point() and "running_" not in k
+    }
 
 
 def losses(output_dir):
-    history = json.loads((Path(output_dir) / "trainer_state.json").read_text())["log_history"]
+    history = json.loads((Path(output_dir) / "trainer_state.json").read_text())[
+        "log_history"
+    ]
     return [entry["loss"] for entry in history if "loss" in entry]
 
 
@@ -132,10 +159,14 @@ def assert_matches_one_process(output_dir, one_process, root):
     assert len(losses(output_dir)) == STEPS
 
     # == batch b with 2 accumulation steps, to float precision
-    accumulated = trainable(load_file(str(one_process["accumulated"] / "model.safetensors")))
+    accumulated = trainable(
+        load_file(str(one_process["accumulated"] / "model.safetensors"))
+    )
     for name, tensor in accumulated.items():
         torch.testing.assert_close(weights[name], tensor, atol=1e-6, rtol=0, msg=name)
-    assert losses(output_dir) == pytest.approx(losses(one_process["accumulated"]), rel=1e-5)
+    assert losses(output_dir) == pytest.approx(
+        losses(one_process["accumulated"]), rel=1e-5
+    )
 
     # ~ batch 2b: the same clips per step; BatchNorm statistics over b instead of 2b clips
     assert losses(output_dir) == pytest.approx(losses(one_process["batch4"]), rel=5e-3)
@@ -150,11 +181,21 @@ def assert_matches_one_process(output_dir, one_process, root):
 def test_torchrun_two_cpu_processes_match_one_process(setup, one_process):
     output_dir = setup / "torchrun"
     log = run_launcher(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", SCRIPT]
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            SCRIPT,
+        ]
         + flags(setup, output_dir, 2, "--gpus=4", "--num-nodes=1")
     )
     # the flags ask for 4 processes, the launcher started 2: a warning, and the launched world size wins
-    assert "ask for 4 process(es) on 1 machine(s), but this run was launched with 2 process(es)" in log
+    assert (
+        "ask for 4 process(es) on 1 machine(s), but this run was launched with 2 process(es)"
+        in log
+    )
     assert "continuing with the launched 2" in log
     assert "Total train batch size (w. parallel, distributed & accumulation) = 4" in log
     assert_matches_one_process(output_dir, one_process, setup)
@@ -166,9 +207,16 @@ def test_accelerate_launch_two_cpu_processes_match_one_process(setup, one_proces
     # over gloo (`accelerate launch --cpu --num_processes 2` would start one process: its CPU launcher needs MPI)
     log = run_launcher(
         [
-            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes=2",
-            "--num_machines=1", f"--main_process_port={free_port()}", "--mixed_precision=no",
-            "--dynamo_backend=no", SCRIPT,
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes=2",
+            "--num_machines=1",
+            f"--main_process_port={free_port()}",
+            "--mixed_precision=no",
+            "--dynamo_backend=no",
+            SCRIPT,
         ]
         + flags(setup, output_dir, 2, "--gpus=2", "--num-nodes=1")
     )

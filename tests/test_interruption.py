@@ -15,10 +15,15 @@ from safetensors.torch import load_file
 
 import run_speech_recognition_avsr as script
 
-from .test_training_script import common_flags, corpus, tiny_preset  # noqa: F401 (corpus is a fixture)
+from .test_training_script import common_flags, tiny_preset, write_tiny_corpus
 
 SCRIPT = Path(script.__file__)
 MAX_STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_tiny_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +49,12 @@ def training_flags(corpus, output_dir, preset, save_steps):
 
 def launch(arguments, **kwargs):
     """The script (or a wrapper around it) in its own process, its log on a pipe."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     return subprocess.Popen(
         [sys.executable, *map(str, arguments)],
         stdout=subprocess.PIPE,
@@ -57,8 +67,14 @@ def launch(arguments, **kwargs):
 
 
 def losses(output_dir):
-    history = json.loads((Path(output_dir) / "trainer_state.json").read_text())["log_history"]
-    return {entry["step"]: [entry["loss"], entry["grad_norm"]] for entry in history if "loss" in entry}
+    history = json.loads((Path(output_dir) / "trainer_state.json").read_text())[
+        "log_history"
+    ]
+    return {
+        entry["step"]: [entry["loss"], entry["grad_norm"]]
+        for entry in history
+        if "loss" in entry
+    }
 
 
 def assert_same_training(resumed_dir, straight_dir):
@@ -74,18 +90,24 @@ def assert_same_training(resumed_dir, straight_dir):
 
 
 @pytest.fixture(scope="module")
-def straight_run(corpus, preset, tmp_path_factory):  # noqa: F811
+def straight_run(corpus, preset, tmp_path_factory):
     """The uninterrupted reference run."""
     output_dir = tmp_path_factory.mktemp("straight")
     script.main(training_flags(corpus, output_dir, preset, save_steps=2))
     return output_dir
 
 
-def test_sigterm_saves_a_checkpoint_exits_and_the_rerun_resumes(corpus, preset, straight_run, tmp_path):  # noqa: F811
+def test_sigterm_saves_a_checkpoint_exits_and_the_rerun_resumes(
+    corpus, preset, straight_run, tmp_path
+):
     output_dir = tmp_path / "out"
-    flags = training_flags(corpus, output_dir, preset, save_steps=100)  # no scheduled save before the end
+    flags = training_flags(
+        corpus, output_dir, preset, save_steps=100
+    )  # no scheduled save before the end
     # as a user runs it: a progress bar and TensorBoard logs
-    flags = [f for f in flags if f not in ("--disable_tqdm=true", "--report_to=none")] + ["--report_to=tensorboard"]
+    flags = [
+        f for f in flags if f not in ("--disable_tqdm=true", "--report_to=none")
+    ] + ["--report_to=tensorboard"]
     process = launch([SCRIPT, *flags])
     log = []
     for line in process.stdout:
@@ -103,11 +125,19 @@ def test_sigterm_saves_a_checkpoint_exits_and_the_rerun_resumes(corpus, preset, 
     assert 1 <= stopped_at < MAX_STEPS, log
     assert f"Stopped by SIGTERM after step {stopped_at}" in log
     assert script.checkpoint_problem(checkpoints[0]) is None
-    assert not (output_dir / "model.safetensors").exists(), "an interrupted run must not pass for a finished one"
+    assert not (output_dir / "model.safetensors").exists(), (
+        "an interrupted run must not pass for a finished one"
+    )
     assert f"{stopped_at}/{MAX_STEPS} [" in log, "no progress bar"
-    assert list((output_dir / "runs").rglob("events.out.tfevents.*")), "no TensorBoard log"
+    assert list((output_dir / "runs").rglob("events.out.tfevents.*")), (
+        "no TensorBoard log"
+    )
 
+    handler = signal.getsignal(signal.SIGTERM)
     script.main(flags)  # the same command again: resumes from the SIGTERM checkpoint
+    assert signal.getsignal(signal.SIGTERM) is handler, (
+        "SIGTERM's handler outlived training"
+    )
     assert_same_training(output_dir, straight_run)
 
 
@@ -129,7 +159,9 @@ script.main(sys.argv[1:])
 """
 
 
-def test_sigkill_during_a_save_leaves_the_last_checkpoint_loadable(corpus, preset, straight_run, tmp_path, caplog):  # noqa: F811
+def test_sigkill_during_a_save_leaves_the_last_checkpoint_loadable(
+    corpus, preset, straight_run, tmp_path, caplog
+):
     output_dir = tmp_path / "out"
     flags = training_flags(corpus, output_dir, preset, save_steps=2)
     wrapper = tmp_path / "kill_during_save.py"
@@ -168,16 +200,35 @@ def test_half_written_checkpoints_are_skipped_with_a_warning(tmp_path, caplog):
             (output_dir / name / "trainer_state.json").write_text(state)
     (output_dir / "checkpoint-10" / script.INCOMPLETE_MARKER).write_text("in progress")
     with caplog.at_level(logging.WARNING, logger=script.logger.name):
-        assert script.last_complete_checkpoint(str(output_dir)) == str(output_dir / "checkpoint-4")
-    assert f"Ignoring {output_dir / 'checkpoint-10'}: its save never finished" in caplog.text
-    assert f"Ignoring {output_dir / 'checkpoint-8'}: it has no trainer_state.json" in caplog.text
-    assert f"Ignoring {output_dir / 'checkpoint-6'}: its trainer_state.json is cut short" in caplog.text
+        assert script.last_complete_checkpoint(str(output_dir)) == str(
+            output_dir / "checkpoint-4"
+        )
+    assert (
+        f"Ignoring {output_dir / 'checkpoint-10'}: its save never finished"
+        in caplog.text
+    )
+    assert (
+        f"Ignoring {output_dir / 'checkpoint-8'}: it has no trainer_state.json"
+        in caplog.text
+    )
+    assert (
+        f"Ignoring {output_dir / 'checkpoint-6'}: its trainer_state.json is cut short"
+        in caplog.text
+    )
     assert "checkpoint-4:" not in caplog.text
 
     _, _, args = script.parse_args(
-        ["--modality=video", "--train-file=t.csv", f"--output_dir={output_dir}", "--report_to=none"]
+        [
+            "--modality=video",
+            "--train-file=t.csv",
+            f"--output_dir={output_dir}",
+            "--report_to=none",
+        ]
     )
     assert script.resume_checkpoint(args) == str(output_dir / "checkpoint-4")
     args.resume_from_checkpoint = str(output_dir / "checkpoint-8")
-    with pytest.raises(ValueError, match="checkpoint-8: cannot resume from it: it has no trainer_state.json"):
+    with pytest.raises(
+        ValueError,
+        match="checkpoint-8: cannot resume from it: it has no trainer_state.json",
+    ):
         script.resume_checkpoint(args)

@@ -13,7 +13,12 @@ import run_speech_recognition_avsr as script
 from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
 from modeling_mmavsr.convert_auto_avsr_checkpoint import CheckpointConversionError
 
-from .test_training_script import common_flags, corpus, tiny_preset  # noqa: F401 (corpus is a fixture)
+from .test_training_script import common_flags, tiny_preset, write_tiny_corpus
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_tiny_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 class Payload:
@@ -45,7 +50,12 @@ def tiny_model():
         encoder_attention_heads=2,
         encoder_ffn_dim=64,
         conv_kernel_size=3,
-        text_config=dict(d_model=32, num_hidden_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64),
+        text_config=dict(
+            d_model=32,
+            num_hidden_layers=1,
+            decoder_attention_heads=2,
+            decoder_ffn_dim=64,
+        ),
     )
     torch.manual_seed(0)
     return MMAVSRForConditionalGeneration(MMAVSRConfig(**preset))
@@ -80,8 +90,17 @@ def test_auto_avsr_pth_is_read_with_weights_only(tmp_path, side_effect):
     assert torch.equal(model.ctc_head.ctc_lo.weight, original["ctc.ctc_lo.weight"])
 
     checkpoint = tmp_path / "vsr_trlrs3.pth"
-    torch.save({"state_dict": {"encoder.weight": torch.zeros(2)}, "hyper_parameters": Payload(side_effect)}, checkpoint)
-    with pytest.raises(CheckpointConversionError, match=r"vsr_trlrs3.pth: refused to load.*posix.system"):
+    torch.save(
+        {
+            "state_dict": {"encoder.weight": torch.zeros(2)},
+            "hyper_parameters": Payload(side_effect),
+        },
+        checkpoint,
+    )
+    with pytest.raises(
+        CheckpointConversionError,
+        match=r"vsr_trlrs3.pth: refused to load.*posix.system",
+    ):
         script.load_pretrained(str(checkpoint), {})
 
 
@@ -90,37 +109,62 @@ def test_refuse_unsafe_pickles_names_the_file(tmp_path, side_effect):
     folder.mkdir()
     torch.save({"state": {}, "param_groups": []}, folder / "optimizer.pt")
     # a numpy RNG state, as the Trainer saves it, is allowed
-    torch.save({"python": (3, (1, 2), None), "numpy": np.random.get_state(), "cpu": torch.get_rng_state()}, folder / "rng_state.pth")
+    torch.save(
+        {
+            "python": (3, (1, 2), None),
+            "numpy": np.random.get_state(),
+            "cpu": torch.get_rng_state(),
+        },
+        folder / "rng_state.pth",
+    )
     script.refuse_unsafe_pickles(folder)
 
     torch.save({"lr": 0.1, "hook": Payload(side_effect)}, folder / "scheduler.pt")
-    with pytest.raises(script.UnsafeCheckpointError, match=r"checkpoint-1/scheduler.pt: refused to load: its pickle calls or builds posix.system"):
+    with pytest.raises(
+        script.UnsafeCheckpointError,
+        match=r"checkpoint-1/scheduler.pt: refused to load: its pickle calls or builds posix.system",
+    ):
         script.refuse_unsafe_pickles(folder)
     (folder / "scheduler.pt").unlink()
 
     # a bare pickle (no torch.save archive) is refused without being opened by pickle
-    (folder / "rng_state_1.pth").write_bytes(pickle.dumps(Payload(side_effect), protocol=2))
-    with pytest.raises(script.UnsafeCheckpointError, match=r"checkpoint-1/rng_state_1.pth: refused to load: not a `torch.save` archive"):
+    (folder / "rng_state_1.pth").write_bytes(
+        pickle.dumps(Payload(side_effect), protocol=2)
+    )
+    with pytest.raises(
+        script.UnsafeCheckpointError,
+        match=r"checkpoint-1/rng_state_1.pth: refused to load: not a `torch.save` archive",
+    ):
         script.refuse_unsafe_pickles(folder)
     # and torch.load(weights_only=True), what the Trainer calls, refuses it too
     with pytest.raises(pickle.UnpicklingError, match="posix.system"):
         torch.load(folder / "rng_state_1.pth", weights_only=True)
 
 
-def test_resuming_from_a_checkpoint_with_a_payload_is_refused(corpus, tmp_path, side_effect, monkeypatch):  # noqa: F811
+def test_resuming_from_a_checkpoint_with_a_payload_is_refused(
+    corpus, tmp_path, side_effect, monkeypatch
+):
     """A real checkpoint whose optimizer.pt was replaced: resuming stops before loading anything; with the script's
     check switched off, the Trainer's own `torch.load(weights_only=True)` still refuses it."""
     preset = tiny_preset(tmp_path / "p.json", "video")
     output_dir = tmp_path / "out"
-    flags = common_flags(corpus, output_dir, preset) + ["--train-file=train.csv", "--save_steps=1"]
+    flags = common_flags(corpus, output_dir, preset) + [
+        "--train-file=train.csv",
+        "--save_steps=1",
+    ]
     script.main(flags + ["--max_steps=1"])
     checkpoint = output_dir / "checkpoint-1"
-    script.refuse_unsafe_pickles(checkpoint)  # the Trainer's own files pass (its RNG state holds numpy objects)
+    script.refuse_unsafe_pickles(
+        checkpoint
+    )  # the Trainer's own files pass (its RNG state holds numpy objects)
 
     optimizer = torch.load(checkpoint / "optimizer.pt", weights_only=True)
     optimizer["payload"] = Payload(side_effect)
     torch.save(optimizer, checkpoint / "optimizer.pt")
-    with pytest.raises(script.UnsafeCheckpointError, match=r"checkpoint-1/optimizer.pt: refused to load: .*posix.system"):
+    with pytest.raises(
+        script.UnsafeCheckpointError,
+        match=r"checkpoint-1/optimizer.pt: refused to load: .*posix.system",
+    ):
         script.main(flags + ["--max_steps=2"])
     assert not (output_dir / "checkpoint-2").exists()
 

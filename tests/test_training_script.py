@@ -49,10 +49,8 @@ def tiny_preset(path, modality):
     return str(path)
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
+def write_tiny_corpus(root):
     """A few short clips (noise video + noise audio) in auto_avsr's layout: ROOT/labels/*.csv, ROOT/demo/*.mp4|wav."""
-    root = tmp_path_factory.mktemp("corpus")
     tokenizer = MMAVSRTokenizer.from_auto_avsr()
     generator = np.random.default_rng(0)
     for split, count in (("train", 4), ("test", 2)):
@@ -70,6 +68,11 @@ def corpus(tmp_path_factory):
         (root / "labels").mkdir(exist_ok=True)
         (root / "labels" / f"{split}.csv").write_text("\n".join(lines) + "\n")
     return root
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_tiny_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def common_flags(corpus, output_dir, preset):
@@ -91,7 +94,28 @@ def common_flags(corpus, output_dir, preset):
 
 def test_seed_train_command_maps_onto_trainer_arguments():
     model_args, data_args, args = script.parse_args(
-        ["--exp-dir=exp", "--exp-name=vsr", "--modality=video", "--root-dir=data", "--train-file=train.csv", "--num-nodes=4", "--val-file=val.csv", "--test-file=test.csv", "--gpus=8", "--pretrained-model-path=pre", "--transfer-frontend", "--warmup-epochs=5", "--max-epochs=75", "--max-frames=1600", "--lr=0.001", "--weight-decay=0.03", "--ctc-weight=0.1", "--train-num-buckets=400", "--ckpt-path=exp/vsr/checkpoint-10", "--debug"]
+        [
+            "--exp-dir=exp",
+            "--exp-name=vsr",
+            "--modality=video",
+            "--root-dir=data",
+            "--train-file=train.csv",
+            "--num-nodes=4",
+            "--val-file=val.csv",
+            "--test-file=test.csv",
+            "--gpus=8",
+            "--pretrained-model-path=pre",
+            "--transfer-frontend",
+            "--warmup-epochs=5",
+            "--max-epochs=75",
+            "--max-frames=1600",
+            "--lr=0.001",
+            "--weight-decay=0.03",
+            "--ctc-weight=0.1",
+            "--train-num-buckets=400",
+            "--ckpt-path=exp/vsr/checkpoint-10",
+            "--debug",
+        ]
     )
     assert args.output_dir == "exp/vsr"
     assert (args.num_train_epochs, args.learning_rate, args.weight_decay) == (
@@ -120,7 +144,39 @@ def test_seed_train_command_maps_onto_trainer_arguments():
 
 def test_seed_encoder_decoder_and_qlora_flags():
     model_args, data_args, _ = script.parse_args(
-        ["--vision-encoder", "vit", "--audio-encoder", "whisper", "--decoder", "llm", "--fusion-type", "gated", "--vision-model-name", "v", "--audio-model-name", "a", "--decoder-model-name", "d", "--unfreeze-vision", "--unfreeze-audio", "--use-qlora", "--qlora-r", "8", "--qlora-alpha", "16", "--root-dir", "r", "--train-file", "t.csv", "--exp-dir", "e", "--exp-name", "n", "--output-json", "out.json"]
+        [
+            "--vision-encoder",
+            "vit",
+            "--audio-encoder",
+            "whisper",
+            "--decoder",
+            "llm",
+            "--fusion-type",
+            "gated",
+            "--vision-model-name",
+            "v",
+            "--audio-model-name",
+            "a",
+            "--decoder-model-name",
+            "d",
+            "--unfreeze-vision",
+            "--unfreeze-audio",
+            "--use-qlora",
+            "--qlora-r",
+            "8",
+            "--qlora-alpha",
+            "16",
+            "--root-dir",
+            "r",
+            "--train-file",
+            "t.csv",
+            "--exp-dir",
+            "e",
+            "--exp-name",
+            "n",
+            "--output-json",
+            "out.json",
+        ]
     )
     assert (
         model_args.vision_encoder,
@@ -150,7 +206,18 @@ def test_seed_encoder_decoder_and_qlora_flags():
 
 def test_seed_eval_command_chooses_evaluation():
     model_args, data_args, args = script.parse_args(
-        ["--modality=audio", "--root-dir=data", "--test-file=test.csv", "--pretrained-model-path=exp/asr/model_avg_10", "--decode-snr-target", "999999", "10", "5", "0", "-5"]
+        [
+            "--modality=audio",
+            "--root-dir=data",
+            "--test-file=test.csv",
+            "--pretrained-model-path=exp/asr/model_avg_10",
+            "--decode-snr-target",
+            "999999",
+            "10",
+            "5",
+            "0",
+            "-5",
+        ]
     )
     assert (args.do_train, args.do_eval, args.do_predict) == (False, True, False)
     assert model_args.model_name_or_path == "exp/asr/model_avg_10"
@@ -187,24 +254,52 @@ def test_modality_and_flag_conflicts_are_refused():
     ):
         script.build_model(
             script.parse_args(
-                ["--modality", "video", "--audio-encoder", "resnet1d", "--test-file", "t"]
+                [
+                    "--modality",
+                    "video",
+                    "--audio-encoder",
+                    "resnet1d",
+                    "--test-file",
+                    "t",
+                ]
             )[0]
         )
     with pytest.raises(ValueError, match="--output_dir .* disagree"):
         script.parse_args(
-            ["--exp-dir", "e", "--exp-name", "n", "--output_dir", "other", "--test-file", "t"]
+            [
+                "--exp-dir",
+                "e",
+                "--exp-name",
+                "n",
+                "--output_dir",
+                "other",
+                "--test-file",
+                "t",
+            ]
         )
     with pytest.raises(ValueError, match="Nothing to do"):
         script.parse_args(["--modality", "video"])
     with pytest.raises(ValueError, match="an LLM decoder"):
         script.build_model(
-            script.parse_args(["--modality", "video", "--use-qlora", "--test-file", "t"])[0]
+            script.parse_args(
+                ["--modality", "video", "--use-qlora", "--test-file", "t"]
+            )[0]
         )
 
 
 def test_qlora_flags_reach_the_config():
     model_args = script.parse_args(
-        ["--modality", "video", "--decoder", "llm", "--use-qlora", "--qlora-r", "4", "--test-file", "t"]
+        [
+            "--modality",
+            "video",
+            "--decoder",
+            "llm",
+            "--use-qlora",
+            "--qlora-r",
+            "4",
+            "--test-file",
+            "t",
+        ]
     )[0]
     overrides = script._config_overrides(model_args, {})
     assert (
