@@ -292,6 +292,9 @@ class MMAVSRForConditionalGeneration(MMAVSRLoraMixin, MMAVSRGenerationMixin, MMA
         self.generation_config.ctc_weight = 0.1
         if config.decoder != "transformer":
             self._set_decoder_generation_defaults()
+        # a generation config marked as derived from the model config is rebuilt from it on loading, which would drop
+        # `ctc_weight` (and any setting saved in generation_config.json)
+        self.generation_config._from_model_config = False
 
     def _set_decoder_generation_defaults(self):
         """Start tokens, eos and padding of the Whisper and LLM decoders; no joint CTC decoding (the CTC head has

@@ -106,3 +106,15 @@ def test_a_prefix_ctc_rules_out_stays_ruled_out_without_nan():
     second = processor(torch.tensor([[5, 3]]), logits)
     assert not torch.isnan(second).any()
     assert second[0, 3] < -1e30 and second[0, 5] < -1e30
+
+
+def test_saved_generation_settings_survive_loading(tmp_path):
+    model = build("audio")
+    assert model.generation_config.ctc_weight == 0.1
+    model.save_pretrained(tmp_path / "default")
+    reloaded = type(model).from_pretrained(tmp_path / "default")
+    assert reloaded.generation_config.ctc_weight == 0.1
+    model.generation_config.ctc_weight, model.generation_config.num_beams = 0.3, 5
+    model.save_pretrained(tmp_path / "tuned")
+    reloaded = type(model).from_pretrained(tmp_path / "tuned")
+    assert (reloaded.generation_config.ctc_weight, reloaded.generation_config.num_beams) == (0.3, 5)
