@@ -5,7 +5,7 @@ from transformers import PreTrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 
-VISION_ENCODERS = ("resnet", "vit", "vivit", "clip-vit")
+VISION_ENCODERS = ("resnet", "vit", "vivit", "clip-vit", "timm")
 AUDIO_ENCODERS = ("resnet1d", "whisper", "wavlm")
 DECODERS = ("transformer", "llm", "whisper-decoder")
 FUSION_TYPES = ("concat", "add", "gated")
@@ -14,6 +14,7 @@ PRETRAINED_ENCODER_MODEL_TYPES = {
     "vit": "vit",
     "vivit": "vivit",
     "clip-vit": "clip_vision_model",
+    "timm": "timm_wrapper",
     "whisper": "whisper",
     "wavlm": "wavlm",
 }
@@ -113,7 +114,8 @@ class MMAVSRConfig(PreTrainedConfig):
     auto_avsr's `modality="video" | "audio" | "audiovisual"` is accepted and mapped onto the encoders.
 
     Args:
-        vision_encoder (`str` or `None`): one of `resnet`, `vit`, `vivit`, `clip-vit`, or `None` (no video).
+        vision_encoder (`str` or `None`): one of `resnet`, `vit`, `vivit`, `clip-vit`, `timm` (any timm image
+            backbone, run on each frame), or `None` (no video).
         audio_encoder (`str` or `None`): one of `resnet1d`, `whisper`, `wavlm`, or `None` (no audio).
         decoder (`str`): one of `transformer`, `llm`, `whisper-decoder`.
         fusion_type (`str`): how the two streams are combined: `concat` (auto_avsr's MLP with BatchNorm), `add`,
@@ -127,8 +129,10 @@ class MMAVSRConfig(PreTrainedConfig):
         audio_samples_per_frame (`int`): raw samples per 25 fps output frame of the ResNet1D frontend (16 kHz / 25).
         fusion_hidden_size (`int`): hidden width of the `concat` fusion MLP.
         vision_config / audio_config (`dict` or `PreTrainedConfig`, optional): configuration of a pretrained encoder
-            (`ViTConfig` for `vit`, `VivitConfig` for `vivit`, `CLIPVisionConfig` for `clip-vit`, `WhisperConfig` for
-            `whisper`, `WavLMConfig` for `wavlm`; a dict may leave out `model_type`). Saved inside `config.json`, so
+            (`ViTConfig` for `vit`, `VivitConfig` for `vivit`, `CLIPVisionConfig` for `clip-vit`, `TimmWrapperConfig`
+            for `timm` (e.g. `{"architecture": "resnet18"}`; its `model_args` go to `timm.create_model`, its
+            `pretrained_cfg` holds the input size, mean and std), `WhisperConfig` for `whisper`, `WavLMConfig` for
+            `wavlm`; a dict may leave out `model_type`). Saved inside `config.json`, so
             `from_pretrained` rebuilds the encoder without the network. Default: that class's defaults. Must be
             unset for the ResNet frontends.
         freeze_vision_encoder / freeze_audio_encoder (`bool`): keep a pretrained encoder's weights fixed: they get

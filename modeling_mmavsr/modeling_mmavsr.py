@@ -15,6 +15,7 @@ from .modeling_mmavsr_audio import AUDIO_ENCODER_CLASSES, AUDIO_INPUTS
 from .modeling_mmavsr_conformer import MMAVSRConformerLayer, MMAVSRConformerEncoder, MMAVSRRelPositionAttention
 from .modeling_mmavsr_decoder_loading import load_pretrained_decoder, pretrained_decoder_settings
 from .modeling_mmavsr_decoders import DECODER_CLASSES, MMAVSRCTCHead, MMAVSRDecoderLayer
+from .modeling_mmavsr_features import MMAVSRFeatureExtractionMixin
 from .modeling_mmavsr_lora import MMAVSRLoraMixin
 from .modeling_mmavsr_fusion import FUSION_CLASSES, MMAVSRProjector, align_streams
 from .modeling_mmavsr_vision import VISION_ENCODER_CLASSES
@@ -169,7 +170,7 @@ class MMAVSREncoder(MMAVSRPreTrainedModel):
         return MMAVSREncoderOutput(last_hidden_state=hidden_states, attention_mask=frame_mask)
 
 
-class MMAVSRModel(MMAVSRPreTrainedModel):
+class MMAVSRModel(MMAVSRFeatureExtractionMixin, MMAVSRPreTrainedModel):
     """The encoder and the attention decoder, returning decoder states (no output heads)."""
 
     def __init__(self, config: MMAVSRConfig):
@@ -270,7 +271,9 @@ def ctc_loss(ctc_logits: torch.Tensor, frame_lengths: torch.Tensor, labels: torc
     return loss / labels.shape[0]
 
 
-class MMAVSRForConditionalGeneration(MMAVSRLoraMixin, MMAVSRGenerationMixin, MMAVSRPreTrainedModel):
+class MMAVSRForConditionalGeneration(
+    MMAVSRFeatureExtractionMixin, MMAVSRLoraMixin, MMAVSRGenerationMixin, MMAVSRPreTrainedModel
+):
     """MMAVSR with the decoder's output layer and a CTC head; trained with ctc_weight * CTC + (1 - ctc_weight) * CE."""
 
     def __init__(self, config: MMAVSRConfig):

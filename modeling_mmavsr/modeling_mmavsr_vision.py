@@ -1,4 +1,5 @@
-"""Vision encoders: auto_avsr's 3D-conv + ResNet18 frontend; pretrained ViT, ViViT and CLIP-ViT.
+"""Vision encoders: auto_avsr's 3D-conv + ResNet18 frontend; pretrained ViT, ViViT and CLIP-ViT; timm backbones
+(`modeling_mmavsr_timm`).
 
 Each maps a 25 fps video (B, T, C, H, W) with its `video_attention_mask` (B, T) to features (B, T, output_size), one
 per frame. The pretrained encoders see only real frames (ViT, CLIP-ViT) or windows holding some (ViViT), so padding
@@ -13,6 +14,7 @@ from .configuration_mmavsr import MMAVSRConfig
 from .modeling_mmavsr_fusion import repeat_frames
 from .modeling_mmavsr_pretrained import MMAVSRPretrainedEncoder
 from .modeling_mmavsr_resnet import MMAVSRResNetTrunk, make_activation
+from .modeling_mmavsr_timm import MMAVSRTimmEncoder
 
 
 class MMAVSRVideoResNet(nn.Module):
@@ -153,4 +155,5 @@ VISION_ENCODER_CLASSES = {
     "vit": MMAVSRViTEncoder,
     "vivit": MMAVSRViViTEncoder,
     "clip-vit": MMAVSRCLIPViTEncoder,
+    "timm": MMAVSRTimmEncoder,
 }

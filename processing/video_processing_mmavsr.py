@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -10,6 +11,8 @@ import torch
 import torchvision.transforms.v2.functional as tvF
 from transformers import BaseVideoProcessor, BatchFeature
 from transformers.image_utils import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
     IMAGENET_STANDARD_MEAN,
     IMAGENET_STANDARD_STD,
     OPENAI_CLIP_MEAN,
@@ -22,7 +25,7 @@ from transformers.processing_utils import Unpack, VideosKwargs
 from .media_io import MediaError, read_video
 
 
-__all__ = ["MMAVSRVideoProcessor", "VISION_ENCODER_PRESETS", "to_video_tensor"]
+__all__ = ["MMAVSRVideoProcessor", "VISION_ENCODER_PRESETS", "timm_video_preset", "to_video_tensor"]
 
 # the 96x96 mouth ROI of auto_avsr is cropped to 88x88 and turned to grayscale for the ResNet3D frontend
 _RESNET = dict(
@@ -45,18 +48,58 @@ _VIT = dict(
     image_mean=list(IMAGENET_STANDARD_MEAN),
     image_std=list(IMAGENET_STANDARD_STD),
 )
+# timm's default data configuration (most ImageNet backbones): resize to 224 / 0.875, centre crop 224, bicubic
+_TIMM = dict(
+    _VIT,
+    size={"height": 256, "width": 256},
+    do_center_crop=True,
+    crop_size={"height": 224, "width": 224},
+    image_mean=list(IMAGENET_DEFAULT_MEAN),
+    image_std=list(IMAGENET_DEFAULT_STD),
+    resample=PILImageResampling.BICUBIC,
+)
 VISION_ENCODER_PRESETS = {
     "resnet": _RESNET,
     "vit": _VIT,
     "vivit": _VIT,
     "clip-vit": {**_VIT, "image_mean": list(OPENAI_CLIP_MEAN), "image_std": list(OPENAI_CLIP_STD)},
+    "timm": _TIMM,
 }
+
+
+def timm_video_preset(pretrained_cfg: dict, in_chans: int = 3) -> dict:
+    """The video processor settings of a timm backbone, from its `pretrained_cfg` through timm's data configuration:
+    resize to `input_size / crop_pct`, centre crop (random crop in training) to `input_size`, its interpolation, mean
+    and std. `in_chans=1` (a backbone built for grayscale) converts to grayscale, with the mean of the three means and
+    stds."""
+    from timm.data import resolve_data_config
+
+    data_config = resolve_data_config(pretrained_cfg=dict(pretrained_cfg))
+    _, height, width = data_config["input_size"]
+    crop_pct = data_config.get("crop_pct") or 1.0
+    mean, std = list(data_config["mean"]), list(data_config["std"])
+    grayscale = in_chans == 1
+    if grayscale:
+        mean, std = [sum(mean) / len(mean)], [sum(std) / len(std)]
+    interpolation = str(data_config.get("interpolation", "bicubic")).upper()
+    return dict(
+        do_grayscale=grayscale,
+        do_convert_rgb=not grayscale,
+        do_resize=True,
+        size={"height": math.floor(height / crop_pct), "width": math.floor(width / crop_pct)},
+        do_center_crop=True,
+        crop_size={"height": height, "width": width},
+        image_mean=mean,
+        image_std=std,
+        resample=getattr(PILImageResampling, interpolation, PILImageResampling.BICUBIC),
+    )
 
 
 class MMAVSRVideoProcessorKwargs(VideosKwargs, total=False):
     r"""
     vision_encoder (`str`, *optional*, defaults to `"resnet"`):
-        Preset of the defaults: `resnet`, `vit`, `vivit` or `clip-vit`.
+        Preset of the defaults: `resnet`, `vit`, `vivit`, `clip-vit` or `timm` (timm's default data configuration;
+        `MMAVSRVideoProcessor.from_timm(config)` reads a given backbone's).
     do_grayscale (`bool`, *optional*):
         Convert frames to one grayscale channel.
     training (`bool`, *optional*, defaults to `False`):
@@ -118,6 +161,8 @@ class MMAVSRVideoProcessor(BaseVideoProcessor):
       scaled to [0, 1], normalised with mean 0.421 / std 0.165 -> `(T, 1, 88, 88)`.
     - `vit` / `vivit`: RGB resized to 224x224, mean = std = 0.5 -> `(T, 3, 224, 224)`.
     - `clip-vit`: as `vit` with CLIP's mean and std.
+    - `timm`: RGB resized to 256x256, centre crop 224x224, ImageNet mean and std (timm's defaults); use
+      `from_timm(config)` for the size, crop, interpolation, mean and std of a given backbone.
 
     Accepts one video or a list: uint8 arrays or tensors, file paths, torchcodec `VideoDecoder`s (`to_video_tensor`).
     """
@@ -144,6 +189,34 @@ class MMAVSRVideoProcessor(BaseVideoProcessor):
         super().__init__(**kwargs)
         if kwargs["crop_size"] is None:  # `_set_attributes` falls back to the class default for None values
             self.crop_size = None
+
+    @classmethod
+    def from_timm(cls, config, **kwargs) -> MMAVSRVideoProcessor:
+        """The video processor of a `vision_encoder="timm"` model (`timm_video_preset`), with `kwargs` overriding it.
+
+        `config`: an `MMAVSRConfig` (its `vision_config`), a `TimmWrapperConfig`, or a timm `pretrained_cfg` dict.
+        A config without `pretrained_cfg` gets the default one of its `architecture` (needs timm). The saved processor
+        holds the resulting numbers, so loading it needs no timm.
+        """
+        vision_config = getattr(config, "vision_config", config)
+        if isinstance(vision_config, dict):
+            pretrained_cfg, in_chans = vision_config, 3
+        else:
+            if getattr(vision_config, "model_type", None) != "timm_wrapper":
+                raise ValueError(
+                    f"from_timm takes the config of a vision_encoder='timm' model, a TimmWrapperConfig or a timm "
+                    f"pretrained_cfg dict; got a {type(vision_config).__name__}."
+                )
+            pretrained_cfg = getattr(vision_config, "pretrained_cfg", None)
+            if pretrained_cfg is None:
+                from timm.models import get_pretrained_cfg
+
+                default = get_pretrained_cfg(vision_config.architecture)
+                if default is None:
+                    raise ValueError(f"timm has no pretrained_cfg for architecture {vision_config.architecture!r}.")
+                pretrained_cfg = default.to_dict()
+            in_chans = (vision_config.model_args or {}).get("in_chans", 3)
+        return cls(vision_encoder="timm", **{**timm_video_preset(pretrained_cfg, in_chans), **kwargs})
 
     def _decode_and_sample_videos(self, videos, video_metadata=None, do_sample_frames=None, sample_indices_fn=None):
         frame_rate = self.frame_rate

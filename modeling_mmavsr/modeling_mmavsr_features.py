@@ -1,0 +1,169 @@
+"""Per-frame features of an MMAVSR encoder, from any of its stages, for a padded batch of video, audio or both.
+
+`feature_layer` picks the stage (see `MMAVSREncoder` for the data flow):
+- `video_frontend`: the vision encoder's features (ResNet3D, ViT, CLIP-ViT, ViViT or timm), one per video frame at
+  25 fps, (B, T, D_video);
+- `audio_frontend`: the audio encoder's features (ResNet1D, Whisper or WavLM), (B, T, D_audio) at 25 fps (50 Hz for
+  Whisper/WavLM with `audio_frame_rate=50`);
+- `fused`: the Conformer's input, (B, T, hidden_size): both streams cut to their common length and fused
+  (`fusion_type`), or the one stream projected to `hidden_size`;
+- `conformer`: the Conformer's output, (B, T, hidden_size): the encoder's `last_hidden_state`, what the decoder and
+  the CTC head read.
+
+Every result carries its frame mask and lengths: frames past a sample's length are padding (their values are not
+defined), and the frames within it are those the sample gets alone.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from transformers.utils import ModelOutput
+
+from .modeling_mmavsr_audio import AUDIO_INPUTS
+from .modeling_mmavsr_fusion import align_streams, lengths_to_mask
+
+
+FEATURE_LAYERS = ("video_frontend", "audio_frontend", "fused", "conformer")
+
+
+@dataclass
+class MMAVSREncoderFeatures(ModelOutput):
+    """
+    features (`torch.FloatTensor` of shape `(batch_size, num_frames, dim)`):
+        Per-frame features of the chosen `feature_layer`, zero-padded or undefined past each sample's length.
+    attention_mask (`torch.BoolTensor` of shape `(batch_size, num_frames)`):
+        True on each sample's real frames.
+    lengths (`torch.LongTensor` of shape `(batch_size,)`):
+        Real frames per sample (`attention_mask.sum(-1)`).
+    """
+
+    features: torch.FloatTensor | None = None
+    attention_mask: torch.BoolTensor | None = None
+    lengths: torch.LongTensor | None = None
+
+
+def _stream_output(features: torch.Tensor, mask: torch.Tensor | None) -> MMAVSREncoderFeatures:
+    if mask is None:
+        mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
+    return MMAVSREncoderFeatures(features=features, attention_mask=mask, lengths=mask.sum(-1))
+
+
+def _video_stream(encoder, pixel_values_videos, video_attention_mask):
+    """(features (B, T, D_video), frame mask (B, T) or None) of the vision encoder."""
+    if pixel_values_videos is None:
+        raise ValueError("The video features need `pixel_values_videos` (batch, frames, channels, height, width).")
+    if pixel_values_videos.ndim != 5:
+        raise ValueError(
+            f"`pixel_values_videos` must be (batch, frames, channels, height, width), got shape "
+            f"{tuple(pixel_values_videos.shape)}."
+        )
+    features = encoder.vision_frontend(pixel_values_videos, video_attention_mask)
+    return features, None if video_attention_mask is None else video_attention_mask.bool()
+
+
+def _audio_stream(encoder, input_features, attention_mask):
+    """(features (B, T, D_audio), frame mask (B, T) or None) of the audio encoder."""
+    ndim, description = AUDIO_INPUTS[encoder.config.audio_encoder]
+    if input_features is None or input_features.ndim != ndim:
+        shape = None if input_features is None else tuple(input_features.shape)
+        raise ValueError(
+            f"audio_encoder={encoder.config.audio_encoder!r} takes {description} as `input_features`, got {shape}."
+        )
+    features = encoder.audio_frontend(input_features, attention_mask)
+    if attention_mask is None:
+        return features, None
+    frames = encoder.audio_frontend.output_lengths(attention_mask.sum(-1))
+    return features, lengths_to_mask(frames, features.shape[1])
+
+
+def get_encoder_features(
+    encoder,
+    input_features: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    pixel_values_videos: torch.Tensor | None = None,
+    video_attention_mask: torch.Tensor | None = None,
+    feature_layer: str = "conformer",
+) -> MMAVSREncoderFeatures:
+    """The features of `feature_layer` (one of `FEATURE_LAYERS`) of an `MMAVSREncoder` for the given inputs, which
+    are those of the model's `forward` (the processor's output). The frontend layers need only their own stream."""
+    if feature_layer not in FEATURE_LAYERS:
+        raise ValueError(
+            f"Unknown feature_layer {feature_layer!r}; valid choices are {', '.join(map(repr, FEATURE_LAYERS))}."
+        )
+    config = encoder.config
+    for layer, frontend, option in (
+        ("video_frontend", encoder.vision_frontend, "vision_encoder"),
+        ("audio_frontend", encoder.audio_frontend, "audio_encoder"),
+    ):
+        if feature_layer == layer and frontend is None:
+            raise ValueError(f"feature_layer={layer!r}: this {config.modality} model has no {option}.")
+    if feature_layer == "video_frontend":
+        return _stream_output(*_video_stream(encoder, pixel_values_videos, video_attention_mask))
+    if feature_layer == "audio_frontend":
+        return _stream_output(*_audio_stream(encoder, input_features, attention_mask))
+
+    encoder._check_inputs(input_features, pixel_values_videos)
+    video = audio = None
+    if encoder.vision_frontend is not None:
+        video, video_mask = _video_stream(encoder, pixel_values_videos, video_attention_mask)
+    if encoder.audio_frontend is not None:
+        audio, audio_mask = _audio_stream(encoder, input_features, attention_mask)
+    if video is not None and audio is not None:
+        video, audio, frame_mask = align_streams(
+            video, video_mask, audio, audio_mask, config.max_stream_length_difference
+        )
+        hidden_states = encoder.fusion(video, audio)
+    else:
+        features, frame_mask = (video, video_mask) if video is not None else (audio, audio_mask)
+        hidden_states = encoder.projector(features)
+    output = _stream_output(hidden_states, frame_mask)
+    if feature_layer == "conformer":
+        output.features = encoder.conformer(hidden_states, output.attention_mask)
+    return output
+
+
+class MMAVSRFeatureExtractionMixin:
+    """`get_encoder_features()` for the models that hold an `MMAVSREncoder` (`get_encoder()`)."""
+
+    def get_encoder_features(
+        self,
+        input_features: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_attention_mask: torch.Tensor | None = None,
+        feature_layer: str = "conformer",
+    ) -> MMAVSREncoderFeatures:
+        r"""
+        Per-frame encoder features of a padded batch, with each sample's frame mask and length.
+
+        Args:
+            input_features, attention_mask, pixel_values_videos, video_attention_mask:
+                The model's inputs, as `MMAVSRProcessor` makes them (audio, video or both, as the model reads).
+            feature_layer (`str`, defaults to `"conformer"`):
+                `video_frontend` or `audio_frontend` (one encoder's own features; only that input is needed),
+                `fused` (the Conformer's input: the fused streams, or the one stream projected) or `conformer`
+                (the encoder's output).
+
+        Returns:
+            [`MMAVSREncoderFeatures`]: `features` (B, T, D), `attention_mask` (B, T) and `lengths` (B,). Frames are
+            at 25 fps (Whisper/WavLM at 50 Hz with `audio_frame_rate=50`). A sample's frames within its length equal
+            those it gets alone; past it they are padding. Gradients flow unless called under `torch.no_grad()`.
+
+        Example:
+
+        ```python
+        >>> features = model.get_encoder_features(**processor(videos=["clip.mp4"]), feature_layer="fused")
+        >>> clip = features.features[0, : features.lengths[0]]  # (frames, hidden_size)
+        ```
+        """
+        return get_encoder_features(
+            self.get_encoder(),
+            input_features=input_features,
+            attention_mask=attention_mask,
+            pixel_values_videos=pixel_values_videos,
+            video_attention_mask=video_attention_mask,
+            feature_layer=feature_layer,
+        )
+
+
+__all__ = ["FEATURE_LAYERS", "MMAVSREncoderFeatures", "MMAVSRFeatureExtractionMixin", "get_encoder_features"]
