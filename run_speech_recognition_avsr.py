@@ -47,7 +47,12 @@ from mmavsr_processing import (
     TimeMask,
     make_babble,
 )
-from mmavsr_processing.collation import MaxFramesBatchSampler, MMAVSRDataCollator
+from mmavsr_processing.collation import (
+    SKIPPED_CLIPS,
+    ClipReader,
+    MaxFramesBatchSampler,
+    MMAVSRDataCollator,
+)
 from safetensors.torch import load_file
 from transformers import (
     HfArgumentParser,
@@ -248,7 +253,9 @@ class DataTrainingArguments:
     skip_bad_files: bool = field(
         default=False,
         metadata={
-            "help": "Skip (and count) clips whose files are missing, instead of stopping."
+            "help": "Skip (and count) unusable clips instead of stopping: bad label rows and missing files "
+            "when loading (evaluation sets also have every file opened and its format checked), and training "
+            "clips that fail to decode (the next clip takes the place; `train_skipped_clips` counts them)."
         },
     )
 
@@ -705,8 +712,12 @@ def load_split(
     if not Path(data_args.root_dir).is_dir():
         raise FileNotFoundError(f"--root-dir {data_args.root_dir}: no such directory.")
     path = resolve_label_file(data_args.root_dir, label_file, flag)
+    # an evaluation set is opened whole when skipping: a clip dropped mid-way would change the WER's utterances
     dataset = load_auto_avsr_dataset(
-        data_args.root_dir, path, skip_bad_files=data_args.skip_bad_files
+        data_args.root_dir,
+        path,
+        skip_bad_files=data_args.skip_bad_files,
+        check_media=data_args.skip_bad_files and flag != "--train-file",
     )
     if len(dataset) == 0:
         raise ValueError(f"{flag} {path}: no usable clips.")
@@ -762,9 +773,18 @@ def make_noise(
     from mmavsr_processing.feature_extraction_mmavsr import to_waveform
 
     picks = np.random.default_rng(seed).permutation(len(dataset))[:32]
-    utterances = [
-        to_waveform(dataset[int(i)]["audio"], None, 16000, True, True) for i in picks
-    ]
+    utterances = []
+    for i in picks:
+        try:
+            utterances.append(
+                to_waveform(dataset[int(i)]["audio"], None, 16000, True, True)
+            )
+        except ValueError as error:
+            if not data_args.skip_bad_files:
+                raise
+            logger.warning(f"Babble noise: skipping a clip: {error}")
+    if not utterances:
+        raise ValueError("Babble noise: none of the clips picked could be read.")
     return make_babble(utterances, n_speakers=4, length=16000 * 30, seed=seed)
 
 
@@ -956,6 +976,12 @@ class AVSRSeq2SeqTrainer(Seq2SeqTrainer):
         # number of processes (gradients twice those of one process with the same global batch under DDP)
         self.model_accepts_loss_kwargs = False
         self._staging_dir: str | None = None
+        # the messages of the clips `ClipReader` skipped in training (each clip once, however many epochs)
+        self.skipped_clips: set[str] = set()
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.skipped_clips.update(inputs.pop(SKIPPED_CLIPS, ()))  # not a model input
+        return super().training_step(model, inputs, num_items_in_batch)
 
     def get_train_dataloader(self):
         if self.max_frames is None:
@@ -1367,6 +1393,14 @@ def main(
             ),
             seed=training_args.seed,
         )
+        # media are read in the DataLoader: an unusable clip raises naming its file, or with --skip-bad-files is
+        # skipped and counted, the next clip taking its place
+        train_dataset = ClipReader(
+            train_dataset,
+            processor,
+            modalities,
+            skip_bad_files=data_args.skip_bad_files,
+        )
 
     metric = WERMetric(processor)
     trainer = AVSRSeq2SeqTrainer(
@@ -1407,6 +1441,12 @@ def main(
         processor.save_pretrained(training_args.output_dir)
         metrics = train_result.metrics
         metrics["train_samples"] = len(train_dataset)
+        metrics["train_skipped_clips"] = len(trainer.skipped_clips)
+        if trainer.skipped_clips:
+            logger.warning(
+                f"Skipped {len(trainer.skipped_clips)} unusable training clip(s), e.g. "
+                f"{sorted(trainer.skipped_clips)[0]}"
+            )
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
         trainer.save_state()

@@ -17,7 +17,7 @@ from .processing_mmavsr import MMAVSRProcessor, check_av_durations, check_transc
 from .video_processing_mmavsr import to_video_tensor
 
 
-__all__ = ["ClipReader", "MMAVSRDataCollator", "MaxFramesBatchSampler", "read_clip", "SKIPPED_CLIPS"]
+__all__ = ["SKIPPED_CLIPS", "ClipReader", "MMAVSRDataCollator", "MaxFramesBatchSampler", "read_clip"]
 
 logger = logging.getLogger(__name__)
 

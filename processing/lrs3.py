@@ -51,6 +51,10 @@ def _parse_row(row: list[str], label_file: Path, line: int) -> tuple[str, str, i
         raise DatasetError(f"{where}: num_frames and token ids must be integers ({error}).") from None
     if frames <= 0:
         raise DatasetError(f"{where}: num_frames must be positive, got {frames}.")
+    if not (dataset_name + rel_path).isprintable():
+        raise DatasetError(
+            f"{where}: the dataset or rel_path holds control characters: {dataset_name!r}, {rel_path!r}."
+        )
     if not ids:
         raise DatasetError(f"{where}: empty transcript (no token ids).")
     return dataset_name, rel_path, frames, ids
@@ -109,7 +113,9 @@ def _check_layout_format(
     if audio_info["channels"] != 1:
         raise DatasetError(f"{where}: audio {audio} has {audio_info['channels']} channels, expected mono.")
     if audio_info["rate"] != sampling_rate:
-        raise DatasetError(f"{where}: audio {audio} is sampled at {audio_info['rate']} Hz, expected {sampling_rate} Hz.")
+        raise DatasetError(
+            f"{where}: audio {audio} is sampled at {audio_info['rate']} Hz, expected {sampling_rate} Hz."
+        )
     video_seconds = (frames or num_frames) / LAYOUT_FRAME_RATE
     audio_seconds = audio_info["samples"] / audio_info["rate"]
     if abs(video_seconds - audio_seconds) > AV_DURATION_TOLERANCE:
@@ -126,8 +132,8 @@ def _csv_rows(label_file: Path):
         for line, raw in enumerate(handle, start=1):
             where = f"{label_file}, line {line}"
             try:
-                text = raw.decode("utf-8")
-                yield line, next(csv.reader([text]), [])
+                text = raw.decode("utf-8-sig" if line == 1 else "utf-8")  # a byte-order mark is no data
+                yield line, next(csv.reader([text], strict=True), [])
             except UnicodeDecodeError as error:
                 yield line, DatasetError(f"{where}: not UTF-8 text ({error.reason} at byte {error.start}).")
             except csv.Error as error:

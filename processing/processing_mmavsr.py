@@ -13,7 +13,7 @@ from .tokenization_mmavsr import MMAVSRTokenizer
 from .video_processing_mmavsr import MMAVSRVideoProcessor
 
 
-__all__ = ["MMAVSRProcessor", "register_auto_classes", "pad_labels", "check_av_durations", "check_transcript"]
+__all__ = ["MMAVSRProcessor", "check_av_durations", "check_transcript", "pad_labels", "register_auto_classes"]
 
 LABEL_PAD = -100
 # audio and video of one clip may differ by this many seconds (encoder priming, rounding to whole frames); beyond it
