@@ -151,8 +151,11 @@ class MMAVSRConfig(PreTrainedConfig):
             no Conformer: the encoder's features reach the decoder and the CTC head as they are (no input scaling, no
             final LayerNorm), and a single encoder whose output width equals `hidden_size` is not projected either.
             With `audio_encoder="whisper"`, `audio_frame_rate=50`, `hidden_size=d_model` and
-            `decoder="whisper-decoder"`, the model is Whisper itself (its decoder attends to exactly the features of
-            Whisper's encoder).
+            `decoder="whisper-decoder"` (both from one Whisper checkpoint), the model is that Whisper: on Whisper's
+            own input (log-mels padded to the 30 s window, no `attention_mask` or an all-ones one) its decoder
+            attends to exactly the states of Whisper's encoder. With a mask that cuts a clip to its length, the
+            encoder runs on the real frames only, which Whisper's decoder never saw in training: Whisper-base then
+            repeats the sentence until `max_length` instead of ending it.
         conv_kernel_size (`int`): depthwise convolution kernel of the Conformer convolution module.
         macaron_style (`bool`): two half-step feed-forward modules per Conformer block.
         encoder_dropout, encoder_attention_dropout, positional_dropout (`float`): Conformer dropouts.

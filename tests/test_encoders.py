@@ -1,7 +1,7 @@
 """Pretrained encoders (ViT, ViViT, CLIP-ViT, Whisper, WavLM), temporal alignment, fusion, freezing, composition.
 
 Every encoder is a tiny random model (2 layers, width 32) built from its transformers config, so nothing here needs the
-network; `test_whisper_real_weights.py` runs Whisper-base itself where the asset is installed.
+network; `test_real_whisper.py` runs Whisper-base itself where the assets are installed.
 """
 
 import itertools
@@ -298,6 +298,10 @@ def test_model_raises_when_streams_are_far_apart():
         (dict(audio_encoder="whisper", audio_config=ViTConfig()), "takes a 'whisper' configuration"),
         (dict(vision_encoder="vit", vision_pooling="max"), "valid choices are 'cls', 'mean'"),
         (dict(audio_encoder="resnet1d", max_stream_length_difference=-1), "max_stream_length_difference"),
+        (dict(vision_encoder=None, audio_encoder="wavlm", audio_frame_rate=30), "valid choices are 25, 50"),
+        (dict(vision_encoder=None, audio_encoder="resnet1d", audio_frame_rate=50), "'resnet1d' delivers 25 fps"),
+        (dict(vision_encoder="vit", audio_encoder="whisper", audio_frame_rate=50), "for audio-only models"),
+        (dict(vision_encoder=None, audio_encoder="whisper", encoder_layers=-1), "must be >= 0 .0: no Conformer"),
     ],
 )
 def test_bad_encoder_config_raises_a_clear_error(kwargs, message):
@@ -355,3 +359,64 @@ def test_composed_model_round_trip_without_the_component_folders(tmp_path, visio
 def test_from_pretrained_components_rejects_a_name_without_a_pretrained_choice(tmp_path):
     with pytest.raises(ValueError, match="audio_model_name='x' needs a pretrained audio_encoder"):
         MMAVSRForConditionalGeneration.from_pretrained_components(audio_encoder="resnet1d", audio_model_name="x")
+
+
+@pytest.mark.parametrize("choice", ["whisper", "wavlm"])
+def test_fifty_hz_audio_without_conformer_is_the_encoders_own_output(choice):
+    model = single("audio", choice, audio_frame_rate=50, encoder_layers=0)
+    encoder = model.model.encoder
+    # no Conformer, no projection (the encoder's width is hidden_size): the CTC head is the only addition
+    assert isinstance(encoder.projector, torch.nn.Identity) and not list(encoder.conformer.parameters())
+    assert all(n.startswith("model.encoder.audio_frontend.") for n, _ in model.named_parameters() if ".encoder." in n)
+    assert not any(n.startswith(("model.encoder.conformer", "model.encoder.projector")) for n in model.state_dict())
+    inputs = single_inputs("audio", choice)
+    wrapper = encoder.audio_frontend
+    with torch.no_grad():
+        batch = model.get_encoder()(**inputs)
+        frames = wrapper.output_lengths(inputs["attention_mask"].sum(-1))
+        assert batch.attention_mask.sum(-1).tolist() == frames.tolist()
+        if choice == "whisper":  # 4 mel frames per 25 fps frame: two 50 Hz frames
+            assert frames.tolist() == [2 * f for f in FRAMES]
+        for row in range(len(FRAMES)):
+            alone = select_row(inputs, row)
+            expected = wrapper(alone["input_features"], None)[0]  # the encoder's 50 Hz frames, unpooled
+            assert torch.equal(model.get_encoder()(**alone).last_hidden_state[0], expected)
+            torch.testing.assert_close(batch.last_hidden_state[row, : frames[row]], expected, atol=1e-5, rtol=0)
+    # a Conformer, or a width other than hidden_size, brings the projection back
+    assert not isinstance(single("audio", choice, audio_frame_rate=50).model.encoder.projector, torch.nn.Identity)
+    assert not isinstance(
+        single("audio", choice, encoder_layers=0, hidden_size=48).model.encoder.projector, torch.nn.Identity
+    )
+
+
+def test_whisper_encoder_and_decoder_without_conformer_are_whisper():
+    """Whisper's encoder and decoder composed with no Conformer at 50 Hz give WhisperForConditionalGeneration's
+    encoder states and logits on its 30 s window (here 128 mel frames)."""
+    torch.manual_seed(0)
+    whisper_config = audio_config("whisper")
+    whisper = WhisperForConditionalGeneration(whisper_config).eval()
+    config = MMAVSRConfig(
+        vision_encoder=None, audio_encoder="whisper", audio_config=whisper_config, decoder="whisper-decoder",
+        text_config=whisper_config, hidden_size=32, encoder_layers=0, audio_frame_rate=50, ctc_weight=0.0,
+        decoder_prompt_ids=[3, 4],
+    )  # fmt: skip
+    model = MMAVSRForConditionalGeneration(config).eval()
+    model.model.encoder.audio_frontend.encoder.load_state_dict(whisper.model.encoder.state_dict())
+    model.model.decoder.whisper.load_state_dict(whisper.model.decoder.state_dict())
+    model.lm_head.load_state_dict(whisper.proj_out.state_dict())
+    window = torch.randn(2, MEL_BINS, 2 * whisper_config.max_source_positions)
+    decoder_input_ids = torch.tensor([[3, 4, 10, 11, 12], [3, 4, 20, 2, 2]])
+    with torch.no_grad():
+        expected = whisper(window, decoder_input_ids=decoder_input_ids)
+        out = model(input_features=window, decoder_input_ids=decoder_input_ids)
+    assert torch.equal(out.encoder_last_hidden_state, expected.encoder_last_hidden_state)
+    torch.testing.assert_close(out.logits, expected.logits, atol=1e-5, rtol=1e-5)
+    # and greedy generation continues the prompt with Whisper's own argmax tokens
+    generated = model.generate(input_features=window, max_new_tokens=3, num_beams=1)
+    ids = decoder_input_ids[:, :2]
+    with torch.no_grad():
+        for _ in range(3):
+            ids = torch.cat([ids, whisper(window, decoder_input_ids=ids).logits[:, -1:].argmax(-1)], dim=1)
+    for row in range(2):  # up to and with eos, after which generate pads
+        length = next((i + 1 for i in range(2, 5) if ids[row, i] == whisper_config.eos_token_id), 5)
+        assert generated[row, :length].tolist() == ids[row, :length].tolist()
