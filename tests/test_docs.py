@@ -1,0 +1,114 @@
+"""The guides in docs/ run as written: each guide's code blocks, in order, in a fresh empty folder, in a subprocess.
+
+Which blocks run, by the fence's info string:
+- ```python            runs;
+- ```python no-run     does not (the guide says why: a GPU, the Hub, placeholder paths);
+- ```bash run          runs with bash -e (commands a later Python block needs, such as a preparation CLI call);
+- anything else (```bash, ```yaml, ...) does not.
+A failure names the guide and the line: blocks are compiled with the guide's path and their own line numbers.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+FENCE = re.compile(r"^```(?P<info>[^\n]*)\n(?P<code>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+# guides that must hold runnable code (a renamed or emptied guide fails here rather than silently running nothing)
+RUNNABLE_GUIDES = ("architecture", "feature_extraction", "fusion", "inference", "mouth_cropping", "qlora")
+TIMEOUT = 600
+
+RUNNER = '''
+import json, subprocess, sys, time
+blocks = json.load(open(sys.argv[1]))
+namespace = {"__name__": "__main__"}
+for block in blocks:
+    start = time.perf_counter()
+    if block["language"] == "python":
+        # padded with newlines: tracebacks show the guide's own file and line
+        code = compile("\\n" * (block["line"] - 1) + block["code"], block["path"], "exec")
+        exec(code, namespace)
+    else:
+        result = subprocess.run(["bash", "-euo", "pipefail", "-c", block["code"]])
+        if result.returncode:
+            sys.exit(f"{block['path']}, line {block['line']}: the bash block exited with {result.returncode}")
+    print(f"[docs] {block['path']}:{block['line']} ran in {time.perf_counter() - start:.1f} s", flush=True)
+'''
+
+
+def code_blocks(path: Path) -> list[dict]:
+    """The blocks of a Markdown file that run: `{"language", "line" (of the block's first code line), "code",
+    "path"}`, in order."""
+    text = path.read_text()
+    blocks = []
+    for match in FENCE.finditer(text):
+        words = match.group("info").split()
+        language, flags = (words[0], words[1:]) if words else ("", [])
+        runs = (language == "python" and "no-run" not in flags) or (language == "bash" and "run" in flags)
+        if runs:
+            line = text.count("\n", 0, match.start("code")) + 1
+            blocks.append({"language": language, "line": line, "code": match.group("code"), "path": str(path)})
+    return blocks
+
+
+def run_guide(path: Path, folder: Path) -> subprocess.CompletedProcess:
+    """Run a guide's blocks in `folder` (empty) in a fresh Python process; returns the finished process."""
+    folder.mkdir(parents=True, exist_ok=True)
+    blocks_file, runner = folder.parent / f"{path.stem}_blocks.json", folder.parent / f"{path.stem}_runner.py"
+    blocks_file.write_text(json.dumps(code_blocks(path)))
+    runner.write_text(RUNNER)
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONUNBUFFERED="1",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # `python` is this one
+    )
+    return subprocess.run(
+        [sys.executable, str(runner), str(blocks_file)],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+GUIDES = sorted(path for path in DOCS.glob("*.md") if code_blocks(path))
+
+
+def test_the_runnable_guides_are_found():
+    assert {path.stem for path in GUIDES} >= set(RUNNABLE_GUIDES)
+
+
+def test_block_selection_and_error_locations(tmp_path):
+    guide = tmp_path / "guide.md"
+    guide.write_text(
+        "# A guide\n\n```python\nx = 1\n```\n\n```python no-run\nimport cuda_only\n```\n\n"
+        "```bash\npip install something\n```\n\n```bash run\necho $((1 + 1)) > two.txt\n```\n\n"
+        "Then:\n\n```python\nassert open('two.txt').read() == '2\\n'\n\n\nraise RuntimeError(x)\n```\n"
+    )
+    blocks = code_blocks(guide)
+    assert [(b["language"], b["line"]) for b in blocks] == [("python", 4), ("bash", 16), ("python", 22)]
+    result = run_guide(guide, tmp_path / "run")
+    # the bash block ran before the last Python block, which fails at its own line of the guide
+    assert result.returncode != 0
+    assert f'File "{guide}", line 25' in result.stderr and "RuntimeError: 1" in result.stderr
+
+
+@pytest.mark.parametrize("guide", GUIDES, ids=[path.stem for path in GUIDES])
+def test_guide_runs(guide, tmp_path):
+    start = time.perf_counter()
+    result = run_guide(guide, tmp_path / "work")
+    elapsed = time.perf_counter() - start
+    output = (result.stdout + result.stderr)[-6000:]
+    assert result.returncode == 0, f"{guide.name} failed after {elapsed:.0f} s:\n{output}"
+    print(f"{guide.name}: {elapsed:.1f} s")
