@@ -38,10 +38,22 @@ def qlora_quantization_config() -> BitsAndBytesConfig:
     )
 
 
+def import_optional(name: str):
+    """peft and bitsandbytes, imported only where LoRA / 4-bit is used (through importlib, so that a model exported
+    with `trust_remote_code` does not make them requirements of every user); a clear message when missing."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        package = name.split(".")[0]
+        raise ImportError(
+            f"LoRA / QLoRA needs `{package}`: pip install 'mmavsr[llm]' (or pip install {package})."
+        ) from error
+
+
 def lora_config_for(config):
     """peft `LoraConfig` from the model config's `qlora_r`, `qlora_alpha`, `lora_dropout`, `lora_target_modules`,
     restricted to the LLM's modules (a full-match regex over module names)."""
-    from peft import LoraConfig
+    LoraConfig = import_optional("peft").LoraConfig
 
     targets = config.lora_target_modules or DEFAULT_LORA_TARGET_MODULES
     pattern = rf"{re.escape(LLM_PREFIX)}\..*\.({'|'.join(re.escape(t) for t in targets)})"
@@ -57,7 +69,7 @@ def lora_config_for(config):
 def quantize_llm_4bit(model: nn.Module, device: str | torch.device = "cuda") -> None:
     """Replace every `nn.Linear` of the model's LLM by a bitsandbytes NF4 `Linear4bit` on `device` (bf16 compute);
     the LLM's other weights (embeddings, norms) go to `device` in bf16. Needs CUDA and bitsandbytes."""
-    import bitsandbytes as bnb
+    bnb = import_optional("bitsandbytes")
 
     language_model = model.get_submodule(LLM_PREFIX)
     for name, module in list(language_model.named_modules()):
@@ -146,7 +158,7 @@ class MMAVSRLoraMixin:
     def merge_lora(self) -> None:
         """Fold the adapters into the LLM's weights and remove them (for export); the config no longer uses LoRA.
         A 4-bit base is dequantized, merged and quantized again: merge in full precision for an exact export."""
-        from peft.tuners.tuners_utils import BaseTunerLayer
+        BaseTunerLayer = import_optional("peft.tuners.tuners_utils").BaseTunerLayer
 
         if not getattr(self, "_hf_peft_config_loaded", False):
             raise ValueError("This model has no LoRA adapters to merge.")
