@@ -38,11 +38,30 @@ class MMAVSRVideoResNet(nn.Module):
                 pixel_values_videos.dtype
             )
         x = pixel_values_videos.transpose(1, 2)  # (B, C, T, H, W)
-        x = self.pool3d(self.act3d(self.norm3d(self.conv3d(x))))
+        x = self.conv3d(x) if x.device.type != "cpu" else self.conv3d_as_conv2d(x)
+        x = self.pool3d(self.act3d(self.norm3d(x)))
         x = x.transpose(1, 2).flatten(0, 1)  # (B*T, C, H', W')
         x, _ = self.trunk(x)
         x = x.mean(dim=(2, 3))  # global average pool
         return x.view(batch_size, num_frames, -1)
+
+
+    def conv3d_as_conv2d(self, x: torch.Tensor) -> torch.Tensor:
+        """`self.conv3d(x)` computed as a 2D convolution of each frame's stack of temporal neighbours (the same weights,
+        reshaped): the same result, several times faster on CPU, where oneDNN's 3D kernels are slow for one channel."""
+        weight = self.conv3d.weight  # (out, C, kT, kH, kW)
+        out_channels, _, kernel_t = weight.shape[:3]
+        batch_size, channels, num_frames, height, width = x.shape
+        pad_t = self.conv3d.padding[0]
+        windows = nn.functional.pad(x, (0, 0, 0, 0, pad_t, pad_t)).unfold(2, kernel_t, 1)  # (B, C, T, H, W, kT)
+        windows = windows.permute(0, 2, 1, 5, 3, 4).reshape(batch_size * num_frames, channels * kernel_t, height, width)
+        y = nn.functional.conv2d(
+            windows,
+            weight.reshape(out_channels, channels * kernel_t, *weight.shape[3:]),
+            stride=self.conv3d.stride[1:],
+            padding=self.conv3d.padding[1:],
+        )
+        return y.view(batch_size, num_frames, out_channels, *y.shape[-2:]).transpose(1, 2)  # (B, out, T, H', W')
 
 
 def _check_frames(pixel_values_videos: torch.Tensor, encoder_config: PreTrainedConfig, choice: str):

@@ -231,3 +231,13 @@ def test_processing_names_are_reexported_from_the_model_package():
         assert getattr(modeling_mmavsr, name) is getattr(mmavsr_processing, name)
     with pytest.raises(AttributeError, match="no attribute 'NotAThing'"):
         modeling_mmavsr.NotAThing
+
+
+def test_video_frontend_cpu_convolution_equals_the_3d_convolution():
+    # on CPU the 3D conv runs as a 2D conv over stacked temporal neighbours: same weights, same result
+    from modeling_mmavsr.modeling_mmavsr_vision import MMAVSRVideoResNet
+
+    torch.manual_seed(0)
+    frontend = MMAVSRVideoResNet(tiny_config("video"))
+    video = torch.randn(2, 1, 7, 24, 24)
+    torch.testing.assert_close(frontend.conv3d_as_conv2d(video), frontend.conv3d(video), atol=1e-5, rtol=1e-5)
