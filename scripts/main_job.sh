@@ -5,7 +5,7 @@
 #   bash scripts/main_job.sh                 # everything, in main_job/ (budget: 20 minutes on 2 CPU cores)
 #   SKIP_INSTALL=1 bash scripts/main_job.sh  # reuse .venv
 # Environment: MAIN_JOB_DIR (default main_job), DEMO_CLIPS (corpus size, default 800), ASR_EPOCHS / VSR_EPOCHS /
-# AVSR_EPOCHS (training epochs per model), SKIP_INSTALL=1. Rerunning resumes: the corpus and finished runs are kept.
+# AVSR_EPOCHS (training epochs per model; logs in $MAIN_JOB_DIR/NAME.log), SKIP_INSTALL=1. Rerunning resumes: the corpus and finished runs are kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,11 +40,16 @@ train() {  # NAME PRESET EPOCHS [extra flags]: skipped when NAME already has its
         return
     fi
     python run_speech_recognition_avsr.py --config_name "$preset" --exp-name "$name" --max-epochs "$epochs" \
-        "${common[@]}" "$@"
-    echo "$name done after $(( $(date +%s) - start )) s"
+        "${common[@]}" "$@" > "$WORK/$name.log" 2>&1 || { tail -n 30 "$WORK/$name.log"; return 1; }
+    echo "$name done after $(( $(date +%s) - start )) s (log: $WORK/$name.log)"
 }
-train asr demo-asr-logmel "${ASR_EPOCHS:-8}" --train-snr 999999 999999 10 5 0
-train vsr demo-vsr-resnet "${VSR_EPOCHS:-10}"
+mkdir -p "$WORK"
+# the two single-modality models train side by side, one core each (small models use one core better than two);
+# the audio-visual model then gets both cores
+OMP_NUM_THREADS=1 train asr demo-asr-logmel "${ASR_EPOCHS:-12}" --train-snr 999999 999999 10 5 0 &
+asr_job=$!
+OMP_NUM_THREADS=1 train vsr demo-vsr-resnet "${VSR_EPOCHS:-12}"
+wait "$asr_job"
 train avsr demo-avsr-resnet-logmel "${AVSR_EPOCHS:-10}" --train-snr 999999 10 5 0 -5
 
 python scripts/wer_summary.py "$WORK/exp" asr vsr avsr | tee "$WORK/wer_table.md"
