@@ -5,7 +5,8 @@ Which blocks run, by the fence's info string:
 - ```python no-run     does not (the guide says why: a GPU, the Hub, placeholder paths);
 - ```bash run          runs with bash -e (commands a later Python block needs, such as a preparation CLI call);
 - anything else (```bash, ```yaml, ...) does not.
-A failure names the guide and the line: blocks are compiled with the guide's path and their own line numbers.
+A failure names the guide and the line: blocks are compiled with the guide's path and their own line numbers. The
+guides run two at a time (each in its own process, single-threaded), started together on first use.
 """
 
 import json
@@ -14,6 +15,7 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,7 @@ FENCE = re.compile(r"^```(?P<info>[^\n]*)\n(?P<code>.*?)^```[ \t]*$", re.MULTILI
 # guides that must hold runnable code (a renamed or emptied guide fails here rather than silently running nothing)
 RUNNABLE_GUIDES = ("architecture", "feature_extraction", "fusion", "inference", "mouth_cropping", "qlora")
 TIMEOUT = 600
+PARALLEL_GUIDES = min(2, os.cpu_count() or 1)
 
 RUNNER = '''
 import json, subprocess, sys, time
@@ -104,11 +107,23 @@ def test_block_selection_and_error_locations(tmp_path):
     assert f'File "{guide}", line 25' in result.stderr and "RuntimeError: 1" in result.stderr
 
 
-@pytest.mark.parametrize("guide", GUIDES, ids=[path.stem for path in GUIDES])
-def test_guide_runs(guide, tmp_path):
+def timed_run(path: Path, folder: Path) -> tuple[subprocess.CompletedProcess, float]:
     start = time.perf_counter()
-    result = run_guide(guide, tmp_path / "work")
-    elapsed = time.perf_counter() - start
+    result = run_guide(path, folder)
+    return result, time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def guide_runs(tmp_path_factory):
+    """Every guide's run, started at once on a pool of PARALLEL_GUIDES workers: {path: future of (result, s)}."""
+    root = tmp_path_factory.mktemp("guides")
+    with ThreadPoolExecutor(max_workers=PARALLEL_GUIDES) as pool:
+        yield {path: pool.submit(timed_run, path, root / path.stem / "work") for path in GUIDES}
+
+
+@pytest.mark.parametrize("guide", GUIDES, ids=[path.stem for path in GUIDES])
+def test_guide_runs(guide, guide_runs):
+    result, elapsed = guide_runs[guide].result()
     output = (result.stdout + result.stderr)[-6000:]
     assert result.returncode == 0, f"{guide.name} failed after {elapsed:.0f} s:\n{output}"
     print(f"{guide.name}: {elapsed:.1f} s")
