@@ -22,7 +22,6 @@ from transformers.utils import ModelOutput
 from .modeling_mmavsr_audio import AUDIO_INPUTS
 from .modeling_mmavsr_fusion import align_streams, lengths_to_mask
 
-
 FEATURE_LAYERS = ("video_frontend", "audio_frontend", "fused", "conformer")
 
 

@@ -15,7 +15,6 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from .modeling_mmavsr_features import FEATURE_LAYERS
 from .pipeline_mmavsr import MODEL_INPUT_NAMES, VIDEO_FRAME_RATE, MMAVSRSpeechRecognitionPipeline
 
-
 FEATURE_EXTRACTION_TASK = "audio-visual-feature-extraction"
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 FENCE = re.compile(r"^```(?P<info>[^\n]*)\n(?P<code>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 # guides that must hold runnable code (a renamed or emptied guide fails here rather than silently running nothing)
@@ -28,7 +27,7 @@ RUNNABLE_GUIDES = ("architecture", "feature_extraction", "fusion", "inference", 
 TIMEOUT = 600
 PARALLEL_GUIDES = min(2, os.cpu_count() or 1)
 
-RUNNER = '''
+RUNNER = """
 import json, subprocess, sys, time
 blocks = json.load(open(sys.argv[1]))
 namespace = {"__name__": "__main__"}
@@ -43,7 +42,7 @@ for block in blocks:
         if result.returncode:
             sys.exit(f"{block['path']}, line {block['line']}: the bash block exited with {result.returncode}")
     print(f"[docs] {block['path']}:{block['line']} ran in {time.perf_counter() - start:.1f} s", flush=True)
-'''
+"""
 
 
 def code_blocks(path: Path) -> list[dict]:

@@ -7,16 +7,21 @@ The central property: the features of a padded batch, cut to each sample's lengt
 import numpy as np
 import pytest
 import torch
+from mmavsr_processing import (
+    MMAVSRFeatureExtractor,
+    MMAVSRProcessor,
+    MMAVSRTokenizer,
+    MMAVSRVideoProcessor,
+    write_audio,
+    write_video,
+)
 from transformers import AutoModel, WhisperConfig, pipeline
 
-from mmavsr_processing import MMAVSRFeatureExtractor, MMAVSRProcessor, MMAVSRTokenizer, MMAVSRVideoProcessor
-from mmavsr_processing import write_audio, write_video
 from modeling_mmavsr import MMAVSRForConditionalGeneration, MMAVSRModel
 from modeling_mmavsr.modeling_mmavsr_features import FEATURE_LAYERS
 from modeling_mmavsr.pipeline_feature_extraction_mmavsr import MMAVSRFeatureExtractionPipeline
 
 from .common import make_inputs, select_row, tiny_config
-
 
 AUTO_AVSR_TEXT = dict(vocab_size=5049, bos_token_id=5048, eos_token_id=5048, decoder_start_token_id=5048)
 LENGTHS = [9, 6, 4]
@@ -58,7 +63,12 @@ def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     saved = {m: save_model(root / m, m, seed) for seed, m in enumerate(("video", "audio", "audiovisual"))}
     saved["whisper50"] = save_model(
-        root / "whisper50", None, vision_encoder=None, audio_encoder="whisper", audio_config=whisper_config(), audio_frame_rate=50
+        root / "whisper50",
+        None,
+        vision_encoder=None,
+        audio_encoder="whisper",
+        audio_config=whisper_config(),
+        audio_frame_rate=50,
     )
     return saved
 
@@ -163,7 +173,11 @@ def test_bad_requests_are_named(folders):
 
 @pytest.mark.parametrize(
     "modality, inputs",
-    [("video", ("long_silent", "short_silent")), ("audio", ("long_wav", "short_wav")), ("audiovisual", ("long", "short"))],
+    [
+        ("video", ("long_silent", "short_silent")),
+        ("audio", ("long_wav", "short_wav")),
+        ("audiovisual", ("long", "short")),
+    ],
 )
 def test_pipeline_on_files_one_by_one_and_batched(folders, media, modality, inputs):
     extractor = pipeline("audio-visual-feature-extraction", model=folders[modality])

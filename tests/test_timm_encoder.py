@@ -12,15 +12,14 @@ import numpy as np
 import pytest
 import timm
 import torch
+from mmavsr_processing import MMAVSRProcessor, MMAVSRVideoProcessor
 from PIL import Image
 from safetensors.torch import save_file
 from timm.data import create_transform, resolve_data_config
 
-from mmavsr_processing import MMAVSRProcessor, MMAVSRVideoProcessor
 from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
 
 from .common import make_inputs, make_labels, tiny_config
-
 
 SIZE = 32
 LENGTHS = [5, 3]
@@ -97,7 +96,9 @@ def test_grayscale_frames_are_repeated_to_three_channels():
     gray = make_inputs("video", LENGTHS, size=SIZE)  # (B, T, 1, H, W)
     rgb = dict(gray, pixel_values_videos=gray["pixel_values_videos"].expand(-1, -1, 3, -1, -1))
     with torch.no_grad():
-        torch.testing.assert_close(model.get_encoder()(**gray).last_hidden_state, model.get_encoder()(**rgb).last_hidden_state)
+        torch.testing.assert_close(
+            model.get_encoder()(**gray).last_hidden_state, model.get_encoder()(**rgb).last_hidden_state
+        )
     with pytest.raises(ValueError, match=r"vision_encoder='timm' \(test_resnet\) takes frames of 3 channels"):
         model(pixel_values_videos=torch.zeros(1, 2, 2, SIZE, SIZE), labels=make_labels([[3]]))
 
