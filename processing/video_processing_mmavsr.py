@@ -127,9 +127,12 @@ def to_video_tensor(item: Any, frame_rate: float | None = 25.0) -> torch.Tensor:
     """One video -> uint8 or float tensor `(T, C, H, W)`.
 
     `item`: array/tensor `(T, H, W, C)`, `(T, C, H, W)` (C in 1 or 3) or grayscale `(T, H, W)`; a file path (read with
-    `media_io.read_video`); or a torchcodec `VideoDecoder`. Files and decoders at another frame rate than `frame_rate`
-    raise a ValueError naming the source and both rates (None skips the check).
+    `media_io.read_video`), also as the `{"path": ...}` of an undecoded `datasets.Video` row; or a torchcodec
+    `VideoDecoder`. Files and decoders at another frame rate than `frame_rate` raise a ValueError naming the source
+    and both rates (None skips the check).
     """
+    if isinstance(item, dict) and item.get("path") and not item.get("bytes"):
+        item = item["path"]  # a `datasets.Video(decode=False)` row
     if isinstance(item, (str, os.PathLike)):
         frames, fps = read_video(item)
         _check_frame_rate(str(item), fps, frame_rate)

@@ -109,3 +109,28 @@ def test_save_and_load_round_trip(tmp_path):
 def test_unknown_feature_type_is_refused():
     with pytest.raises(ValueError, match="feature_type must be one of"):
         MMAVSRFeatureExtractor("mfcc")
+
+
+def test_undecoded_dataset_rows_are_read_from_their_files(tmp_path):
+    # rows of `datasets.Audio(decode=False)` / `datasets.Video(decode=False)` columns: {"path": ..., "bytes": None}
+    import datasets
+
+    from mmavsr_processing.media_io import write_video
+    from mmavsr_processing.video_processing_mmavsr import to_video_tensor
+
+    wave = np.random.default_rng(0).uniform(-0.5, 0.5, 3200).astype(np.float32)
+    write_audio(tmp_path / "a.wav", wave)
+    frames = np.random.default_rng(1).integers(0, 255, (5, 16, 16, 3), dtype=np.uint8)
+    write_video(tmp_path / "a.mp4", frames)
+    rows = datasets.Dataset.from_dict({"audio": [str(tmp_path / "a.wav")], "video": [str(tmp_path / "a.mp4")]})
+    rows = rows.cast_column("audio", datasets.Audio(16000, decode=False))
+    rows = rows.cast_column("video", datasets.Video(decode=False))
+    row = rows[0]
+    assert row["audio"]["path"].endswith("a.wav") and row["audio"]["bytes"] is None
+    extractor = MMAVSRFeatureExtractor()
+    from_row = extractor(row["audio"], sampling_rate=16000, return_tensors="np")["input_features"]
+    from_path = extractor(str(tmp_path / "a.wav"), sampling_rate=16000, return_tensors="np")["input_features"]
+    np.testing.assert_array_equal(from_row, from_path)
+    assert torch.equal(to_video_tensor(row["video"]), to_video_tensor(str(tmp_path / "a.mp4")))
+    with pytest.raises(ValueError, match="'array' key .* or a 'path'"):
+        extractor({"sampling_rate": 16000}, sampling_rate=16000)
