@@ -971,10 +971,6 @@ class AVSRSeq2SeqTrainer(Seq2SeqTrainer):
         super().__init__(*args, **kwargs)
         self.max_frames = max_frames
         self.num_buckets = num_buckets
-        # the model divides its summed losses by the batch size and ignores `num_items_in_batch`; the Trainer would
-        # otherwise pass it, then skip the division by the gradient-accumulation steps and multiply the loss by the
-        # number of processes (gradients twice those of one process with the same global batch under DDP)
-        self.model_accepts_loss_kwargs = False
         self._staging_dir: str | None = None
         # the messages of the clips `ClipReader` skipped in training (each clip once, however many epochs)
         self.skipped_clips: set[str] = set()

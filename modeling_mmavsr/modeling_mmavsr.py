@@ -276,6 +276,11 @@ class MMAVSRForConditionalGeneration(
 ):
     """MMAVSR with the decoder's output layer and a CTC head; trained with ctc_weight * CTC + (1 - ctc_weight) * CE."""
 
+    # the loss is summed over the batch and divided by its size (auto_avsr's normalisation), never by the Trainer's
+    # `num_items_in_batch`; otherwise Trainer would pass it, skip the division by the gradient-accumulation steps and
+    # multiply the loss by the number of processes (DDP gradients twice those of one process with the same batch)
+    accepts_loss_kwargs = False
+
     def __init__(self, config: MMAVSRConfig):
         super().__init__(config)
         self.model = MMAVSRModel(config)
