@@ -24,6 +24,8 @@ from .modeling_mmavsr_pretrained import MMAVSRPretrainedEncoder
 # `timm.create_model` arguments that say where the weights come from, not what the architecture is: they are not
 # saved in `model_args` (which rebuilds the architecture in `from_pretrained`)
 TIMM_LOADING_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir")
+# `pretrained_cfg` keys that point at where this machine read the weights from (a local file, tensors): not saved
+PRETRAINED_CFG_LOCATION_KEYS = ("file", "state_dict", "source")
 
 
 def _require_timm():
@@ -33,7 +35,7 @@ def _require_timm():
 
 def timm_vision_config(timm_model, model_args: dict | None = None) -> TimmWrapperConfig:
     """The `vision_config` that rebuilds `timm_model`: its architecture, `model_args` and `pretrained_cfg`."""
-    pretrained_cfg = dict(timm_model.pretrained_cfg)
+    pretrained_cfg = {k: v for k, v in timm_model.pretrained_cfg.items() if k not in PRETRAINED_CFG_LOCATION_KEYS}
     return TimmWrapperConfig(
         architecture=pretrained_cfg["architecture"],
         model_args=dict(model_args) if model_args else None,

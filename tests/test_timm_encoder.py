@@ -140,6 +140,7 @@ def test_pretrained_weights_from_local_file_and_folders(tmp_path, no_network):
     )
     assert_same_weights(timm_weights(from_file), source.state_dict())
     assert from_file.config.vision_config.model_args is None  # loading arguments are not architecture
+    assert "file" not in from_file.config.vision_config.pretrained_cfg  # nor is this machine's weights path
     from_folder = MMAVSRForConditionalGeneration.from_pretrained_components(
         vision_encoder="timm", vision_model_name=str(tmp_path / "timm_folder"), **SIZES
     )
