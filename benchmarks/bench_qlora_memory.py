@@ -9,9 +9,14 @@ full-precision 7B copy ever exists.
     python benchmarks/bench_qlora_memory.py [--mode qlora|bf16|both] [--steps 3]
 
 Needs CUDA (and bitsandbytes for QLoRA); exits with a message otherwise.
+
+Measured (NVIDIA H100 80GB HBM3, torch 2.11.0+cu130, transformers 5.23.0, peft 0.21.2, bitsandbytes 0.50.2,
+--steps 10): qlora peak 8.27 GiB (8.88 GB) allocated, 771 ms/step, 238.5 M trainable; bf16 peak 64.73 GiB (69.50 GB),
+495 ms/step, 6936.9 M trainable. The goal of QLoRA at or under 12 GB is met.
 """
 
 import argparse
+import gc
 import sys
 import time
 
@@ -71,6 +76,7 @@ def batch(model):
 
 
 def run(mode: str, steps: int) -> dict:
+    gc.collect()  # the previous mode's model must not count towards this one's peak
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     model = build(mode)
@@ -92,10 +98,12 @@ def run(mode: str, steps: int) -> dict:
         "mode": mode,
         "trainable_params_M": sum(p.numel() for p in trainable) / 1e6,
         "peak_memory_GiB": torch.cuda.max_memory_allocated() / 2**30,
+        "peak_reserved_GiB": torch.cuda.max_memory_reserved() / 2**30,
+        "step_times_s": times[1:],
         "step_s": sum(times[1:]) / steps,
         "loss": loss.item(),
     }
-    del model, optimizer
+    del model, optimizer, inputs, trainable, loss
     return figures
 
 
@@ -107,7 +115,7 @@ def main():
     if not torch.cuda.is_available():
         sys.exit("bench_qlora_memory: no CUDA device here; this benchmark measures GPU memory and needs one.")
     modes = ("qlora", "bf16") if args.mode == "both" else (args.mode,)
-    print(f"device: {torch.cuda.get_device_name()}, batch 2 x 2 s, 7B Llama-shaped decoder")
+    print(f"device: {torch.cuda.get_device_name()}, batch 2 x 2 s, 7B Llama-shaped decoder", flush=True)
     for mode in modes:
         try:
             figures = run(mode, args.steps)
@@ -115,8 +123,11 @@ def main():
             print(f"{mode:>5}: out of GPU memory")
             continue
         print(
-            f"{mode:>5}: peak {figures['peak_memory_GiB']:.2f} GiB, {figures['step_s'] * 1000:.0f} ms/step, "
-            f"{figures['trainable_params_M']:.1f} M trainable, loss {figures['loss']:.3f}"
+            f"{mode:>5}: peak {figures['peak_memory_GiB']:.2f} GiB = {figures['peak_memory_GiB'] * 2**30 / 1e9:.2f} GB "
+            f"allocated ({figures['peak_reserved_GiB']:.2f} GiB reserved), {figures['step_s'] * 1000:.0f} ms/step "
+            f"(steps: {', '.join(f'{t * 1000:.0f}' for t in figures['step_times_s'])} ms), "
+            f"{figures['trainable_params_M']:.1f} M trainable, loss {figures['loss']:.3f}",
+            flush=True,
         )
 
 
