@@ -666,11 +666,17 @@ def build_processor(
                 if model_args.tokenizer_name
                 else MMAVSRTokenizer.from_auto_avsr()
             )
+        audio_kwargs = dict(settings.get("feature_extractor", {}))
+        if config.audio_encoder == "whisper":  # Whisper's encoder reads log-mels of its own number of bins
+            audio_kwargs.setdefault("feature_type", "log-mel")
+            audio_kwargs.setdefault("num_mel_bins", config.audio_config.num_mel_bins)
+        if config.vision_encoder == "timm":  # size, crop, mean and std from the backbone's timm data config
+            video_processor = MMAVSRVideoProcessor.from_timm(config, **settings.get("video_processor", {}))
+        else:
+            video_processor = MMAVSRVideoProcessor(**video_kwargs)
         processor = MMAVSRProcessor(
-            feature_extractor=MMAVSRFeatureExtractor(
-                **settings.get("feature_extractor", {})
-            ),
-            video_processor=MMAVSRVideoProcessor(**video_kwargs),
+            feature_extractor=MMAVSRFeatureExtractor(**audio_kwargs),
+            video_processor=video_processor,
             tokenizer=tokenizer,
         )
     if processor.tokenizer.vocab_size != config.vocab_size:

@@ -16,6 +16,7 @@ from .modeling_mmavsr import (
     MMAVSRSeq2SeqLMOutput,
     MMAVSRSeq2SeqModelOutput,
 )
+from .pipeline_feature_extraction_mmavsr import MMAVSRFeatureExtractionPipeline  # registers its task on import
 from .pipeline_mmavsr import MMAVSRSpeechRecognitionPipeline, register_pipelines
 
 
@@ -37,6 +38,7 @@ __all__ = [
     "MMAVSRSeq2SeqModelOutput",
     "MMAVSRSeq2SeqLMOutput",
     "MMAVSRSpeechRecognitionPipeline",
+    "MMAVSRFeatureExtractionPipeline",
 ]
 
 

@@ -569,3 +569,18 @@ def test_average_last_checkpoints_loads_into_the_model(tmp_path):
     torch.testing.assert_close(model.state_dict()[name], original[name] * 3.0)
     reloaded = MMAVSRForConditionalGeneration.from_pretrained(target)
     torch.testing.assert_close(reloaded.state_dict()[name], original[name] * 3.0)
+
+
+def test_presets_get_the_features_their_audio_encoder_reads():
+    # the log-mel demo preset's Whisper-style stem, and a Whisper encoder with no processor settings at all
+    from modeling_mmavsr import MMAVSRConfig
+
+    preset = json.loads((script.HUB_CONFIGS_DIR / "demo-asr-logmel.json").read_text())
+    preset.pop("processor")
+    for audio_config in (preset["audio_config"], {**preset["audio_config"], "num_mel_bins": 128}):
+        config = MMAVSRConfig(**{**preset, "audio_config": audio_config})
+        processor = script.build_processor(script.ModelArguments(), config)
+        extractor = processor.feature_extractor
+        assert (extractor.feature_type, extractor.num_mel_bins) == ("log-mel", audio_config["num_mel_bins"])
+    raw = script.build_processor(script.ModelArguments(), MMAVSRConfig(modality="audio"))
+    assert raw.feature_extractor.feature_type == "raw"
