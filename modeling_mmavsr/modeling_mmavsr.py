@@ -124,36 +124,41 @@ class MMAVSREncoder(MMAVSRPreTrainedModel):
                 f"pixel_values_videos={'set' if pixel_values_videos is not None else None}."
             )
 
-    def forward(
-        self,
-        input_features: torch.FloatTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        pixel_values_videos: torch.FloatTensor | None = None,
-        video_attention_mask: torch.Tensor | None = None,
-        **kwargs,
-    ) -> MMAVSREncoderOutput:
+    def video_features(self, pixel_values_videos, video_attention_mask=None):
+        """(features (B, T, D_video), frame mask (B, T) or None) of the vision frontend."""
+        if pixel_values_videos is None:
+            raise ValueError("The video features need `pixel_values_videos` (batch, frames, channels, height, width).")
+        if pixel_values_videos.ndim != 5:
+            raise ValueError(
+                f"`pixel_values_videos` must be (batch, frames, channels, height, width), got shape "
+                f"{tuple(pixel_values_videos.shape)}."
+            )
+        features = self.vision_frontend(pixel_values_videos, video_attention_mask)
+        return features, None if video_attention_mask is None else video_attention_mask.bool()
+
+    def audio_features(self, input_features, attention_mask=None):
+        """(features (B, T, D_audio), frame mask (B, T) or None) of the audio frontend."""
+        ndim, description = AUDIO_INPUTS[self.config.audio_encoder]
+        if input_features is None or input_features.ndim != ndim:
+            shape = None if input_features is None else tuple(input_features.shape)
+            raise ValueError(
+                f"audio_encoder={self.config.audio_encoder!r} takes {description} as `input_features`, got {shape}."
+            )
+        features = self.audio_frontend(input_features, attention_mask)
+        if attention_mask is None:
+            return features, None
+        frames = self.audio_frontend.output_lengths(attention_mask.sum(-1))
+        return features, torch.arange(features.shape[1], device=features.device)[None] < frames[:, None]
+
+    def fused_features(self, input_features, attention_mask, pixel_values_videos, video_attention_mask):
+        """The Conformer's input (B, T, hidden_size): both streams aligned and fused, or the one stream projected;
+        and its frame mask (B, T), all True without input masks."""
         self._check_inputs(input_features, pixel_values_videos)
         video = audio = video_mask = audio_mask = None
         if self.vision_frontend is not None:
-            if pixel_values_videos.ndim != 5:
-                raise ValueError(
-                    f"`pixel_values_videos` must be (batch, frames, channels, height, width), got shape "
-                    f"{tuple(pixel_values_videos.shape)}."
-                )
-            video = self.vision_frontend(pixel_values_videos, video_attention_mask)
-            if video_attention_mask is not None:
-                video_mask = video_attention_mask.bool()
+            video, video_mask = self.video_features(pixel_values_videos, video_attention_mask)
         if self.audio_frontend is not None:
-            ndim, description = AUDIO_INPUTS[self.config.audio_encoder]
-            if input_features.ndim != ndim:
-                raise ValueError(
-                    f"audio_encoder={self.config.audio_encoder!r} takes {description} as `input_features`, got shape "
-                    f"{tuple(input_features.shape)}."
-                )
-            audio = self.audio_frontend(input_features, attention_mask)
-            if attention_mask is not None:
-                frames = self.audio_frontend.output_lengths(attention_mask.sum(-1))
-                audio_mask = torch.arange(audio.shape[1], device=audio.device)[None] < frames[:, None]
+            audio, audio_mask = self.audio_features(input_features, attention_mask)
 
         if video is not None and audio is not None:
             video, audio, frame_mask = align_streams(
@@ -165,7 +170,19 @@ class MMAVSREncoder(MMAVSRPreTrainedModel):
             hidden_states = self.projector(features)
         if frame_mask is None:
             frame_mask = torch.ones(hidden_states.shape[:2], dtype=torch.bool, device=hidden_states.device)
+        return hidden_states, frame_mask
 
+    def forward(
+        self,
+        input_features: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
+        video_attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> MMAVSREncoderOutput:
+        hidden_states, frame_mask = self.fused_features(
+            input_features, attention_mask, pixel_values_videos, video_attention_mask
+        )
         hidden_states = self.conformer(hidden_states, frame_mask)
         return MMAVSREncoderOutput(last_hidden_state=hidden_states, attention_mask=frame_mask)
 

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 import torch
 from transformers.utils import ModelOutput
 
-from .modeling_mmavsr_audio import AUDIO_INPUTS
-from .modeling_mmavsr_fusion import align_streams, lengths_to_mask
 
 FEATURE_LAYERS = ("video_frontend", "audio_frontend", "fused", "conformer")
 
@@ -47,34 +45,6 @@ def _stream_output(features: torch.Tensor, mask: torch.Tensor | None) -> MMAVSRE
     return MMAVSREncoderFeatures(features=features, attention_mask=mask, lengths=mask.sum(-1))
 
 
-def _video_stream(encoder, pixel_values_videos, video_attention_mask):
-    """(features (B, T, D_video), frame mask (B, T) or None) of the vision encoder."""
-    if pixel_values_videos is None:
-        raise ValueError("The video features need `pixel_values_videos` (batch, frames, channels, height, width).")
-    if pixel_values_videos.ndim != 5:
-        raise ValueError(
-            f"`pixel_values_videos` must be (batch, frames, channels, height, width), got shape "
-            f"{tuple(pixel_values_videos.shape)}."
-        )
-    features = encoder.vision_frontend(pixel_values_videos, video_attention_mask)
-    return features, None if video_attention_mask is None else video_attention_mask.bool()
-
-
-def _audio_stream(encoder, input_features, attention_mask):
-    """(features (B, T, D_audio), frame mask (B, T) or None) of the audio encoder."""
-    ndim, description = AUDIO_INPUTS[encoder.config.audio_encoder]
-    if input_features is None or input_features.ndim != ndim:
-        shape = None if input_features is None else tuple(input_features.shape)
-        raise ValueError(
-            f"audio_encoder={encoder.config.audio_encoder!r} takes {description} as `input_features`, got {shape}."
-        )
-    features = encoder.audio_frontend(input_features, attention_mask)
-    if attention_mask is None:
-        return features, None
-    frames = encoder.audio_frontend.output_lengths(attention_mask.sum(-1))
-    return features, lengths_to_mask(frames, features.shape[1])
-
-
 def get_encoder_features(
     encoder,
     input_features: torch.Tensor | None = None,
@@ -97,24 +67,12 @@ def get_encoder_features(
         if feature_layer == layer and frontend is None:
             raise ValueError(f"feature_layer={layer!r}: this {config.modality} model has no {option}.")
     if feature_layer == "video_frontend":
-        return _stream_output(*_video_stream(encoder, pixel_values_videos, video_attention_mask))
+        return _stream_output(*encoder.video_features(pixel_values_videos, video_attention_mask))
     if feature_layer == "audio_frontend":
-        return _stream_output(*_audio_stream(encoder, input_features, attention_mask))
-
-    encoder._check_inputs(input_features, pixel_values_videos)
-    video = audio = None
-    if encoder.vision_frontend is not None:
-        video, video_mask = _video_stream(encoder, pixel_values_videos, video_attention_mask)
-    if encoder.audio_frontend is not None:
-        audio, audio_mask = _audio_stream(encoder, input_features, attention_mask)
-    if video is not None and audio is not None:
-        video, audio, frame_mask = align_streams(
-            video, video_mask, audio, audio_mask, config.max_stream_length_difference
-        )
-        hidden_states = encoder.fusion(video, audio)
-    else:
-        features, frame_mask = (video, video_mask) if video is not None else (audio, audio_mask)
-        hidden_states = encoder.projector(features)
+        return _stream_output(*encoder.audio_features(input_features, attention_mask))
+    hidden_states, frame_mask = encoder.fused_features(
+        input_features, attention_mask, pixel_values_videos, video_attention_mask
+    )
     output = _stream_output(hidden_states, frame_mask)
     if feature_layer == "conformer":
         output.features = encoder.conformer(hidden_states, output.attention_mask)
