@@ -21,6 +21,8 @@ from transformers import set_seed
 
 import run_speech_recognition_avsr as script
 
+from .test_training_script import tiny_preset
+
 SCRIPT = Path(script.__file__)
 STEPS = 3  # 8 clips, global batch 4: the third step is in the second (reshuffled) epoch
 
@@ -38,38 +40,7 @@ def setup(tmp_path_factory):
         num_workers=2,
         progress=False,
     )
-    preset = dict(
-        vision_encoder="resnet",
-        audio_encoder="resnet1d",
-        frontend_channels=4,
-        frontend_layers=[1, 1, 1, 1],
-        fusion_hidden_size=32,
-        hidden_size=32,
-        encoder_layers=1,
-        encoder_attention_heads=2,
-        encoder_ffn_dim=64,
-        conv_kernel_size=3,
-        ctc_weight=0.3,
-        encoder_dropout=0.0,
-        positional_dropout=0.0,
-        ctc_dropout=0.0,
-        text_config=dict(
-            d_model=32,
-            num_hidden_layers=1,
-            decoder_attention_heads=2,
-            decoder_ffn_dim=64,
-            dropout=0.0,
-            attention_dropout=0.0,
-            positional_dropout=0.0,
-        ),
-        processor={
-            "video_processor": {
-                "size": {"height": 24, "width": 24},
-                "crop_size": {"height": 24, "width": 24},
-            }
-        },
-    )
-    (root / "preset.json").write_text(json.dumps(preset))
+    tiny_preset(root / "preset.json", "audiovisual", dropout=0.0, crop_size=24)
     return root
 
 

@@ -17,8 +17,9 @@ from modeling_mmavsr import MMAVSRForConditionalGeneration
 WORDS = ["BIN", "BLUE", "AT", "NOW", "PLACE", "RED", "WITH", "GREEN"]
 
 
-def tiny_preset(path, modality):
-    """A preset JSON of the demo presets' shape, shrunk to test size, with a small video processor."""
+def tiny_preset(path, modality, dropout=None, crop_size=20):
+    """A preset JSON of the demo presets' shape, shrunk to test size, with a small video processor (24x24 frames cropped
+    to `crop_size`); `dropout` sets every dropout of the encoder and decoder (the configs' defaults otherwise)."""
     vision, audio = script.LEGACY_MODALITIES[modality]
     preset = dict(
         vision_encoder=vision,
@@ -41,10 +42,13 @@ def tiny_preset(path, modality):
         processor={
             "video_processor": {
                 "size": {"height": 24, "width": 24},
-                "crop_size": {"height": 20, "width": 20},
+                "crop_size": {"height": crop_size, "width": crop_size},
             }
         },
     )
+    if dropout is not None:
+        preset.update(encoder_dropout=dropout, positional_dropout=dropout, ctc_dropout=dropout)
+        preset["text_config"].update(dropout=dropout, attention_dropout=dropout, positional_dropout=dropout)
     path.write_text(json.dumps(preset))
     return str(path)
 
