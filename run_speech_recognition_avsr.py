@@ -55,6 +55,7 @@ from mmavsr_processing.collation import (
 )
 from safetensors.torch import load_file
 from transformers import (
+    AutoTokenizer,
     HfArgumentParser,
     Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
@@ -76,7 +77,8 @@ from transformers.trainer_utils import (
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
-from modeling_mmavsr.configuration_mmavsr import LEGACY_MODALITIES
+from modeling_mmavsr.configuration_mmavsr import AUTO_AVSR_VOCAB_SIZE, LEGACY_MODALITIES
+from modeling_mmavsr.modeling_mmavsr_decoder_loading import load_decoder_tokenizer
 from modeling_mmavsr.convert_auto_avsr_checkpoint import (
     convert_auto_avsr_state_dict,
     load_auto_avsr_checkpoint,
@@ -661,11 +663,7 @@ def build_processor(
             **settings.get("video_processor", {}),
         }
         if tokenizer is None:
-            tokenizer = (
-                MMAVSRTokenizer.from_pretrained(model_args.tokenizer_name)
-                if model_args.tokenizer_name
-                else MMAVSRTokenizer.from_auto_avsr()
-            )
+            tokenizer = default_tokenizer(model_args, config)
         audio_kwargs = dict(settings.get("feature_extractor", {}))
         if config.audio_encoder == "whisper":  # Whisper's encoder reads log-mels of its own number of bins
             audio_kwargs.setdefault("feature_type", "log-mel")
@@ -679,12 +677,45 @@ def build_processor(
             video_processor=video_processor,
             tokenizer=tokenizer,
         )
-    if processor.tokenizer.vocab_size != config.vocab_size:
+    # a pretrained decoder's embedding table may have rows no token uses (Whisper's, Llama 3's are padded)
+    tokens = processor.tokenizer.vocab_size if config.decoder == "transformer" else len(processor.tokenizer)
+    if tokens > config.vocab_size or (config.decoder == "transformer" and tokens != config.vocab_size):
         raise ValueError(
-            f"The tokenizer has {processor.tokenizer.vocab_size} ids but the model's decoder has {config.vocab_size}; "
+            f"The tokenizer has {tokens} ids but the model's decoder has {config.vocab_size}; "
             "give the matching --tokenizer_name or set text_config.vocab_size."
         )
     return processor
+
+
+def default_tokenizer(model_args: ModelArguments, config: MMAVSRConfig):
+    """--tokenizer_name; else the pretrained LLM's or Whisper's own tokenizer (--decoder-model-name), set up to write
+    the labels those decoders train on; else auto_avsr's unigram5000."""
+    if model_args.tokenizer_name:
+        if config.decoder == "transformer":
+            return MMAVSRTokenizer.from_pretrained(model_args.tokenizer_name)
+        return AutoTokenizer.from_pretrained(model_args.tokenizer_name)
+    if config.decoder != "transformer":
+        if not config.decoder_model_name:
+            raise ValueError(
+                f"--decoder {config.decoder} writes its labels with the decoder's own tokenizer: give "
+                "--decoder-model-name (the LLM or Whisper checkpoint) or --tokenizer_name."
+            )
+        return load_decoder_tokenizer(config.decoder, config.decoder_model_name)
+    return MMAVSRTokenizer.from_auto_avsr()
+
+
+def separate_ctc_tokenizer(config: MMAVSRConfig) -> MMAVSRTokenizer | None:
+    """The tokenizer writing `ctc_labels` for a CTC head with a vocabulary of its own (LLM and Whisper decoders,
+    `ctc_vocabulary="separate"`, trained when ctc_weight > 0): auto_avsr's unigram5000 units."""
+    if config.ctc_weight == 0 or config.ctc_shares_decoder_vocabulary:
+        return None
+    if config.ctc_vocab_size != AUTO_AVSR_VOCAB_SIZE:
+        raise ValueError(
+            f"The CTC head has a vocabulary of its own with {config.ctc_vocab_size} units; the script writes CTC "
+            f"targets in auto_avsr's {AUTO_AVSR_VOCAB_SIZE} units only: use --ctc-weight 0, or ctc_vocabulary "
+            "'decoder' in the preset (CTC over the decoder's tokens)."
+        )
+    return MMAVSRTokenizer.from_auto_avsr()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1135,6 +1166,7 @@ def evaluate_at_snrs(
             training=False,
             audio_augmentation=audio_augmentation,
             modalities=modalities_of(config),
+            ctc_tokenizer=separate_ctc_tokenizer(config),
         )
         key = (
             prefix
@@ -1392,6 +1424,7 @@ def main(
                 video_augmentation=video_augmentation or None,
                 audio_augmentation=audio_augmentation or None,
                 modalities=modalities,
+                ctc_tokenizer=separate_ctc_tokenizer(config),
             ),
             seed=training_args.seed,
         )
@@ -1410,7 +1443,9 @@ def main(
         args=training_args,
         train_dataset=train_dataset,
         data_collator=train_collator
-        or MMAVSRDataCollator(processor, modalities=modalities),
+        or MMAVSRDataCollator(
+            processor, modalities=modalities, ctc_tokenizer=separate_ctc_tokenizer(config)
+        ),
         processing_class=processor,
         compute_metrics=metric,
         callbacks=[EpochCallback(train_collator)] if train_collator else None,

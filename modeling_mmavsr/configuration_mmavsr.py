@@ -24,6 +24,7 @@ NATIVE_50HZ_AUDIO_ENCODERS = ("whisper", "wavlm")
 AUDIO_FRAME_RATES = (25, 50)
 # vocabulary of auto_avsr's unigram units (blank 0 ... sos/eos 5048): the CTC head's when the decoder has its own
 AUTO_AVSR_VOCAB_SIZE = 5049
+CTC_VOCABULARIES = ("decoder", "separate")
 # the instruction that opens the LLM decoder's prompt, per modality (`instruction=None`)
 DEFAULT_INSTRUCTIONS = {
     "video": "Transcribe what the speaker says, reading the lip movements in the video.",
@@ -164,9 +165,17 @@ class MMAVSRConfig(PreTrainedConfig):
         text_config (`dict` or `PreTrainedConfig`): the decoder's configuration: `MMAVSRTextConfig` for the
             Transformer decoder, `WhisperConfig` for `whisper-decoder`, the LLM's own config (e.g. `LlamaConfig`, or
             a dict with its `model_type`) for `llm`.
-        ctc_vocab_size (`int`, optional): size of the CTC head's vocabulary (blank 0). Default: the decoder's
-            vocabulary for the Transformer decoder; auto_avsr's 5049 units for the LLM and Whisper decoders, whose
-            CTC targets are then passed separately as `ctc_labels`.
+        ctc_vocabulary (`str`, optional): what the CTC head's outputs are. `decoder`: the decoder's tokens (the
+            Transformer decoder's vocabulary holds blank at 0; the LLM and Whisper decoders get one more output, the
+            blank, after their vocabulary): its targets are the `labels`, and joint CTC/attention decoding works with
+            every decoder. `separate` (LLM and Whisper decoders): units of its own, by default auto_avsr's 5049
+            (blank 0, eos last), as an auto_avsr checkpoint's head; its targets are passed as `ctc_labels` (e.g. the
+            text tokenized by `MMAVSRTokenizer.from_auto_avsr()`, which the training script's collator does) and
+            `generate()` cannot use it. Default: `decoder` for the Transformer decoder, `separate` for the others (a
+            5049-wide head instead of one as wide as an LLM's vocabulary).
+        ctc_vocab_size (`int`, optional): size of the CTC head's output: the Transformer decoder's vocabulary, the
+            LLM's or Whisper's + 1 with `ctc_vocabulary="decoder"` (another value raises), 5049 by default for
+            `separate`.
         instruction (`str`, optional): the LLM decoder's instruction; default per modality (`DEFAULT_INSTRUCTIONS`).
         instruction_ids (`list[int]`, optional): the LLM's prompt tokens before the encoder features (the
             instruction as its chat template renders it); written by `set_instruction(tokenizer)`.
@@ -224,6 +233,7 @@ class MMAVSRConfig(PreTrainedConfig):
     # losses and decoder
     label_smoothing: float = 0.1
     text_config: dict | PreTrainedConfig | None = None
+    ctc_vocabulary: str | None = None
     ctc_vocab_size: int | None = None
     instruction: str | None = None
     instruction_ids: list[int] | None = None
@@ -318,9 +328,7 @@ class MMAVSRConfig(PreTrainedConfig):
             )
         if self.decoder == "whisper-decoder" and text_config.model_type != "whisper":
             raise ValueError(f"decoder='whisper-decoder' takes a WhisperConfig, got {text_config.model_type!r}.")
-        if self.ctc_vocab_size is None:
-            own_vocabulary = self.decoder == "transformer"
-            self.ctc_vocab_size = text_config.vocab_size if own_vocabulary else AUTO_AVSR_VOCAB_SIZE
+        self._resolve_ctc_vocabulary()
         if self.decoder == "llm" and self.instruction is None:
             self.instruction = DEFAULT_INSTRUCTIONS[self.modality]
         if self.decoder_prompt_ids is None:
@@ -335,6 +343,45 @@ class MMAVSRConfig(PreTrainedConfig):
             self.lora_target_modules = list(self.lora_target_modules)
         if self.use_qlora and self.decoder != "llm":
             raise ValueError(f"`use_qlora` adapts an LLM decoder; this config has decoder={self.decoder!r}.")
+
+    def _resolve_ctc_vocabulary(self):
+        if self.ctc_vocabulary is None:
+            # a config saved before `ctc_vocabulary` existed holds only the head's size
+            shared = self.decoder == "transformer" or self.ctc_vocab_size == self.text_config.vocab_size + 1
+            self.ctc_vocabulary = "decoder" if shared else "separate"
+        _check_choice("ctc_vocabulary", self.ctc_vocabulary, CTC_VOCABULARIES)
+        if self.decoder == "transformer":
+            if self.ctc_vocabulary != "decoder":
+                raise ValueError(
+                    "decoder='transformer' trains its CTC head on its own vocabulary (blank 0): ctc_vocabulary must "
+                    f"be 'decoder', got {self.ctc_vocabulary!r}."
+                )
+            if self.ctc_vocab_size is None:
+                self.ctc_vocab_size = self.text_config.vocab_size
+            return
+        if self.ctc_vocabulary == "separate":
+            if self.ctc_vocab_size is None:
+                self.ctc_vocab_size = AUTO_AVSR_VOCAB_SIZE
+            return
+        size = self.text_config.vocab_size + 1
+        if self.ctc_vocab_size is None:
+            self.ctc_vocab_size = size
+        elif self.ctc_vocab_size != size:
+            raise ValueError(
+                f"ctc_vocabulary={self.ctc_vocabulary!r} with decoder={self.decoder!r} means a CTC head of {size} "
+                f"outputs, got ctc_vocab_size={self.ctc_vocab_size}."
+            )
+
+    @property
+    def ctc_blank_id(self) -> int:
+        """The CTC head's blank: 0, or for the LLM and Whisper decoders sharing their vocabulary the extra last id."""
+        shared_pretrained = self.decoder != "transformer" and self.ctc_vocabulary == "decoder"
+        return self.text_config.vocab_size if shared_pretrained else 0
+
+    @property
+    def ctc_shares_decoder_vocabulary(self) -> bool:
+        """Whether CTC scores the decoder's tokens (joint CTC/attention decoding needs it)."""
+        return self.ctc_vocabulary == "decoder"
 
     @property
     def modality(self) -> str:

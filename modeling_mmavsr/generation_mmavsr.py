@@ -13,12 +13,16 @@ from transformers import GenerationMixin, LogitsProcessor, LogitsProcessorList
 from transformers.cache_utils import EncoderDecoderCache
 
 
+def _as_list(token_ids: int | list[int]) -> list[int]:
+    return [int(i) for i in token_ids] if isinstance(token_ids, (list, tuple)) else [int(token_ids)]
+
+
 class EncoderLengthLogitsProcessor(LogitsProcessor):
     """Ends a hypothesis once it holds `frame_length` tokens: eos is then its only continuation, at no score."""
 
-    def __init__(self, frame_lengths: torch.Tensor, eos_token_id: int, prompt_length: int = 1):
+    def __init__(self, frame_lengths: torch.Tensor, eos_token_id: int | list[int], prompt_length: int = 1):
         self.frame_lengths = frame_lengths
-        self.eos_token_id = eos_token_id
+        self.eos_token_ids = _as_list(eos_token_id)
         self.prompt_length = prompt_length
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -28,7 +32,7 @@ class EncoderLengthLogitsProcessor(LogitsProcessor):
         if done.any():
             scores = scores.clone()
             scores[done] = torch.finfo(scores.dtype).min
-            scores[done, self.eos_token_id] = 0.0
+            scores[done.nonzero()[:, :1], torch.tensor(self.eos_token_ids, device=scores.device)] = 0.0
         return scores
 
 
@@ -40,14 +44,13 @@ class CTCPrefixScorer:
     probability one, so every row can run to the longest utterance's last frame.
     """
 
-    def __init__(self, ctc_log_probs: torch.Tensor, frame_lengths: torch.Tensor, eos_token_id: int, blank_id: int = 0):
+    def __init__(self, ctc_log_probs: torch.Tensor, frame_lengths: torch.Tensor, blank_id: int = 0):
         # ctc_log_probs: (B, T, V)
         frames = torch.arange(ctc_log_probs.shape[1], device=ctc_log_probs.device)
         padded = frames[None, :] >= frame_lengths[:, None].to(frames.device)  # (B, T)
         log_probs = ctc_log_probs.float().masked_fill(padded[..., None], -float("inf"))
         log_probs[..., blank_id] = log_probs[..., blank_id].masked_fill(padded, 0.0)
         self.log_probs = log_probs
-        self.eos_token_id = eos_token_id
         self.blank_id = blank_id
 
     def _utterance_of_rows(self, num_rows: int) -> torch.Tensor:
@@ -106,15 +109,15 @@ class CTCPrefixScoreLogitsProcessor(LogitsProcessor):
         frame_lengths: torch.Tensor,
         ctc_weight: float,
         num_beams: int,
-        eos_token_id: int,
+        eos_token_id: int | list[int],
         blank_id: int = 0,
         pre_beam_ratio: float = 1.5,
         prompt_length: int = 1,
     ):
-        self.scorer = CTCPrefixScorer(ctc_log_probs, frame_lengths, eos_token_id, blank_id)
+        self.eos_token_ids = _as_list(eos_token_id)
+        self.scorer = CTCPrefixScorer(ctc_log_probs, frame_lengths, blank_id)
         self.num_utterances = ctc_log_probs.shape[0]
         self.ctc_weight = ctc_weight
-        self.eos_token_id = eos_token_id
         self.blank_id = blank_id
         self.pre_beam_size = min(max(1, int(pre_beam_ratio * num_beams)), ctc_log_probs.shape[-1])
         self.prompt_length = prompt_length
@@ -157,9 +160,12 @@ class CTCPrefixScoreLogitsProcessor(LogitsProcessor):
         gain_eos = (psi_eos - psi_prev).nan_to_num(nan=-float("inf"))
         joint = torch.full_like(log_probs, torch.finfo(log_probs.dtype).min)
         joint.scatter_(1, candidates, (1 - weight) * log_probs.gather(1, candidates) + weight * gain)
-        # eos is always scored: the prefix must explain the whole utterance; blank is never a token
-        joint[:, self.eos_token_id] = (1 - weight) * log_probs[:, self.eos_token_id] + weight * gain_eos
-        joint[:, self.blank_id] = torch.finfo(log_probs.dtype).min
+        # eos is always scored: the prefix must explain the whole utterance; blank is never a token (for the LLM and
+        # Whisper decoders it lies past the decoder's vocabulary)
+        eos = torch.tensor(self.eos_token_ids, device=joint.device)
+        joint[:, eos] = (1 - weight) * log_probs[:, eos] + weight * gain_eos[:, None]
+        if self.blank_id < joint.shape[-1]:
+            joint[:, self.blank_id] = torch.finfo(log_probs.dtype).min
         return joint.to(scores.dtype)
 
 
@@ -192,7 +198,7 @@ class MMAVSRGenerationMixin(GenerationMixin):
 
         ctc_weight (`float`, *optional*):
             Weight of the CTC prefix score in joint decoding; defaults to the generation config's `ctc_weight`
-            (0 turns it off). Needs the model's CTC head.
+            (0 turns it off). Needs a CTC head over the decoder's tokens (`config.ctc_vocabulary == "decoder"`).
         """
         if encoder_outputs is None:
             encoder_outputs = self.get_encoder()(
@@ -228,11 +234,20 @@ class MMAVSRGenerationMixin(GenerationMixin):
         if kwargs.get("length_penalty") is None and generation_config.length_penalty is None:
             kwargs["length_penalty"] = 0.0  # ESPnet ranks finished beams by their summed score
         processors = LogitsProcessorList(logits_processor or [])
+        prompt_length = len(self.config.decoder_prompt_ids)
         if ctc_weight > 0:
             with torch.no_grad():
                 ctc_log_probs = torch.log_softmax(self.ctc_head(encoder_outputs.last_hidden_state).float(), dim=-1)
             processors.append(
-                CTCPrefixScoreLogitsProcessor(ctc_log_probs, frame_lengths, ctc_weight, num_beams, eos_token_id)
+                CTCPrefixScoreLogitsProcessor(
+                    ctc_log_probs,
+                    frame_lengths,
+                    ctc_weight,
+                    num_beams,
+                    eos_token_id,
+                    blank_id=self.config.ctc_blank_id,
+                    prompt_length=prompt_length,
+                )
             )
-        processors.append(EncoderLengthLogitsProcessor(frame_lengths, eos_token_id))
+        processors.append(EncoderLengthLogitsProcessor(frame_lengths, eos_token_id, prompt_length))
         return super().generate(encoder_outputs=encoder_outputs, logits_processor=processors, **kwargs)

@@ -276,14 +276,18 @@ def label_smoothing_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: 
     return kl.sum() / labels.shape[0]
 
 
-def ctc_loss(ctc_logits: torch.Tensor, frame_lengths: torch.Tensor, labels: torch.Tensor, eos_token_id: int):
-    """CTC loss (blank 0) over the labels without -100 padding and eos, summed and divided by the batch size."""
+def ctc_loss(
+    ctc_logits: torch.Tensor, frame_lengths: torch.Tensor, labels: torch.Tensor, drop_ids, blank_id: int = 0
+) -> torch.Tensor:
+    """CTC loss over the labels without -100 padding and the `drop_ids` (eos; an int or a collection), summed and
+    divided by the batch size."""
     log_probs = torch.log_softmax(ctc_logits.float(), dim=-1).transpose(0, 1)  # (T, B, V)
-    keep = (labels != -100) & (labels != eos_token_id)
+    drop = torch.tensor(sorted({drop_ids} if isinstance(drop_ids, int) else set(drop_ids)), device=labels.device)
+    keep = (labels != -100) & ~torch.isin(labels, drop)
     targets = labels[keep]
     target_lengths = keep.sum(-1)
     loss = nn.functional.ctc_loss(
-        log_probs, targets, frame_lengths, target_lengths, blank=0, reduction="sum", zero_infinity=True
+        log_probs, targets, frame_lengths, target_lengths, blank=blank_id, reduction="sum", zero_infinity=True
     )
     return loss / labels.shape[0]
 
@@ -322,8 +326,8 @@ class MMAVSRForConditionalGeneration(
         self.generation_config._from_model_config = False
 
     def _set_decoder_generation_defaults(self):
-        """Start tokens, eos and padding of the Whisper and LLM decoders; no joint CTC decoding (the CTC head has
-        its own vocabulary)."""
+        """Start tokens, eos and padding of the Whisper and LLM decoders; no joint CTC decoding by default (a
+        pretrained decoder decodes as it was trained; with `ctc_vocabulary='decoder'` a call may ask for it)."""
         text_config = self.config.text_config
         eos = text_config.eos_token_id
         self.generation_config.ctc_weight = 0.0
@@ -347,10 +351,12 @@ class MMAVSRForConditionalGeneration(
 
     def generate(self, *args, **kwargs):
         if self.config.decoder != "transformer":
-            if kwargs.get("ctc_weight"):
+            if kwargs.get("ctc_weight") and not self.config.ctc_shares_decoder_vocabulary:
                 raise ValueError(
                     f"Joint CTC decoding needs the CTC head and the decoder to share a vocabulary; decoder="
-                    f"{self.config.decoder!r} has its own ({self.config.vocab_size} vs {self.config.ctc_vocab_size})."
+                    f"{self.config.decoder!r} has its own ({self.config.vocab_size} tokens vs the CTC head's "
+                    f"{self.config.ctc_vocab_size} units): build the model with "
+                    "`ctc_vocabulary='decoder'`."
                 )
             if self.config.decoder == "whisper-decoder" and kwargs.get("max_new_tokens") is None:
                 # Whisper's learned positions end at max_target_positions
@@ -509,17 +515,31 @@ class MMAVSRForConditionalGeneration(
         )
 
     def _ctc_loss(self, ctc_logits, frame_lengths, labels, ctc_labels) -> torch.Tensor:
-        """CTC on `labels` when the CTC head shares the decoder's vocabulary, else on `ctc_labels` (its eos, the last
-        id of auto_avsr's vocabulary, is dropped like the decoder's)."""
-        if self.config.decoder == "transformer":
-            return ctc_loss(ctc_logits, frame_lengths, labels, self.config.text_config.eos_token_id)
+        """CTC on `labels` when the CTC head scores the decoder's tokens (without eos and the other special ids a
+        label sequence may hold), else on `ctc_labels` in the head's own units (without their eos, the last id, as in
+        auto_avsr's vocabulary)."""
+        config = self.config
+        if config.ctc_shares_decoder_vocabulary:
+            return ctc_loss(ctc_logits, frame_lengths, labels, self._label_special_ids(), config.ctc_blank_id)
         if ctc_labels is None:
             raise ValueError(
-                f"decoder={self.config.decoder!r} trains its CTC head (ctc_weight={self.config.ctc_weight}) on "
-                f"auto_avsr's {self.config.ctc_vocab_size}-unit vocabulary: pass `ctc_labels` (the text tokenized by "
-                "`MMAVSRTokenizer.from_auto_avsr()`, padded with -100) or set `ctc_weight=0`."
+                f"decoder={config.decoder!r} trains its CTC head (ctc_weight={config.ctc_weight}) on a "
+                f"{config.ctc_vocab_size}-unit vocabulary of its own: pass `ctc_labels` (e.g. the text tokenized by "
+                "`MMAVSRTokenizer.from_auto_avsr()`, padded with -100), set `ctc_weight=0`, or use "
+                "`ctc_vocabulary='decoder'`."
             )
-        return ctc_loss(ctc_logits, frame_lengths, ctc_labels.to(ctc_logits.device), self.config.ctc_vocab_size - 1)
+        return ctc_loss(ctc_logits, frame_lengths, ctc_labels.to(ctc_logits.device), config.ctc_vocab_size - 1)
+
+    def _label_special_ids(self) -> set[int]:
+        """Decoder ids that are no speech: eos, and for the LLM and Whisper decoders bos and padding too."""
+        text_config = self.config.text_config
+        if self.config.decoder == "transformer":
+            return {text_config.eos_token_id}
+        ids = set()
+        for name in ("eos_token_id", "bos_token_id", "pad_token_id"):
+            value = getattr(text_config, name, None)
+            ids.update(value if isinstance(value, (list, tuple)) else [] if value is None else [value])
+        return ids
 
 
 __all__ = [

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset, Sampler
 from transformers import BatchFeature
 
 from .feature_extraction_mmavsr import to_waveform
-from .processing_mmavsr import MMAVSRProcessor, check_av_durations, check_transcript
+from .processing_mmavsr import MMAVSRProcessor, check_av_durations, check_transcript, pad_labels
 from .video_processing_mmavsr import to_video_tensor
 
 
@@ -147,6 +147,9 @@ class MMAVSRDataCollator:
             e.g. `[TimeMask.for_audio(), AddNoise(...)]`. Augmentations run whenever set, also at evaluation
             (a seeded `AddNoise(snr)` gives the noisy test condition of `--decode-snr-target`).
         modalities: which of "video" and "audio" to read from the rows.
+        ctc_tokenizer: tokenizer of a CTC head with a vocabulary of its own (the LLM and Whisper decoders'
+            `ctc_vocabulary="separate"`, e.g. `MMAVSRTokenizer.from_auto_avsr()`): the batch then also holds
+            `ctc_labels`, the texts in its ids, padded with -100.
     """
 
     processor: MMAVSRProcessor
@@ -154,6 +157,7 @@ class MMAVSRDataCollator:
     video_augmentation: Augmentation | None = None
     audio_augmentation: Augmentation | None = None
     modalities: tuple[str, ...] = field(default=("video", "audio"))
+    ctc_tokenizer: Any = None
 
     def __post_init__(self):
         unknown = set(self.modalities) - {"video", "audio"}
@@ -180,6 +184,8 @@ class MMAVSRDataCollator:
         if "text" in wanted:
             inputs["text"] = [clip["text"] for clip in clips]
         batch = self.processor(**inputs, training=self.training, return_tensors="pt")
+        if "text" in wanted and self.ctc_tokenizer is not None:
+            batch["ctc_labels"] = pad_labels(self.ctc_tokenizer(inputs["text"])["input_ids"])
         skipped = [message for row in rows for message in row.get(SKIPPED_CLIPS, ())]
         if skipped:
             batch[SKIPPED_CLIPS] = skipped  # not a tensor: the trainer takes it out before the model sees the batch

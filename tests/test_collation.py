@@ -38,6 +38,22 @@ def test_collator_pads_everything_and_masks_labels(processor):
     assert processor.batch_decode(labels) == ["BIN RED", "PLACE BLUE AT A ONE NOW"]
 
 
+def test_collator_writes_ctc_labels_with_a_ctc_tokenizer(processor):
+    """A CTC head with a vocabulary of its own (the LLM and Whisper decoders') gets `ctc_labels` in its units."""
+    from mmavsr_processing import MMAVSRTokenizer
+
+    ctc_tokenizer = MMAVSRTokenizer.from_auto_avsr()
+    rows = [_row(3, "BIN RED", 0), _row(6, "PLACE BLUE AT A ONE NOW", 1)]
+    batch = MMAVSRDataCollator(processor, modalities=("audio",), ctc_tokenizer=ctc_tokenizer)(rows)
+    assert ctc_tokenizer.batch_decode(batch["ctc_labels"].clamp(min=0), skip_special_tokens=True) == [
+        "BIN RED",
+        "PLACE BLUE AT A ONE NOW",
+    ]
+    short = len(ctc_tokenizer("BIN RED")["input_ids"])
+    assert batch["ctc_labels"][0, short:].eq(-100).all() and batch["ctc_labels"][0, -1].eq(-100)
+    assert "ctc_labels" not in MMAVSRDataCollator(processor, modalities=("audio",))(rows)
+
+
 def test_collator_reads_files_and_decoders(processor, tmp_path):
     from torchcodec.decoders import AudioDecoder, VideoDecoder
 

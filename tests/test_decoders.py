@@ -176,12 +176,55 @@ def test_ctc_needs_its_own_labels_and_joint_decoding_is_refused():
     inputs = make_inputs("audio", FRAMES)
     with pytest.raises(ValueError, match="pass `ctc_labels`"):
         model(**inputs, labels=pad(TOKENS, EOS))
-    with pytest.raises(ValueError, match="share a vocabulary"):
+    with pytest.raises(ValueError, match="ctc_vocabulary='decoder'"):
         model.generate(**inputs, ctc_weight=0.3)
     with pytest.raises(ValueError, match="needs the LLM's configuration"):
         MMAVSRConfig(modality="audio", decoder="llm")
     with pytest.raises(ValueError, match="use_qlora"):
         MMAVSRConfig(modality="audio", use_qlora=True)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_ctc_over_the_decoders_tokens_trains_on_the_labels(decoder):
+    model = build(decoder, ctc_vocabulary="decoder", ctc_vocab_size=None, ctc_weight=0.3)
+    vocab = model.config.vocab_size
+    assert model.ctc_head.ctc_lo.out_features == vocab + 1 and model.config.ctc_blank_id == vocab
+    inputs = make_inputs("audio", FRAMES)
+    out = model(**inputs, labels=pad(TOKENS, EOS))  # no ctc_labels: the labels are the CTC targets, eos dropped
+    log_probs = torch.log_softmax(out.ctc_logits, -1).transpose(0, 1)
+    frames = out.encoder_attention_mask.sum(-1)
+    targets = torch.tensor([t for row in TOKENS for t in row])
+    expected = torch.nn.functional.ctc_loss(
+        log_probs, targets, frames, torch.tensor([len(r) for r in TOKENS]), blank=vocab, reduction="sum"
+    ) / 2
+    torch.testing.assert_close(out.ctc_loss, expected)
+    with pytest.raises(ValueError, match="means a CTC head of 41 outputs"):
+        build(decoder, ctc_vocabulary="decoder", ctc_vocab_size=40)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_joint_ctc_decoding_with_the_decoders_vocabulary(decoder):
+    model = build(decoder, seed=1, ctc_vocabulary="decoder", ctc_vocab_size=None, ctc_weight=0.5)
+    inputs = make_inputs("audio", FRAMES, seed=3)
+    model, losses = train(model, inputs, 40, lr=5e-3, labels=pad(TOKENS, EOS))
+    assert losses[-1] < 0.2 * losses[0]
+    for ctc_weight in (0.3, 1.0):
+        generated = model.generate(
+            **inputs, num_beams=3, max_new_tokens=8, ctc_weight=ctc_weight, return_dict_in_generate=True,
+            output_scores=True,
+        )
+        assert texts(generated.sequences, PROMPT_LENGTH[decoder]) == TOKENS
+    # CTC alone (weight 1) scores a hypothesis by its CTC likelihood: the prompt's tokens (Whisper's four, the
+    # LLM's tail) are no part of it, nor is the blank, which lies past the decoder's vocabulary
+    with torch.no_grad():
+        ctc_logits = model(**inputs, labels=pad(TOKENS, EOS)).ctc_logits
+    log_probs = torch.log_softmax(ctc_logits, -1).transpose(0, 1)
+    for row, tokens in enumerate(TOKENS):
+        likelihood = -torch.nn.functional.ctc_loss(
+            log_probs[: FRAMES[row], row : row + 1], torch.tensor([tokens]), torch.tensor([FRAMES[row]]),
+            torch.tensor([len(tokens)]), blank=model.config.ctc_blank_id, reduction="sum",
+        )
+        torch.testing.assert_close(generated.sequences_scores[row], likelihood, atol=1e-4, rtol=1e-4)
 
 
 def lora_model(**overrides):

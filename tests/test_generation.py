@@ -28,7 +28,7 @@ def test_prefix_scorer_ends_in_the_ctc_likelihood(tokens):
     torch.manual_seed(0)
     frames, vocab = 9, 8
     log_probs = torch.log_softmax(torch.randn(1, frames, vocab), dim=-1)
-    scorer = CTCPrefixScorer(log_probs, torch.tensor([frames]), eos_token_id=vocab - 1)
+    scorer = CTCPrefixScorer(log_probs, torch.tensor([frames]))
     prefix_scores, psi_eos = _run_prefix(scorer, tokens)
     expected = -torch.nn.functional.ctc_loss(
         log_probs.transpose(0, 1), torch.tensor([tokens]), torch.tensor([frames]), torch.tensor([len(tokens)]),
@@ -43,8 +43,8 @@ def test_prefix_scorer_ends_in_the_ctc_likelihood(tokens):
 def test_prefix_scorer_ignores_padded_frames():
     torch.manual_seed(0)
     log_probs = torch.log_softmax(torch.randn(2, 12, 8), dim=-1)
-    scorer = CTCPrefixScorer(log_probs, torch.tensor([7, 12]), eos_token_id=7)
-    alone = CTCPrefixScorer(log_probs[:1, :7], torch.tensor([7]), eos_token_id=7)
+    scorer = CTCPrefixScorer(log_probs, torch.tensor([7, 12]))
+    alone = CTCPrefixScorer(log_probs[:1, :7], torch.tensor([7]))
     padded_scores, padded_eos = _run_prefix(scorer, [3, 4], rows=2)
     alone_scores, alone_eos = _run_prefix(alone, [3, 4], rows=1)
     torch.testing.assert_close(padded_eos[0], alone_eos[0])

@@ -483,6 +483,53 @@ def test_video_only_decoding_through_the_trainer(corpus, tmp_path, capsys):
     )
 
 
+def tiny_llm_folder(path) -> str:
+    """A pretrained LLM as users give --decoder-model-name: a 1-layer random Llama and a word-level tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = ["<unk>", "<s>", "</s>", *WORDS]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tokenizer.save_pretrained(path)
+    config = LlamaConfig(
+        vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("ctc_vocabulary", ["separate", "decoder"])
+def test_llm_decoder_trains_its_ctc_head_and_decodes_through_the_script(corpus, tmp_path, ctc_vocabulary):
+    """--decoder llm --decoder-model-name: labels from the LLM's own tokenizer; the CTC head trains on auto_avsr's
+    units (`ctc_labels` from the collator) or on the LLM's tokens, which joint CTC decoding then also uses."""
+    preset = json.loads(Path(tiny_preset(tmp_path / "p.json", "audio")).read_text())
+    del preset["text_config"]
+    preset.update(decoder="llm", decoder_model_name=tiny_llm_folder(tmp_path / "llm"), ctc_vocabulary=ctc_vocabulary)
+    (tmp_path / "p.json").write_text(json.dumps(preset))
+    torch.manual_seed(0)
+    initial = MMAVSRForConditionalGeneration.from_pretrained_components(
+        **{k: v for k, v in preset.items() if k != "processor"}
+    ).ctc_head.ctc_lo.weight.detach().clone()
+    decoding = ["--decode_ctc_weight=0.4"] if ctc_vocabulary == "decoder" else []
+    results = script.main(
+        common_flags(corpus, tmp_path / "out", str(tmp_path / "p.json"))
+        + ["--train-file=train.csv", "--test-file=test.csv", "--do_train", "--do_predict", "--max_steps=2"]
+        + decoding
+    )
+    assert np.isfinite(results["test_wer"]) and np.isfinite(results["train_loss"])
+    saved = MMAVSRForConditionalGeneration.from_pretrained(tmp_path / "out")
+    assert saved.config.ctc_vocabulary == ctc_vocabulary
+    assert saved.ctc_head.ctc_lo.weight.shape == initial.shape
+    assert saved.ctc_head.ctc_lo.out_features == (5049 if ctc_vocabulary == "separate" else len(WORDS) + 4)
+    assert not torch.equal(saved.ctc_head.ctc_lo.weight, initial)  # the CTC loss reached the head
+    processor = script.MMAVSRProcessor.from_pretrained(tmp_path / "out")
+    assert processor(text="BIN AT NOW")["labels"].tolist() == [[3, 5, 6, 2]]  # the LLM's ids, then its eos
+
+
 class StopAt(TrainerCallback):
     def __init__(self, step):
         self.step = step
