@@ -187,6 +187,15 @@ class ModelArguments:
             "help": "Load only the encoder from --pretrained-model-path (auto_avsr)."
         },
     )
+    init_from_models: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Saved models (folders) to start a new model from: each weight takes the value of the first "
+            "of them holding a tensor of its name and shape (e.g. an audio-visual model from an audio-only and a "
+            "video-only one: their frontends, and the first one's Conformer and decoder; the fusion starts new). "
+            "Output layers are taken only from a model with the same vocabulary."
+        },
+    )
 
 
 @dataclass
@@ -571,6 +580,11 @@ def build_model(
     """The model to train or evaluate, from a saved model, a preset + flags, or the flags alone; a new `tokenizer`
     sets the decoder's vocabulary size and special ids."""
     transfer = model_args.transfer_frontend or model_args.transfer_encoder
+    if model_args.init_from_models and (model_args.model_name_or_path or transfer):
+        raise ValueError(
+            "--init_from_models starts a new model from saved ones; --pretrained-model-path (and "
+            "--transfer-frontend/--transfer-encoder) load one: use one or the other."
+        )
     if model_args.model_name_or_path and not transfer:
         overrides = {
             k: v
@@ -618,6 +632,46 @@ def build_model(
     if transfer:
         _transfer_weights(model, model_args)
     return model
+
+
+VOCABULARY_WEIGHTS = ("model.decoder.embed_tokens.", "lm_head.", "ctc_head.")
+
+
+def init_from_models(
+    model: MMAVSRForConditionalGeneration, processor: MMAVSRProcessor, paths: list[str]
+) -> None:
+    """--init_from_models: fill `model`'s weights from saved models, the first holding a tensor of the same name and
+    shape giving it; token embeddings and output layers only from a model whose tokenizer has `processor`'s
+    vocabulary. Logs which weights came from where and which start new."""
+    target = model.state_dict()
+    taken: dict[str, str] = {}
+    for path in paths:
+        source_model = load_pretrained(path, {})
+        same_vocabulary = _same_vocabulary(path, processor)
+        for name, tensor in source_model.state_dict().items():
+            if name in taken or name not in target or target[name].shape != tensor.shape:
+                continue
+            if name.startswith(VOCABULARY_WEIGHTS) and not same_vocabulary:
+                continue
+            target[name] = tensor
+            taken[name] = path
+        if not same_vocabulary:
+            logger.warning(f"--init_from_models {path}: another vocabulary; its embeddings and output layers are not used.")
+    if not taken:
+        raise ValueError(f"--init_from_models {' '.join(paths)}: no weight of this model has a match there.")
+    model.load_state_dict(target)
+    for path in paths:
+        parts = sorted({".".join(n.split(".")[:3]) for n, p in taken.items() if p == path})
+        logger.info(f"--init_from_models: from {path}: {', '.join(parts) or 'nothing'}")
+    new = sorted({".".join(n.split(".")[:3]) for n in target if n not in taken})
+    logger.info(f"--init_from_models: new: {', '.join(new) or 'nothing'}")
+
+
+def _same_vocabulary(path: str, processor: MMAVSRProcessor) -> bool:
+    folder = Path(path)
+    if not (folder.is_dir() and (folder / "processor_config.json").is_file()):
+        return False
+    return MMAVSRProcessor.from_pretrained(folder).tokenizer.get_vocab() == processor.tokenizer.get_vocab()
 
 
 def _transfer_weights(
@@ -1385,6 +1439,8 @@ def main(
     model = build_model(model_args, tokenizer)
     config = model.config
     processor = build_processor(model_args, config, tokenizer)
+    if model_args.init_from_models:
+        init_from_models(model, processor, model_args.init_from_models)
     modalities = modalities_of(config)
     train_dataset, eval_dataset, test_dataset = (
         read_files_directly(dataset, modalities) if dataset is not None else None

@@ -530,6 +530,52 @@ def test_llm_decoder_trains_its_ctc_head_and_decodes_through_the_script(corpus, 
     assert processor(text="BIN AT NOW")["labels"].tolist() == [[3, 5, 6, 2]]  # the LLM's ids, then its eos
 
 
+def test_audio_visual_model_starts_from_an_audio_and_a_video_model(corpus, tmp_path, caplog):
+    """--init_from_models: frontends from each unimodal model, the Conformer and decoder from the first, a new fusion;
+    output layers only from a model with the same vocabulary."""
+    vocabulary = ["--train_vocabulary_size=40", "--train_vocabulary_type=word"]
+    for modality in ("audio", "video"):
+        preset = tiny_preset(tmp_path / f"{modality}.json", modality)
+        script.main(
+            common_flags(corpus, tmp_path / modality, preset) + ["--train-file=train.csv", "--max_steps=1"] + vocabulary
+        )
+    audio, video = (MMAVSRForConditionalGeneration.from_pretrained(tmp_path / m).state_dict() for m in ("audio", "video"))
+    sources = [str(tmp_path / "audio"), str(tmp_path / "video")]
+    flags = common_flags(corpus, tmp_path / "av", tiny_preset(tmp_path / "av.json", "audiovisual"))
+    model_args = script.parse_args(flags + ["--train-file=train.csv", "--init_from_models", *sources])[0]
+
+    # the word vocabulary the script trains from the same transcripts is the unimodal models' one
+    processor = script.MMAVSRProcessor.from_pretrained(tmp_path / "audio")
+    model = script.build_model(model_args, processor.tokenizer)
+    script.init_from_models(model, processor, sources)
+    for name, tensor in model.state_dict().items():
+        if name.startswith("model.encoder.vision_frontend."):
+            assert torch.equal(tensor, video[name]), name
+        elif name.startswith("model.encoder.fusion."):
+            assert name not in audio and name not in video
+        else:  # audio frontend, Conformer, decoder, output layers
+            assert torch.equal(tensor, audio[name]), name
+
+    # another vocabulary (auto_avsr's): the output layers and token embeddings start new, the rest is taken
+    model = script.build_model(model_args)
+    initial_head = model.lm_head.weight.detach().clone()
+    with caplog.at_level(logging.WARNING, logger=script.logger.name):
+        script.init_from_models(model, script.build_processor(model_args, model.config), sources)
+    assert "another vocabulary" in caplog.text
+    assert torch.equal(model.lm_head.weight, initial_head)
+    name = "model.encoder.conformer.layers.0.feed_forward.w_1.weight"
+    assert torch.equal(model.state_dict()[name], audio[name])
+
+    # through the script: the audio-visual run starts from both and trains
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=script.logger.name):
+        results = script.main(flags + ["--train-file=train.csv", "--max_steps=1", "--init_from_models", *sources] + vocabulary)
+    assert np.isfinite(results["train_loss"])
+    assert "--init_from_models: new: model.encoder.fusion" in caplog.text
+    with pytest.raises(ValueError, match="use one or the other"):
+        script.main(flags + ["--init_from_models", *sources, f"--pretrained-model-path={sources[0]}", "--test-file=test.csv"])
+
+
 class StopAt(TrainerCallback):
     def __init__(self, step):
         self.step = step
