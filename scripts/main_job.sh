@@ -30,7 +30,7 @@ common=(
     --decode-snr-target 999999 0 --decode_ctc_weight 0.3 --generation_num_beams 4
     --per_device_train_batch_size 8 --per_device_eval_batch_size 32 --lr 2e-3
     --lr_scheduler_type cosine --warmup_steps 0.05 --weight_decay 0.01 --adam_beta2 0.98 --max_grad_norm 5
-    --save_strategy epoch --save_total_limit 1 --logging_steps 20 --seed 0 --dataloader_num_workers 0
+    --save_strategy epoch --save_total_limit 1 --logging_steps 20 --seed 0 --dataloader_num_workers 0 --cache_clips
 )
 train() {  # NAME PRESET EPOCHS [extra flags]: skipped when NAME already has its WER table
     local name=$1 preset=$2 epochs=$3
@@ -52,7 +52,7 @@ mkdir -p "$WORK"
 export OMP_NUM_THREADS=1
 train asr demo-asr-logmel "${ASR_EPOCHS:-14}" &
 asr_job=$!
-train vsr demo-vsr-resnet "${VSR_EPOCHS:-5}"
+train vsr demo-vsr-resnet "${VSR_EPOCHS:-6}"
 wait "$asr_job"
 OMP_NUM_THREADS=2 train avsr demo-avsr-resnet-logmel "${AVSR_EPOCHS:-2}" --train-snr 999999 10 5 0 -5 \
     --init_from_models "$WORK/exp/asr" "$WORK/exp/vsr"

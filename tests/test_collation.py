@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmavsr_processing import MMAVSRProcessor, TimeMask, write_audio, write_video
-from mmavsr_processing.collation import MaxFramesBatchSampler, MMAVSRDataCollator
+from mmavsr_processing.collation import ClipReader, MaxFramesBatchSampler, MMAVSRDataCollator
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,31 @@ def test_collator_writes_ctc_labels_with_a_ctc_tokenizer(processor):
     short = len(ctc_tokenizer("BIN RED")["input_ids"])
     assert batch["ctc_labels"][0, short:].eq(-100).all() and batch["ctc_labels"][0, -1].eq(-100)
     assert "ctc_labels" not in MMAVSRDataCollator(processor, modalities=("audio",))(rows)
+
+
+def test_clip_reader_cache_decodes_each_clip_once_and_keeps_it_as_read(processor, tmp_path):
+    rows = []
+    for index in range(2):
+        row = _row(4 + index, "BIN RED", index)
+        write_video(tmp_path / f"{index}.mp4", row["video"])
+        write_audio(tmp_path / f"{index}.wav", row["audio"]["array"])
+        rows.append({"video": str(tmp_path / f"{index}.mp4"), "audio": str(tmp_path / f"{index}.wav"), "text": "BIN RED"})
+    plain, cached = ClipReader(rows, processor), ClipReader(rows, processor, cache=True)
+    read = plain[0]
+    collator = MMAVSRDataCollator(
+        processor, training=True, video_augmentation=TimeMask(max_width=3, stride=2, seed=0),
+        audio_augmentation=TimeMask(max_width=1000, stride=2000, seed=0),
+    )
+    collator([cached[0], cached[1]])  # masks and crops work on copies
+    for name in ("0.mp4", "0.wav"):
+        (tmp_path / name).unlink()
+    again = cached[0]  # from memory: its files are gone
+    assert torch.equal(again["video"], read["video"]) and np.array_equal(again["audio"], read["audio"])
+    with pytest.raises(ValueError, match=r"0\.mp4"):
+        plain[0]
+    # a cached clip is returned as a new dict: what a caller adds to it is not kept
+    again["extra"] = 1
+    assert "extra" not in cached[0]
 
 
 def test_collator_reads_files_and_decoders(processor, tmp_path):
