@@ -3,11 +3,11 @@
     python benchmarks/bench_auto_avsr_speed.py [--auto-avsr PATH] [--modality video|audio] [--beam 40]
 
 Decoding: one utterance of `--seconds` on the full released architecture, beam `--beam`, CTC weight `--ctc-weight`,
-`--threads` CPU threads. Training: forward + backward of a batch of `--batch` utterances. With `--auto-avsr` (a
-checkout of mpc001/auto_avsr; it is imported from there at run time, never copied), auto_avsr's model gets random
-weights that are converted into an MMAVSR model, both sides run, and the script prints both timings and whether
-the best hypotheses agree. Without it, only MMAVSR runs. Weights are random, so hypotheses tend to run to the
-length limit: the worst case for decoding time.
+`--threads` CPU threads, timed after one untimed warm-up decode on each side. Training: forward + backward of a batch
+of `--batch` utterances. With `--auto-avsr` (a checkout of mpc001/auto_avsr; it is imported from there at run time,
+never copied), auto_avsr's model gets random weights that are converted into an MMAVSR model, both sides run, and the
+script prints both timings and whether the best hypotheses agree. Without it, only MMAVSR runs. Weights are random,
+so hypotheses tend to run to the length limit: the worst case for decoding time.
 """
 
 import argparse
@@ -120,11 +120,13 @@ def main():
         model.eval()
         x, frames = make_batch(args.modality, args.seconds, 1)
         with torch.inference_mode():
+            decode_ours(model, args.modality, x, args.beam, args.ctc_weight)  # warm-up, as for training below
             ours, ours_time = timed(lambda: decode_ours(model, args.modality, x, args.beam, args.ctc_weight))
         print(f"decoding  mmavsr    : {ours_time:8.2f} s  ({len(ours)} tokens, {frames} frames)")
         if reference is not None:
             reference.eval()
             with torch.inference_mode():
+                decode_reference(reference, args.modality, x, args.beam, args.ctc_weight)  # warm-up
                 theirs, theirs_time = timed(
                     lambda: decode_reference(reference, args.modality, x, args.beam, args.ctc_weight)
                 )

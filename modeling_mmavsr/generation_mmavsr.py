@@ -230,7 +230,7 @@ class MMAVSRGenerationMixin(GenerationMixin):
             and kwargs.get("use_cache", generation_config.use_cache) is not False
             and not sampling
         ):
-            kwargs["past_key_values"] = decoder.prefill_cross_attention(encoder_outputs.last_hidden_state, num_beams)
+            kwargs["past_key_values"] = decoder.prefill_cross_attention(encoder_outputs.last_hidden_state)
         if kwargs.get("length_penalty") is None and generation_config.length_penalty is None:
             kwargs["length_penalty"] = 0.0  # ESPnet ranks finished beams by their summed score
         processors = LogitsProcessorList(logits_processor or [])

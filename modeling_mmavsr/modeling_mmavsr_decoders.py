@@ -58,6 +58,12 @@ class MMAVSRDecoderAttention(nn.Module):
                     past_key_values.is_updated[self.layer_idx] = True
 
         attention = attention_function(self.config._attn_implementation)
+        group = batch // key.shape[0]
+        if group > 1:
+            # the beams of an utterance attend to its one copy of the encoder's keys and values (prefilled per
+            # utterance): their queries become one longer query sequence, rows (B * group) -> (B, group * L)
+            query = query.unflatten(0, (-1, group)).transpose(1, 2).flatten(2, 3)  # (B, H, group * L, D)
+            attention_mask = None if attention_mask is None else attention_mask[::group]
         output, _ = attention(
             self, query, key, value, attention_mask, scaling=self.scaling, dropout=self.dropout if self.training else 0.0
         )
@@ -105,14 +111,15 @@ class MMAVSRTransformerDecoder(nn.Module):
     def set_input_embeddings(self, value: nn.Embedding):
         self.embed_tokens = value
 
-    def prefill_cross_attention(self, encoder_hidden_states: torch.Tensor, num_beams: int) -> EncoderDecoderCache:
-        """A generation cache holding each layer's cross-attention keys and values, projected once per utterance
-        (B, T, D) and shared by its `num_beams` rows: the search would otherwise project B * num_beams copies."""
+    def prefill_cross_attention(self, encoder_hidden_states: torch.Tensor) -> EncoderDecoderCache:
+        """A generation cache holding each layer's cross-attention keys and values, projected and stored once per
+        utterance (B, H, T, D): its `num_beams` rows (utterance-major, as generate() expands them) attend to that one
+        copy, instead of B * num_beams copies projected, stored and read at every step."""
         cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
         for layer in self.layers:
             attention = layer.src_attn
-            key = attention._project(encoder_hidden_states, attention.k_proj).repeat_interleave(num_beams, dim=0)
-            value = attention._project(encoder_hidden_states, attention.v_proj).repeat_interleave(num_beams, dim=0)
+            key = attention._project(encoder_hidden_states, attention.k_proj)
+            value = attention._project(encoder_hidden_states, attention.v_proj)
             cache.cross_attention_cache.update(key, value, attention.layer_idx)
             cache.is_updated[attention.layer_idx] = True
         return cache
