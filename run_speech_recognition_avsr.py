@@ -612,6 +612,11 @@ def build_model(
             "--vision-encoder/--audio-encoder."
         )
     config_kwargs = {**base, **overrides}
+    if tokenizer is not None and config_kwargs.get("decoder", "transformer") != "transformer":
+        raise ValueError(
+            f"--train_vocabulary_size trains a vocabulary for the Transformer decoder; --decoder "
+            f"{config_kwargs['decoder']} writes with its own tokenizer (--decoder-model-name or --tokenizer_name)."
+        )
     if tokenizer is not None:
         special = tokenizer.eos_token_id
         config_kwargs["text_config"] = {
@@ -663,7 +668,9 @@ def init_from_models(
             target[name] = tensor
             taken[name] = path
         if not same_vocabulary:
-            logger.warning(f"--init_from_models {path}: another vocabulary; its embeddings and output layers are not used.")
+            logger.warning(
+                f"--init_from_models {path}: another vocabulary; its embeddings and output layers are not used."
+            )
     if not taken:
         raise ValueError(f"--init_from_models {' '.join(paths)}: no weight of this model has a match there.")
     model.load_state_dict(target)

@@ -521,6 +521,11 @@ def test_llm_decoder_trains_its_ctc_head_and_decodes_through_the_script(corpus, 
         + decoding
     )
     assert np.isfinite(results["test_wer"]) and np.isfinite(results["train_loss"])
+    with pytest.raises(ValueError, match="writes with its own tokenizer"):
+        script.main(
+            common_flags(corpus, tmp_path / "out2", str(tmp_path / "p.json"))
+            + ["--train-file=train.csv", "--max_steps=1", "--train_vocabulary_size=20"]
+        )
     saved = MMAVSRForConditionalGeneration.from_pretrained(tmp_path / "out")
     assert saved.config.ctc_vocabulary == ctc_vocabulary
     assert saved.ctc_head.ctc_lo.weight.shape == initial.shape
