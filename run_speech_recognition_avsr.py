@@ -1222,8 +1222,10 @@ def evaluate_at_snrs(
     prefix: str,
     noise,
     gen_kwargs: dict,
+    ctc_tokenizer: MMAVSRTokenizer | None = None,
 ) -> tuple[dict, list[dict]]:
-    """Decode `dataset` once per --decode-snr-target; returns the metrics and one table row per SNR."""
+    """Decode `dataset` once per --decode-snr-target (`ctc_tokenizer`: see `separate_ctc_tokenizer`); returns the
+    metrics and one table row per SNR."""
     metrics, rows, utterances = {}, [], []
     for snr in data_args.decode_snr_target:
         audio_augmentation = None
@@ -1234,7 +1236,7 @@ def evaluate_at_snrs(
             training=False,
             audio_augmentation=audio_augmentation,
             modalities=modalities_of(config),
-            ctc_tokenizer=separate_ctc_tokenizer(config),
+            ctc_tokenizer=ctc_tokenizer,
         )
         key = (
             prefix
@@ -1456,6 +1458,7 @@ def main(
     if model_args.init_from_models:
         init_from_models(model, processor, model_args.init_from_models)
     modalities = modalities_of(config)
+    ctc_tokenizer = separate_ctc_tokenizer(config)
     train_dataset, eval_dataset, test_dataset = (
         read_files_directly(dataset, modalities) if dataset is not None else None
         for dataset in (train_dataset, eval_dataset, test_dataset)
@@ -1494,7 +1497,7 @@ def main(
                 video_augmentation=video_augmentation or None,
                 audio_augmentation=audio_augmentation or None,
                 modalities=modalities,
-                ctc_tokenizer=separate_ctc_tokenizer(config),
+                ctc_tokenizer=ctc_tokenizer,
             ),
             seed=training_args.seed,
         )
@@ -1514,9 +1517,7 @@ def main(
         args=training_args,
         train_dataset=train_dataset,
         data_collator=train_collator
-        or MMAVSRDataCollator(
-            processor, modalities=modalities, ctc_tokenizer=separate_ctc_tokenizer(config)
-        ),
+        or MMAVSRDataCollator(processor, modalities=modalities, ctc_tokenizer=ctc_tokenizer),
         processing_class=processor,
         compute_metrics=metric,
         callbacks=[EpochCallback(train_collator)] if train_collator else None,
@@ -1593,6 +1594,7 @@ def main(
             prefix,
             noise,
             gen_kwargs,
+            ctc_tokenizer,
         )
         metrics[f"{prefix}_samples"] = len(dataset)
         trainer.log_metrics(prefix, metrics)

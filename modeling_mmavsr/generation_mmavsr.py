@@ -13,7 +13,7 @@ from transformers import GenerationMixin, LogitsProcessor, LogitsProcessorList
 from transformers.cache_utils import EncoderDecoderCache
 
 
-def _as_list(token_ids: int | list[int]) -> list[int]:
+def as_token_list(token_ids: int | list[int]) -> list[int]:
     return [int(i) for i in token_ids] if isinstance(token_ids, (list, tuple)) else [int(token_ids)]
 
 
@@ -22,7 +22,7 @@ class EncoderLengthLogitsProcessor(LogitsProcessor):
 
     def __init__(self, frame_lengths: torch.Tensor, eos_token_id: int | list[int], prompt_length: int = 1):
         self.frame_lengths = frame_lengths
-        self.eos_token_ids = _as_list(eos_token_id)
+        self.eos_token_ids = as_token_list(eos_token_id)
         self.prompt_length = prompt_length
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -114,7 +114,7 @@ class CTCPrefixScoreLogitsProcessor(LogitsProcessor):
         pre_beam_ratio: float = 1.5,
         prompt_length: int = 1,
     ):
-        self.eos_token_ids = _as_list(eos_token_id)
+        self.eos_token_ids = as_token_list(eos_token_id)
         self.scorer = CTCPrefixScorer(ctc_log_probs, frame_lengths, blank_id)
         self.num_utterances = ctc_log_probs.shape[0]
         self.ctc_weight = ctc_weight

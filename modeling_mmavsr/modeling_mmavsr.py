@@ -10,14 +10,14 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
 
 from .configuration_mmavsr import MMAVSRConfig
-from .generation_mmavsr import MMAVSRGenerationMixin
+from .generation_mmavsr import MMAVSRGenerationMixin, as_token_list
 from .modeling_mmavsr_audio import AUDIO_ENCODER_CLASSES, AUDIO_INPUTS
 from .modeling_mmavsr_conformer import MMAVSRConformerLayer, MMAVSRConformerEncoder, MMAVSRRelPositionAttention
 from .modeling_mmavsr_decoder_loading import load_pretrained_decoder, pretrained_decoder_settings
 from .modeling_mmavsr_decoders import DECODER_CLASSES, MMAVSRCTCHead, MMAVSRDecoderLayer
 from .modeling_mmavsr_features import MMAVSRFeatureExtractionMixin
 from .modeling_mmavsr_lora import MMAVSRLoraMixin
-from .modeling_mmavsr_fusion import FUSION_CLASSES, MMAVSRProjector, align_streams
+from .modeling_mmavsr_fusion import FUSION_CLASSES, MMAVSRProjector, align_streams, lengths_to_mask
 from .modeling_mmavsr_vision import VISION_ENCODER_CLASSES
 
 
@@ -148,7 +148,7 @@ class MMAVSREncoder(MMAVSRPreTrainedModel):
         if attention_mask is None:
             return features, None
         frames = self.audio_frontend.output_lengths(attention_mask.sum(-1))
-        return features, torch.arange(features.shape[1], device=features.device)[None] < frames[:, None]
+        return features, lengths_to_mask(frames, features.shape[1])
 
     def fused_features(self, input_features, attention_mask, pixel_values_videos, video_attention_mask):
         """The Conformer's input (B, T, hidden_size): both streams aligned and fused, or the one stream projected;
@@ -277,13 +277,12 @@ def label_smoothing_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: 
 
 
 def ctc_loss(
-    ctc_logits: torch.Tensor, frame_lengths: torch.Tensor, labels: torch.Tensor, drop_ids, blank_id: int = 0
+    ctc_logits: torch.Tensor, frame_lengths: torch.Tensor, labels: torch.Tensor, drop_ids: set[int], blank_id: int = 0
 ) -> torch.Tensor:
-    """CTC loss over the labels without -100 padding and the `drop_ids` (eos; an int or a collection), summed and
-    divided by the batch size."""
+    """CTC loss over the labels without -100 padding and the `drop_ids` (eos, ...), summed and divided by the batch
+    size."""
     log_probs = torch.log_softmax(ctc_logits.float(), dim=-1).transpose(0, 1)  # (T, B, V)
-    drop = torch.tensor(sorted({drop_ids} if isinstance(drop_ids, int) else set(drop_ids)), device=labels.device)
-    keep = (labels != -100) & ~torch.isin(labels, drop)
+    keep = (labels != -100) & ~torch.isin(labels, torch.tensor(sorted(drop_ids), device=labels.device))
     targets = labels[keep]
     target_lengths = keep.sum(-1)
     loss = nn.functional.ctc_loss(
@@ -528,7 +527,7 @@ class MMAVSRForConditionalGeneration(
                 "`MMAVSRTokenizer.from_auto_avsr()`, padded with -100), set `ctc_weight=0`, or use "
                 "`ctc_vocabulary='decoder'`."
             )
-        return ctc_loss(ctc_logits, frame_lengths, ctc_labels.to(ctc_logits.device), config.ctc_vocab_size - 1)
+        return ctc_loss(ctc_logits, frame_lengths, ctc_labels.to(ctc_logits.device), {config.ctc_vocab_size - 1})
 
     def _label_special_ids(self) -> set[int]:
         """Decoder ids that are no speech: eos, and for the LLM and Whisper decoders bos and padding too."""
@@ -537,8 +536,8 @@ class MMAVSRForConditionalGeneration(
             return {text_config.eos_token_id}
         ids = set()
         for name in ("eos_token_id", "bos_token_id", "pad_token_id"):
-            value = getattr(text_config, name, None)
-            ids.update(value if isinstance(value, (list, tuple)) else [] if value is None else [value])
+            if getattr(text_config, name, None) is not None:
+                ids.update(as_token_list(getattr(text_config, name)))
         return ids
 
 
