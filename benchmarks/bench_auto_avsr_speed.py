@@ -4,15 +4,18 @@
 
 Decoding: one utterance of `--seconds` on the full released architecture, beam `--beam`, CTC weight `--ctc-weight`,
 `--threads` CPU threads, timed after one untimed warm-up decode on each side. Training: forward + backward of a batch
-of `--batch` utterances. With `--auto-avsr` (a checkout of mpc001/auto_avsr; it is imported from there at run time,
+of `--batch` utterances. Each side is timed `--repeats` times, the two sides taking turns (a shared machine's speed
+drifts: alternating exposes both to the same drift), and the medians are compared. With `--auto-avsr` (a checkout of mpc001/auto_avsr; it is imported from there at run time,
 never copied), auto_avsr's model gets random weights that are converted into an MMAVSR model, both sides run, and the
 script prints both timings and whether the best hypotheses agree. Without it, only MMAVSR runs. Weights are random,
 so hypotheses tend to run to the length limit: the worst case for decoding time.
 """
 
 import argparse
+import statistics
 import sys
 import time
+from functools import partial
 
 import torch
 
@@ -32,6 +35,7 @@ def parse_args():
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--batch", type=int, default=4, help="utterances per training batch")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each side; medians are compared")
     parser.add_argument("--skip-decoding", action="store_true")
     parser.add_argument("--skip-training", action="store_true")
     return parser.parse_args()
@@ -68,6 +72,31 @@ def timed(fn):
     start = time.perf_counter()
     result = fn()
     return result, time.perf_counter() - start
+
+
+def format_runs(times: list[float]) -> str:
+    return " / ".join(f"{t:.2f}" for t in times)
+
+
+def compare(what: str, ours, theirs, repeats: int, unit: str = ""):
+    """Time `ours` and `theirs` (None: ours only) `repeats` times each, taking turns; print medians; return the last
+    results of both."""
+    ours_times, theirs_times, results = [], [], (None, None)
+    for _ in range(repeats):
+        ours_result, seconds = timed(ours)
+        ours_times.append(seconds)
+        theirs_result = None
+        if theirs is not None:
+            theirs_result, seconds = timed(theirs)
+            theirs_times.append(seconds)
+        results = (ours_result, theirs_result)
+    print(f"{what}  mmavsr    : {statistics.median(ours_times):8.2f} s{unit}  (runs: {format_runs(ours_times)})")
+    if theirs is not None:
+        print(f"{what}  auto_avsr : {statistics.median(theirs_times):8.2f} s  (runs: {format_runs(theirs_times)})")
+        ratio = statistics.median(theirs_times) / statistics.median(ours_times)
+        pairwise = " / ".join(f"{t / o:.2f}" for o, t in zip(ours_times, theirs_times))
+        print(f"{what}  speed-up  : {ratio:8.2f} x  (run by run: {pairwise})")
+    return results
 
 
 def decode_reference(reference, modality, x, beam, ctc_weight):
@@ -118,35 +147,33 @@ def main():
 
     if not args.skip_decoding:
         model.eval()
-        x, frames = make_batch(args.modality, args.seconds, 1)
-        with torch.inference_mode():
-            decode_ours(model, args.modality, x, args.beam, args.ctc_weight)  # warm-up, as for training below
-            ours, ours_time = timed(lambda: decode_ours(model, args.modality, x, args.beam, args.ctc_weight))
-        print(f"decoding  mmavsr    : {ours_time:8.2f} s  ({len(ours)} tokens, {frames} frames)")
         if reference is not None:
             reference.eval()
-            with torch.inference_mode():
-                decode_reference(reference, args.modality, x, args.beam, args.ctc_weight)  # warm-up
-                theirs, theirs_time = timed(
-                    lambda: decode_reference(reference, args.modality, x, args.beam, args.ctc_weight)
-                )
-            print(f"decoding  auto_avsr : {theirs_time:8.2f} s  ({len(theirs)} tokens)")
-            print(f"decoding  speed-up  : {theirs_time / ours_time:8.2f} x   same hypothesis: {ours == theirs}")
+        x, frames = make_batch(args.modality, args.seconds, 1)
+        decode = partial(decode_ours, model, args.modality, x, args.beam, args.ctc_weight)
+        decode_theirs = None
+        if reference is not None:
+            decode_theirs = partial(decode_reference, reference, args.modality, x, args.beam, args.ctc_weight)
+        with torch.inference_mode():
+            decode()  # warm-up, as for training below
+            if decode_theirs is not None:
+                decode_theirs()
+            ours, theirs = compare("decoding", decode, decode_theirs, args.repeats, f" for {frames} frames")
+        print(f"decoding  hypothesis: {len(ours)} tokens" + ("" if theirs is None else f", same as auto_avsr's: {ours == theirs}"))
 
     if not args.skip_training:
         x, _ = make_batch(args.modality, args.seconds, args.batch)
         labels = torch.randint(1, EOS, (args.batch, 20))
         model.train()
-        train_step_ours(model, args.modality, x, labels)  # warm-up
-        _, ours_time = timed(lambda: train_step_ours(model, args.modality, x, labels))
-        print(f"training  mmavsr    : {ours_time:8.2f} s per forward+backward of {args.batch} x {args.seconds} s")
+        step = partial(train_step_ours, model, args.modality, x, labels)
+        step_theirs = None
         if reference is not None:
             reference.train()
-            train_step_reference(reference, args.modality, x, labels)
-            _, theirs_time = timed(lambda: train_step_reference(reference, args.modality, x, labels))
-            print(f"training  auto_avsr : {theirs_time:8.2f} s")
-            print(f"training  speed-up  : {theirs_time / ours_time:8.2f} x")
-
+            step_theirs = partial(train_step_reference, reference, args.modality, x, labels)
+        step()  # warm-up
+        if step_theirs is not None:
+            step_theirs()
+        compare("training", step, step_theirs, args.repeats, f" per forward+backward of {args.batch} x {args.seconds} s")
 
 if __name__ == "__main__":
     main()

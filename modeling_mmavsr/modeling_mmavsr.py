@@ -16,6 +16,7 @@ from .modeling_mmavsr_conformer import MMAVSRConformerLayer, MMAVSRConformerEnco
 from .modeling_mmavsr_decoder_loading import load_pretrained_decoder, pretrained_decoder_settings
 from .modeling_mmavsr_decoders import DECODER_CLASSES, MMAVSRCTCHead, MMAVSRDecoderLayer
 from .modeling_mmavsr_features import MMAVSRFeatureExtractionMixin
+from .modeling_mmavsr_layers import MMAVSRLinear
 from .modeling_mmavsr_lora import MMAVSRLoraMixin
 from .modeling_mmavsr_fusion import FUSION_CLASSES, MMAVSRProjector, align_streams, lengths_to_mask
 from .modeling_mmavsr_vision import VISION_ENCODER_CLASSES
@@ -306,7 +307,7 @@ class MMAVSRForConditionalGeneration(
         self.model = MMAVSRModel(config)
         # the Transformer decoder's output layer has a bias; Whisper's and the LLMs' have none
         has_bias = config.decoder == "transformer"
-        self.lm_head = nn.Linear(config.text_config.hidden_size, config.vocab_size, bias=has_bias)
+        self.lm_head = MMAVSRLinear(config.text_config.hidden_size, config.vocab_size, bias=has_bias)
         self.ctc_head = MMAVSRCTCHead(config)
         if config.audio_encoder is None:
             self.main_input_name = "pixel_values_videos"

@@ -6,13 +6,13 @@ import math
 import torch
 from torch import nn
 from transformers import AutoModel
-from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, EncoderDecoderCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.models.whisper.modeling_whisper import WhisperDecoder
 
 from .configuration_mmavsr import MMAVSRConfig
-from .modeling_mmavsr_layers import MMAVSRFeedForward, attention_function, sinusoidal_table
+from .modeling_mmavsr_layers import MMAVSRFeedForward, MMAVSRLinear, attention_function, sinusoidal_table
 
 
 class MMAVSRDecoderAttention(nn.Module):
@@ -30,10 +30,10 @@ class MMAVSRDecoderAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.dropout = text_config.attention_dropout
         size = text_config.d_model
-        self.q_proj = nn.Linear(size, size)
-        self.k_proj = nn.Linear(size, size)
-        self.v_proj = nn.Linear(size, size)
-        self.out_proj = nn.Linear(size, size)
+        self.q_proj = MMAVSRLinear(size, size)
+        self.k_proj = MMAVSRLinear(size, size)
+        self.v_proj = MMAVSRLinear(size, size)
+        self.out_proj = MMAVSRLinear(size, size)
 
     def _project(self, states: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
         batch, length, _ = states.shape
@@ -68,6 +68,62 @@ class MMAVSRDecoderAttention(nn.Module):
             self, query, key, value, attention_mask, scaling=self.scaling, dropout=self.dropout if self.training else 0.0
         )
         return self.out_proj(output.reshape(batch, length, -1))
+
+
+class MMAVSRAppendingCacheLayer(DynamicLayer):
+    """A self-attention cache layer for beam search that appends in place.
+
+    Keys and values live in buffers with room to grow (doubled when full); `keys` and `values` are views of their first
+    `length` positions. A step writes its new position into the buffers, and beam reordering gathers the rows into a
+    second pair of buffers, which then take over: no step copies the whole cache twice, as `DynamicLayer` (concatenation,
+    then `index_select` into new tensors) does. Anything that replaces `keys`/`values` by other tensors (cropping,
+    batch selection) is honoured: the buffers are rebuilt from them at the next update.
+    """
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        self._buffers = self._spare = None
+
+    def _holds_views(self) -> bool:
+        return self._buffers is not None and self.keys.data_ptr() == self._buffers[0].data_ptr() and (
+            self.keys.shape[0] == self._buffers[0].shape[0]
+        )
+
+    def _grow(self, past: int, length: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """New buffers with room for twice `length` positions, holding the `past` ones cached so far."""
+        capacity = max(2 * length, 32)
+        self._buffers = tuple(
+            states.new_empty(states.shape[:2] + (capacity, states.shape[-1])) for states in (key_states, value_states)
+        )
+        self._spare = None
+        if past:
+            self._buffers[0][:, :, :past] = self.keys
+            self._buffers[1][:, :, :past] = self.values
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        past = self.get_seq_length()
+        length = past + key_states.shape[-2]
+        if not self._holds_views() or length > self._buffers[0].shape[-2]:
+            self._grow(past, length, key_states, value_states)
+        key_buffer, value_buffer = self._buffers
+        key_buffer[:, :, past:length] = key_states
+        value_buffer[:, :, past:length] = value_states
+        self.keys, self.values = key_buffer[:, :, :length], value_buffer[:, :, :length]
+        return self.keys, self.values
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        length = self.get_seq_length()
+        if length == 0 or not self._holds_views():
+            return super().reorder_cache(beam_idx)
+        if self._spare is None:
+            self._spare = tuple(torch.empty_like(buffer) for buffer in self._buffers)
+        beam_idx = beam_idx.to(self.keys.device)
+        for cached, spare in zip((self.keys, self.values), self._spare):
+            torch.index_select(cached, 0, beam_idx, out=spare[:, :, :length])
+        self._buffers, self._spare = self._spare, self._buffers
+        self.keys, self.values = self._buffers[0][:, :, :length], self._buffers[1][:, :, :length]
 
 
 class MMAVSRDecoderLayer(GradientCheckpointingLayer):
@@ -115,7 +171,7 @@ class MMAVSRTransformerDecoder(nn.Module):
         """A generation cache holding each layer's cross-attention keys and values, projected and stored once per
         utterance (B, H, T, D): its `num_beams` rows (utterance-major, as generate() expands them) attend to that one
         copy, instead of B * num_beams copies projected, stored and read at every step."""
-        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        cache = EncoderDecoderCache(Cache(layer_class_to_replicate=MMAVSRAppendingCacheLayer), DynamicCache())
         for layer in self.layers:
             attention = layer.src_attn
             key = attention._project(encoder_hidden_states, attention.k_proj)
@@ -313,7 +369,7 @@ class MMAVSRCTCHead(nn.Module):
     def __init__(self, config: MMAVSRConfig):
         super().__init__()
         self.dropout = nn.Dropout(config.ctc_dropout)
-        self.ctc_lo = nn.Linear(config.hidden_size, config.ctc_vocab_size)
+        self.ctc_lo = MMAVSRLinear(config.hidden_size, config.ctc_vocab_size)
 
     def forward(self, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         return self.ctc_lo(self.dropout(encoder_hidden_states))

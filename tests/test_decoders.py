@@ -292,3 +292,54 @@ def test_save_load_round_trip_without_adapters(decoder, tmp_path):
     assert loaded.config.decoder_prompt_ids == model.config.decoder_prompt_ids
     assert torch.equal(loaded(**inputs, labels=labels, ctc_labels=pad(CTC_TOKENS)).logits, expected)
     assert torch.equal(loaded.generate(**inputs, max_new_tokens=4), model.generate(**inputs, max_new_tokens=4))
+
+
+def _cache_pair(batch=3, heads=2, dim=4):
+    from transformers.cache_utils import DynamicLayer
+
+    from modeling_mmavsr.modeling_mmavsr_decoders import MMAVSRAppendingCacheLayer
+
+    return DynamicLayer(), MMAVSRAppendingCacheLayer(), lambda length: torch.randn(batch, heads, length, dim)
+
+
+def test_appending_cache_layer_holds_what_concatenation_does():
+    """Through growth past its first buffers (32 positions), beam reordering, cropping and batch selection, the
+    in-place cache returns the keys and values DynamicLayer (concatenation) returns."""
+    torch.manual_seed(0)
+    reference, ours, states = _cache_pair()
+    steps = [("update", 5)] + [("update", 1), ("reorder", None)] * 40 + [("crop", -3), ("update", 1)]
+    steps += [("select", torch.tensor([2, 0])), ("update", 2), ("reorder", None), ("update", 1)]
+    for op, arg in steps:
+        if op == "update":
+            key, value = states(arg), states(arg)
+            if ours.is_initialized and ours.keys.shape[0] == 2:
+                key, value = key[:2], value[:2]
+            expected = reference.update(key.clone(), value.clone())
+            got = ours.update(key, value)
+            assert all(torch.equal(a, b) for a, b in zip(got, expected)), op
+        elif op == "reorder":
+            beam_idx = torch.randint(0, reference.keys.shape[0], (reference.keys.shape[0],))
+            reference.reorder_cache(beam_idx)
+            ours.reorder_cache(beam_idx)
+        elif op == "crop":
+            reference.crop(arg)
+            ours.crop(arg)
+        else:
+            reference.batch_select_indices(arg)
+            ours.batch_select_indices(arg)
+        assert torch.equal(ours.keys, reference.keys) and torch.equal(ours.values, reference.values), op
+        assert ours.get_seq_length() == reference.get_seq_length()
+    assert ours.get_seq_length() == 5 + 40 - 3 + 1 + 2 + 1
+
+
+def test_appending_cache_layer_reorders_without_reallocating():
+    """A beam step writes in place: after the first reorder the layer alternates between two pairs of buffers."""
+    torch.manual_seed(0)
+    _, ours, states = _cache_pair()
+    ours.update(states(1), states(1))
+    pointers = set()
+    for _ in range(6):
+        ours.reorder_cache(torch.tensor([1, 1, 0]))
+        ours.update(states(1), states(1))
+        pointers.add(ours.keys.data_ptr())
+    assert len(pointers) == 2

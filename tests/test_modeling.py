@@ -241,3 +241,23 @@ def test_video_frontend_cpu_convolution_equals_the_3d_convolution():
     frontend = MMAVSRVideoResNet(tiny_config("video"))
     video = torch.randn(2, 1, 7, 24, 24)
     torch.testing.assert_close(frontend.conv3d_as_conv2d(video), frontend.conv3d(video), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 16), (40, 1, 16), (2, 7, 16), (300, 16)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_for_few_rows_equals_nn_linear(shape, bias):
+    """MMAVSRLinear's inference path for a few rows (W x^T) gives nn.Linear's output, and training its gradients."""
+    from modeling_mmavsr.modeling_mmavsr_layers import MMAVSRLinear
+
+    torch.manual_seed(0)
+    ours = MMAVSRLinear(16, 24, bias=bias)
+    reference = torch.nn.Linear(16, 24, bias=bias)
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(shape)
+    with torch.no_grad():
+        got, expected = ours(x), reference(x)
+    assert got.shape == expected.shape and got.is_contiguous()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    ours(x).square().sum().backward()
+    reference(x).square().sum().backward()
+    torch.testing.assert_close(ours.weight.grad, reference.weight.grad)
