@@ -85,9 +85,11 @@ class MMAVSRAppendingCacheLayer(DynamicLayer):
         self._buffers = self._spare = None
 
     def _holds_views(self) -> bool:
-        return self._buffers is not None and self.keys.data_ptr() == self._buffers[0].data_ptr() and (
-            self.keys.shape[0] == self._buffers[0].shape[0]
-        )
+        """Whether `keys` is still the view of the buffers that `update` handed out (not a tensor set by other code)."""
+        if self._buffers is None:
+            return False
+        buffer = self._buffers[0]
+        return self.keys.data_ptr() == buffer.data_ptr() and self.keys.shape[0] == buffer.shape[0]
 
     def _grow(self, past: int, length: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         """New buffers with room for twice `length` positions, holding the `past` ones cached so far."""

@@ -60,9 +60,10 @@ class MMAVSRLinear(nn.Linear):
     max_transposed_rows = 256  # measured faster or equal from 2 to 400 rows; kept to the range decoding uses
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        rows = input.numel() // self.in_features
+        rows = input.numel() // max(input.shape[-1], 1) if input.dim() else 0
         if (
             input.device.type != "cpu"
+            or input.shape[-1] != self.in_features  # nn.Linear's own error
             or not 1 < rows <= self.max_transposed_rows
             or (torch.is_grad_enabled() and (input.requires_grad or self.weight.requires_grad))
         ):

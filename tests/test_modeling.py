@@ -261,3 +261,11 @@ def test_linear_for_few_rows_equals_nn_linear(shape, bias):
     ours(x).square().sum().backward()
     reference(x).square().sum().backward()
     torch.testing.assert_close(ours.weight.grad, reference.weight.grad)
+
+
+def test_linear_for_few_rows_refuses_a_wrong_width():
+    """An input whose last dimension is not `in_features` fails as nn.Linear does, even when its size would reshape."""
+    from modeling_mmavsr.modeling_mmavsr_layers import MMAVSRLinear
+
+    with torch.no_grad(), pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        MMAVSRLinear(16, 24)(torch.randn(2, 32))
