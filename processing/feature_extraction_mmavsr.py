@@ -192,17 +192,7 @@ class MMAVSRFeatureExtractor(SequenceFeatureExtractor):
         if return_attention_mask is None:
             return_attention_mask = self.return_attention_mask
         if self.feature_type == "log-mel":
-            features = self.whisper_feature_extractor(
-                waves,
-                sampling_rate=self.sampling_rate,
-                padding="max_length" if self.pad_to_whisper_window else "longest",
-                return_attention_mask=True,
-                return_tensors="np",
-            )
-            output = {"input_features": features["input_features"].astype(np.float32)}  # (B, n_mels, frames)
-            if return_attention_mask:
-                output["attention_mask"] = features["attention_mask"].astype(np.int64)  # (B, frames)
-            return BatchFeature(output, tensor_type=return_tensors)
+            return self._log_mel(waves, return_attention_mask, return_tensors)
 
         padded = self.pad(
             BatchFeature({"input_features": waves}),
@@ -219,6 +209,29 @@ class MMAVSRFeatureExtractor(SequenceFeatureExtractor):
         output = {"input_features": features}
         if return_attention_mask:
             output["attention_mask"] = mask
+        return BatchFeature(output, tensor_type=return_tensors)
+
+    def _log_mel(self, waves: list[np.ndarray], return_attention_mask: bool, return_tensors) -> BatchFeature:
+        """Whisper's log-mel features of the clips, padded to the longest clip (or to the Whisper window)."""
+        for index, wave in enumerate(waves):
+            if wave.shape[-1] < self.hop_length:
+                raise ValueError(
+                    f"audio item {index} has {wave.shape[-1]} samples, less than one log-mel frame ({self.hop_length} "
+                    f"samples, {1000 * self.hop_length / self.sampling_rate:g} ms)"
+                )
+        longest = max(wave.shape[-1] for wave in waves)
+        padding = {"padding": "max_length" if self.pad_to_whisper_window else "longest"}
+        if not self.pad_to_whisper_window and longest <= self.n_fft // 2:
+            # Whisper's STFT mirrors n_fft / 2 samples past each end, more than such a clip holds: zero-pad the batch
+            # to one window and keep the frames of its longest clip
+            padding = {"padding": "max_length", "max_length": self.n_fft}
+        features = self.whisper_feature_extractor(
+            waves, sampling_rate=self.sampling_rate, return_attention_mask=True, return_tensors="np", **padding
+        )
+        frames = features["input_features"].shape[-1] if self.pad_to_whisper_window else longest // self.hop_length
+        output = {"input_features": features["input_features"][..., :frames].astype(np.float32)}  # (B, n_mels, frames)
+        if return_attention_mask:
+            output["attention_mask"] = features["attention_mask"][:, :frames].astype(np.int64)  # (B, frames)
         return BatchFeature(output, tensor_type=return_tensors)
 
     @staticmethod

@@ -134,3 +134,21 @@ def test_undecoded_dataset_rows_are_read_from_their_files(tmp_path):
     assert torch.equal(to_video_tensor(row["video"]), to_video_tensor(str(tmp_path / "a.mp4")))
     with pytest.raises(ValueError, match="'array' key .* or a 'path'"):
         extractor({"sampling_rate": 16000}, sampling_rate=16000)
+
+
+def test_log_mel_of_clips_shorter_than_the_stft_window():
+    """A clip of one to two hops (10-25 ms) still gets its frames (Whisper's STFT mirrors 200 samples past each end,
+    more than it holds); a longer clip in the same batch gets the frames it gets alone; under one hop is refused."""
+    extractor = MMAVSRFeatureExtractor(feature_type="log-mel")
+    rng = np.random.default_rng(0)
+    short, longer = rng.standard_normal(160).astype(np.float32), rng.standard_normal(3200).astype(np.float32)
+    for samples in (160, 200, 399):
+        batch = extractor(rng.standard_normal(samples).astype(np.float32), return_tensors="pt")
+        assert batch["input_features"].shape == (1, 80, samples // 160)
+        assert torch.isfinite(batch["input_features"]).all()
+    together = extractor([short, longer], return_tensors="pt")
+    alone = extractor(longer, return_tensors="pt")
+    assert together["attention_mask"].sum(-1).tolist() == [1, 20]
+    torch.testing.assert_close(together["input_features"][1], alone["input_features"][0])
+    with pytest.raises(ValueError, match="audio item 1 has 100 samples, less than one log-mel frame"):
+        extractor([short, short[:100]])
