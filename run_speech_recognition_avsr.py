@@ -1618,5 +1618,15 @@ def main(
     return results
 
 
+def end_distributed():
+    """After a launched run: every process waits for the others (rank 0 may still be saving), then the process group
+    is torn down, so that no process exits with the group's threads alive (an abort, "terminate called without an
+    active exception", that fails the launcher)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 if __name__ == "__main__":
     main()
+    end_distributed()
