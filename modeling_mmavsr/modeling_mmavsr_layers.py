@@ -59,17 +59,24 @@ class MMAVSRLinear(nn.Linear):
 
     max_transposed_rows = 256  # measured faster or equal from 2 to 400 rows; kept to the range decoding uses
 
+    def uses_transposed_product(self, input: torch.Tensor) -> bool:
+        if input.dim() == 0 or input.shape[-1] != self.in_features:
+            return False  # nn.Linear's own error
+        rows = input.numel() // self.in_features
+        return (
+            input.device.type == "cpu"
+            and 1 < rows <= self.max_transposed_rows
+            and not (torch.is_grad_enabled() and (input.requires_grad or self.weight.requires_grad))
+        )
+
+    def transposed_product(self, columns: torch.Tensor) -> torch.Tensor:
+        """(in_features, rows) -> (out_features, rows): the layer applied to each column."""
+        return self.weight @ columns if self.bias is None else torch.addmm(self.bias[:, None], self.weight, columns)
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        rows = input.numel() // max(input.shape[-1], 1) if input.dim() else 0
-        if (
-            input.device.type != "cpu"
-            or input.shape[-1] != self.in_features  # nn.Linear's own error
-            or not 1 < rows <= self.max_transposed_rows
-            or (torch.is_grad_enabled() and (input.requires_grad or self.weight.requires_grad))
-        ):
+        if not self.uses_transposed_product(input):
             return super().forward(input)
-        flat = input.reshape(rows, self.in_features).t()
-        output = self.weight @ flat if self.bias is None else torch.addmm(self.bias[:, None], self.weight, flat)
+        output = self.transposed_product(input.reshape(-1, self.in_features).t())
         return output.t().contiguous().view(*input.shape[:-1], self.out_features)
 
 
@@ -83,4 +90,10 @@ class MMAVSRFeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, hidden_states):
+        dropout_active = self.dropout.training and self.dropout.p > 0
+        if not dropout_active and self.w_1.uses_transposed_product(hidden_states):
+            # in inference the activations stay transposed between the two layers: one transposed copy, not two
+            inner = self.w_1.transposed_product(hidden_states.reshape(-1, self.w_1.in_features).t()).relu_()
+            output = self.w_2.transposed_product(inner).t().contiguous()
+            return output.view(*hidden_states.shape[:-1], self.w_2.out_features)
         return self.w_2(self.dropout(torch.relu(self.w_1(hidden_states))))

@@ -269,3 +269,23 @@ def test_linear_for_few_rows_refuses_a_wrong_width():
 
     with torch.no_grad(), pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         MMAVSRLinear(16, 24)(torch.randn(2, 32))
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_feed_forward_for_few_rows_equals_the_plain_layers(training):
+    """The feed-forward's inference path (activations kept transposed between its two layers) gives the plain
+    Linear -> ReLU -> Linear; in training mode without gradients its dropout still applies."""
+    from modeling_mmavsr.modeling_mmavsr_layers import MMAVSRFeedForward
+
+    torch.manual_seed(0)
+    ours = MMAVSRFeedForward(16, 48, dropout=0.5).train(training)
+    x = torch.randn(40, 1, 16)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        got = ours(x)
+        torch.manual_seed(1)
+        linear = torch.nn.functional.linear
+        inner = torch.nn.functional.dropout(torch.relu(linear(x, ours.w_1.weight, ours.w_1.bias)), 0.5, training)
+        expected = linear(inner, ours.w_2.weight, ours.w_2.bias)
+    assert got.shape == (40, 1, 16) and got.is_contiguous()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
