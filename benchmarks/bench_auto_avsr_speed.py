@@ -5,10 +5,11 @@
 Decoding: one utterance of `--seconds` on the full released architecture, beam `--beam`, CTC weight `--ctc-weight`,
 `--threads` CPU threads, timed after one untimed warm-up decode on each side. Training: forward + backward of a batch
 of `--batch` utterances. Each side is timed `--repeats` times, the two sides taking turns (a shared machine's speed
-drifts: alternating exposes both to the same drift), and the medians are compared. With `--auto-avsr` (a checkout of mpc001/auto_avsr; it is imported from there at run time,
-never copied), auto_avsr's model gets random weights that are converted into an MMAVSR model, both sides run, and the
-script prints both timings and whether the best hypotheses agree. Without it, only MMAVSR runs. Weights are random,
-so hypotheses tend to run to the length limit: the worst case for decoding time.
+drifts: alternating exposes both to the same drift), and the medians are compared. With `--auto-avsr` (a checkout of
+mpc001/auto_avsr; it is imported from there at run time, never copied), auto_avsr's model gets random weights that are
+converted into an MMAVSR model, both sides run, and the script prints both timings and whether the best hypotheses
+agree. Without it, only MMAVSR runs. Weights are random, so hypotheses tend to run to the length limit: the worst case
+for decoding time.
 """
 
 import argparse
@@ -159,7 +160,8 @@ def main():
             if decode_theirs is not None:
                 decode_theirs()
             ours, theirs = compare("decoding", decode, decode_theirs, args.repeats, f" for {frames} frames")
-        print(f"decoding  hypothesis: {len(ours)} tokens" + ("" if theirs is None else f", same as auto_avsr's: {ours == theirs}"))
+        agreement = "" if theirs is None else f", same as auto_avsr's: {ours == theirs}"
+        print(f"decoding  hypothesis: {len(ours)} tokens{agreement}")
 
     if not args.skip_training:
         x, _ = make_batch(args.modality, args.seconds, args.batch)
@@ -173,7 +175,9 @@ def main():
         step()  # warm-up
         if step_theirs is not None:
             step_theirs()
-        compare("training", step, step_theirs, args.repeats, f" per forward+backward of {args.batch} x {args.seconds} s")
+        unit = f" per forward+backward of {args.batch} x {args.seconds} s"
+        compare("training", step, step_theirs, args.repeats, unit)
+
 
 if __name__ == "__main__":
     main()

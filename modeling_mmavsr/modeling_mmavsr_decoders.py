@@ -75,9 +75,9 @@ class MMAVSRAppendingCacheLayer(DynamicLayer):
 
     Keys and values live in buffers with room to grow (doubled when full); `keys` and `values` are views of their first
     `length` positions. A step writes its new position into the buffers, and beam reordering gathers the rows into a
-    second pair of buffers, which then take over: no step copies the whole cache twice, as `DynamicLayer` (concatenation,
-    then `index_select` into new tensors) does. Anything that replaces `keys`/`values` by other tensors (cropping,
-    batch selection) is honoured: the buffers are rebuilt from them at the next update.
+    second pair of buffers, which then take over: no step copies the whole cache twice, as `DynamicLayer`
+    (concatenation, then `index_select` into new tensors) does. Anything that replaces `keys`/`values` by other
+    tensors (cropping, batch selection) is honoured: the buffers are rebuilt from them at the next update.
     """
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
