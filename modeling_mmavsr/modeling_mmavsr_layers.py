@@ -51,6 +51,16 @@ def sinusoidal_table(positions: torch.Tensor, dim: int) -> torch.Tensor:
     return table
 
 
+def as_columns(hidden_states: torch.Tensor) -> torch.Tensor:
+    """(..., features) -> (features, rows), a transposed view: the layout `MMAVSRLinear.transposed_product` takes."""
+    return hidden_states.reshape(-1, hidden_states.shape[-1]).t()
+
+
+def from_columns(columns: torch.Tensor, leading_shape: torch.Size) -> torch.Tensor:
+    """(features, rows) -> contiguous (*leading_shape, features): `as_columns` undone."""
+    return columns.t().contiguous().view(*leading_shape, columns.shape[0])
+
+
 class MMAVSRLinear(nn.Linear):
     """`nn.Linear` that, in inference on CPU for a few rows (a beam-search step, a short utterance), computes the
     product as W x^T instead of x W^T: the same numbers (up to float rounding), in the GEMM orientation that BLAS runs
@@ -76,8 +86,7 @@ class MMAVSRLinear(nn.Linear):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self.uses_transposed_product(input):
             return super().forward(input)
-        output = self.transposed_product(input.reshape(-1, self.in_features).t())
-        return output.t().contiguous().view(*input.shape[:-1], self.out_features)
+        return from_columns(self.transposed_product(as_columns(input)), input.shape[:-1])
 
 
 class MMAVSRFeedForward(nn.Module):
@@ -93,7 +102,6 @@ class MMAVSRFeedForward(nn.Module):
         dropout_active = self.dropout.training and self.dropout.p > 0
         if not dropout_active and self.w_1.uses_transposed_product(hidden_states):
             # in inference the activations stay transposed between the two layers: one transposed copy, not two
-            inner = self.w_1.transposed_product(hidden_states.reshape(-1, self.w_1.in_features).t()).relu_()
-            output = self.w_2.transposed_product(inner).t().contiguous()
-            return output.view(*hidden_states.shape[:-1], self.w_2.out_features)
+            inner = self.w_1.transposed_product(as_columns(hidden_states)).relu_()
+            return from_columns(self.w_2.transposed_product(inner), hidden_states.shape[:-1])
         return self.w_2(self.dropout(torch.relu(self.w_1(hidden_states))))

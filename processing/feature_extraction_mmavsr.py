@@ -214,7 +214,7 @@ class MMAVSRFeatureExtractor(SequenceFeatureExtractor):
     def _log_mel(self, waves: list[np.ndarray], return_attention_mask: bool, return_tensors) -> BatchFeature:
         """Whisper's log-mel features of the clips, padded to the longest clip (or to the Whisper window)."""
         for index, wave in enumerate(waves):
-            if wave.shape[-1] < self.hop_length:
+            if self.frames_for_samples(wave.shape[-1]) == 0:
                 raise ValueError(
                     f"audio item {index} has {wave.shape[-1]} samples, less than one log-mel frame ({self.hop_length} "
                     f"samples, {1000 * self.hop_length / self.sampling_rate:g} ms)"
@@ -228,7 +228,9 @@ class MMAVSRFeatureExtractor(SequenceFeatureExtractor):
         features = self.whisper_feature_extractor(
             waves, sampling_rate=self.sampling_rate, return_attention_mask=True, return_tensors="np", **padding
         )
-        frames = features["input_features"].shape[-1] if self.pad_to_whisper_window else longest // self.hop_length
+        frames = self.frames_for_samples(longest)
+        if self.pad_to_whisper_window:
+            frames = features["input_features"].shape[-1]
         output = {"input_features": features["input_features"][..., :frames].astype(np.float32)}  # (B, n_mels, frames)
         if return_attention_mask:
             output["attention_mask"] = features["attention_mask"][:, :frames].astype(np.int64)  # (B, frames)
