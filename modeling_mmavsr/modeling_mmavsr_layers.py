@@ -56,10 +56,6 @@ def as_columns(hidden_states: torch.Tensor) -> torch.Tensor:
     return hidden_states.reshape(-1, hidden_states.shape[-1]).t()
 
 
-def from_columns(columns: torch.Tensor, leading_shape: torch.Size) -> torch.Tensor:
-    """(features, rows) -> contiguous (*leading_shape, features): `as_columns` undone."""
-    return columns.t().contiguous().view(*leading_shape, columns.shape[0])
-
 
 class MMAVSRLinear(nn.Linear):
     """`nn.Linear` that, in inference on CPU for a few rows (a beam-search step, a short utterance), computes the
@@ -83,10 +79,22 @@ class MMAVSRLinear(nn.Linear):
         """(in_features, rows) -> (out_features, rows): the layer applied to each column."""
         return self.weight @ columns if self.bias is None else torch.addmm(self.bias[:, None], self.weight, columns)
 
+    def rows_from_columns(self, columns: torch.Tensor, leading_shape: torch.Size) -> torch.Tensor:
+        """(in_features, rows) -> contiguous (*leading_shape, out_features): the layer applied to each column, its
+        result transposed back to rows, the bias added in the same pass as the transposition (a broadcast bias
+        copied into the product first, then a transposed copy, cost ~10% more at 40 rows)."""
+        product = (self.weight @ columns).t()
+        rows = torch.empty(product.shape, dtype=product.dtype, device=product.device)
+        if self.bias is None:
+            rows.copy_(product)
+        else:
+            torch.add(product, self.bias, out=rows)
+        return rows.view(*leading_shape, self.out_features)
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not self.uses_transposed_product(input):
             return super().forward(input)
-        return from_columns(self.transposed_product(as_columns(input)), input.shape[:-1])
+        return self.rows_from_columns(as_columns(input), input.shape[:-1])
 
 
 class MMAVSRFeedForward(nn.Module):
@@ -103,5 +111,5 @@ class MMAVSRFeedForward(nn.Module):
         if not dropout_active and self.w_1.uses_transposed_product(hidden_states):
             # in inference the activations stay transposed between the two layers: one transposed copy, not two
             inner = self.w_1.transposed_product(as_columns(hidden_states)).relu_()
-            return from_columns(self.w_2.transposed_product(inner), hidden_states.shape[:-1])
+            return self.w_2.rows_from_columns(inner, hidden_states.shape[:-1])
         return self.w_2(self.dropout(torch.relu(self.w_1(hidden_states))))

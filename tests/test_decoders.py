@@ -294,19 +294,21 @@ def test_save_load_round_trip_without_adapters(decoder, tmp_path):
     assert torch.equal(loaded.generate(**inputs, max_new_tokens=4), model.generate(**inputs, max_new_tokens=4))
 
 
-def _cache_pair(batch=3, heads=2, dim=4):
+def _cache_pair(batch=3, heads=2, dim=4, **capacity):
     from transformers.cache_utils import DynamicLayer
 
     from modeling_mmavsr.modeling_mmavsr_decoders import MMAVSRAppendingCacheLayer
 
-    return DynamicLayer(), MMAVSRAppendingCacheLayer(), lambda length: torch.randn(batch, heads, length, dim)
+    return DynamicLayer(), MMAVSRAppendingCacheLayer(**capacity), lambda length: torch.randn(batch, heads, length, dim)
 
 
-def test_appending_cache_layer_holds_what_concatenation_does():
-    """Through growth past its first buffers (32 positions), beam reordering, cropping and batch selection, the
-    in-place cache returns the keys and values DynamicLayer (concatenation) returns."""
+@pytest.mark.parametrize("capacity", [{}, {"initial_capacity": 1}, {"initial_capacity": 64}])
+def test_appending_cache_layer_holds_what_concatenation_does(capacity):
+    """Through growth past its first buffers (32 positions by default, 1, or room for all 49), beam reordering,
+    cropping and batch selection, the in-place cache returns the keys and values DynamicLayer (concatenation)
+    returns."""
     torch.manual_seed(0)
-    reference, ours, states = _cache_pair()
+    reference, ours, states = _cache_pair(**capacity)
     steps = [("update", 5)] + [("update", 1), ("reorder", None)] * 40 + [("crop", -3), ("update", 1)]
     steps += [("select", torch.tensor([2, 0])), ("update", 2), ("reorder", None), ("update", 1)]
     for op, arg in steps:
@@ -343,3 +345,18 @@ def test_appending_cache_layer_reorders_without_reallocating():
         ours.update(states(1), states(1))
         pointers.add(ours.keys.data_ptr())
     assert len(pointers) == 2
+
+
+@pytest.mark.parametrize("capacity, expected_buffers", [(None, 4), (50, 2)])
+def test_appending_cache_layer_sized_for_the_search_never_grows(capacity, expected_buffers):
+    """A search of 45 steps in a layer given room for 50 positions only ever alternates between its two pairs of
+    buffers; with the default room (32) it has to move into two new, larger ones."""
+    torch.manual_seed(0)
+    _, ours, states = _cache_pair(**({} if capacity is None else {"initial_capacity": capacity}))
+    pointers = set()
+    for _ in range(45):
+        ours.update(states(1), states(1))
+        ours.reorder_cache(torch.tensor([2, 0, 1]))
+        pointers.add(ours.keys.data_ptr())
+    assert len(pointers) == expected_buffers
+

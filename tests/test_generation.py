@@ -3,7 +3,12 @@
 import pytest
 import torch
 
-from modeling_mmavsr.generation_mmavsr import CTCPrefixScoreLogitsProcessor, CTCPrefixScorer
+from modeling_mmavsr.generation_mmavsr import (
+    CTCPrefixScoreLogitsProcessor,
+    CTCPrefixScorer,
+    logsumexp_without_denormals,
+    top_k_over_beams,
+)
 
 from .common import EOS, MODALITIES, make_inputs, make_labels, select_row
 from .test_modeling import FRAMES, TOKENS, build
@@ -118,3 +123,70 @@ def test_saved_generation_settings_survive_loading(tmp_path):
     model.save_pretrained(tmp_path / "tuned")
     reloaded = type(model).from_pretrained(tmp_path / "tuned")
     assert (reloaded.generation_config.ctc_weight, reloaded.generation_config.num_beams) == (0.3, 5)
+
+
+def test_generate_sizes_the_self_attention_cache_by_its_length_limit(monkeypatch):
+    """generate() passes the search's length limit (prompt + new tokens) to the decoder's cache."""
+    model = build("video")
+    decoder = model.model.decoder
+    seen = []
+    prefill = decoder.prefill_cross_attention
+
+    def recording_prefill(encoder_hidden_states, max_length):
+        seen.append(max_length)
+        return prefill(encoder_hidden_states, max_length)
+
+    monkeypatch.setattr(decoder, "prefill_cross_attention", recording_prefill)
+    inputs = make_inputs("video", FRAMES)
+    prompt = len(model.config.decoder_prompt_ids)
+    model.generate(**inputs, num_beams=2, max_new_tokens=3)
+    model.generate(**inputs, num_beams=2)  # each utterance stops at its frame count, the longest + 1 for eos
+    assert seen == [prompt + 3, prompt + max(FRAMES) + 1]
+
+
+@pytest.mark.parametrize("beams, vocab, k", [(4, 50, 8), (40, 5049, 80), (3, 5, 12), (1, 9, 2)])
+def test_top_k_over_beams_equals_one_top_k_over_all_beams(beams, vocab, k):
+    """The two-stage top-k picks the scores and flat indices that one `topk` over beams x vocab picks, also when
+    most scores are ruled out (-inf, finfo.min) and when k exceeds the vocabulary."""
+    torch.manual_seed(0)
+    scores = torch.randn(2, beams, vocab) * 5
+    scores[0, :, ::3] = -float("inf")
+    scores[1, beams // 2 :] = torch.finfo(scores.dtype).min
+    scores[1, : beams // 2] -= 1e3
+    values, indices = top_k_over_beams(scores, k)
+    expected_values, expected_indices = scores.flatten(1).topk(k)
+    assert torch.equal(values, expected_values)
+    assert torch.equal(scores.flatten(1).gather(1, indices), expected_values)
+    distinct = values > torch.finfo(values.dtype).min  # ruled-out scores tie: any of them may come first
+    assert torch.equal(indices[distinct], expected_indices[distinct])
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_beam_search_keeps_generation_mixin_selection(modality, monkeypatch):
+    """Beam search with the two-stage top-k returns what GenerationMixin's own step selection returns: sequences,
+    scores and beam indices."""
+    from transformers import GenerationMixin
+
+    model = build(modality)
+    inputs = make_inputs(modality, FRAMES)
+    settings = dict(num_beams=5, num_return_sequences=3, output_scores=True, return_dict_in_generate=True)
+    ours = model.generate(**inputs, **settings)
+    monkeypatch.setattr(type(model), "_get_top_k_continuations", GenerationMixin._get_top_k_continuations)
+    reference = model.generate(**inputs, **settings)
+    assert torch.equal(ours.sequences, reference.sequences)
+    assert torch.equal(ours.sequences_scores, reference.sequences_scores)
+    assert torch.equal(ours.beam_indices, reference.beam_indices)
+
+
+def test_logsumexp_without_denormals_equals_torch_logsumexp():
+    """Bit for bit, on terms spread over hundreds of nats (whose exponentials would be denormal), -inf terms and
+    columns of -inf only."""
+    torch.manual_seed(0)
+    x = torch.randn(50, 40, 60) * 60
+    x[::4] = -float("inf")
+    x[:, :, 7] = -float("inf")
+    x[:, 3, 5] = torch.linspace(-200, 0, 50)
+    expected = torch.logsumexp(x, dim=0)
+    got = logsumexp_without_denormals(x, dim=0)
+    assert torch.equal(got, expected)
+    assert torch.isneginf(got[:, 7]).all()
