@@ -304,7 +304,7 @@ def _cache_pair(batch=3, heads=2, dim=4, **capacity):
 
 @pytest.mark.parametrize("capacity", [{}, {"initial_capacity": 1}, {"initial_capacity": 64}])
 def test_appending_cache_layer_holds_what_concatenation_does(capacity):
-    """Through growth past its first buffers (32 positions by default, 1, or room for all 49), beam reordering,
+    """Through growth past its first buffers (32 positions by default, 1, or room for all 46), beam reordering,
     cropping and batch selection, the in-place cache returns the keys and values DynamicLayer (concatenation)
     returns."""
     torch.manual_seed(0)
@@ -359,4 +359,3 @@ def test_appending_cache_layer_sized_for_the_search_never_grows(capacity, expect
         ours.reorder_cache(torch.tensor([2, 0, 1]))
         pointers.add(ours.keys.data_ptr())
     assert len(pointers) == expected_buffers
-
