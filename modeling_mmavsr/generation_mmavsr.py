@@ -234,7 +234,7 @@ class MMAVSRGenerationMixin(GenerationMixin):
                 **kwargs,
             )
         vocab_size = accumulated_log_probs.shape[-1] // num_beams
-        scores = accumulated_log_probs.view(batch_size, num_beams, vocab_size)
+        scores = accumulated_log_probs.reshape(batch_size, num_beams, vocab_size)
         topk_log_probs, topk_indices = top_k_over_beams(scores, beams_to_keep)
         parent_beams = topk_indices // vocab_size
         topk_running_sequences = self._gather_beams(running_sequences, parent_beams)
