@@ -16,8 +16,9 @@ CROP = 88
 PROPERTY_SETTINGS = settings(
     max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-# letters, digits, apostrophes and spaces: what auto_avsr's unigram5000 pieces spell
-SPELLABLE = string.ascii_uppercase + string.ascii_lowercase + string.digits + "' "
+# letters, apostrophes and spaces: what auto_avsr's unigram5000 pieces spell in any order (LRS3 writes numbers as
+# words; most runs of digits, "444" or "852", have no pieces and become <unk>, which the processor refuses)
+SPELLABLE = string.ascii_uppercase + string.ascii_lowercase + "' "
 
 
 @pytest.fixture(scope="module")
