@@ -70,6 +70,7 @@ class MMAVSRDecoderAttention(nn.Module):
         return self.out_proj(output.reshape(batch, length, -1))
 
 
+DEFAULT_CACHE_CAPACITY = 32  # positions of a self-attention cache's first buffers when no length limit is known
 MAX_PREALLOCATED_POSITIONS = 256  # a search that stops early never writes (so never pays for) most of this room
 
 
@@ -87,7 +88,7 @@ class MMAVSRAppendingCacheLayer(DynamicLayer):
     about 3% of its time for).
     """
 
-    def __init__(self, initial_capacity: int = 32):
+    def __init__(self, initial_capacity: int = DEFAULT_CACHE_CAPACITY):
         super().__init__()
         self.initial_capacity = initial_capacity
 
@@ -188,7 +189,7 @@ class MMAVSRTransformerDecoder(nn.Module):
         utterance (B, H, T, D): its `num_beams` rows (utterance-major, as generate() expands them) attend to that one
         copy, instead of B * num_beams copies projected, stored and read at every step. `max_length`, the search's
         length limit, sizes the self-attention cache (up to `MAX_PREALLOCATED_POSITIONS`; past that it grows)."""
-        capacity = min(max_length or 32, MAX_PREALLOCATED_POSITIONS)
+        capacity = min(max_length or DEFAULT_CACHE_CAPACITY, MAX_PREALLOCATED_POSITIONS)
         self_attention = Cache(layers=[MMAVSRAppendingCacheLayer(capacity) for _ in self.layers])
         cache = EncoderDecoderCache(self_attention, DynamicCache())
         for layer in self.layers:
