@@ -7,7 +7,7 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .configuration_mmavsr import MMAVSRConfig
-from .modeling_mmavsr_layers import MMAVSRFeedForward, MMAVSRLinear, attention_function, sinusoidal_table
+from .modeling_mmavsr_layers import MMAVSRFeedForward, attention_function, sinusoidal_table
 
 
 class MMAVSRRelPositionalEncoding(nn.Module):
@@ -46,11 +46,11 @@ class MMAVSRRelPositionAttention(nn.Module):
         self.dropout = config.encoder_attention_dropout
         self.is_causal = False
         size = config.hidden_size
-        self.q_proj = MMAVSRLinear(size, size)
-        self.k_proj = MMAVSRLinear(size, size)
-        self.v_proj = MMAVSRLinear(size, size)
-        self.out_proj = MMAVSRLinear(size, size)
-        self.pos_proj = MMAVSRLinear(size, size, bias=False)
+        self.q_proj = nn.Linear(size, size)
+        self.k_proj = nn.Linear(size, size)
+        self.v_proj = nn.Linear(size, size)
+        self.out_proj = nn.Linear(size, size)
+        self.pos_proj = nn.Linear(size, size, bias=False)
         self.pos_bias_u = nn.Parameter(torch.zeros(self.num_heads, self.head_dim))
         self.pos_bias_v = nn.Parameter(torch.zeros(self.num_heads, self.head_dim))
 

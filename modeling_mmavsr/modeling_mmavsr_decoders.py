@@ -30,9 +30,11 @@ class MMAVSRDecoderAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.dropout = text_config.attention_dropout
         size = text_config.d_model
+        # the cross-attention's keys and values are projected once per utterance, not at every step
+        key_value_linear = nn.Linear if is_cross_attention else MMAVSRLinear
         self.q_proj = MMAVSRLinear(size, size)
-        self.k_proj = MMAVSRLinear(size, size)
-        self.v_proj = MMAVSRLinear(size, size)
+        self.k_proj = key_value_linear(size, size)
+        self.v_proj = key_value_linear(size, size)
         self.out_proj = MMAVSRLinear(size, size)
 
     def _project(self, states: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
@@ -150,7 +152,7 @@ class MMAVSRDecoderLayer(GradientCheckpointingLayer):
         size, eps = text_config.d_model, text_config.layer_norm_eps
         self.self_attn = MMAVSRDecoderAttention(config, layer_idx, is_cross_attention=False)
         self.src_attn = MMAVSRDecoderAttention(config, layer_idx, is_cross_attention=True)
-        self.feed_forward = MMAVSRFeedForward(size, text_config.decoder_ffn_dim, text_config.dropout)
+        self.feed_forward = MMAVSRFeedForward(size, text_config.decoder_ffn_dim, text_config.dropout, linear=MMAVSRLinear)
         self.norm1 = nn.LayerNorm(size, eps=eps)
         self.norm2 = nn.LayerNorm(size, eps=eps)
         self.norm3 = nn.LayerNorm(size, eps=eps)
@@ -389,7 +391,7 @@ class MMAVSRCTCHead(nn.Module):
     def __init__(self, config: MMAVSRConfig):
         super().__init__()
         self.dropout = nn.Dropout(config.ctc_dropout)
-        self.ctc_lo = MMAVSRLinear(config.hidden_size, config.ctc_vocab_size)
+        self.ctc_lo = nn.Linear(config.hidden_size, config.ctc_vocab_size)
 
     def forward(self, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
         return self.ctc_lo(self.dropout(encoder_hidden_states))

@@ -51,64 +51,82 @@ def sinusoidal_table(positions: torch.Tensor, dim: int) -> torch.Tensor:
     return table
 
 
-def as_columns(hidden_states: torch.Tensor) -> torch.Tensor:
-    """(..., features) -> (features, rows), a transposed view: the layout `MMAVSRLinear.transposed_product` takes."""
-    return hidden_states.reshape(-1, hidden_states.shape[-1]).t()
+def onednn_linear_available() -> bool:
+    """Whether this torch build has oneDNN's packed-weight linear kernels (x86 builds do)."""
+    return (
+        torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    )
+
+
+ONEDNN_LINEAR = onednn_linear_available()
 
 
 class MMAVSRLinear(nn.Linear):
-    """`nn.Linear` that, in inference on CPU for a few rows (a beam-search step, a short utterance), computes the
-    product as W x^T instead of x W^T: the same numbers (up to float rounding), in the GEMM orientation that BLAS runs
-    faster for skinny inputs (beam 40 on the released decoder: 15-45% less time per layer on 2 CPU threads, see
-    `benchmarks/README.md`). Training and autograd take `nn.Linear`'s own path."""
+    """`nn.Linear` for the layers a decoder runs at every generation step. In inference on CPU it multiplies by a
+    copy of its weight that oneDNN has packed once into its blocked layout, instead of running MKL's GEMM on the plain
+    weight: the same numbers up to float rounding, and faster for the few rows of a decoding step (a beam search of 5
+    on the released decoder: 17% less time end to end; see `benchmarks/README.md`), at the cost of a second copy of
+    the weight while the model decodes. The copy is made at the first such call and again whenever the weight has
+    changed (an optimizer step, `load_state_dict`, `.to()`). Training, autograd, other devices and dtypes, weights
+    created under `torch.inference_mode` (which keep no version counter) and torch builds without oneDNN take
+    `nn.Linear`'s own path."""
 
-    max_transposed_rows = 256  # measured faster or equal from 2 to 400 rows; kept to the range decoding uses
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._packed_weight: tuple | None = None  # (the weight, its data_ptr, version and shape, the packed copy)
 
-    def uses_transposed_product(self, input: torch.Tensor) -> bool:
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_packed_weight"] = None  # oneDNN's opaque tensors cannot be copied or pickled; it is rebuilt on use
+        return state
+
+    def _apply(self, fn, recurse=True):
+        self._packed_weight = None  # `.to()`, `.cuda()`, `.half()`: the copy would only hold memory
+        return super()._apply(fn, recurse)
+
+    def train(self, mode: bool = True):
+        if mode:
+            self._packed_weight = None  # training takes nn.Linear's path and changes the weight
+        return super().train(mode)
+
+    def uses_packed_weight(self, input: torch.Tensor) -> bool:
         if input.dim() == 0 or input.shape[-1] != self.in_features:
             return False  # nn.Linear's own error
-        rows = input.numel() // self.in_features
+        tensors = (input, self.weight) if self.bias is None else (input, self.weight, self.bias)
         return (
-            input.device.type == "cpu"
-            and 1 < rows <= self.max_transposed_rows
-            and not (torch.is_grad_enabled() and (input.requires_grad or self.weight.requires_grad))
+            ONEDNN_LINEAR
+            and all(tensor.device.type == "cpu" and tensor.dtype == torch.float32 for tensor in tensors)
+            and not (torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors))
+            and not self.weight.is_inference()
+            and not torch.compiler.is_compiling()
         )
 
-    def transposed_product(self, columns: torch.Tensor) -> torch.Tensor:
-        """(in_features, rows) -> (out_features, rows): the layer applied to each column."""
-        return self.weight @ columns if self.bias is None else torch.addmm(self.bias[:, None], self.weight, columns)
-
-    def rows_from_columns(self, columns: torch.Tensor, leading_shape: torch.Size) -> torch.Tensor:
-        """(in_features, rows) -> contiguous (*leading_shape, out_features): the layer applied to each column, its
-        result transposed back to rows, the bias added in the same pass as the transposition (a broadcast bias
-        copied into the product first, then a transposed copy, cost 6-17% more at 40 rows)."""
-        product = (self.weight @ columns).t()
-        rows = torch.empty(product.shape, dtype=product.dtype, device=product.device)
-        if self.bias is None:
-            rows.copy_(product)
-        else:
-            torch.add(product, self.bias, out=rows)
-        return rows.view(*leading_shape, self.out_features)
+    def packed_weight(self) -> torch.Tensor:
+        """oneDNN's packed copy of the weight, packed again if the weight has been replaced or modified in place."""
+        weight = self.weight
+        state = (weight.data_ptr(), weight._version, weight.shape)
+        if self._packed_weight is None or self._packed_weight[0] is not weight or self._packed_weight[1] != state:
+            self._packed_weight = None  # free the stale copy before packing the new one
+            self._packed_weight = (weight, state, torch.ops.mkldnn._reorder_linear_weight(weight.detach()))
+        return self._packed_weight[2]
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not self.uses_transposed_product(input):
+        if not self.uses_packed_weight(input):
             return super().forward(input)
-        return self.rows_from_columns(as_columns(input), input.shape[:-1])
+        return torch.ops.mkldnn._linear_pointwise(input, self.packed_weight(), self.bias, "none", [], "")
 
 
 class MMAVSRFeedForward(nn.Module):
-    """Position-wise Linear -> ReLU -> dropout -> Linear (ReLU, as in auto_avsr)."""
+    """Position-wise Linear -> ReLU -> dropout -> Linear (ReLU, as in auto_avsr). `linear` is the layers' class:
+    decoders, which run it at every generation step, pass `MMAVSRLinear`."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int, dropout: float):
+    def __init__(self, hidden_size: int, intermediate_size: int, dropout: float, linear: type[nn.Linear] = nn.Linear):
         super().__init__()
-        self.w_1 = MMAVSRLinear(hidden_size, intermediate_size)
-        self.w_2 = MMAVSRLinear(intermediate_size, hidden_size)
+        self.w_1 = linear(hidden_size, intermediate_size)
+        self.w_2 = linear(intermediate_size, hidden_size)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, hidden_states):
-        dropout_active = self.dropout.training and self.dropout.p > 0
-        if not dropout_active and self.w_1.uses_transposed_product(hidden_states):
-            # in inference the activations stay transposed between the two layers: one transposed copy, not two
-            inner = self.w_1.transposed_product(as_columns(hidden_states)).relu_()
-            return self.w_2.rows_from_columns(inner, hidden_states.shape[:-1])
         return self.w_2(self.dropout(torch.relu(self.w_1(hidden_states))))

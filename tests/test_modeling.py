@@ -1,5 +1,8 @@
 """Behaviour of MMAVSRForConditionalGeneration for video-only, audio-only and audio-visual input."""
 
+import copy
+import pickle
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForSpeechSeq2Seq
@@ -243,27 +246,72 @@ def test_video_frontend_cpu_convolution_equals_the_3d_convolution():
     torch.testing.assert_close(frontend.conv3d_as_conv2d(video), frontend.conv3d(video), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 16), (40, 1, 16), (2, 7, 16), (300, 16)])
+@pytest.mark.parametrize("shape", [(1, 1, 16), (40, 1, 16), (2, 7, 16), (300, 16), "transposed"])
 @pytest.mark.parametrize("bias", [True, False])
-def test_linear_for_few_rows_equals_nn_linear(shape, bias):
-    """MMAVSRLinear's inference path for a few rows (W x^T) gives nn.Linear's output, and training its gradients."""
-    from modeling_mmavsr.modeling_mmavsr_layers import MMAVSRLinear
+def test_decoding_linear_equals_nn_linear(shape, bias):
+    """MMAVSRLinear's inference path (oneDNN's packed weight, which the x86 builds of torch have) gives nn.Linear's
+    output, also for an input that is a transposed view; with gradients it trains as nn.Linear does."""
+    from modeling_mmavsr.modeling_mmavsr_layers import ONEDNN_LINEAR, MMAVSRLinear
 
     torch.manual_seed(0)
     ours = MMAVSRLinear(16, 24, bias=bias)
     reference = torch.nn.Linear(16, 24, bias=bias)
     reference.load_state_dict(ours.state_dict())
-    x = torch.randn(shape)
+    x = torch.randn(16, 5).t() if shape == "transposed" else torch.randn(shape)
     with torch.no_grad():
+        assert ours.uses_packed_weight(x) == ONEDNN_LINEAR
         got, expected = ours(x), reference(x)
     assert got.shape == expected.shape and got.is_contiguous()
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert not ours.uses_packed_weight(x.requires_grad_())
     ours(x).square().sum().backward()
     reference(x).square().sum().backward()
     torch.testing.assert_close(ours.weight.grad, reference.weight.grad)
 
 
-def test_linear_for_few_rows_refuses_a_wrong_width():
+def test_decoding_linear_follows_changes_of_its_weight():
+    """The packed copy is made again after an optimizer step, an in-place edit, `load_state_dict` and a new weight
+    tensor, so inference always uses the current weight; the module still deep-copies and pickles after use."""
+    from modeling_mmavsr.modeling_mmavsr_layers import MMAVSRLinear
+
+    torch.manual_seed(0)
+    ours = MMAVSRLinear(16, 24).eval()
+    x = torch.randn(40, 1, 16)
+
+    def assert_current():
+        with torch.no_grad():
+            expected = torch.nn.functional.linear(x, ours.weight, ours.bias)
+            torch.testing.assert_close(ours(x), expected, rtol=1e-5, atol=1e-6)
+
+    assert_current()
+    optimizer = torch.optim.SGD(ours.parameters(), lr=0.5)
+    ours(x).square().sum().backward()  # gradients enabled: nn.Linear's path
+    optimizer.step()
+    assert_current()
+    with torch.no_grad():
+        ours.weight.mul_(-2.0)
+    assert_current()
+    ours.load_state_dict({"weight": torch.randn(24, 16), "bias": torch.randn(24)})
+    assert_current()
+    ours.weight = torch.nn.Parameter(torch.randn(24, 16))
+    assert_current()
+    copied = pickle.loads(pickle.dumps(copy.deepcopy(ours)))
+    with torch.no_grad():
+        torch.testing.assert_close(copied(x), ours(x))
+
+
+def test_decoding_linear_built_under_inference_mode():
+    """A layer built under `torch.inference_mode` (its weight keeps no version counter) runs nn.Linear's path."""
+    from modeling_mmavsr.modeling_mmavsr_layers import MMAVSRLinear
+
+    with torch.inference_mode():
+        ours = MMAVSRLinear(16, 24)
+        x = torch.randn(40, 16)
+        assert not ours.uses_packed_weight(x)
+        torch.testing.assert_close(ours(x), torch.nn.functional.linear(x, ours.weight, ours.bias))
+
+
+def test_decoding_linear_refuses_a_wrong_width():
     """An input whose last dimension is not `in_features` fails as nn.Linear does, even when its size would reshape."""
     from modeling_mmavsr.modeling_mmavsr_layers import MMAVSRLinear
 
@@ -272,13 +320,13 @@ def test_linear_for_few_rows_refuses_a_wrong_width():
 
 
 @pytest.mark.parametrize("training", [False, True])
-def test_feed_forward_for_few_rows_equals_the_plain_layers(training):
-    """The feed-forward's inference path (activations kept transposed between its two layers) gives the plain
-    Linear -> ReLU -> Linear; in training mode without gradients its dropout still applies."""
-    from modeling_mmavsr.modeling_mmavsr_layers import MMAVSRFeedForward
+def test_decoder_feed_forward_equals_the_plain_layers(training):
+    """The decoder's feed-forward (MMAVSRLinear layers) gives the plain Linear -> ReLU -> Linear in inference; in
+    training mode without gradients its dropout still applies."""
+    from modeling_mmavsr.modeling_mmavsr_layers import MMAVSRFeedForward, MMAVSRLinear
 
     torch.manual_seed(0)
-    ours = MMAVSRFeedForward(16, 48, dropout=0.5).train(training)
+    ours = MMAVSRFeedForward(16, 48, dropout=0.5, linear=MMAVSRLinear).train(training)
     x = torch.randn(40, 1, 16)
     with torch.no_grad():
         torch.manual_seed(1)
