@@ -152,7 +152,9 @@ class MMAVSRDecoderLayer(GradientCheckpointingLayer):
         size, eps = text_config.d_model, text_config.layer_norm_eps
         self.self_attn = MMAVSRDecoderAttention(config, layer_idx, is_cross_attention=False)
         self.src_attn = MMAVSRDecoderAttention(config, layer_idx, is_cross_attention=True)
-        self.feed_forward = MMAVSRFeedForward(size, text_config.decoder_ffn_dim, text_config.dropout, linear=MMAVSRLinear)
+        self.feed_forward = MMAVSRFeedForward(
+            size, text_config.decoder_ffn_dim, text_config.dropout, linear=MMAVSRLinear
+        )
         self.norm1 = nn.LayerNorm(size, eps=eps)
         self.norm2 = nn.LayerNorm(size, eps=eps)
         self.norm3 = nn.LayerNorm(size, eps=eps)
