@@ -11,6 +11,16 @@ if command -v apt-get >/dev/null; then
     apt-get install -y -qq --no-install-recommends ffmpeg flite >/dev/null
 fi
 
+# a new .venv takes about 7 GB (torch 2.14.1 with its CUDA libraries): say so up front rather than let pip fail midway
+# with "No space left on device"
+if [ ! -d .venv ]; then
+    free_kb=$(df -Pk . | awk 'NR == 2 {print $4}')
+    if [ "$free_kb" -lt $((8 * 1024 * 1024)) ]; then
+        echo "install.sh: $((free_kb / 1024)) MB free on the disk of $(pwd), and a new .venv needs about 8 GB:" \
+            "free some space (old clones, ~/.cache) and rerun" >&2
+        exit 1
+    fi
+fi
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
