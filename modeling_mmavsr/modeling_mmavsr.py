@@ -12,9 +12,9 @@ from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2
 from .configuration_mmavsr import MMAVSRConfig
 from .generation_mmavsr import MMAVSRGenerationMixin, as_token_list
 from .modeling_mmavsr_audio import AUDIO_ENCODER_CLASSES, AUDIO_INPUTS
-from .modeling_mmavsr_conformer import MMAVSRConformerLayer, MMAVSRConformerEncoder, MMAVSRRelPositionAttention
+from .modeling_mmavsr_conformer import MMAVSRConformerEncoder, MMAVSRRelPositionAttention
 from .modeling_mmavsr_decoder_loading import load_pretrained_decoder, pretrained_decoder_settings
-from .modeling_mmavsr_decoders import DECODER_CLASSES, MMAVSRCTCHead, MMAVSRDecoderLayer
+from .modeling_mmavsr_decoders import DECODER_CLASSES, MMAVSRCTCHead
 from .modeling_mmavsr_features import MMAVSRFeatureExtractionMixin
 from .modeling_mmavsr_layers import MMAVSRLinear
 from .modeling_mmavsr_lora import MMAVSRLoraMixin

@@ -166,6 +166,13 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5)
 
 
+def test_no_split_modules_name_layers_of_the_model():
+    # device_map="auto" keeps these classes whole on one device; a renamed class would silently drop that guarantee
+    model = build("audiovisual")
+    class_names = {type(module).__name__ for module in model.modules()}
+    assert set(model._no_split_modules) <= class_names
+
+
 def test_legacy_modality_maps_onto_encoders():
     assert (MMAVSRConfig(modality="video").vision_encoder, MMAVSRConfig(modality="video").audio_encoder) == ("resnet", None)
     assert MMAVSRConfig(modality="audio").audio_encoder == "resnet1d"
