@@ -497,8 +497,9 @@ def _config_overrides(model_args: ModelArguments, base: dict) -> dict:
         or model_args.audio_encoder
     ):
         overrides.update(vision_encoder=vision, audio_encoder=audio)
+    if model_args.decoder is not None:  # --decoder sets the config's `decoder_type`
+        overrides["decoder_type"] = model_args.decoder
     for name in (
-        "decoder",
         "fusion_type",
         "vision_model_name",
         "audio_model_name",
@@ -612,10 +613,10 @@ def build_model(
             "--vision-encoder/--audio-encoder."
         )
     config_kwargs = {**base, **overrides}
-    if tokenizer is not None and config_kwargs.get("decoder", "transformer") != "transformer":
+    if tokenizer is not None and config_kwargs.get("decoder_type", "transformer") != "transformer":
         raise ValueError(
             f"--train_vocabulary_size trains a vocabulary for the Transformer decoder; --decoder "
-            f"{config_kwargs['decoder']} writes with its own tokenizer (--decoder-model-name or --tokenizer_name)."
+            f"{config_kwargs['decoder_type']} writes with its own tokenizer (--decoder-model-name or --tokenizer_name)."
         )
     if tokenizer is not None:
         special = tokenizer.eos_token_id
@@ -746,8 +747,8 @@ def build_processor(
             tokenizer=tokenizer,
         )
     # a pretrained decoder's embedding table may have rows no token uses (Whisper's, Llama 3's are padded)
-    tokens = processor.tokenizer.vocab_size if config.decoder == "transformer" else len(processor.tokenizer)
-    if tokens > config.vocab_size or (config.decoder == "transformer" and tokens != config.vocab_size):
+    tokens = processor.tokenizer.vocab_size if config.decoder_type == "transformer" else len(processor.tokenizer)
+    if tokens > config.vocab_size or (config.decoder_type == "transformer" and tokens != config.vocab_size):
         raise ValueError(
             f"The tokenizer has {tokens} ids but the model's decoder has {config.vocab_size}; "
             "give the matching --tokenizer_name or set text_config.vocab_size."
@@ -759,16 +760,16 @@ def default_tokenizer(model_args: ModelArguments, config: MMAVSRConfig):
     """--tokenizer_name; else the pretrained LLM's or Whisper's own tokenizer (--decoder-model-name), set up to write
     the labels those decoders train on; else auto_avsr's unigram5000."""
     if model_args.tokenizer_name:
-        if config.decoder == "transformer":
+        if config.decoder_type == "transformer":
             return MMAVSRTokenizer.from_pretrained(model_args.tokenizer_name)
         return AutoTokenizer.from_pretrained(model_args.tokenizer_name)
-    if config.decoder != "transformer":
+    if config.decoder_type != "transformer":
         if not config.decoder_model_name:
             raise ValueError(
-                f"--decoder {config.decoder} writes its labels with the decoder's own tokenizer: give "
+                f"--decoder {config.decoder_type} writes its labels with the decoder's own tokenizer: give "
                 "--decoder-model-name (the LLM or Whisper checkpoint) or --tokenizer_name."
             )
-        return load_decoder_tokenizer(config.decoder, config.decoder_model_name)
+        return load_decoder_tokenizer(config.decoder_type, config.decoder_model_name)
     return MMAVSRTokenizer.from_auto_avsr()
 
 

@@ -34,7 +34,7 @@ def build(mode: str):
     from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
     from modeling_mmavsr.modeling_mmavsr_lora import quantize_llm_4bit
 
-    config = MMAVSRConfig(modality="audio", decoder="llm", text_config=LLAMA_7B, ctc_weight=0.1,
+    config = MMAVSRConfig(modality="audio", decoder_type="llm", text_config=LLAMA_7B, ctc_weight=0.1,
                           instruction_ids=list(range(3, 23)), decoder_prompt_ids=[1], use_qlora=mode == "qlora")
     with torch.device("meta"):
         model = MMAVSRForConditionalGeneration(config)

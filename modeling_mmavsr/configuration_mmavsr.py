@@ -31,7 +31,7 @@ DEFAULT_INSTRUCTIONS = {
     "audio": "Transcribe the speech in the audio.",
     "audiovisual": "Transcribe what the speaker says, using the audio and the lip movements in the video.",
 }
-# the decoder configuration a `decoder` choice gets when `text_config` leaves out `model_type`
+# the decoder configuration a `decoder_type` choice gets when `text_config` leaves out `model_type`
 DEFAULT_TEXT_MODEL_TYPES = {"transformer": "mmavsr_text", "whisper-decoder": "whisper", "llm": None}
 # auto_avsr's `--modality` flag, as (vision_encoder, audio_encoder)
 LEGACY_MODALITIES = {
@@ -118,7 +118,8 @@ class MMAVSRConfig(PreTrainedConfig):
         vision_encoder (`str` or `None`): one of `resnet`, `vit`, `vivit`, `clip-vit`, `timm` (any timm image
             backbone, run on each frame), or `None` (no video).
         audio_encoder (`str` or `None`): one of `resnet1d`, `whisper`, `wavlm`, or `None` (no audio).
-        decoder (`str`): one of `transformer`, `llm`, `whisper-decoder`.
+        decoder_type (`str`): one of `transformer`, `llm`, `whisper-decoder`. (`decoder=` is accepted as its legacy
+            name, in the constructor and in a saved `config.json`.)
         fusion_type (`str`): how the two streams are combined: `concat` (auto_avsr's MLP with BatchNorm), `add`,
             `gated`.
         vision_model_name / audio_model_name / decoder_model_name (`str`, optional): Hub id or local folder of a
@@ -152,7 +153,7 @@ class MMAVSRConfig(PreTrainedConfig):
             no Conformer: the encoder's features reach the decoder and the CTC head as they are (no input scaling, no
             final LayerNorm), and a single encoder whose output width equals `hidden_size` is not projected either.
             With `audio_encoder="whisper"`, `audio_frame_rate=50`, `hidden_size=d_model` and
-            `decoder="whisper-decoder"` (both from one Whisper checkpoint), the model is that Whisper: on Whisper's
+            `decoder_type="whisper-decoder"` (both from one Whisper checkpoint), the model is that Whisper: on Whisper's
             own input (log-mels padded to the 30 s window, no `attention_mask` or an all-ones one) its decoder
             attends to exactly the states of Whisper's encoder. With a mask that cuts a clip to its length, the
             encoder runs on the real frames only, which Whisper's decoder never saw in training: Whisper-base then
@@ -194,7 +195,7 @@ class MMAVSRConfig(PreTrainedConfig):
 
     vision_encoder: str | None = "resnet"
     audio_encoder: str | None = None
-    decoder: str = "transformer"
+    decoder_type: str = "transformer"
     fusion_type: str = "concat"
     vision_model_name: str | None = None
     audio_model_name: str | None = None
@@ -251,6 +252,16 @@ class MMAVSRConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
+        decoder = kwargs.pop("decoder", None)
+        if decoder is not None:
+            # the field's legacy name (configs saved before the rename hold "decoder"); Transformers reserves
+            # `config.decoder` for a decoder sub-config
+            if not isinstance(decoder, str):
+                raise ValueError(
+                    f"`decoder` is the legacy name of `decoder_type` (one of {', '.join(map(repr, DECODERS))}); got "
+                    f"{type(decoder).__name__}: give the decoder's configuration as `text_config`."
+                )
+            self.decoder_type = decoder
         modality = kwargs.pop("modality", None)
         if modality is not None:
             _check_choice("modality", modality, tuple(LEGACY_MODALITIES))
@@ -262,7 +273,7 @@ class MMAVSRConfig(PreTrainedConfig):
         self.frontend_layers = list(self.frontend_layers)
         _check_choice("vision_encoder", self.vision_encoder, VISION_ENCODERS, allow_none=True)
         _check_choice("audio_encoder", self.audio_encoder, AUDIO_ENCODERS, allow_none=True)
-        _check_choice("decoder", self.decoder, DECODERS)
+        _check_choice("decoder_type", self.decoder_type, DECODERS)
         _check_choice("fusion_type", self.fusion_type, FUSION_TYPES)
         _check_choice("vision_pooling", self.vision_pooling, VISION_POOLINGS)
         self._check_audio_frame_rate()
@@ -306,10 +317,10 @@ class MMAVSRConfig(PreTrainedConfig):
         if isinstance(text_config, PreTrainedConfig):
             return text_config
         text_config = dict(text_config or {})
-        model_type = text_config.pop("model_type", DEFAULT_TEXT_MODEL_TYPES.get(self.decoder, MMAVSRTextConfig.model_type))
+        model_type = text_config.pop("model_type", DEFAULT_TEXT_MODEL_TYPES.get(self.decoder_type, MMAVSRTextConfig.model_type))
         if model_type is None:
             raise ValueError(
-                "decoder='llm' needs the LLM's configuration as `text_config` (e.g. a `LlamaConfig`, or a dict with "
+                "decoder_type='llm' needs the LLM's configuration as `text_config` (e.g. a `LlamaConfig`, or a dict with "
                 "its `model_type`), or `decoder_model_name` through `from_pretrained_components`."
             )
         if model_type == MMAVSRTextConfig.model_type:
@@ -321,19 +332,19 @@ class MMAVSRConfig(PreTrainedConfig):
     def _resolve_decoder_defaults(self):
         """Fill the decoder-dependent defaults: CTC vocabulary, instruction, decoder prompt."""
         text_config = self.text_config
-        if self.decoder == "transformer" and text_config.model_type != MMAVSRTextConfig.model_type:
+        if self.decoder_type == "transformer" and text_config.model_type != MMAVSRTextConfig.model_type:
             raise ValueError(
-                f"decoder='transformer' takes an MMAVSRTextConfig as `text_config`, got {text_config.model_type!r}; "
-                "use decoder='llm' or 'whisper-decoder' for other decoders."
+                f"decoder_type='transformer' takes an MMAVSRTextConfig as `text_config`, got {text_config.model_type!r}; "
+                "use decoder_type='llm' or 'whisper-decoder' for other decoders."
             )
-        if self.decoder == "whisper-decoder" and text_config.model_type != "whisper":
-            raise ValueError(f"decoder='whisper-decoder' takes a WhisperConfig, got {text_config.model_type!r}.")
+        if self.decoder_type == "whisper-decoder" and text_config.model_type != "whisper":
+            raise ValueError(f"decoder_type='whisper-decoder' takes a WhisperConfig, got {text_config.model_type!r}.")
         self._resolve_ctc_vocabulary()
-        if self.decoder == "llm" and self.instruction is None:
+        if self.decoder_type == "llm" and self.instruction is None:
             self.instruction = DEFAULT_INSTRUCTIONS[self.modality]
         if self.decoder_prompt_ids is None:
             start = getattr(text_config, "decoder_start_token_id", None)
-            if self.decoder == "llm" or start is None:
+            if self.decoder_type == "llm" or start is None:
                 start = text_config.bos_token_id if text_config.bos_token_id is not None else text_config.eos_token_id
             if start is None:
                 raise ValueError("The decoder config has no decoder_start/bos/eos token id: set `decoder_prompt_ids`.")
@@ -341,19 +352,19 @@ class MMAVSRConfig(PreTrainedConfig):
         self.decoder_prompt_ids = [int(i) for i in self.decoder_prompt_ids]
         if self.lora_target_modules is not None:
             self.lora_target_modules = list(self.lora_target_modules)
-        if self.use_qlora and self.decoder != "llm":
-            raise ValueError(f"`use_qlora` adapts an LLM decoder; this config has decoder={self.decoder!r}.")
+        if self.use_qlora and self.decoder_type != "llm":
+            raise ValueError(f"`use_qlora` adapts an LLM decoder; this config has decoder_type={self.decoder_type!r}.")
 
     def _resolve_ctc_vocabulary(self):
         if self.ctc_vocabulary is None:
             # a config saved before `ctc_vocabulary` existed holds only the head's size
-            shared = self.decoder == "transformer" or self.ctc_vocab_size == self.text_config.vocab_size + 1
+            shared = self.decoder_type == "transformer" or self.ctc_vocab_size == self.text_config.vocab_size + 1
             self.ctc_vocabulary = "decoder" if shared else "separate"
         _check_choice("ctc_vocabulary", self.ctc_vocabulary, CTC_VOCABULARIES)
-        if self.decoder == "transformer":
+        if self.decoder_type == "transformer":
             if self.ctc_vocabulary != "decoder":
                 raise ValueError(
-                    "decoder='transformer' trains its CTC head on its own vocabulary (blank 0): ctc_vocabulary must "
+                    "decoder_type='transformer' trains its CTC head on its own vocabulary (blank 0): ctc_vocabulary must "
                     f"be 'decoder', got {self.ctc_vocabulary!r}."
                 )
             if self.ctc_vocab_size is None:
@@ -368,14 +379,14 @@ class MMAVSRConfig(PreTrainedConfig):
             self.ctc_vocab_size = size
         elif self.ctc_vocab_size != size:
             raise ValueError(
-                f"ctc_vocabulary={self.ctc_vocabulary!r} with decoder={self.decoder!r} means a CTC head of {size} "
+                f"ctc_vocabulary={self.ctc_vocabulary!r} with decoder_type={self.decoder_type!r} means a CTC head of {size} "
                 f"outputs, got ctc_vocab_size={self.ctc_vocab_size}."
             )
 
     @property
     def ctc_blank_id(self) -> int:
         """The CTC head's blank: 0, or for the LLM and Whisper decoders sharing their vocabulary the extra last id."""
-        shared_pretrained = self.decoder != "transformer" and self.ctc_vocabulary == "decoder"
+        shared_pretrained = self.decoder_type != "transformer" and self.ctc_vocabulary == "decoder"
         return self.text_config.vocab_size if shared_pretrained else 0
 
     @property

@@ -6,7 +6,7 @@ The CTranslate2 folder holds `model.bin` (CTranslate2's binary format: a header,
 `tokenizer.json` and `config.json` (language ids, suppressed tokens, alignment heads). The output folder is what
 `WhisperForConditionalGeneration.from_pretrained` and `WhisperProcessor.from_pretrained` read: weights, `config.json`,
 `generation_config.json` (languages, tasks, suppressed tokens), the tokenizer and the feature extractor. So
-`MMAVSRForConditionalGeneration.from_pretrained_components(audio_encoder="whisper", decoder="whisper-decoder", ...)`
+`MMAVSRForConditionalGeneration.from_pretrained_components(audio_encoder="whisper", decoder_type="whisper-decoder", ...)`
 can take Whisper from such a folder where only a CTranslate2 copy is at hand. The `ctranslate2` package is not needed.
 
 Every size is read from the tensors (any Whisper size; 80 or 128 mel bins). The tensors map one-to-one onto

@@ -284,7 +284,7 @@ def model_card(
         *([("fusion", f"`{config.fusion_type}`")] if config.vision_encoder and config.audio_encoder else []),
         ("Conformer", f"{config.encoder_layers} layers, width {config.hidden_size}, {config.encoder_attention_heads} "
                       f"heads, feed-forward {config.encoder_ffn_dim}, kernel {config.conv_kernel_size}"),
-        ("decoder", named(config.decoder, config.decoder_model_name)
+        ("decoder", named(config.decoder_type, config.decoder_model_name)
                     + f", {config.text_config.num_hidden_layers} layers, vocabulary {config.vocab_size}"),
         ("CTC weight (training)", f"{config.ctc_weight:g}"),
         ("decoding", f"beam {generation.num_beams or 1}, CTC weight {getattr(generation, 'ctc_weight', 0.0) or 0.0:g}"),

@@ -194,7 +194,7 @@ class MMAVSRModel(MMAVSRFeatureExtractionMixin, MMAVSRPreTrainedModel):
     def __init__(self, config: MMAVSRConfig):
         super().__init__(config)
         self.encoder = MMAVSREncoder(config)
-        self.decoder = DECODER_CLASSES[config.decoder](config)
+        self.decoder = DECODER_CLASSES[config.decoder_type](config)
         self.post_init()
 
     def get_encoder(self):
@@ -306,12 +306,12 @@ class MMAVSRForConditionalGeneration(
         super().__init__(config)
         self.model = MMAVSRModel(config)
         # the Transformer decoder's output layer has a bias; Whisper's and the LLMs' have none
-        has_bias = config.decoder == "transformer"
+        has_bias = config.decoder_type == "transformer"
         self.lm_head = MMAVSRLinear(config.text_config.hidden_size, config.vocab_size, bias=has_bias)
         self.ctc_head = MMAVSRCTCHead(config)
         if config.audio_encoder is None:
             self.main_input_name = "pixel_values_videos"
-        if config.decoder != "transformer" and config.text_config.tie_word_embeddings:
+        if config.decoder_type != "transformer" and config.text_config.tie_word_embeddings:
             # the LLM or Whisper config decides whether lm_head shares the token embeddings (the top config cannot)
             embeddings = self.model.decoder.get_input_embeddings()
             name = next(n for n, m in self.named_modules() if m is embeddings)
@@ -319,7 +319,7 @@ class MMAVSRForConditionalGeneration(
         self.post_init()
         # auto_avsr's decoding: joint CTC/attention with weight 0.1 (generate() also ranks beams by raw score)
         self.generation_config.ctc_weight = 0.1
-        if config.decoder != "transformer":
+        if config.decoder_type != "transformer":
             self._set_decoder_generation_defaults()
         # a generation config marked as derived from the model config is rebuilt from it on loading, which would drop
         # `ctc_weight` (and any setting saved in generation_config.json)
@@ -350,19 +350,19 @@ class MMAVSRForConditionalGeneration(
         )
 
     def generate(self, *args, **kwargs):
-        if self.config.decoder != "transformer":
+        if self.config.decoder_type != "transformer":
             if kwargs.get("ctc_weight") and not self.config.ctc_shares_decoder_vocabulary:
                 raise ValueError(
-                    f"Joint CTC decoding needs the CTC head and the decoder to share a vocabulary; decoder="
-                    f"{self.config.decoder!r} has its own ({self.config.vocab_size} tokens vs the CTC head's "
+                    f"Joint CTC decoding needs the CTC head and the decoder to share a vocabulary; decoder_type="
+                    f"{self.config.decoder_type!r} has its own ({self.config.vocab_size} tokens vs the CTC head's "
                     f"{self.config.ctc_vocab_size} units): build the model with "
                     "`ctc_vocabulary='decoder'`."
                 )
-            if self.config.decoder == "whisper-decoder" and kwargs.get("max_new_tokens") is None:
+            if self.config.decoder_type == "whisper-decoder" and kwargs.get("max_new_tokens") is None:
                 # Whisper's learned positions end at max_target_positions
                 kwargs.setdefault("max_length", self.config.text_config.max_target_positions)
         generated = super().generate(*args, **kwargs)
-        if self.config.decoder == "llm":
+        if self.config.decoder_type == "llm":
             # like a decoder-only LLM, return the new tokens only: the prompt's tail is ordinary text
             prompt_length = len(self.config.decoder_prompt_ids)
             if isinstance(generated, torch.Tensor):
@@ -377,7 +377,7 @@ class MMAVSRForConditionalGeneration(
         vision_model_name: str | None = None,
         audio_encoder: str | None = None,
         audio_model_name: str | None = None,
-        decoder: str = "transformer",
+        decoder_type: str = "transformer",
         decoder_model_name: str | None = None,
         fusion_type: str = "concat",
         **kwargs,
@@ -390,9 +390,12 @@ class MMAVSRForConditionalGeneration(
         then writes one folder (sub-configs inside `config.json`) that `from_pretrained` rebuilds without the network.
 
         kwargs: further `MMAVSRConfig` fields (sizes, `freeze_vision_encoder`, ...), and `component_kwargs` (`dict`):
-            keyword arguments of each part's `from_pretrained`, keyed `vision`, `audio`, `decoder`.
+            keyword arguments of each part's `from_pretrained`, keyed `vision`, `audio`, `decoder`. `decoder=` is
+            accepted as the legacy name of `decoder_type`.
         """
         component_kwargs = kwargs.pop("component_kwargs", None) or {}
+        if "decoder" in kwargs:
+            decoder_type = kwargs.pop("decoder")
         # step 1: the pretrained encoders
         encoders = {}
         for kind, choice, name in (("vision", vision_encoder, vision_model_name), ("audio", audio_encoder, audio_model_name)):
@@ -409,14 +412,14 @@ class MMAVSRForConditionalGeneration(
         if decoder_model_name is not None:
             modality = LEGACY_MODALITY_OF[(vision_encoder is not None, audio_encoder is not None)]
             instruction = kwargs.pop("instruction", None)
-            kwargs.update(pretrained_decoder_settings(decoder, decoder_model_name, modality, instruction))
+            kwargs.update(pretrained_decoder_settings(decoder_type, decoder_model_name, modality, instruction))
 
         config = MMAVSRConfig(
             vision_encoder=vision_encoder,
             vision_model_name=vision_model_name,
             audio_encoder=audio_encoder,
             audio_model_name=audio_model_name,
-            decoder=decoder,
+            decoder_type=decoder_type,
             decoder_model_name=decoder_model_name,
             fusion_type=fusion_type,
             **kwargs,
@@ -523,7 +526,7 @@ class MMAVSRForConditionalGeneration(
             return ctc_loss(ctc_logits, frame_lengths, labels, self._label_special_ids(), config.ctc_blank_id)
         if ctc_labels is None:
             raise ValueError(
-                f"decoder={config.decoder!r} trains its CTC head (ctc_weight={config.ctc_weight}) on a "
+                f"decoder_type={config.decoder_type!r} trains its CTC head (ctc_weight={config.ctc_weight}) on a "
                 f"{config.ctc_vocab_size}-unit vocabulary of its own: pass `ctc_labels` (e.g. the text tokenized by "
                 "`MMAVSRTokenizer.from_auto_avsr()`, padded with -100), set `ctc_weight=0`, or use "
                 "`ctc_vocabulary='decoder'`."
@@ -533,7 +536,7 @@ class MMAVSRForConditionalGeneration(
     def _label_special_ids(self) -> set[int]:
         """Decoder ids that are no speech: eos, and for the LLM and Whisper decoders bos and padding too."""
         text_config = self.config.text_config
-        if self.config.decoder == "transformer":
+        if self.config.decoder_type == "transformer":
             return {text_config.eos_token_id}
         ids = set()
         for name in ("eos_token_id", "bos_token_id", "pad_token_id"):

@@ -25,10 +25,10 @@ def _location(name_or_path: str) -> dict:
     return {"pretrained_model_name_or_path": name_or_path}
 
 
-def load_decoder_tokenizer(decoder: str, decoder_model_name: str):
+def load_decoder_tokenizer(decoder_type: str, decoder_model_name: str):
     """The decoder's own tokenizer, set up so that `tokenizer(text)` gives the model's labels: for an LLM the text's
     ids followed by eos (no bos); for Whisper its forced prompt, the text and `<|endoftext|>`."""
-    if decoder == "whisper-decoder":
+    if decoder_type == "whisper-decoder":
         tokenizer = AutoTokenizer.from_pretrained(**_location(decoder_model_name))
         tokenizer.set_prefix_tokens(language="english", task="transcribe", predict_timestamps=False)
         return tokenizer
@@ -63,17 +63,19 @@ def set_instruction(model, tokenizer, instruction: str | None = None) -> None:
 
 
 def pretrained_decoder_settings(
-    decoder: str, decoder_model_name: str, modality: str, instruction: str | None = None
+    decoder_type: str, decoder_model_name: str, modality: str, instruction: str | None = None
 ) -> dict:
     """`MMAVSRConfig` fields of a pretrained decoder: `text_config`, `decoder_prompt_ids` (and the LLM's
     `instruction`, `instruction_ids`); read from the checkpoint and its tokenizer, no weights loaded."""
     text_config = AutoConfig.from_pretrained(**_location(decoder_model_name))
-    tokenizer = load_decoder_tokenizer(decoder, decoder_model_name)
-    if decoder == "whisper-decoder":
+    tokenizer = load_decoder_tokenizer(decoder_type, decoder_model_name)
+    if decoder_type == "whisper-decoder":
         prompt = tokenizer.convert_tokens_to_ids(list(WHISPER_TRANSCRIBE_PROMPT))
         return {"text_config": text_config, "decoder_prompt_ids": prompt}
-    if decoder != "llm":
-        raise ValueError(f"decoder={decoder!r} has no pretrained weights to load; use 'llm' or 'whisper-decoder'.")
+    if decoder_type != "llm":
+        raise ValueError(
+            f"decoder_type={decoder_type!r} has no pretrained weights to load; use 'llm' or 'whisper-decoder'."
+        )
     instruction = instruction or DEFAULT_INSTRUCTIONS[modality]
     instruction_ids, decoder_prompt_ids = llm_prompt_ids(tokenizer, instruction)
     return {
@@ -89,13 +91,15 @@ def load_pretrained_decoder(model, decoder_model_name: str, **kwargs) -> None:
     and its output layer (in 4-bit NF4 when `config.use_qlora` and CUDA exist, then LoRA is added), or Whisper's
     decoder and `proj_out`. `kwargs` go to `from_pretrained` (e.g. `dtype`)."""
     config = model.config
-    if config.decoder == "whisper-decoder":
+    if config.decoder_type == "whisper-decoder":
         whisper = WhisperForConditionalGeneration.from_pretrained(**_location(decoder_model_name), **kwargs)
         model.model.decoder.whisper.load_state_dict(whisper.model.decoder.state_dict())
         model.lm_head.load_state_dict(whisper.proj_out.state_dict())
         return
-    if config.decoder != "llm":
-        raise ValueError(f"decoder={config.decoder!r} has no pretrained weights to load; use 'llm' or 'whisper-decoder'.")
+    if config.decoder_type != "llm":
+        raise ValueError(
+            f"decoder_type={config.decoder_type!r} has no pretrained weights to load; use 'llm' or 'whisper-decoder'."
+        )
     if config.use_qlora and can_quantize_4bit():
         kwargs.setdefault("quantization_config", qlora_quantization_config())
         kwargs.setdefault("device_map", {"": 0})

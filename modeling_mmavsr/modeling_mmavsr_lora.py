@@ -123,8 +123,8 @@ class MMAVSRLoraMixin:
         The base is expected in 4-bit already where CUDA exists (`from_pretrained_components(use_qlora=True)`,
         `quantize_llm_4bit`); without CUDA the adapters train over full-precision weights, with a warning.
         """
-        if self.config.decoder != "llm":
-            raise ValueError(f"LoRA adapts an LLM decoder; this model has decoder={self.config.decoder!r}.")
+        if self.config.decoder_type != "llm":
+            raise ValueError(f"LoRA adapts an LLM decoder; this model has decoder_type={self.config.decoder_type!r}.")
         if getattr(self, "_hf_peft_config_loaded", False):
             raise ValueError("This model already has LoRA adapters.")
         if not self.is_llm_quantized:

@@ -42,6 +42,8 @@ def load_preset(name: str) -> tuple[dict, dict]:
         raise ValueError(f"{path}: a preset is a JSON object of MMAVSRConfig fields.")
     for key in _SAVED_ONLY_KEYS:
         values.pop(key, None)
+    if "decoder" in values:  # the legacy name of `decoder_type`
+        values["decoder_type"] = values.pop("decoder")
     processor = values.pop("processor", {})
     unknown = sorted(set(processor) - {"video_processor", "feature_extractor"})
     if unknown:
@@ -58,6 +60,8 @@ def build_model_from_preset(name: str, pretrained: bool = True, **overrides) -> 
     `vision_config` / `audio_config` / `text_config` in `overrides` (the LLM decoder needs its `text_config`).
     """
     values, _ = load_preset(name)
+    if "decoder" in overrides:  # the legacy name of `decoder_type`
+        overrides["decoder_type"] = overrides.pop("decoder")
     values.update(overrides)
     named = any(values.get(f"{part}_model_name") for part in ("vision", "audio", "decoder"))
     if pretrained and named:

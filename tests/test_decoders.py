@@ -49,7 +49,8 @@ def build(decoder, modality="audio", seed=0, hidden_size=32, **overrides) -> MMA
     else:
         decoder_values = dict(text_config=whisper_config(), decoder_prompt_ids=WHISPER_PROMPT)
     values = dict(
-        modality=modality, decoder=decoder, frontend_channels=4, frontend_layers=[1, 1, 1, 1], fusion_hidden_size=48,
+        modality=modality, decoder_type=decoder, frontend_channels=4, frontend_layers=[1, 1, 1, 1],
+        fusion_hidden_size=48,
         hidden_size=hidden_size, encoder_layers=1, encoder_attention_heads=4, encoder_ffn_dim=64, conv_kernel_size=5,
         ctc_vocab_size=12, label_smoothing=0.0, **NO_DROPOUT,
     )
@@ -179,7 +180,7 @@ def test_ctc_needs_its_own_labels_and_joint_decoding_is_refused():
     with pytest.raises(ValueError, match="ctc_vocabulary='decoder'"):
         model.generate(**inputs, ctc_weight=0.3)
     with pytest.raises(ValueError, match="needs the LLM's configuration"):
-        MMAVSRConfig(modality="audio", decoder="llm")
+        MMAVSRConfig(modality="audio", decoder_type="llm")
     with pytest.raises(ValueError, match="use_qlora"):
         MMAVSRConfig(modality="audio", use_qlora=True)
 
@@ -292,6 +293,32 @@ def test_save_load_round_trip_without_adapters(decoder, tmp_path):
     assert loaded.config.decoder_prompt_ids == model.config.decoder_prompt_ids
     assert torch.equal(loaded(**inputs, labels=labels, ctc_labels=pad(CTC_TOKENS)).logits, expected)
     assert torch.equal(loaded.generate(**inputs, max_new_tokens=4), model.generate(**inputs, max_new_tokens=4))
+
+
+def test_legacy_decoder_name_builds_and_a_config_saved_with_it_loads(tmp_path):
+    """`decoder` was the field's name before `decoder_type`: the constructor takes it, and a config.json holding it
+    loads with the same decoder (its value may be any choice, here the LLM whose config differs most)."""
+    values = build("llm").config.to_dict()
+    values["decoder"] = values.pop("decoder_type")
+    torch.manual_seed(0)
+    legacy = MMAVSRForConditionalGeneration(MMAVSRConfig(**values)).eval()
+    assert legacy.config.decoder_type == "llm"
+    assert type(legacy.model.decoder).__name__ == type(build("llm").model.decoder).__name__
+    saved = legacy.config.to_dict()
+    assert saved["decoder_type"] == "llm" and "decoder" not in saved
+    inputs, labels = make_inputs("audio", FRAMES), pad(TOKENS, EOS)
+    expected = legacy(**inputs, labels=labels, ctc_labels=pad(CTC_TOKENS)).logits
+    legacy.save_pretrained(tmp_path)
+    config_file = tmp_path / "config.json"
+    values = json.loads(config_file.read_text())
+    values["decoder"] = values.pop("decoder_type")  # as written before the rename
+    config_file.write_text(json.dumps(values))
+    assert MMAVSRConfig.from_pretrained(tmp_path).decoder_type == "llm"
+    loaded = MMAVSRForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert loaded.config.decoder_type == "llm" and not hasattr(loaded.config, "decoder")
+    assert torch.equal(loaded(**inputs, labels=labels, ctc_labels=pad(CTC_TOKENS)).logits, expected)
+    with pytest.raises(ValueError, match="legacy name of `decoder_type`"):
+        MMAVSRConfig(modality="audio", decoder={"model_type": "llama"})
 
 
 def _cache_pair(batch=3, heads=2, dim=4, **capacity):

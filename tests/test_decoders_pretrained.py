@@ -39,7 +39,7 @@ def test_smollm2_decoder_trains_a_step_and_generates():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # no CUDA: LoRA over full-precision weights
         model = MMAVSRForConditionalGeneration.from_pretrained_components(
-            audio_encoder="resnet1d", decoder="llm", decoder_model_name=GGUF, frontend_channels=4,
+            audio_encoder="resnet1d", decoder_type="llm", decoder_model_name=GGUF, frontend_channels=4,
             frontend_layers=[1, 1, 1, 1], hidden_size=64, encoder_layers=1, encoder_attention_heads=4,
             encoder_ffn_dim=128, conv_kernel_size=5, ctc_weight=0.0, use_qlora=True, qlora_r=4, qlora_alpha=8,
         )

@@ -396,7 +396,7 @@ def test_whisper_encoder_and_decoder_without_conformer_are_whisper():
     whisper_config = audio_config("whisper")
     whisper = WhisperForConditionalGeneration(whisper_config).eval()
     config = MMAVSRConfig(
-        vision_encoder=None, audio_encoder="whisper", audio_config=whisper_config, decoder="whisper-decoder",
+        vision_encoder=None, audio_encoder="whisper", audio_config=whisper_config, decoder_type="whisper-decoder",
         text_config=whisper_config, hidden_size=32, encoder_layers=0, audio_frame_rate=50, ctc_weight=0.0,
         decoder_prompt_ids=[3, 4],
     )  # fmt: skip

@@ -185,7 +185,7 @@ def test_legacy_modality_maps_onto_encoders():
     [
         (dict(vision_encoder="resnet3d"), "valid choices are 'resnet', 'vit', 'vivit', 'clip-vit'"),
         (dict(audio_encoder="mfcc"), "valid choices are 'resnet1d', 'whisper', 'wavlm'"),
-        (dict(decoder="lstm"), "valid choices are 'transformer', 'llm', 'whisper-decoder'"),
+        (dict(decoder_type="lstm"), "valid choices are 'transformer', 'llm', 'whisper-decoder'"),
         (dict(fusion_type="mul", audio_encoder="resnet1d"), "valid choices are 'concat', 'add', 'gated'"),
         (dict(vision_encoder=None, audio_encoder=None), "needs at least one encoder"),
         (dict(modality="lips"), "valid choices are 'video', 'audio', 'audiovisual'"),

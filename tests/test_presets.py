@@ -91,8 +91,8 @@ def tiny_overrides(values: dict) -> dict:
         overrides["vision_config"] = TINY_VISION[values["vision_encoder"]]()
     if values.get("audio_encoder") in TINY_AUDIO:
         overrides["audio_config"] = TINY_AUDIO[values["audio_encoder"]]()
-    overrides["text_config"] = TINY_TEXT[values["decoder"]]()
-    if values["decoder"] == "whisper-decoder":
+    overrides["text_config"] = TINY_TEXT[values["decoder_type"]]()
+    if values["decoder_type"] == "whisper-decoder":
         overrides["decoder_prompt_ids"] = [3, 4, 5, 6]
     return overrides
 
@@ -119,9 +119,10 @@ def test_presets_cover_the_seed_configurations_and_name_real_hub_checkpoints():
     found = set()
     for name in MMAVSR_PRESETS:
         values, settings = load_preset(name)
-        found.add((values.get("vision_encoder"), values.get("audio_encoder"), values["decoder"], values.get("use_qlora", False)))
+        choices = (values.get("vision_encoder"), values.get("audio_encoder"), values["decoder_type"])
+        found.add((*choices, values.get("use_qlora", False)))
         for part, choice in (("vision", values.get("vision_encoder")), ("audio", values.get("audio_encoder")),
-                             ("decoder", values["decoder"])):
+                             ("decoder", values["decoder_type"])):
             model_name = values.get(f"{part}_model_name")
             if choice in HUB_CHECKPOINTS:
                 assert model_name in HUB_CHECKPOINTS[choice], f"{name}: {part} {choice!r} names {model_name!r}"
@@ -142,8 +143,8 @@ def test_preset_builds_tiny_trains_a_step_and_generates(name):
     torch.manual_seed(0)
     model = build_model_from_preset(name, pretrained=False, **tiny_overrides(values))
     config = model.config
-    assert (config.vision_encoder, config.audio_encoder, config.decoder) == (
-        values.get("vision_encoder"), values.get("audio_encoder"), values["decoder"]
+    assert (config.vision_encoder, config.audio_encoder, config.decoder_type) == (
+        values.get("vision_encoder"), values.get("audio_encoder"), values["decoder_type"]
     )
     assert config.ctc_weight == values["ctc_weight"]
     if values.get("use_qlora"):  # the adapters themselves are tested in test_decoders.py

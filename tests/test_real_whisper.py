@@ -292,7 +292,7 @@ def composed(whisper_base_dir, whisper):  # noqa: F811
     return MMAVSRForConditionalGeneration.from_pretrained_components(
         audio_encoder="whisper",
         audio_model_name=str(whisper_base_dir),
-        decoder="whisper-decoder",
+        decoder_type="whisper-decoder",
         decoder_model_name=str(whisper_base_dir),
         encoder_layers=0,
         audio_frame_rate=50,

@@ -307,7 +307,7 @@ def test_qlora_flags_reach_the_config():
     )[0]
     overrides = script._config_overrides(model_args, {})
     assert (
-        overrides["decoder"],
+        overrides["decoder_type"],
         overrides["use_qlora"],
         overrides["qlora_r"],
         overrides["qlora_alpha"],
@@ -508,7 +508,7 @@ def test_llm_decoder_trains_its_ctc_head_and_decodes_through_the_script(corpus, 
     units (`ctc_labels` from the collator) or on the LLM's tokens, which joint CTC decoding then also uses."""
     preset = json.loads(Path(tiny_preset(tmp_path / "p.json", "audio")).read_text())
     del preset["text_config"]
-    preset.update(decoder="llm", decoder_model_name=tiny_llm_folder(tmp_path / "llm"), ctc_vocabulary=ctc_vocabulary)
+    preset.update(decoder_type="llm", decoder_model_name=tiny_llm_folder(tmp_path / "llm"), ctc_vocabulary=ctc_vocabulary)
     (tmp_path / "p.json").write_text(json.dumps(preset))
     torch.manual_seed(0)
     initial = MMAVSRForConditionalGeneration.from_pretrained_components(
