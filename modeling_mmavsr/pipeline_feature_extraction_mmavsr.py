@@ -1,9 +1,9 @@
 """Feature extraction pipeline for MMAVSR models: per-frame encoder features of video files, audio files or arrays.
 
-`pipeline("audio-visual-feature-extraction", model=FOLDER)` (registered when this module is imported) reads its inputs
-exactly as the `audio-visual-speech-recognition` pipeline does ([`MMAVSRSpeechRecognitionPipeline`]: video frames and
-audio track, 25 fps resampling, mouth cropping of full-face frames, audio at the feature extractor's rate) and returns,
-for each input, `{"features": (T, D) float tensor, "frame_rate": fps}` from `model.get_encoder_features` at the
+`pipeline("audio-visual-feature-extraction", model=FOLDER)` (registered when `modeling_mmavsr` is imported) reads its
+inputs exactly as the `audio-visual-speech-recognition` pipeline does ([`MMAVSRSpeechRecognitionPipeline`]: video frames
+and audio track, 25 fps resampling, mouth cropping of full-face frames, audio at the feature extractor's rate) and
+returns, for each input, `{"features": (T, D) float tensor, "frame_rate": fps}` from `model.get_encoder_features` at the
 chosen `feature_layer` (`conformer` by default; `fused`, `video_frontend`, `audio_frontend`). A list of inputs with
 `batch_size=N` runs N at a time as one padded batch; each result is cut to its own length, and equals what the input
 gives alone.
@@ -82,7 +82,7 @@ class MMAVSRFeatureExtractionPipeline(MMAVSRSpeechRecognitionPipeline):
 
 
 def register_feature_extraction_pipeline() -> None:
-    """Register the `audio-visual-feature-extraction` task (done when this module is imported)."""
+    """Register the `audio-visual-feature-extraction` task (`modeling_mmavsr.register_auto_classes` does it)."""
     registered = PIPELINE_REGISTRY.supported_tasks.get(FEATURE_EXTRACTION_TASK, {}).get("impl")
     if registered is not MMAVSRFeatureExtractionPipeline:
         PIPELINE_REGISTRY.register_pipeline(
@@ -91,9 +91,6 @@ def register_feature_extraction_pipeline() -> None:
             pt_model=AutoModelForSpeechSeq2Seq,
             type="multimodal",
         )
-
-
-register_feature_extraction_pipeline()
 
 
 __all__ = ["FEATURE_EXTRACTION_TASK", "MMAVSRFeatureExtractionPipeline", "register_feature_extraction_pipeline"]

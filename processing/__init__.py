@@ -1,6 +1,7 @@
 """Data side of mmavsr: audio/video/text processing, datasets, augmentation and the demo corpus.
 
-Installed under the import name ``mmavsr_processing`` (the source folder is ``processing/``).
+Installed under the import name ``mmavsr_processing`` (the source folder is ``processing/``). It does not import
+``modeling_mmavsr``: importing ``modeling_mmavsr`` registers these classes with the Auto classes under its config.
 """
 
 from .augmentation import CLEAN_SNR, AddNoise, TimeMask, make_babble, snr_db
@@ -9,7 +10,7 @@ from .feature_extraction_mmavsr import MMAVSRFeatureExtractor
 from .lrs3 import DatasetError, load_auto_avsr_dataset, load_lrs3_dataset
 from .media_io import MediaError, read_audio, read_video, resample_audio, write_audio, write_video
 from .mouth_cropping import HaarCascadeMouthDetector, MouthCropper, MouthDetector, MouthLocation, NoFaceError
-from .processing_mmavsr import MMAVSRProcessor, pad_labels, register_auto_classes
+from .processing_mmavsr import MMAVSRProcessor, pad_labels
 from .tokenization_mmavsr import MMAVSRTokenizer
 from .video_processing_mmavsr import MMAVSRVideoProcessor
 
@@ -34,7 +35,6 @@ __all__ = [
     "MMAVSRTokenizer",
     "MMAVSRProcessor",
     "pad_labels",
-    "register_auto_classes",
     "MMAVSRDataCollator",
     "MaxFramesBatchSampler",
     "CLEAN_SNR",
@@ -43,6 +43,3 @@ __all__ = [
     "make_babble",
     "snr_db",
 ]
-
-# Last, once every name above exists: `modeling_mmavsr` may import this package while we import its config.
-register_auto_classes()

@@ -13,7 +13,7 @@ from .tokenization_mmavsr import MMAVSRTokenizer
 from .video_processing_mmavsr import MMAVSRVideoProcessor
 
 
-__all__ = ["MMAVSRProcessor", "check_av_durations", "check_transcript", "pad_labels", "register_auto_classes"]
+__all__ = ["MMAVSRProcessor", "check_av_durations", "check_transcript", "pad_labels"]
 
 LABEL_PAD = -100
 # audio and video of one clip may differ by this many seconds (encoder priming, rounding to whole frames); beyond it
@@ -192,15 +192,3 @@ class MMAVSRProcessor(ProcessorMixin):
     def model_input_names(self) -> list[str]:
         return list(self.feature_extractor.model_input_names) + list(self.video_processor.model_input_names)
 
-
-def register_auto_classes() -> None:
-    """Register the processing classes with AutoFeatureExtractor / AutoVideoProcessor / AutoTokenizer / AutoProcessor
-    under `MMAVSRConfig`, so `AutoProcessor.from_pretrained` loads a saved processor."""
-    from transformers import AutoFeatureExtractor, AutoProcessor, AutoTokenizer, AutoVideoProcessor
-
-    from modeling_mmavsr.configuration_mmavsr import MMAVSRConfig
-
-    AutoFeatureExtractor.register(MMAVSRConfig, MMAVSRFeatureExtractor, exist_ok=True)
-    AutoVideoProcessor.register(MMAVSRConfig, MMAVSRVideoProcessor, exist_ok=True)
-    AutoTokenizer.register(MMAVSRConfig, tokenizer_class=MMAVSRTokenizer, exist_ok=True)
-    AutoProcessor.register(MMAVSRConfig, MMAVSRProcessor, exist_ok=True)

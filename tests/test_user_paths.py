@@ -1,0 +1,125 @@
+"""What a user runs, in a fresh process outside the checkout, with only the imports the user writes.
+
+The suite itself imports `mmavsr_processing` and the tests' helpers first, which registers and imports everything;
+these tests run their user code in a subprocess started with `python -I` (no PYTHONPATH, no user site, no current
+folder on `sys.path`) in a tmp folder, so only what `import modeling_mmavsr` does counts.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import pipeline
+
+from mmavsr_processing import MMAVSRProcessor, read_audio, write_audio, write_video
+from modeling_mmavsr import MMAVSRForConditionalGeneration
+
+from .common import tiny_config
+
+
+REPO = Path(__file__).resolve().parent.parent
+AUTO_AVSR_TEXT = dict(vocab_size=5049, bos_token_id=5048, eos_token_id=5048, decoder_start_token_id=5048)
+FRAMES = 30
+TIMEOUT = 300
+
+
+def run_user_code(code: str, cwd: Path, python: str = sys.executable, *args: str) -> dict:
+    """Run `code` with `python -I` in `cwd` (outside the checkout); it prints one JSON object as its last line."""
+    assert not Path(cwd).resolve().is_relative_to(REPO), f"{cwd} is inside the checkout"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    result = subprocess.run(
+        [python, "-I", "-c", textwrap.dedent(code), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, f"the user code failed:\n{(result.stdout + result.stderr)[-6000:]}"
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """Tiny audio-only and audio-visual models saved with `model.save_pretrained` + `processor.save_pretrained`, a
+    real wav and a real mp4 (96x96 frames at 25 fps with an AAC track)."""
+    root = tmp_path_factory.mktemp("user")
+    paths = {}
+    for seed, modality in enumerate(("audio", "audiovisual")):
+        torch.manual_seed(seed)
+        model = MMAVSRForConditionalGeneration(tiny_config(modality, text_config=AUTO_AVSR_TEXT)).eval()
+        model.generation_config.num_beams = 1
+        model.generation_config.max_new_tokens = 8
+        model.save_pretrained(root / modality)
+        MMAVSRProcessor.from_auto_avsr().save_pretrained(root / modality)
+        paths[modality] = str(root / modality)
+    rng = np.random.default_rng(0)
+    wave = (0.1 * rng.standard_normal(FRAMES * 640)).astype(np.float32)
+    write_audio(root / "clip.wav", wave)
+    write_video(root / "clip.mp4", rng.integers(0, 256, (FRAMES, 96, 96, 3), dtype=np.uint8), audio=wave)
+    paths.update(wav=str(root / "clip.wav"), mp4=str(root / "clip.mp4"), cwd=str(root / "cwd"))
+    (root / "cwd").mkdir()
+    return paths
+
+
+USER_CODE = """
+    import json, sys
+
+    import modeling_mmavsr
+    from transformers import AutoProcessor, AutoTokenizer, pipeline
+
+    paths = json.loads(sys.argv[1])
+    processor = AutoProcessor.from_pretrained(paths["audio"])
+    tokenizer = AutoTokenizer.from_pretrained(paths["audio"])
+    asr = pipeline("automatic-speech-recognition", model=paths["audio"])
+    avsr = pipeline("audio-visual-speech-recognition", model=paths["audiovisual"])
+    features = pipeline("audio-visual-feature-extraction", model=paths["audio"])
+    print(json.dumps({
+        "package": modeling_mmavsr.__file__,
+        "processor": type(processor).__name__,
+        "parts": [type(p).__name__ for p in (processor.feature_extractor, processor.video_processor, processor.tokenizer)],
+        "tokenizer": type(tokenizer).__name__,
+        "ids": tokenizer("HELLO WORLD")["input_ids"],
+        "asr": asr(paths["wav"])["text"],
+        "avsr": avsr(paths["mp4"])["text"],
+        "features": list(features(paths["wav"])["features"].shape),
+    }))
+"""
+
+
+def test_one_import_loads_a_saved_folder_in_a_fresh_process(saved):
+    """After only `import modeling_mmavsr`: AutoProcessor, AutoTokenizer, the ASR pipeline on a wav, the
+    audio-visual pipeline on an mp4 and the feature-extraction pipeline, each giving what the loaded classes give."""
+    got = run_user_code(USER_CODE, Path(saved["cwd"]), sys.executable, json.dumps(saved))
+    assert got["processor"] == "MMAVSRProcessor"
+    assert got["parts"] == ["MMAVSRFeatureExtractor", "MMAVSRVideoProcessor", "MMAVSRTokenizer"]
+    assert got["tokenizer"] == "MMAVSRTokenizer"
+    processor = MMAVSRProcessor.from_pretrained(saved["audio"])
+    assert got["ids"] == processor.tokenizer("HELLO WORLD")["input_ids"]
+
+    model = MMAVSRForConditionalGeneration.from_pretrained(saved["audio"]).eval()
+    wave = read_audio(saved["wav"])
+    expected = processor.batch_decode(model.generate(**processor(audio=wave, sampling_rate=16000)))[0]
+    assert expected and got["asr"] == expected
+    avsr = pipeline("audio-visual-speech-recognition", model=saved["audiovisual"])
+    assert got["avsr"] and got["avsr"] == avsr(saved["mp4"])["text"]
+    assert got["features"] == [FRAMES, model.config.hidden_size]
+
+
+def test_processing_does_not_import_the_model_package(saved):
+    got = run_user_code(
+        """
+        import json, sys
+        import mmavsr_processing
+        print(json.dumps({"loaded": sorted(m for m in sys.modules if m.split(".")[0] == "modeling_mmavsr")}))
+        """,
+        Path(saved["cwd"]),
+    )
+    assert got["loaded"] == []
