@@ -10,12 +10,14 @@ Raw layout ([`load_lrs3_dataset`]): `pretrain/`, `trainval/`, `test/` folders of
 (face video with its audio track) and a .txt beside it whose first line is `Text:  THE WORDS`, then `Conf:  N` and,
 after a `WORD START END ASDSCORE` header, one line per word with its start and end in seconds. Checked the same way.
 
-Both loaders check only that files exist and are not empty unless `check_media=True`, which also opens every media
-file and reads its header (and the first video frame), so that truncated or corrupt files are found before training.
-In the auto_avsr layout it also checks the format the layout promises: a 25 fps video with about `num_frames` frames
-and a mono wav at `sampling_rate` whose duration is the video's (within `AV_DURATION_TOLERANCE` seconds); a clip
-that breaks it raises or, when skipping, is counted under "media format". Files that pass these checks can still
-fail to decode further in (a truncated stream): the training data path (`collation.ClipReader`) skips those.
+Both loaders also open every media file (`check_media=True`, the default): the container header and first frame of
+each video, the header and first samples of each wav, in a thread pool of `num_workers` with a progress bar
+(`media_check.find_bad_media`), so that truncated or corrupt files are found before training. In the auto_avsr
+layout it also checks the format the layout promises: a 25 fps video with about `num_frames` frames and a mono wav at
+`sampling_rate` whose duration is the video's (within `AV_DURATION_TOLERANCE` seconds); a clip that breaks it raises
+or, when skipping, is counted under "media format". `check_media=False` checks only that files exist and are not empty
+(faster on a large corpus; a corrupt file is then found when it is read). Files that pass these checks can still fail
+to decode further in (a truncated stream): the training data path (`collation.ClipReader`) names or skips those.
 """
 
 import csv
@@ -24,10 +26,11 @@ import re
 from collections import Counter
 from pathlib import Path
 
-import av
 import datasets
-import soundfile as sf
 
+from .media_check import describe_bad_media, find_bad_media, probe_audio, probe_video
+from .media_constants import SAMPLING_RATE, VIDEO_FPS
+from .media_io import MediaError
 from .processing_mmavsr import AV_DURATION_TOLERANCE
 from .tokenization_mmavsr import MMAVSRTokenizer
 
@@ -68,36 +71,13 @@ def _check_file(path: Path, what: str, where: str):
 
 
 def _check_media(path: Path, where: str, need_audio: bool = False) -> dict:
-    """Opens a media file and reads its header (an mp4 also decodes its first frame); raises a `DatasetError`
-    naming the file when it cannot. Returns what the header says: `rate`, `channels`, `samples` of a wav;
-    `fps`, `frames` (0 when the header does not say) of a video."""
-    if path.suffix.lower() == ".wav":
-        try:
-            info = sf.info(str(path))
-        except (sf.LibsndfileError, RuntimeError) as error:
-            raise DatasetError(f"{where}: audio {path} is corrupt ({error}).") from None
-        if info.frames == 0:
-            raise DatasetError(f"{where}: audio {path} holds no sample.")
-        return {"rate": info.samplerate, "channels": info.channels, "samples": info.frames}
+    """Opens a media file and reads its header (an mp4 also decodes its first frame, a wav its first samples); raises
+    a `DatasetError` naming the file when it cannot. Returns what the header says: `rate`, `channels`, `samples` of
+    a wav; `fps`, `frames` (0 when the header does not say) of a video."""
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise DatasetError(f"{where}: video {path} has no video stream.")
-            if need_audio and not container.streams.audio:
-                raise DatasetError(f"{where}: video {path} has no audio stream.")
-            stream = container.streams.video[0]
-            rate = stream.average_rate or stream.base_rate or stream.guessed_rate
-            if next(container.decode(video=0), None) is None:
-                raise DatasetError(f"{where}: video {path} holds no decodable frame.")
-    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as error:
-        if isinstance(error, DatasetError):
-            raise
-        raise DatasetError(f"{where}: video {path} is corrupt ({type(error).__name__}: {error}).") from None
-    return {"fps": float(rate) if rate else 0.0, "frames": int(stream.frames or 0)}
-
-
-# the frame rate of the auto_avsr layout's videos
-LAYOUT_FRAME_RATE = 25.0
+        return probe_audio(path) if path.suffix.lower() == ".wav" else probe_video(path, need_audio=need_audio)
+    except MediaError as error:
+        raise DatasetError(f"{where}: {error}.") from None
 
 
 def _check_layout_format(
@@ -106,9 +86,9 @@ def _check_layout_format(
     """The auto_avsr layout's promises: 25 fps video of about `num_frames` frames, mono wav at `sampling_rate`, and
     audio as long as the video; raises a `DatasetError` naming the file and the problem."""
     fps, frames = video_info["fps"], video_info["frames"]
-    if fps and abs(fps - LAYOUT_FRAME_RATE) > 0.01 * LAYOUT_FRAME_RATE:
-        raise DatasetError(f"{where}: video {video} is {fps:g} fps, expected {LAYOUT_FRAME_RATE:g} fps.")
-    if frames and abs(frames - num_frames) > AV_DURATION_TOLERANCE * LAYOUT_FRAME_RATE:
+    if fps and abs(fps - VIDEO_FPS) > 0.01 * VIDEO_FPS:
+        raise DatasetError(f"{where}: video {video} is {fps:g} fps, expected {VIDEO_FPS:g} fps.")
+    if frames and abs(frames - num_frames) > AV_DURATION_TOLERANCE * VIDEO_FPS:
         raise DatasetError(f"{where}: video {video} has {frames} frames, but the label file says {num_frames}.")
     if audio_info["channels"] != 1:
         raise DatasetError(f"{where}: audio {audio} has {audio_info['channels']} channels, expected mono.")
@@ -116,7 +96,7 @@ def _check_layout_format(
         raise DatasetError(
             f"{where}: audio {audio} is sampled at {audio_info['rate']} Hz, expected {sampling_rate} Hz."
         )
-    video_seconds = (frames or num_frames) / LAYOUT_FRAME_RATE
+    video_seconds = (frames or num_frames) / VIDEO_FPS
     audio_seconds = audio_info["samples"] / audio_info["rate"]
     if abs(video_seconds - audio_seconds) > AV_DURATION_TOLERANCE:
         raise DatasetError(
@@ -170,23 +150,51 @@ def _skip(skipped: Counter, problem: str, error: DatasetError):
         logger.warning("skipping: %s", error)
 
 
+def _check_media_in_parallel(
+    candidates: list[dict], check, skip_bad_files: bool, skipped: Counter, num_workers: int | None
+) -> list[dict]:
+    """Runs `check(candidate)` (raising a `DatasetError` whose `problem` attribute names its kind) on every candidate
+    row in a thread pool; returns the rows that pass. A failure raises the first one in row order (naming how many
+    more there are), or with `skip_bad_files` is left out and counted."""
+    problems = {}
+
+    def checked(candidate: dict) -> None:
+        try:
+            check(candidate)
+        except DatasetError as error:
+            problems[candidate["position"]] = getattr(error, "problem", "corrupt file")
+            raise
+
+    columns = {"video": "video", "audio": "audio"}
+    bad = find_bad_media(candidates, columns=columns, num_workers=num_workers, check=checked)
+    if bad and not skip_bad_files:
+        raise DatasetError(bad[0].reason if len(bad) == 1 else describe_bad_media(bad, len(candidates)))
+    for item in bad:
+        _skip(skipped, problems.get(item.index, "corrupt file"), DatasetError(item.reason))
+    failed = {item.index for item in bad}
+    return [candidate for position, candidate in enumerate(candidates) if position not in failed]
+
+
 def load_auto_avsr_dataset(
     root_dir: str | Path,
     label_file: str | Path,
     tokenizer: MMAVSRTokenizer | None = None,
     skip_bad_files: bool = False,
-    sampling_rate: int = 16000,
-    check_media: bool = False,
+    sampling_rate: int = SAMPLING_RATE,
+    check_media: bool = True,
+    num_workers: int | None = None,
 ) -> datasets.Dataset:
     """Rows `{"id", "video", "audio", "text", "num_frames"}`: `video` and `audio` are `datasets.Video()` and
     `datasets.Audio(sampling_rate)` columns (decoded lazily with torchcodec), `text` the transcript decoded from the
-    CSV's token ids with `tokenizer` (auto_avsr's unigram5000 by default). `check_media=True` also opens every
-    mp4 and wav and checks their format (see the module's docstring).
+    CSV's token ids with `tokenizer` (auto_avsr's unigram5000 by default). `check_media=True` (the default) also
+    opens every mp4 and wav, in `num_workers` threads, and checks their format (see the module's docstring);
+    `check_media=False` checks only that they exist and are not empty.
 
     Bad rows (not UTF-8, not CSV, not 4 columns, non-integer or non-positive `num_frames`, no token ids, ids that
-    are not transcript ids or decode to nothing) and missing, empty, corrupt or (with `check_media`) mismatched media
-    raise a `DatasetError` naming the label file, the line and the problem; with `skip_bad_files=True` they are left
-    out and counted by problem in `dataset.info.description` and the log."""
+    are not transcript ids or decode to nothing) and missing, empty and (with `check_media`) corrupt or mismatched
+    media raise a `DatasetError` naming the label file, the line and the problem; with `skip_bad_files=True` they are
+    left out and counted by problem in `dataset.info.description` and the log (a warning with the counts and the
+    first few files and reasons)."""
     root_dir, label_file = Path(root_dir), Path(label_file)
     if not root_dir.is_dir():
         raise DatasetError(f"root_dir {root_dir} is not a directory.")
@@ -212,11 +220,6 @@ def load_auto_avsr_dataset(
             audio = video.with_suffix(".wav")
             _check_file(video, "video", where)
             _check_file(audio, "audio", where)
-            if check_media:
-                problem = "corrupt file"
-                video_info, audio_info = _check_media(video, where), _check_media(audio, where)
-                problem = "media format"
-                _check_layout_format(video, audio, video_info, audio_info, frames, sampling_rate, where)
         except DatasetError as error:
             if not skip_bad_files:
                 raise
@@ -229,8 +232,26 @@ def load_auto_avsr_dataset(
                 "audio": str(audio),
                 "text": text,
                 "num_frames": frames,
+                "where": where,
             }
         )
+
+    def check_layout_media(row: dict) -> None:
+        video, audio, where = Path(row["video"]), Path(row["audio"]), row["where"]
+        try:
+            problem = "corrupt file"
+            video_info, audio_info = _check_media(video, where), _check_media(audio, where)
+            problem = "media format"
+            _check_layout_format(video, audio, video_info, audio_info, row["num_frames"], sampling_rate, where)
+        except DatasetError as error:
+            error.problem = problem
+            raise
+
+    if check_media:
+        for position, row in enumerate(rows):
+            row["position"] = position
+        rows = _check_media_in_parallel(rows, check_layout_media, skip_bad_files, skipped, num_workers)
+    rows = [{key: row[key] for key in ("id", "video", "audio", "text", "num_frames")} for row in rows]
     features = datasets.Features(
         {
             "id": datasets.Value("string"),
@@ -286,8 +307,9 @@ def parse_lrs3_transcript(path: str | Path) -> tuple[str, list[dict]]:
 def load_lrs3_dataset(
     root_dir: str | Path,
     skip_bad_files: bool = False,
-    sampling_rate: int = 16000,
-    check_media: bool = False,
+    sampling_rate: int = SAMPLING_RATE,
+    check_media: bool = True,
+    num_workers: int | None = None,
 ) -> datasets.Dataset:
     """LRS3 as distributed: every `.mp4` in the sub-folders of `root_dir` (searched recursively: `root_dir` is e.g.
     `trainval/`, or the folder above `pretrain/`, `trainval/` and `test/`) with the `.txt` of the same stem beside
@@ -297,8 +319,9 @@ def load_lrs3_dataset(
     suffix, e.g. `trainval/0af00UcTOSc/50001`): `video` is a `datasets.Video()` column, `audio` a
     `datasets.Audio(sampling_rate)` column reading the mp4's audio track (both decoded lazily with torchcodec),
     `text` the `Text:` line, `words` the word timings. A clip without its .txt, a .txt without its clip, an empty or
-    (with `check_media=True`) corrupt mp4 and a malformed .txt raise a `DatasetError` naming the file, or with
-    `skip_bad_files=True` are left out and counted.
+    (with `check_media=True`, the default: header, first frame and an audio stream, read in `num_workers` threads)
+    corrupt mp4 and a malformed .txt raise a `DatasetError` naming the file, or with `skip_bad_files=True` are left
+    out and counted.
     """
     root_dir = Path(root_dir)
     if not root_dir.is_dir():
@@ -324,9 +347,6 @@ def load_lrs3_dataset(
             _check_file(transcript, "transcript", where)
             problem = "bad transcript"
             text, words = parse_lrs3_transcript(transcript)
-            if check_media:
-                problem = "corrupt file"
-                _check_media(video, where, need_audio=True)
         except DatasetError as error:
             if not skip_bad_files:
                 raise
@@ -341,6 +361,18 @@ def load_lrs3_dataset(
                 "words": words,
             }
         )
+
+    if check_media:
+        for position, row in enumerate(rows):
+            row["position"] = position
+        rows = _check_media_in_parallel(
+            rows,
+            lambda row: _check_media(Path(row["video"]), where, need_audio=True),
+            skip_bad_files,
+            skipped,
+            num_workers,
+        )
+    rows = [{key: row[key] for key in ("id", "video", "audio", "text", "words")} for row in rows]
 
     features = datasets.Features(
         {

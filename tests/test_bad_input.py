@@ -114,16 +114,20 @@ def test_loader_names_bad_media_or_skips_and_counts_them(media, tokenizer, name,
 
 
 def test_loader_without_check_media_only_checks_presence(media, tokenizer):
-    """The cheap default passes a non-empty broken file; reading it later fails (see the ClipReader tests)."""
+    """The opt-out for speed passes a non-empty broken file; reading it later fails (see the ClipReader tests). The
+    default opens every file."""
     lines = [f"d,{name}.mp4,{FRAMES},{_ids(tokenizer)}\n" for name in ("good", "truncated", "rate", "long")]
-    assert len(load_auto_avsr_dataset(media, _label_file(media, "presence", lines), tokenizer=tokenizer)) == 4
+    label_file = _label_file(media, "presence", lines)
+    assert len(load_auto_avsr_dataset(media, label_file, tokenizer=tokenizer, check_media=False)) == 4
+    with pytest.raises(DatasetError, match=r"3 of 4 clips have unusable media: .*truncated\.mp4 is corrupt"):
+        load_auto_avsr_dataset(media, label_file, tokenizer=tokenizer)
 
 
 def test_loader_checks_num_frames_against_the_video(media, tokenizer):
     label_file = _label_file(media, "frames", [f"d,good.mp4,40,{_ids(tokenizer)}\n"])
     with pytest.raises(DatasetError, match=r"video .*good\.mp4 has 10 frames, but the label file says 40"):
         load_auto_avsr_dataset(media, label_file, tokenizer=tokenizer, check_media=True)
-    assert len(load_auto_avsr_dataset(media, label_file, tokenizer=tokenizer)) == 1  # not opened: not checked
+    assert len(load_auto_avsr_dataset(media, label_file, tokenizer=tokenizer, check_media=False)) == 1  # not opened
 
 
 def test_label_csv_bad_rows_are_named_by_line_or_skipped_and_counted(media, tokenizer):

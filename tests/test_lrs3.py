@@ -2,19 +2,24 @@
 counted skips."""
 
 import logging
+import re
+from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import torch
 
 from mmavsr_processing import (
     DatasetError,
+    MediaError,
     MMAVSRTokenizer,
     load_auto_avsr_dataset,
     load_lrs3_dataset,
     write_audio,
     write_video,
 )
+from mmavsr_processing.media_check import find_bad_media, verify_media
 
 
 TEXTS = ["BIN BLUE AT F TWO NOW", "PLACE RED WITH G NINE SOON"]
@@ -85,21 +90,81 @@ def test_missing_root_or_label_file_is_named(tmp_path):
         load_auto_avsr_dataset(tmp_path, tmp_path / "x.csv")
 
 
-# --- auto_avsr layout: corrupt (not just empty) media with check_media ---
+# --- auto_avsr layout: corrupt (not just empty) media, checked by default ---
 
 
 def test_check_media_finds_corrupt_files_that_are_not_empty(corpus):
     root, label_file, _ = corpus
     (root / "demo/test/spk1/clip1.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
-    assert len(load_auto_avsr_dataset(root, label_file)) == 2  # only existence and size are checked by default
     with pytest.raises(DatasetError, match=r"line 2: video .*clip1\.mp4 is corrupt"):
-        load_auto_avsr_dataset(root, label_file, check_media=True)
-    assert len(load_auto_avsr_dataset(root, label_file, check_media=True, skip_bad_files=True)) == 1
+        load_auto_avsr_dataset(root, label_file)
+    assert len(load_auto_avsr_dataset(root, label_file, skip_bad_files=True)) == 1
+    # the opt-out for speed checks only that files exist and are not empty
+    assert len(load_auto_avsr_dataset(root, label_file, check_media=False)) == 2
     (root / "demo/test/spk1/clip1.mp4").unlink()
     write_video(root / "demo/test/spk1/clip1.mp4", np.zeros((11, 32, 32, 3), dtype=np.uint8))
     (root / "demo/test/spk0/clip0.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 10)
     with pytest.raises(DatasetError, match=r"line 1: audio .*clip0\.wav is corrupt"):
-        load_auto_avsr_dataset(root, label_file, check_media=True)
+        load_auto_avsr_dataset(root, label_file)
+
+
+@pytest.fixture()
+def five_clips(tmp_path):
+    """Five clips in auto_avsr's layout, the fourth mp4 cut short as by an interrupted download."""
+    tokenizer = MMAVSRTokenizer.from_auto_avsr()
+    ids = " ".join(map(str, tokenizer(TEXTS[0], add_special_tokens=False)["input_ids"]))
+    lines = []
+    for index in range(5):
+        relative = f"test/spk{index}/clip{index}.mp4"
+        video = (np.random.default_rng(index).random((10, 32, 32, 3)) * 255).astype(np.uint8)
+        write_video(tmp_path / "demo" / relative, video)
+        write_audio((tmp_path / "demo" / relative).with_suffix(".wav"), np.zeros(10 * 640, dtype=np.float32))
+        lines.append(f"demo,{relative},10,{ids}")
+    truncated = tmp_path / "demo/test/spk3/clip3.mp4"
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "five.csv").write_text("\n".join(lines) + "\n")
+    return tmp_path, tmp_path / "labels" / "five.csv"
+
+
+def test_skip_bad_files_skips_and_counts_a_truncated_mp4(five_clips, caplog):
+    root, label_file = five_clips
+    with caplog.at_level(logging.WARNING):
+        dataset = load_auto_avsr_dataset(root, label_file, skip_bad_files=True, num_workers=3)
+    assert dataset["id"] == [f"demo/test/spk{i}/clip{i}.mp4" for i in (0, 1, 2, 4)]
+    assert dataset.info.description == "skipped rows: {'corrupt file': 1}"
+    assert "skipped 1 of 5 rows" in caplog.text
+    assert re.search(r"skipping: .*five\.csv, line 4: video .*spk3/clip3\.mp4 is corrupt", caplog.text)
+
+    with pytest.raises(DatasetError, match=r"five\.csv, line 4: video .*spk3/clip3\.mp4 is corrupt"):
+        load_auto_avsr_dataset(root, label_file)
+
+
+def test_several_bad_files_are_counted_in_the_error(five_clips):
+    root, label_file = five_clips
+    (root / "demo/test/spk1/clip1.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 10)
+    message = r"2 of 5 clips have unusable media: .*line 2: audio .*clip1\.wav is corrupt.*; .*line 4: video .*clip3"
+    with pytest.raises(DatasetError, match=message):
+        load_auto_avsr_dataset(root, label_file, num_workers=2)
+
+
+def test_find_bad_media_reads_a_datasets_dataset_undecoded(five_clips):
+    """The package's check on any `datasets.Dataset` with `Video` / `Audio` columns (paths or embedded bytes)."""
+    root, label_file = five_clips
+    dataset = load_auto_avsr_dataset(root, label_file, check_media=False)
+    bad = find_bad_media(dataset, num_workers=2)
+    assert [(item.index, Path(item.path).name) for item in bad] == [(3, "clip3.mp4")]
+    assert "is corrupt" in bad[0].reason
+    with pytest.raises(MediaError, match=r"training set: 1 of 5 clips have unusable media: video .*clip3\.mp4"):
+        verify_media(dataset, source="training set")
+
+    paths = [item["path"] for item in dataset.cast_column("video", datasets.Video(decode=False))["video"]]
+    embedded = datasets.Dataset.from_dict(
+        {"video": [{"path": None, "bytes": Path(path).read_bytes()} for path in paths]},
+        features=datasets.Features({"video": datasets.Video()}),
+    )
+    bad = find_bad_media(embedded)
+    assert [item.index for item in bad] == [3] and "video <embedded bytes> is corrupt" in bad[0].reason
 
 
 # --- LRS3's raw layout: speaker folders of .mp4 (face video with audio) and .txt ---
@@ -169,9 +234,9 @@ def test_raw_lrs3_bad_files_are_named_or_skipped_and_counted(lrs3_raw, corruptio
     else:
         clip.with_suffix(".mp4").write_bytes(clip.with_suffix(".mp4").read_bytes()[:300])  # truncated download
     with pytest.raises(DatasetError, match=message):
-        load_lrs3_dataset(lrs3_raw, check_media=True)
+        load_lrs3_dataset(lrs3_raw)
     with caplog.at_level(logging.WARNING):
-        dataset = load_lrs3_dataset(lrs3_raw, check_media=True, skip_bad_files=True)
+        dataset = load_lrs3_dataset(lrs3_raw, skip_bad_files=True)
     assert len(dataset) == 2
     assert "skipped 1 of 3 rows" in caplog.text
     assert "skipped rows" in dataset.info.description

@@ -1,0 +1,230 @@
+"""Checking media before training: every clip's video (its container header and first decoded frame) and audio (its
+header and first samples) are opened in a thread pool, with a progress bar, so that a truncated or corrupt file is
+found before the first training step instead of when the DataLoader reaches it.
+
+[`find_bad_media`] returns what fails as [`BadMedia`] `(index, path, reason)` records; [`verify_media`] raises a
+[`MediaError`] naming the first bad files and how many there are. Both take a `datasets.Dataset` (its `Video` and
+`Audio` columns are read undecoded: paths or embedded bytes) or a list of row dicts whose media are paths.
+
+What a check cannot see: a file cut short after its first frame whose header is intact (an mp4 written with its index
+first); the training data path (`collation.ClipReader`) names or skips such a clip when it reads it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import av
+import datasets
+import soundfile as sf
+from datasets.utils.tqdm import tqdm
+
+from .media_io import MediaError
+
+
+__all__ = ["BadMedia", "describe_bad_media", "find_bad_media", "probe_audio", "probe_video", "verify_media"]
+
+# the samples read from the start of an audio file (0.1 s at 16 kHz): a header that promises samples it lacks fails
+AUDIO_PROBE_SAMPLES = 1600
+# the bad files a message or log line names; the rest are counted
+LISTED_BAD_FILES = 5
+# the thread pool's default size: opening a file is mostly waiting for the disk and FFmpeg, which release the GIL
+DEFAULT_NUM_WORKERS = min(8, os.cpu_count() or 1)
+# suffixes read with soundfile (libsndfile); other audio (an mp4's track, m4a, mp3) is read with PyAV
+SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".au", ".w64"}
+
+
+class BadMedia(NamedTuple):
+    """A media file that failed its check: the row it belongs to, its path and why."""
+
+    index: int
+    path: str
+    reason: str
+
+
+def _source(item: Any) -> tuple[str, Any]:
+    """`(name for messages, what to open)` of a path, a `{"path", "bytes"}` dict (an undecoded `datasets` column)
+    or raw bytes."""
+    if isinstance(item, dict):
+        path, data = item.get("path"), item.get("bytes")
+        if data is not None:
+            return str(path or "<embedded bytes>"), io.BytesIO(data)
+        item = path
+    if isinstance(item, (bytes, bytearray)):
+        return "<embedded bytes>", io.BytesIO(item)
+    if not isinstance(item, (str, os.PathLike)):
+        raise MediaError(f"{item!r}: not a media file path (got {type(item).__name__})")
+    path = Path(item)
+    if not path.is_file():
+        raise MediaError(f"{path} does not exist")
+    if path.stat().st_size == 0:
+        raise MediaError(f"{path} is empty")
+    return str(path), str(path)
+
+
+def probe_video(item: Any, need_audio: bool = False) -> dict:
+    """Opens a video (path, `{"path", "bytes"}` or bytes), reads its header and decodes its first frame; with
+    `need_audio`, it must also hold an audio stream. Returns `{"fps", "frames"}` (frames 0 when the header does not
+    say). Raises a `MediaError` starting `video PATH` and saying what is wrong."""
+    name, source = _source(item)
+    try:
+        with av.open(source) as container:
+            if not container.streams.video:
+                raise MediaError(f"video {name} has no video stream")
+            if need_audio and not container.streams.audio:
+                raise MediaError(f"video {name} has no audio stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.base_rate or stream.guessed_rate
+            if next(container.decode(video=0), None) is None:
+                raise MediaError(f"video {name} holds no decodable frame")
+    except MediaError:
+        raise
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError, EOFError) as error:
+        raise MediaError(f"video {name} is corrupt ({type(error).__name__}: {error})") from None
+    return {"fps": float(rate) if rate else 0.0, "frames": int(stream.frames or 0)}
+
+
+def probe_audio(item: Any) -> dict:
+    """Opens an audio file (path, `{"path", "bytes"}` or bytes; a wav/flac with soundfile, another container's audio
+    track with PyAV), reads its header and its first samples. Returns `{"rate", "channels", "samples"}` (samples 0
+    when a container's header does not say). Raises a `MediaError` starting `audio PATH` and saying what is wrong."""
+    name, source = _source(item)
+    if isinstance(source, io.BytesIO) or Path(name).suffix.lower() in SOUNDFILE_SUFFIXES:
+        try:
+            with sf.SoundFile(source) as handle:
+                first = handle.read(AUDIO_PROBE_SAMPLES, dtype="float32")
+                info = {"rate": handle.samplerate, "channels": handle.channels, "samples": handle.frames}
+        except (sf.LibsndfileError, RuntimeError, TypeError) as error:
+            if not isinstance(source, io.BytesIO):
+                raise MediaError(f"audio {name} is corrupt ({error})") from None
+            source.seek(0)  # embedded bytes of a format libsndfile does not read: PyAV below
+        else:
+            if info["samples"] == 0 or len(first) == 0:
+                raise MediaError(f"audio {name} holds no sample")
+            return info
+    try:
+        with av.open(source) as container:
+            if not container.streams.audio:
+                raise MediaError(f"audio {name} has no audio stream")
+            stream = container.streams.audio[0]
+            if next(container.decode(audio=0), None) is None:
+                raise MediaError(f"audio {name} holds no decodable sample")
+            samples = int(stream.duration * stream.time_base * stream.rate) if stream.duration else 0
+            return {"rate": stream.rate, "channels": stream.channels, "samples": samples}
+    except MediaError:
+        raise
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError, EOFError) as error:
+        raise MediaError(f"audio {name} is corrupt ({type(error).__name__}: {error})") from None
+
+
+def _media_columns(dataset: datasets.Dataset) -> dict[str, str]:
+    return {
+        name: "video" if isinstance(feature, datasets.Video) else "audio"
+        for name, feature in dataset.features.items()
+        if isinstance(feature, (datasets.Video, datasets.Audio))
+    }
+
+
+def _undecoded(dataset: datasets.Dataset, columns: dict[str, str]) -> datasets.Dataset:
+    for name in columns:
+        feature = dataset.features.get(name)
+        if isinstance(feature, datasets.Audio) and feature.decode:
+            dataset = dataset.cast_column(name, datasets.Audio(sampling_rate=feature.sampling_rate, decode=False))
+        elif isinstance(feature, datasets.Video) and feature.decode:
+            dataset = dataset.cast_column(name, datasets.Video(decode=False))
+    return dataset
+
+
+def _row_checker(columns: dict[str, str]) -> Callable[[dict], None]:
+    def check(row: dict) -> None:
+        for name, kind in columns.items():
+            if row.get(name) is not None:
+                probe_video(row[name]) if kind == "video" else probe_audio(row[name])
+
+    return check
+
+
+def _path_of(row: dict, columns: dict[str, str], error: Exception) -> str:
+    """The path of the row's media file that the error names (the first column's when none does)."""
+    names = [_source_name(row.get(column)) for column in columns]
+    return next((name for name in names if name and name in str(error)), names[0] if names else "")
+
+
+def _source_name(item: Any) -> str:
+    if isinstance(item, dict):
+        item = item.get("path")
+    return str(item) if isinstance(item, (str, os.PathLike)) else ""
+
+
+def find_bad_media(
+    dataset: datasets.Dataset | Sequence[dict],
+    columns: Sequence[str] | dict[str, str] | None = None,
+    num_workers: int | None = None,
+    check: Callable[[dict], None] | None = None,
+    desc: str = "Checking media",
+) -> list[BadMedia]:
+    """Checks every row's media in a pool of `num_workers` threads (default `DEFAULT_NUM_WORKERS`) with a progress
+    bar (`datasets`' tqdm: `datasets.disable_progress_bars()` hides it) and returns the failures in row order.
+
+    Args:
+        dataset: a `datasets.Dataset` or a list of row dicts.
+        columns: the media columns, as names (kind from the column's `datasets.Video` / `datasets.Audio` feature, or
+            from the name: `video` / `audio`) or `{name: "video" | "audio"}`; default: the dataset's `Video` and
+            `Audio` columns, or `video` / `audio` of row dicts.
+        check: `check(row)` raising a `ValueError` (e.g. `MediaError`) for a bad row, instead of probing `columns`
+            with [`probe_video`] / [`probe_audio`] (for checks beyond the media's header, such as a layout's format).
+    """
+    is_dataset = isinstance(dataset, datasets.Dataset)
+    if columns is None:
+        columns = _media_columns(dataset) if is_dataset else {}
+        if not columns:
+            names = dataset.column_names if is_dataset else (dataset[0] if len(dataset) else {})
+            columns = {name: name for name in ("video", "audio") if name in names}
+    elif not isinstance(columns, dict):
+        features = _media_columns(dataset) if is_dataset else {}
+        columns = {name: features.get(name, "video" if "video" in name else "audio") for name in columns}
+    if is_dataset:
+        dataset = _undecoded(dataset, columns).select_columns(list(columns))
+    check = check or _row_checker(columns)
+
+    def run(index: int) -> BadMedia | None:
+        row = dataset[index]
+        try:
+            check(row)
+        except ValueError as error:
+            return BadMedia(index, _path_of(row, columns, error), str(error))
+        return None
+
+    workers = max(1, num_workers or DEFAULT_NUM_WORKERS)
+    total = len(dataset)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(tqdm(pool.map(run, range(total)), total=total, desc=desc, unit="clip", disable=total == 0))
+    return [bad for bad in results if bad is not None]
+
+
+def describe_bad_media(bad: Sequence[BadMedia], total: int) -> str:
+    """`N of TOTAL clips have unusable media: REASON; REASON; ... (and M more)` for logs and errors."""
+    listed = "; ".join(item.reason for item in bad[:LISTED_BAD_FILES])
+    more = f" (and {len(bad) - LISTED_BAD_FILES} more)" if len(bad) > LISTED_BAD_FILES else ""
+    return f"{len(bad)} of {total} clips have unusable media: {listed}{more}"
+
+
+def verify_media(
+    dataset: datasets.Dataset | Sequence[dict],
+    columns: Sequence[str] | dict[str, str] | None = None,
+    num_workers: int | None = None,
+    source: str = "dataset",
+) -> None:
+    """[`find_bad_media`], raising a `MediaError` that names the first bad files (and counts them) when any fails.
+    `source` (e.g. the option or file the dataset came from) starts the message."""
+    bad = find_bad_media(dataset, columns, num_workers)
+    if bad:
+        raise MediaError(
+            f"{source}: {describe_bad_media(bad, len(dataset))}. Fix or remove these files, or skip them "
+            "(`skip_bad_files=True`)."
+        )
