@@ -6,6 +6,8 @@
 #   SKIP_INSTALL=1 bash scripts/main_job.sh  # reuse .venv
 # Environment: MAIN_JOB_DIR (default main_job), DEMO_CLIPS (corpus size, default 1600), ASR_EPOCHS / VSR_EPOCHS /
 # AVSR_EPOCHS (training epochs per model; logs in $MAIN_JOB_DIR/NAME.log), SKIP_INSTALL=1. Rerunning resumes: the corpus and finished runs are kept.
+# DEMO_VARIANT: a corpus variant (`--variant` of mmavsr_processing.demo_corpus, e.g. espeak-contour: espeak-ng speech,
+# the contour mouth model); unset: the default corpus (flite, ellipse), the one this recipe was tuned on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +21,11 @@ fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 echo "installed after $(( $(date +%s) - start )) s"
 
-python -m mmavsr_processing.demo_corpus --output-dir "$WORK/corpus" --num-clips "$CLIPS"
+variant=()
+if [ -n "${DEMO_VARIANT:-}" ]; then
+    variant=(--variant "$DEMO_VARIANT")
+fi
+python -m mmavsr_processing.demo_corpus --output-dir "$WORK/corpus" --num-clips "$CLIPS" "${variant[@]}"
 echo "demo corpus ready after $(( $(date +%s) - start )) s"
 
 # flags shared by the three runs: auto_avsr's layout and flags, a word vocabulary of the GRID grammar, beam search
