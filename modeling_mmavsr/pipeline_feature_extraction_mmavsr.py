@@ -12,8 +12,10 @@ gives alone.
 from transformers import AutoModelForSpeechSeq2Seq
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from mmavsr_processing.media_constants import VIDEO_FPS
+
 from .modeling_mmavsr_features import FEATURE_LAYERS
-from .pipeline_mmavsr import MODEL_INPUT_NAMES, VIDEO_FRAME_RATE, MMAVSRSpeechRecognitionPipeline
+from .pipeline_mmavsr import MODEL_INPUT_NAMES, MMAVSRSpeechRecognitionPipeline
 
 FEATURE_EXTRACTION_TASK = "audio-visual-feature-extraction"
 
@@ -77,7 +79,7 @@ class MMAVSRFeatureExtractionPipeline(MMAVSRSpeechRecognitionPipeline):
         length = int(output["lengths"][0])
         features = output["features"][0, :length].float()
         config = self.model.config
-        frame_rate = float(config.audio_frame_rate) if config.vision_encoder is None else VIDEO_FRAME_RATE
+        frame_rate = float(config.audio_frame_rate if config.vision_encoder is None else VIDEO_FPS)
         return {"features": features, "frame_rate": frame_rate}
 
 

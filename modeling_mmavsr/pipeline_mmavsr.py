@@ -9,7 +9,8 @@
   the model has. Audio alone goes through the same steps as in the Transformers pipeline, with overlapping chunks
   merged on their common tokens.
 
-Processing modules are imported inside the functions that need them: `mmavsr_processing` imports this package's
+Media are read and brought to 25 fps by `mmavsr_processing.media_io`, as in `prepare` and the training data; other
+processing modules are imported inside the functions that need them: `mmavsr_processing` imports this package's
 configuration, and an exported folder rewrites these imports into relative ones.
 """
 
@@ -23,16 +24,25 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_SPEECH_SEQ_2_SEQ_MA
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.automatic_speech_recognition import AutomaticSpeechRecognitionPipeline
 
+from mmavsr_processing.media_constants import SAMPLING_RATE, VIDEO_FPS
+from mmavsr_processing.media_io import (
+    VIDEO_SUFFIXES,
+    MediaError,
+    fit_audio_to_video,
+    read_audio,
+    read_audio_track,
+    read_video,
+    resample_audio,
+    resample_frames,
+)
+
 
 AUDIO_VISUAL_TASK = "audio-visual-speech-recognition"
 SPEECH_RECOGNITION_TASK = "automatic-speech-recognition"
 MODEL_TYPE = "mmavsr"
 MODEL_CLASS_NAME = "MMAVSRForConditionalGeneration"
-# the model's frame rate: the ResNet1D frontend and the fusion align both streams to 25 fps
-VIDEO_FRAME_RATE = 25.0
 # frames no larger than this on both sides are taken as mouth ROIs already (auto_avsr's are 96x96)
 MOUTH_ROI_MAX_SIZE = 128
-VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg")
 MODEL_INPUT_NAMES = ("input_features", "attention_mask", "pixel_values_videos", "video_attention_mask")
 
 
@@ -68,50 +78,10 @@ def custom_pipelines_entry() -> dict:
     return {SPEECH_RECOGNITION_TASK: entry}
 
 
-def read_audio_track(path: str | os.PathLike, sampling_rate: int = 16000) -> np.ndarray | None:
-    """The first audio stream of a video file as a float32 mono wave `(S,)` at `sampling_rate`; None when the file
-    has no audio stream (a silent video). Raises `MediaError` naming the file when it cannot be decoded."""
-    import av
-
-    from mmavsr_processing.media_io import MediaError
-
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.audio:
-                return None
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=int(sampling_rate))
-            pieces = []
-            for frame in container.decode(container.streams.audio[0]):
-                pieces.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
-            pieces.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
-    except (av.error.FFmpegError, ValueError) as error:
-        raise MediaError(f"{path}: cannot decode the audio track ({type(error).__name__}: {error})") from error
-    if not pieces:
-        raise MediaError(f"{path}: the audio track holds no decodable sample")
-    return np.concatenate(pieces).astype(np.float32)
-
-
-def resample_frames(frames: np.ndarray, fps: float, target_fps: float = VIDEO_FRAME_RATE) -> np.ndarray:
-    """Frames `(T, ...)` at `fps` -> the frames at `target_fps`, each the latest source frame shown at its time."""
-    if not fps or abs(fps - target_fps) <= 0.01 * target_fps:
-        return frames
-    num_frames = max(1, int(round(len(frames) * target_fps / fps)))
-    indices = np.minimum(np.floor(np.arange(num_frames) * fps / target_fps).astype(int), len(frames) - 1)
-    return frames[indices]
-
-
-def fit_audio_to_video(wave: np.ndarray, num_frames: int, sampling_rate: int) -> np.ndarray:
-    """Cut or zero-pad the audio track to the video's duration (`num_frames` at 25 fps)."""
-    num_samples = int(round(num_frames * sampling_rate / VIDEO_FRAME_RATE))
-    if len(wave) >= num_samples:
-        return wave[:num_samples]
-    return np.pad(wave, (0, num_samples - len(wave)))
-
-
 def is_video_input(inputs) -> bool:
     """A video file path (by extension), frames `(T, H, W[, C])`, or a dict with a `video` key."""
     if isinstance(inputs, (str, os.PathLike)):
-        return Path(str(inputs)).suffix.lower() in VIDEO_EXTENSIONS
+        return Path(str(inputs)).suffix.lower() in VIDEO_SUFFIXES
     if isinstance(inputs, dict):
         return "video" in inputs
     return isinstance(inputs, (np.ndarray, torch.Tensor)) and inputs.ndim >= 3
@@ -129,8 +99,9 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         - audio, as for [`AutomaticSpeechRecognitionPipeline`]: a file path (read with soundfile, resampled), an array
           at the feature extractor's rate, or `{"array"/"raw": wave, "sampling_rate": rate}` (resampled here).
 
-    Videos at another frame rate are brought to 25 fps by repeating or dropping frames; the audio track is cut or
-    zero-padded to the video's duration, unless the two differ by more than
+    Videos at another frame rate are brought to 25 fps by nearest timestamp (`media_io.resample_frames`, the rule
+    `prepare` applies too: frames repeated or dropped, never blended); the audio track is cut or zero-padded to the
+    video's duration (640 samples a frame, `media_io.fit_audio_to_video`), unless the two differ by more than
     `processing_mmavsr.AV_DURATION_TOLERANCE` (0.5 s): then a ValueError names the video. Audio files at another
     sampling rate are resampled and several channels averaged. Missing, empty, corrupt or truncated files raise a
     `MediaError` naming the file. Frames larger than 128x128 pixels are taken as full faces and the mouth is
@@ -177,13 +148,11 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
 
     @property
     def _sampling_rate(self) -> int:
-        return self.feature_extractor.sampling_rate if self.feature_extractor is not None else 16000
+        return self.feature_extractor.sampling_rate if self.feature_extractor is not None else SAMPLING_RATE
 
     def _read_audio_input(self, inputs):
         """Audio files and dicts at another rate become waves at the feature extractor's rate; the rest is left to
         the ASR pipeline (arrays, bytes, URLs, torchcodec decoders)."""
-        from mmavsr_processing.media_io import MediaError, read_audio, resample_audio
-
         if isinstance(inputs, os.PathLike) or (isinstance(inputs, str) and not inputs.startswith(("http://", "https://"))):
             wave = read_audio(inputs, sampling_rate=self._sampling_rate, resample=True, mono=True)
             if wave.size == 0:
@@ -207,8 +176,6 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
 
     def _read_video_input(self, inputs) -> tuple[str, np.ndarray, float, np.ndarray | None]:
         """`(source, frames (T, H, W[, C]) uint8, fps, audio wave or None)` of a video input."""
-        from mmavsr_processing.media_io import read_audio, read_video, resample_audio
-
         audio = None
         if isinstance(inputs, dict):
             video, fps = inputs["video"], inputs.get("fps")
@@ -225,7 +192,7 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         if isinstance(video, (str, os.PathLike)):
             source = str(video)
             frames, file_fps = read_video(video)
-            fps = fps or file_fps
+            fps = fps or file_fps  # 0 when the file does not say: `resample_frames` names the file
             if audio is None and self._config.audio_encoder is not None:
                 audio = read_audio_track(video, self._sampling_rate)
         else:
@@ -237,7 +204,8 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
                 )
             if frames.dtype != np.uint8:
                 raise ValueError(f"{source}: expected uint8 frames, got {frames.dtype}.")
-        return source, frames, float(fps or VIDEO_FRAME_RATE), audio
+            fps = fps or VIDEO_FPS
+        return source, frames, float(fps), audio
 
     def _audio_of_video(self, inputs):
         """The audio of a video input, for an audio-only model: a file's audio track, or a dict's `audio`."""
@@ -298,7 +266,7 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
 
         config = self._config
         source, frames, fps, audio = self._read_video_input(inputs)
-        frames = resample_frames(frames, fps)
+        frames = resample_frames(frames, fps, source=source)
         if self.video_processor is None:
             raise ValueError(
                 f"{source}: the pipeline has no video processor; save the MMAVSRProcessor with the model, or pass "
@@ -313,7 +281,7 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
                     "(give {'video': ..., 'audio': wave, 'sampling_rate': rate})."
                 )
             check_av_durations(
-                len(frames) / VIDEO_FRAME_RATE, len(audio) / self._sampling_rate, source, AV_DURATION_TOLERANCE
+                len(frames) / VIDEO_FPS, len(audio) / self._sampling_rate, source, AV_DURATION_TOLERANCE
             )
             audio = fit_audio_to_video(audio, len(frames), self._sampling_rate)
             model_inputs.update(
@@ -348,5 +316,4 @@ __all__ = [
     "register_speech_seq2seq",
     "register_pipelines",
     "custom_pipelines_entry",
-    "read_audio_track",
 ]

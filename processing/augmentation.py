@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .media_constants import SAMPLING_RATE, VIDEO_FPS
 from .media_io import read_audio
 
 
@@ -44,12 +45,12 @@ class TimeMask:
     @classmethod
     def for_video(cls, seed: int | None = None) -> TimeMask:
         """auto_avsr's video mask at 25 fps: up to 10 frames per second of video (0.4 s)."""
-        return cls(max_width=10, stride=25, seed=seed)
+        return cls(max_width=round(0.4 * VIDEO_FPS), stride=VIDEO_FPS, seed=seed)
 
     @classmethod
     def for_audio(cls, seed: int | None = None) -> TimeMask:
         """auto_avsr's audio mask at 16 kHz: up to 6400 samples per second of audio (0.4 s)."""
-        return cls(max_width=6400, stride=16000, seed=seed)
+        return cls(max_width=round(0.4 * SAMPLING_RATE), stride=SAMPLING_RATE, seed=seed)
 
     def __call__(self, x):
         array, was_torch = _to_numpy(x)
@@ -88,7 +89,7 @@ class AddNoise:
         self,
         snr_db: float | Sequence[float],
         noise: np.ndarray | str | os.PathLike | None = None,
-        sampling_rate: int = 16000,
+        sampling_rate: int = SAMPLING_RATE,
         seed: int | None = None,
     ):
         self.snr_levels = [float(snr_db)] if np.isscalar(snr_db) else [float(level) for level in snr_db]

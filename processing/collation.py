@@ -13,6 +13,7 @@ from torch.utils.data import Dataset, Sampler
 from transformers import BatchFeature
 
 from .feature_extraction_mmavsr import to_waveform
+from .media_constants import VIDEO_FPS
 from .processing_mmavsr import MMAVSRProcessor, check_av_durations, check_transcript, pad_labels
 from .video_processing_mmavsr import to_video_tensor
 
@@ -69,7 +70,7 @@ def read_clip(
             extractor = processor.feature_extractor
             clip["audio"] = to_waveform(row["audio"], None, extractor.sampling_rate, extractor.resample, extractor.mono)
         if "video" in modalities and "audio" in modalities and "video" in row and "audio" in row:
-            frame_rate = processor.video_processor.frame_rate or 25.0
+            frame_rate = processor.video_processor.frame_rate or VIDEO_FPS
             rate = processor.feature_extractor.sampling_rate
             check_av_durations(len(clip["video"]) / frame_rate, len(clip["audio"]) / rate, source)
         if "text" in row:

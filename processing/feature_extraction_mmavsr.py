@@ -9,6 +9,7 @@ import numpy as np
 from transformers import BatchFeature, SequenceFeatureExtractor, WhisperFeatureExtractor
 from transformers.utils import TensorType
 
+from .media_constants import SAMPLING_RATE
 from .media_io import read_audio, resample_audio
 
 
@@ -86,7 +87,7 @@ class MMAVSRFeatureExtractor(SequenceFeatureExtractor):
     def __init__(
         self,
         feature_type: str = "raw",
-        sampling_rate: int = 16000,
+        sampling_rate: int = SAMPLING_RATE,
         num_mel_bins: int = 80,
         hop_length: int = 160,
         n_fft: int = 400,

@@ -1,12 +1,24 @@
-"""Reading and writing the media files of the auto_avsr layout: mp4 video (PyAV) and 16 kHz wav audio (soundfile).
+"""Reading, converting and writing the media of mmavsr: the one place where frames are read and brought to the
+model's time base (`media_constants`: 25 fps video, 16 kHz audio, 640 samples per frame). The inference pipeline,
+`prepare` and the training data path all read through these functions, so that a clip gives the same frames and
+samples everywhere.
 
-Every failure on a file (missing, empty, corrupt, wrong sampling rate, unexpected channel count) raises
-[`MediaError`] with a message that names the path and the problem.
+- reading: [`read_video`] (frames and frame rate), [`read_audio`] (a wav/flac file, or the audio track of a video
+  container), [`read_audio_track`] (a video's audio track, converted), [`count_frames`];
+- conversion: [`resample_frames`] (any frame rate to 25 fps, by nearest timestamp: the one rule),
+  [`resample_audio`], [`fit_audio_to_video`] (audio cut or zero-padded to the video's duration);
+- writing: [`write_video`] (H.264 mp4, optionally with an AAC track), [`write_audio`] (16-bit wav).
+
+Every failure on a file (missing, empty, corrupt, no video stream, wrong sampling rate, unexpected channel count)
+raises [`MediaError`] with a message that names the path and the problem.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -15,8 +27,28 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from .media_constants import SAMPLES_PER_FRAME, SAMPLING_RATE, VIDEO_FPS
 
-__all__ = ["MediaError", "read_video", "read_audio", "write_video", "write_audio", "resample_audio"]
+
+__all__ = [
+    "MediaError",
+    "SAMPLES_PER_FRAME",
+    "SAMPLING_RATE",
+    "VIDEO_FPS",
+    "VIDEO_SUFFIXES",
+    "count_frames",
+    "fit_audio_to_video",
+    "read_audio",
+    "read_audio_track",
+    "read_video",
+    "resample_audio",
+    "resample_frames",
+    "write_audio",
+    "write_video",
+]
+
+# containers read with FFmpeg as videos (their sound as an audio track); other audio files are read with soundfile
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg")
 
 
 class MediaError(ValueError):
@@ -32,6 +64,36 @@ def _check_readable(path: str | os.PathLike) -> Path:
     if path.stat().st_size == 0:
         raise MediaError(f"{path}: file is empty")
     return path
+
+
+@contextlib.contextmanager
+def _open_container(path: Path, what: str) -> Iterator[av.container.InputContainer]:
+    """`av.open(path)`; FFmpeg's errors while opening or decoding become a `MediaError` naming the file and `what`."""
+    try:
+        with av.open(str(path)) as container:
+            yield container
+    except MediaError:
+        raise
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as error:
+        raise MediaError(f"{path}: cannot decode {what} ({type(error).__name__}: {error})") from error
+
+
+def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        raise MediaError(f"{path}: no video stream")
+    return container.streams.video[0]
+
+
+def _check_audio_format(
+    path: Path, file_rate: int, channels: int, sampling_rate: int, resample: bool, mono: bool
+) -> None:
+    """The rule of `read_audio` for a file's own rate and channels: convert only when asked to."""
+    if channels > 1 and not mono:
+        raise MediaError(f"{path}: audio has {channels} channels, expected mono (pass mono=True to average)")
+    if file_rate != sampling_rate and not resample:
+        raise MediaError(
+            f"{path}: sampling rate is {file_rate} Hz, expected {sampling_rate} Hz (pass resample=True to convert)"
+        )
 
 
 def resample_audio(wave: np.ndarray, orig_rate: int, target_rate: int) -> np.ndarray:
@@ -72,17 +134,10 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
     decoded = _read_video_torchcodec(path)
     if decoded is not None:
         return decoded
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise MediaError(f"{path}: no video stream")
-            stream = container.streams.video[0]
-            rate = stream.average_rate or stream.base_rate or stream.guessed_rate
-            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
-    except MediaError:
-        raise
-    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as error:
-        raise MediaError(f"{path}: cannot decode video ({type(error).__name__}: {error})") from error
+    with _open_container(path, "video") as container:
+        stream = _video_stream(container, path)
+        rate = stream.average_rate or stream.base_rate or stream.guessed_rate
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
     if not frames:
         raise MediaError(f"{path}: video stream holds no decodable frame (truncated or corrupt file?)")
     fps = float(rate) if rate else 0.0
@@ -90,12 +145,13 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
 
 
 def read_audio(
-    path: str | os.PathLike, sampling_rate: int = 16000, resample: bool = False, mono: bool = False
+    path: str | os.PathLike, sampling_rate: int = SAMPLING_RATE, resample: bool = False, mono: bool = False
 ) -> np.ndarray:
-    """Read an audio file as a float32 mono wave in [-1, 1].
+    """Read an audio file, or the audio track of a video file, as a float32 mono wave in [-1, 1].
 
     Args:
-        path: a wav/flac/ogg file (anything libsndfile reads).
+        path: a wav/flac/ogg file (anything libsndfile reads), or a video container (`VIDEO_SUFFIXES`: .mp4, .mov,
+            ...), whose first audio track is read (see [`read_audio_track`]).
         sampling_rate: the rate the caller expects.
         resample: if False (default), a file at another rate raises; if True it is resampled to `sampling_rate`.
         mono: if False (default), a multi-channel file raises; if True its channels are averaged.
@@ -104,28 +160,114 @@ def read_audio(
         float32 `(S,)`.
 
     Raises:
-        MediaError: missing, empty or unreadable file; wrong rate without `resample`; several channels without `mono`.
+        MediaError: missing, empty or unreadable file; a video without an audio track; wrong rate without
+            `resample`; several channels without `mono`.
     """
     path = _check_readable(path)
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        wave = read_audio_track(path, sampling_rate, resample=resample, mono=mono)
+        if wave is None:
+            raise MediaError(f"{path}: the video has no audio track")
+        return wave
     try:
         wave, file_rate = sf.read(str(path), dtype="float32", always_2d=True)  # (S, C)
     except (sf.LibsndfileError, RuntimeError, TypeError) as error:
         raise MediaError(f"{path}: cannot read audio ({error})") from error
-    if wave.shape[1] > 1:
-        if not mono:
-            raise MediaError(f"{path}: audio has {wave.shape[1]} channels, expected mono (pass mono=True to average)")
-        wave = wave.mean(axis=1, keepdims=True)
-    wave = wave[:, 0]
+    _check_audio_format(path, file_rate, wave.shape[1], sampling_rate, resample, mono)
+    wave = wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]
     if file_rate != sampling_rate:
-        if not resample:
-            raise MediaError(
-                f"{path}: sampling rate is {file_rate} Hz, expected {sampling_rate} Hz (pass resample=True to convert)"
-            )
         wave = resample_audio(wave, file_rate, sampling_rate)
     return np.ascontiguousarray(wave, dtype=np.float32)
 
 
-def write_audio(path: str | os.PathLike, wave: np.ndarray, sampling_rate: int = 16000) -> None:
+def read_audio_track(
+    path: str | os.PathLike, sampling_rate: int = SAMPLING_RATE, resample: bool = True, mono: bool = True
+) -> np.ndarray | None:
+    """The first audio track of a video file as a float32 mono wave `(S,)` at `sampling_rate`, or None when the file
+    has no audio stream (a silent video).
+
+    By default the track is converted, as a video's sound (AAC at 44.1 or 48 kHz, often stereo) needs: FFmpeg's
+    resampler brings it to `sampling_rate` and mixes its channels down. With `resample=False` / `mono=False` a track
+    at another rate / with several channels raises instead, as [`read_audio`] does for audio files.
+
+    Raises:
+        MediaError: missing, empty, corrupt or truncated file, a track without a decodable sample, or a format
+            refused by `resample` / `mono`; the message names the file.
+    """
+    path = _check_readable(path)
+    with _open_container(path, "the audio track") as container:
+        if not container.streams.audio:
+            return None
+        stream = container.streams.audio[0]
+        _check_audio_format(path, stream.rate, stream.channels, sampling_rate, resample, mono)
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=int(sampling_rate))
+        pieces = []
+        for frame in container.decode(stream):
+            pieces.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
+        pieces.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
+    if not pieces:
+        raise MediaError(f"{path}: the audio track holds no decodable sample")
+    return np.concatenate(pieces).astype(np.float32)
+
+
+def count_frames(path: str | os.PathLike) -> int:
+    """The number of frames of a video file: the container's count when its header gives one, else by decoding.
+
+    Raises:
+        MediaError: missing, empty or corrupt file, or no video stream; the message names the file.
+    """
+    path = _check_readable(path)
+    with _open_container(path, "video") as container:
+        stream = _video_stream(container, path)
+        return stream.frames or sum(1 for _ in container.decode(stream))
+
+
+def resample_frames(
+    frames: np.ndarray, fps: float, target_fps: float = VIDEO_FPS, source: str | os.PathLike = "video"
+) -> np.ndarray:
+    """Frames `(T, ...)` at `fps` -> the frames at `target_fps` (25 by default), by nearest timestamp.
+
+    This is the one frame-rate rule of mmavsr: the inference pipeline and `prepare` both call it. Source frame `i` is
+    shown at `i / fps` seconds and output frame `k` stands for `k / target_fps` seconds; output frame `k` is the
+    source frame nearest that time, index `floor(k * fps / target_fps + 1/2)` (a tie goes to the later frame),
+    clamped to the last frame. The output spans the clip's duration, `T * target_fps / fps` frames rounded half up
+    (at least one). Frames are repeated (slower sources) or dropped (faster ones), never blended. The nearest frame
+    is never more than half a source frame away from its time, so the video stays aligned with the audio cut to
+    `SAMPLES_PER_FRAME` samples per output frame (taking the latest frame shown instead lags by up to a whole
+    source frame). Frames already at `target_fps` are returned as they are.
+
+    Args:
+        frames: the decoded frames, first axis time.
+        fps: their frame rate.
+        target_fps: the rate wanted.
+        source: names the video in errors (e.g. its path).
+
+    Raises:
+        MediaError: `fps` is unknown (0, None, not finite) or there is no frame; the message names `source`.
+    """
+    if not fps or not math.isfinite(fps) or fps <= 0:
+        raise MediaError(f"{source}: unknown frame rate ({fps!r}); cannot bring the video to {target_fps:g} fps")
+    if len(frames) == 0:
+        raise MediaError(f"{source}: the video has no frame")
+    if fps == target_fps:
+        return frames
+    count = max(1, math.floor(len(frames) * target_fps / fps + 0.5))
+    indices = np.floor(np.arange(count) * fps / target_fps + 0.5).astype(np.int64)
+    return frames[np.minimum(indices, len(frames) - 1)]
+
+
+def fit_audio_to_video(
+    wave: np.ndarray, num_frames: int, sampling_rate: int = SAMPLING_RATE, fps: float = VIDEO_FPS
+) -> np.ndarray:
+    """Cut or zero-pad a wave `(S,)` to the duration of `num_frames` video frames at `fps`:
+    `round(num_frames * sampling_rate / fps)` samples, `SAMPLES_PER_FRAME` (640) a frame at 16 kHz and 25 fps, so that
+    both streams span the same time."""
+    target = int(round(num_frames * sampling_rate / fps))
+    wave = np.asarray(wave)
+    return np.pad(wave[:target], (0, max(0, target - len(wave))))
+
+
+def write_audio(path: str | os.PathLike, wave: np.ndarray, sampling_rate: int = SAMPLING_RATE) -> None:
     """Write a mono float wave in [-1, 1] as 16-bit PCM wav (values outside are clipped)."""
     wave = np.asarray(wave, dtype=np.float32)
     if wave.ndim != 1:
@@ -137,9 +279,9 @@ def write_audio(path: str | os.PathLike, wave: np.ndarray, sampling_rate: int = 
 def write_video(
     path: str | os.PathLike,
     frames: np.ndarray,
-    fps: float = 25,
+    fps: float = VIDEO_FPS,
     audio: np.ndarray | None = None,
-    sampling_rate: int = 16000,
+    sampling_rate: int = SAMPLING_RATE,
     crf: int = 18,
 ) -> None:
     """Write uint8 frames `(T, H, W, 3)` (or grayscale `(T, H, W)` / `(T, H, W, 1)`) as H.264 mp4, with an AAC

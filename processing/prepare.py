@@ -4,7 +4,7 @@
 python -m mmavsr_processing.prepare --input-dir lrs3/trainval --output-dir data --dataset lrs3 --split train
 ```
 
-For every video under `--input-dir` (searched recursively; .mp4 .avi .mov .mkv .mpg .webm) this writes, under
+For every video under `--input-dir` (searched recursively; .mp4 .m4v .mov .avi .mkv .webm .mpg .mpeg) this writes, under
 `--output-dir`:
 
 - `DATASET/SPLIT/<path below input-dir>.mp4`: the 96x96 grayscale mouth region at 25 fps ([`MouthCropper`]);
@@ -15,8 +15,8 @@ For every video under `--input-dir` (searched recursively; .mp4 .avi .mov .mkv .
 
 Transcripts come from the `.txt` beside each video (LRS3's `Text:  THE WORDS` first line, or else the whole file is
 the text), or from a `--transcripts` CSV of `path,text` rows (`path` relative to `--input-dir`; a `path,text` header
-row is allowed). Videos at any frame rate and audio at any sampling rate are resampled (frames by nearest
-timestamp). A rerun skips the clips already written (files are written under a temporary name and renamed, so an
+row is allowed). Videos at any frame rate and audio at any sampling rate are resampled (frames by nearest timestamp,
+the rule of `media_io.resample_frames` that the inference pipeline applies too). A rerun skips the clips already written (files are written under a temporary name and renamed, so an
 interrupted run leaves no half-written clip) and rewrites the label file. A bad clip (unreadable media, no face, no
 transcript) stops the run with an error that names it, or with `--skip-bad-files` is left out, counted and listed
 in `labels/DATASET_SPLIT_skipped.tsv`.
@@ -32,23 +32,29 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import av
-import numpy as np
 from tqdm.auto import tqdm
 
 from .lrs3 import DatasetError, parse_lrs3_transcript
-from .media_io import MediaError, read_audio, read_video, write_audio, write_video
+from .media_constants import SAMPLING_RATE, VIDEO_FPS
+from .media_io import (
+    VIDEO_SUFFIXES,
+    MediaError,
+    count_frames,
+    fit_audio_to_video,
+    read_audio,
+    read_audio_track,
+    read_video,
+    resample_frames,
+    write_audio,
+    write_video,
+)
 from .mouth_cropping import MouthCropper, NoFaceError
 from .tokenization_mmavsr import MMAVSRTokenizer
 
 
 __all__ = ["PreparationError", "PreparationSummary", "main", "prepare_dataset"]
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".mpg", ".webm")
 AUDIO_SUFFIXES = (".wav", ".flac")
-FPS = 25
-SAMPLING_RATE = 16000
-SAMPLES_PER_FRAME = SAMPLING_RATE // FPS
 
 
 class PreparationError(ValueError):
@@ -137,47 +143,6 @@ def _find_clips(input_dir: Path, transcripts: Path | None, output_dir: Path) -> 
     return clips
 
 
-def _read_audio_track(video: Path) -> np.ndarray | None:
-    """The video's first audio track as mono float32 at 16 kHz, or None when it has none."""
-    try:
-        with av.open(str(video)) as container:
-            if not container.streams.audio:
-                return None
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLING_RATE)
-            pieces = []
-            for frame in container.decode(audio=0):
-                pieces.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
-            pieces.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
-    except (av.error.FFmpegError, ValueError) as error:
-        raise MediaError(f"{video}: cannot decode the audio track ({type(error).__name__}: {error})") from error
-    if not pieces:
-        raise MediaError(f"{video}: the audio track holds no sample")
-    return np.concatenate(pieces).astype(np.float32)
-
-
-def _resample_frames(frames: np.ndarray, fps: float, source: Path) -> np.ndarray:
-    """Frames at `fps` -> frames at 25 fps, each output frame the input frame nearest to its timestamp."""
-    if fps <= 0:
-        raise MediaError(f"{source}: unknown frame rate")
-    if abs(fps - FPS) < 1e-3:
-        return frames
-    count = max(1, round(len(frames) * FPS / fps))
-    indices = np.minimum(np.round(np.arange(count) * fps / FPS).astype(int), len(frames) - 1)
-    return frames[indices]
-
-
-def _fit_audio(wave: np.ndarray, num_frames: int) -> np.ndarray:
-    """Cut or zero-pad to exactly 640 samples per video frame."""
-    target = num_frames * SAMPLES_PER_FRAME
-    return np.pad(wave[:target], (0, max(0, target - len(wave))))
-
-
-def _count_frames(video: Path) -> int:
-    with av.open(str(video)) as container:
-        stream = container.streams.video[0]
-        return stream.frames or sum(1 for _ in container.decode(stream))
-
-
 _cropper: MouthCropper | None = None
 
 
@@ -191,8 +156,8 @@ def _prepare_clip(clip: _Clip, target: Path) -> tuple[int | None, str | None]:
     for a clip that cannot be prepared (any error on it: a damaged file can fail in many places)."""
     try:
         frames, fps = read_video(clip.source)
-        frames = _resample_frames(frames, fps, clip.source)
-        wave = _read_audio_track(clip.source)
+        frames = resample_frames(frames, fps, source=clip.source)
+        wave = read_audio_track(clip.source)
         if wave is None:
             beside = [clip.source.with_suffix(suffix) for suffix in AUDIO_SUFFIXES]
             audio_file = next((path for path in beside if path.is_file()), None)
@@ -202,8 +167,8 @@ def _prepare_clip(clip: _Clip, target: Path) -> tuple[int | None, str | None]:
         crops = _cropper(frames)
         video, audio = (target.with_name(f"{target.name}{suffix}") for suffix in (".mp4", ".wav"))
         partial_video, partial_audio = (path.with_name(path.name + ".partial") for path in (video, audio))
-        write_audio(partial_audio, _fit_audio(wave, len(crops)), SAMPLING_RATE)
-        write_video(partial_video, crops, fps=FPS)
+        write_audio(partial_audio, fit_audio_to_video(wave, len(crops)), SAMPLING_RATE)
+        write_video(partial_video, crops, fps=VIDEO_FPS)
         os.replace(partial_audio, audio)
         os.replace(partial_video, video)  # last: an existing mp4 means the clip is complete
     except (MediaError, NoFaceError) as error:
@@ -272,7 +237,7 @@ def prepare_dataset(
         if clip.text is None:
             reject(clip, clip.problem)
         elif (clip_dir / f"{clip.relative}.mp4").is_file() and (clip_dir / f"{clip.relative}.wav").is_file():
-            frames[clip.relative] = _count_frames(clip_dir / f"{clip.relative}.mp4")
+            frames[clip.relative] = count_frames(clip_dir / f"{clip.relative}.mp4")
             summary.reused += 1
         else:
             todo.append(clip)
@@ -338,6 +303,15 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--detection-stride", type=int, default=1, help="run the face detector on every n-th frame only (default 1)"
     )
+    parser.add_argument(
+        "--save-to-disk",
+        metavar="DIR",
+        help="also write every split prepared for --dataset under --output-dir as a `datasets` dataset with the media "
+        "embedded (`load_from_disk(DIR)`, or the training script's --dataset_name DIR)",
+    )
+    parser.add_argument(
+        "--push-to-hub", metavar="USER/NAME", help="also push that dataset to this Hub repository (needs a login)"
+    )
     return parser.parse_args(argv)
 
 
@@ -367,6 +341,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped {path}: {reason}")
     if len(summary.skipped) > 5:
         print(f"... all {len(summary.skipped)} listed in {summary.skipped_file}")
+    if args.save_to_disk or args.push_to_hub:
+        from .hf_datasets import export_auto_avsr_dataset
+
+        label_files = {
+            path.stem[len(args.dataset) + 1 :]: path
+            for path in sorted(summary.label_file.parent.glob(f"{args.dataset}_*.csv"))
+        }
+        dataset = export_auto_avsr_dataset(
+            args.output_dir, label_files, args.save_to_disk, args.push_to_hub, tokenizer=_load_tokenizer(args.tokenizer)
+        )
+        targets = " and ".join(filter(None, (args.save_to_disk, args.push_to_hub)))
+        print(f"dataset {dict(dataset.num_rows)} written to {targets}")
     return 0
 
 

@@ -22,6 +22,7 @@ from transformers.image_utils import (
 )
 from transformers.processing_utils import Unpack, VideosKwargs
 
+from .media_constants import VIDEO_FPS
 from .media_io import MediaError, read_video
 
 
@@ -123,7 +124,7 @@ def _check_frame_rate(source: str, fps: float | None, frame_rate: float | None) 
         raise ValueError(f"{source}: video is {fps:g} fps, expected {frame_rate:g} fps (resample it first)")
 
 
-def to_video_tensor(item: Any, frame_rate: float | None = 25.0) -> torch.Tensor:
+def to_video_tensor(item: Any, frame_rate: float | None = VIDEO_FPS) -> torch.Tensor:
     """One video -> uint8 or float tensor `(T, C, H, W)`.
 
     `item`: array/tensor `(T, H, W, C)`, `(T, C, H, W)` (C in 1 or 3) or grayscale `(T, H, W)`; a file path (read with
@@ -176,7 +177,7 @@ class MMAVSRVideoProcessor(BaseVideoProcessor):
     do_convert_rgb = False
     do_sample_frames = False
     training = False
-    frame_rate = 25.0
+    frame_rate = float(VIDEO_FPS)
     vision_encoder = "resnet"
     valid_kwargs = MMAVSRVideoProcessorKwargs
     model_input_names = ["pixel_values_videos", "video_attention_mask"]

@@ -1,10 +1,21 @@
-"""Reading and writing mp4/wav files: round trips on real files and clear errors on bad ones."""
+"""Reading and writing mp4/wav files: round trips on real files and clear errors on bad ones; frame-rate conversion
+to 25 fps, audio fitted to the video, audio tracks of videos."""
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from mmavsr_processing.media_io import MediaError, read_audio, read_video, write_audio, write_video
+from mmavsr_processing.media_io import (
+    MediaError,
+    count_frames,
+    fit_audio_to_video,
+    read_audio,
+    read_audio_track,
+    read_video,
+    resample_frames,
+    write_audio,
+    write_video,
+)
 
 
 def _moving_square(num_frames=12, size=64):
@@ -113,3 +124,83 @@ def test_missing_and_corrupt_wav_name_the_file(tmp_path):
     bad.write_bytes(b"RIFF....WAVEjunk" * 10)
     with pytest.raises(MediaError, match="bad.wav: cannot read audio"):
         read_audio(bad)
+
+
+def _nearest_by_search(num_frames: int, fps: float) -> list[int]:
+    """The source frame nearest each 25 fps timestamp, found by comparing every timestamp (ties: the later frame)."""
+    count = int(np.floor(num_frames / fps * 25 + 0.5))
+    times = np.arange(num_frames) / fps
+    picks = []
+    for k in range(count):
+        distance = np.abs(times - k / 25)
+        picks.append(int(np.flatnonzero(distance <= distance.min() + 1e-9)[-1]))
+    return picks
+
+
+@pytest.mark.parametrize("fps", [12.5, 20, 24, 29.97, 30, 37.5, 48, 50, 59.94, 60])
+def test_frames_are_picked_by_nearest_timestamp(fps):
+    frames = np.arange(90)
+    assert resample_frames(frames, fps).tolist() == _nearest_by_search(len(frames), fps)
+
+
+def test_frame_rate_conversion_examples_and_errors():
+    frames = np.arange(10)[:, None, None].repeat(4, 1).repeat(4, 2).astype(np.uint8)
+    assert resample_frames(frames, 50.0)[:, 0, 0].tolist() == [0, 2, 4, 6, 8]
+    # 0.5 s at 20 fps: 12.5 frames at 25 fps, rounded half up; each the nearest, the last one clamped
+    assert resample_frames(frames, 20.0)[:, 0, 0].tolist() == [0, 1, 2, 2, 3, 4, 5, 6, 6, 7, 8, 9, 9]
+    assert resample_frames(np.arange(30), 30.0).tolist() == [0, 1, 2, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 16, 17] + [
+        18, 19, 20, 22, 23, 24, 25, 26, 28, 29
+    ]
+    assert resample_frames(frames, 25.0) is frames
+    assert resample_frames(frames, 30.0, target_fps=15.0)[:, 0, 0].tolist() == [0, 2, 4, 6, 8]
+    with pytest.raises(MediaError, match="clip.mp4: unknown frame rate"):
+        resample_frames(frames, 0.0, source="clip.mp4")
+    with pytest.raises(MediaError, match="clip.mp4: the video has no frame"):
+        resample_frames(frames[:0], 30.0, source="clip.mp4")
+
+
+def test_audio_is_cut_or_padded_to_640_samples_per_frame():
+    wave = np.linspace(-1, 1, 1000, dtype=np.float32)
+    padded = fit_audio_to_video(wave, 2)
+    assert padded.dtype == np.float32 and len(padded) == 1280
+    np.testing.assert_array_equal(padded[:1000], wave)
+    assert not padded[1000:].any()
+    np.testing.assert_array_equal(fit_audio_to_video(wave, 1), wave[:640])
+    assert len(fit_audio_to_video(wave, 3, sampling_rate=8000, fps=30)) == 800  # other rates: the same duration
+
+
+def test_one_second_at_30_fps_becomes_25_frames_and_16000_samples(tmp_path):
+    path = tmp_path / "clip.mp4"
+    rate = 44100
+    sound = (0.3 * np.sin(2 * np.pi * 300 * np.arange(rate) / rate)).astype(np.float32)
+    write_video(path, _moving_square(num_frames=30), fps=30, audio=sound, sampling_rate=rate)
+    frames, fps = read_video(path)
+    assert fps == pytest.approx(30) and count_frames(path) == 30
+    frames = resample_frames(frames, fps, source=path)
+    track = read_audio_track(path)  # converted to 16 kHz mono
+    assert len(frames) == 25 and abs(len(track) - 16000) < 2048  # AAC adds priming samples
+    assert len(fit_audio_to_video(track, len(frames))) == 16000
+
+
+def test_audio_track_of_a_video_follows_read_audios_rules(tmp_path):
+    rate = 44100
+    sound = (0.3 * np.sin(2 * np.pi * 300 * np.arange(rate // 2) / rate)).astype(np.float32)
+    path, silent = tmp_path / "talk.mp4", tmp_path / "silent.mp4"
+    write_video(path, _moving_square(), audio=sound, sampling_rate=rate)
+    write_video(silent, _moving_square())
+    with pytest.raises(MediaError, match=r"talk.mp4: sampling rate is 44100 Hz, expected 16000 Hz"):
+        read_audio(path)  # a video's sound is audio at its own rate, refused unless resampled
+    wave = read_audio(path, resample=True)
+    np.testing.assert_array_equal(wave, read_audio_track(path))
+    assert abs(len(wave) - 8000) < 2048 and 0.2 < np.abs(wave).max() < 0.4
+    assert read_audio_track(silent) is None
+    with pytest.raises(MediaError, match="silent.mp4: the video has no audio track"):
+        read_audio(silent, resample=True)
+    with pytest.raises(MediaError, match="gone.mp4: file not found"):
+        read_audio_track(tmp_path / "gone.mp4")
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"not a video at all " * 64)
+    with pytest.raises(MediaError, match="garbage.mp4: cannot decode the audio track"):
+        read_audio_track(garbage)
+    with pytest.raises(MediaError, match="garbage.mp4: cannot decode video"):
+        count_frames(garbage)

@@ -3,6 +3,7 @@
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from transformers import pipeline
 from transformers.pipelines.automatic_speech_recognition import (
@@ -11,9 +12,8 @@ from transformers.pipelines.automatic_speech_recognition import (
 )
 
 from mmavsr_processing import MMAVSRProcessor, read_video, write_audio, write_video
-from mmavsr_processing.media_io import resample_audio
+from mmavsr_processing.media_io import fit_audio_to_video, read_audio_track, resample_audio
 from modeling_mmavsr import MMAVSRForConditionalGeneration, MMAVSRSpeechRecognitionPipeline
-from modeling_mmavsr.pipeline_mmavsr import fit_audio_to_video, read_audio_track, resample_frames
 
 from .common import tiny_config
 
@@ -199,13 +199,61 @@ def test_real_mouth_cropper_on_a_real_face(folders):
 
 
 def test_frame_rates_are_brought_to_25_fps(folders, tmp_path):
-    frames = np.arange(10)[:, None, None].repeat(4, 1).repeat(4, 2).astype(np.uint8)
-    assert resample_frames(frames, 50.0)[:, 0, 0].tolist() == [0, 2, 4, 6, 8]
-    assert resample_frames(frames, 20.0)[:, 0, 0].tolist() == [0, 0, 1, 2, 3, 4, 4, 5, 6, 7, 8, 8]
-    assert resample_frames(frames, 25.0) is frames
     clip = np.random.default_rng(5).integers(0, 256, (2 * FRAMES, 96, 96, 3), dtype=np.uint8)
     write_video(tmp_path / "fast.mp4", clip, fps=50)
     vsr = pipeline("audio-visual-speech-recognition", model=folders["video"])
     decoded, fps = read_video(tmp_path / "fast.mp4")
     assert fps == 50
     assert vsr(str(tmp_path / "fast.mp4"))["text"] == vsr(decoded[::2])["text"]
+
+
+class CentreMouth:
+    """A mouth detector for frames of one grey level: the mouth is at the centre, the face half the frame wide."""
+
+    def __call__(self, frame):
+        from mmavsr_processing.mouth_cropping import MouthLocation
+
+        height, width = frame.shape[:2]
+        return MouthLocation(x=width / 2, y=height / 2, face_width=width / 2)
+
+
+def frame_numbers(grey_levels) -> list[int]:
+    """Frame i of the clips below is uniformly grey at level 8 * i: the number of each frame from its mean level."""
+    return [int(round(float(level) / 8)) for level in grey_levels]
+
+
+@pytest.mark.parametrize("fps", [30.0, 29.97])
+def test_pipeline_and_prepare_pick_the_same_frames(folders, tmp_path, monkeypatch, fps):
+    """Inference and data preparation bring a 1 s clip to 25 fps the same way (the frame nearest each 25 fps
+    timestamp) and give its audio 640 samples a frame."""
+    from mmavsr_processing import prepare
+    from mmavsr_processing.mouth_cropping import MouthCropper
+
+    rate = 44100
+    frames = np.repeat(np.arange(0, 240, 8, dtype=np.uint8), 192 * 192 * 3).reshape(30, 192, 192, 3)
+    sound = (0.3 * np.sin(2 * np.pi * 300 * np.arange(int(30 / fps * rate)) / rate)).astype(np.float32)
+    write_video(tmp_path / "raw/spk/clip.mp4", frames, fps=fps, audio=sound, sampling_rate=rate)
+    (tmp_path / "raw/spk/clip.txt").write_text("HELLO\n")
+    nearest = [0, 1, 2, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 16, 17, 18, 19, 20, 22, 23, 24, 25, 26, 28, 29]
+
+    avsr = pipeline(
+        "audio-visual-speech-recognition",
+        model=folders["audiovisual"],
+        mouth_cropper=MouthCropper(detector=CentreMouth()),
+    )
+    (inputs,) = avsr.preprocess(str(tmp_path / "raw/spk/clip.mp4"))
+    pixels = inputs["pixel_values_videos"][0, :, 0]  # (T, 88, 88), normalised grey
+    video_processor = avsr.video_processor
+    levels = (pixels.mean((1, 2)) * video_processor.image_std[0] + video_processor.image_mean[0]) * 255
+    assert frame_numbers(levels) == nearest
+    assert inputs["input_features"].shape == (1, 16000)
+
+    monkeypatch.setattr(
+        prepare, "MouthCropper", lambda detection_stride: MouthCropper(detector=CentreMouth(), detection_stride=1)
+    )
+    summary = prepare.prepare_dataset(tmp_path / "raw", tmp_path / "out", "demo", split="test")
+    assert summary.written == 1
+    prepared, prepared_fps = read_video(tmp_path / "out/demo/test/spk/clip.mp4")
+    assert prepared_fps == 25
+    assert frame_numbers(prepared[..., 0].mean((1, 2))) == nearest
+    assert sf.info(str(tmp_path / "out/demo/test/spk/clip.wav")).frames == 16000

@@ -53,16 +53,16 @@ def test_round_trip_through_load_auto_avsr_dataset(raw, tmp_path):
     label_file = out / "labels" / "lrs3_test.csv"
     rows = list(csv.reader(label_file.open()))
     assert [row[:3] for row in rows] == [
-        ["lrs3", "test/spk0/00001.mp4", "12"],  # 15 frames at 30 fps -> 12 at 25 fps
+        ["lrs3", "test/spk0/00001.mp4", "13"],  # 15 frames at 30 fps (0.5 s) -> 12.5 at 25 fps, rounded half up
         ["lrs3", "test/spk1/00002.mp4", "12"],
     ]
     dataset = load_auto_avsr_dataset(out, label_file)
     assert dataset["text"] == list(TEXTS.values())
-    for row in dataset:
+    for row, frames in zip(dataset, (13, 12)):
         video = row["video"].get_frames_in_range(0, row["num_frames"]).data  # (T, C, H, W)
-        assert tuple(video.shape) == (12, 3, 96, 96)
+        assert tuple(video.shape) == (frames, 3, 96, 96)
         audio = row["audio"].get_all_samples()
-        assert audio.sample_rate == 16000 and audio.data.shape == (1, 12 * 640)
+        assert audio.sample_rate == 16000 and audio.data.shape == (1, frames * 640)
     wave, rate = sf.read(out / "lrs3/test/spk0/00001.wav")
     assert rate == 16000 and 0.2 < np.abs(wave).max() < 0.4  # the tone, resampled from 44.1 kHz
     # the mp4 holds the mouth: like the still photograph's mouth region
