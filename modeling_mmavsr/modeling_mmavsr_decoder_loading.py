@@ -10,7 +10,13 @@ import os
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, WhisperForConditionalGeneration
 
 from .configuration_mmavsr import DEFAULT_INSTRUCTIONS
-from .modeling_mmavsr_lora import can_quantize_4bit, qlora_quantization_config
+from .modeling_mmavsr_lora import (
+    qlora_compute_dtype,
+    qlora_device,
+    qlora_quantization_config,
+    quantize_linear_layers_4bit,
+    require_bitsandbytes,
+)
 
 
 WHISPER_TRANSCRIBE_PROMPT = ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")
@@ -86,10 +92,34 @@ def pretrained_decoder_settings(
     }
 
 
+def load_pretrained_llm(decoder_model_name: str, load_in_4bit: bool = False, **kwargs):
+    """The pretrained causal LM (`AutoModelForCausalLM`); with `load_in_4bit`, its decoder's linear layers in NF4
+    4-bit (`qlora_quantization_config()`) on `qlora_device()`, the rest in the compute dtype there.
+
+    A Hub id or folder is quantized while loading (`quantization_config`); a GGUF file, which transformers cannot
+    combine with bitsandbytes, is dequantized and then quantized in memory (`quantize_linear_layers_4bit`, the same
+    NF4 weights as the `quantization_config` route, after a full-precision copy of the LLM in CPU memory)."""
+    location = _location(decoder_model_name)
+    if not load_in_4bit:
+        return AutoModelForCausalLM.from_pretrained(**location, **kwargs)
+    require_bitsandbytes()
+    device = qlora_device()
+    dtype = qlora_compute_dtype(device)
+    kwargs.setdefault("dtype", dtype)
+    if "gguf_file" in location:
+        causal_lm = AutoModelForCausalLM.from_pretrained(**location, **kwargs)
+        quantize_linear_layers_4bit(causal_lm.get_decoder(), device, dtype)
+        causal_lm.get_output_embeddings().to(device=device, dtype=dtype)
+        return causal_lm
+    kwargs.setdefault("quantization_config", qlora_quantization_config(dtype))
+    kwargs.setdefault("device_map", {"": device.index} if device.type == "cuda" else "cpu")
+    return AutoModelForCausalLM.from_pretrained(**location, **kwargs)
+
+
 def load_pretrained_decoder(model, decoder_model_name: str, **kwargs) -> None:
     """Put the pretrained decoder's weights into `model` (built from `pretrained_decoder_settings`' config): the LLM
-    and its output layer (in 4-bit NF4 when `config.use_qlora` and CUDA exist, then LoRA is added), or Whisper's
-    decoder and `proj_out`. `kwargs` go to `from_pretrained` (e.g. `dtype`)."""
+    and its output layer (in 4-bit NF4 when `config.use_qlora`, `load_pretrained_llm`), or Whisper's decoder and
+    `proj_out`. Adds no adapters (`apply_adapter_config` does). `kwargs` go to `from_pretrained` (e.g. `dtype`)."""
     config = model.config
     if config.decoder_type == "whisper-decoder":
         whisper = WhisperForConditionalGeneration.from_pretrained(**_location(decoder_model_name), **kwargs)
@@ -100,15 +130,10 @@ def load_pretrained_decoder(model, decoder_model_name: str, **kwargs) -> None:
         raise ValueError(
             f"decoder_type={config.decoder_type!r} has no pretrained weights to load; use 'llm' or 'whisper-decoder'."
         )
-    if config.use_qlora and can_quantize_4bit():
-        kwargs.setdefault("quantization_config", qlora_quantization_config())
-        kwargs.setdefault("device_map", {"": 0})
-    causal_lm = AutoModelForCausalLM.from_pretrained(**_location(decoder_model_name), **kwargs)
+    causal_lm = load_pretrained_llm(decoder_model_name, load_in_4bit=config.use_qlora, **kwargs)
     model.model.decoder.language_model = causal_lm.get_decoder()
     model.lm_head = causal_lm.get_output_embeddings()
     model.tie_weights()
-    if config.use_qlora:
-        model.add_lora()
 
 
 __all__ = [
@@ -116,5 +141,6 @@ __all__ = [
     "llm_prompt_ids",
     "set_instruction",
     "pretrained_decoder_settings",
+    "load_pretrained_llm",
     "load_pretrained_decoder",
 ]

@@ -1,14 +1,32 @@
 """LoRA and QLoRA for the LLM decoder: adapters through peft, 4-bit NF4 base weights through bitsandbytes.
 
-Only the LLM is adapted. Its base weights (and `lm_head`) are frozen; every other part (encoders, fusion, Conformer,
-projector, CTC head) keeps its full precision and the trainability it had before the adapters were added.
-`save_pretrained` writes the adapter (`adapter_config.json`, `adapter_model.safetensors`) beside the base weights
-(`model.safetensors`, without LoRA tensors), so `from_pretrained` on that folder gives the same model back.
+Two explicit options of `MMAVSRConfig`, for `decoder_type="llm"` only and never both:
+
+- `use_qlora`: the LLM's linear layers hold NF4 4-bit weights (double quantization; compute in bf16 on a CUDA device
+  with bf16, float16 on other CUDA devices, float32 on the CPU), frozen, with LoRA adapters on top. bitsandbytes runs
+  this on the CPU as on CUDA; without bitsandbytes it stops with an ImportError naming `pip install "mmavsr[llm]"`.
+- `use_lora`: the same adapters over the LLM's full-precision weights.
+
+Every way of making a model honours them: the constructor (a randomly initialised LLM is quantized as it is: QLoRA
+always means 4-bit), `from_pretrained_components` (the pretrained LLM loaded in 4-bit, then the adapters) and
+`from_pretrained` (the saved adapters over the same 4-bit base). The LLM's base weights and `lm_head` are frozen;
+every other part (encoders, fusion, Conformer, projector, CTC head) keeps its full precision and the trainability it
+had before the adapters were added.
+
+`save_pretrained` writes the adapter (`adapter_config.json`, `adapter_model.safetensors`) and the weights outside the
+LLM (`model.safetensors`). The LLM's frozen base weights are left out when `decoder_model_name` names where they come
+from: `from_pretrained` loads them from there again (for QLoRA the same NF4 weights: quantization is deterministic).
+A LoRA model with a randomly initialised LLM saves its full-precision base; a QLoRA one has no source to reload its
+base from and refuses to save. `merge_lora()` folds the adapters into a full-precision copy of the LLM's weights (a
+4-bit base is dequantized first, so the merged model computes what the adapters computed).
 """
 
+import contextlib
+import contextvars
+import importlib
 import importlib.util
+import json
 import re
-import warnings
 
 import torch
 from torch import nn
@@ -18,36 +36,110 @@ from transformers import BitsAndBytesConfig
 LLM_PREFIX = "model.decoder.language_model"
 # Llama-style attention and MLP projections
 DEFAULT_LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# `llm_int8_skip_modules` replaces transformers' default skip list: every part outside the LLM stays unquantized
-QLORA_SKIP_MODULES = ["lm_head", "ctc_head", "model.encoder", "model.decoder.projector"]
+LLM_EXTRA = 'pip install "mmavsr[llm]"'
+# set while `from_pretrained` / `from_pretrained_components` build a model: the adapters come after the weights
+_ADAPTERS_DEFERRED = contextvars.ContextVar("mmavsr_adapters_deferred", default=None)
 
 
-def can_quantize_4bit() -> bool:
-    """4-bit NF4 needs a CUDA device and bitsandbytes."""
-    return torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
-
-
-def qlora_quantization_config() -> BitsAndBytesConfig:
-    """NF4 with double quantization and bf16 compute for the LLM; everything else left in full precision."""
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
-        llm_int8_skip_modules=list(QLORA_SKIP_MODULES),
-    )
-
-
-def import_optional(name: str):
+def import_optional(name: str, purpose: str = "LoRA / QLoRA"):
     """peft and bitsandbytes, imported only where LoRA / 4-bit is used (through importlib, so that a model exported
     with `trust_remote_code` does not make them requirements of every user); a clear message when missing."""
     try:
         return importlib.import_module(name)
     except ImportError as error:
         package = name.split(".")[0]
-        raise ImportError(
-            f"LoRA / QLoRA needs `{package}`: pip install 'mmavsr[llm]' (or pip install {package})."
-        ) from error
+        raise ImportError(f"{purpose} needs `{package}`, which is not installed: {LLM_EXTRA} (or pip install {package}).") from error
+
+
+def require_bitsandbytes():
+    """bitsandbytes, or an ImportError naming the extra to install and the full-precision alternative."""
+    return import_optional(
+        "bitsandbytes",
+        "use_qlora=True (the LLM in 4-bit NF4; for LoRA over full-precision weights set use_lora=True instead)",
+    )
+
+
+def can_quantize_4bit() -> bool:
+    """bitsandbytes is installed (it runs NF4 on the CPU and on CUDA)."""
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def qlora_device() -> torch.device:
+    """Where a 4-bit LLM is quantized and kept: the current CUDA device if there is one, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def qlora_compute_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on a CUDA device with bf16, float16 on older CUDA devices, float32 on the CPU (bitsandbytes' CPU kernels
+    dequantize to the compute dtype; float32 keeps the rest of a CPU model in one dtype)."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def qlora_quantization_config(compute_dtype: torch.dtype | None = None) -> BitsAndBytesConfig:
+    """NF4 with double quantization for a causal LM loaded alone (`lm_head` stays in full precision)."""
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype or qlora_compute_dtype(qlora_device()),
+        llm_int8_skip_modules=["lm_head"],
+    )
+
+
+def quantize_linear_layers_4bit(
+    module: nn.Module, device: str | torch.device | None = None, compute_dtype: torch.dtype | None = None
+) -> None:
+    """Replace every `nn.Linear` of `module` by a bitsandbytes NF4 `Linear4bit` (double quantization) on `device`
+    (default `qlora_device()`), in place; the other parameters and buffers go to `device`, floating parameters in the
+    compute dtype. Weights are cast to the compute dtype and quantized exactly as `from_pretrained` with
+    `qlora_quantization_config()` does, so both give the same 4-bit weights. Weights on the meta device (a model
+    built without memory, benchmarks) become random normal(0, 0.02) weights on `device` first."""
+    bnb = require_bitsandbytes()
+    device = torch.device(device) if device is not None else qlora_device()
+    compute_dtype = compute_dtype or qlora_compute_dtype(device)
+    for name, linear in list(module.named_modules()):
+        if not isinstance(linear, nn.Linear):
+            continue
+        quantized = bnb.nn.Linear4bit(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            compute_dtype=compute_dtype,
+            compress_statistics=True,
+            quant_type="nf4",
+            device="meta",
+        )
+        weight = linear.weight.data
+        if weight.is_meta:
+            weight = torch.empty(weight.shape, dtype=compute_dtype, device=device).normal_(0.0, 0.02)
+        quantized.weight = bnb.nn.Params4bit(
+            weight.to(compute_dtype), requires_grad=False, compress_statistics=True, quant_type="nf4"
+        )
+        if linear.bias is not None:
+            bias = torch.zeros(linear.bias.shape) if linear.bias.is_meta else linear.bias.data
+            quantized.bias = nn.Parameter(bias.to(compute_dtype), requires_grad=False)
+        parent, _, child = name.rpartition(".")
+        setattr(module.get_submodule(parent) if parent else module, child, quantized.to(device))  # quantizes
+    for param in module.parameters():
+        if not isinstance(param, bnb.nn.Params4bit) and not param.is_meta:
+            dtype = compute_dtype if param.is_floating_point() else param.dtype
+            param.data = param.data.to(device=device, dtype=dtype)
+    for buffer_name, buffer in list(module.named_buffers()):
+        if buffer is not None and not buffer.is_meta and buffer.device != device:
+            owner, _, leaf = buffer_name.rpartition(".")
+            (module.get_submodule(owner) if owner else module)._buffers[leaf] = buffer.to(device)
+
+
+def quantize_llm_4bit(model: nn.Module, device: str | torch.device | None = None) -> None:
+    """The model's LLM in 4-bit NF4 (`quantize_linear_layers_4bit` on `model.decoder.language_model`); an untied
+    `lm_head` moves to the same device and stays in full precision."""
+    quantize_linear_layers_4bit(model.get_submodule(LLM_PREFIX), device)
+    language_model = model.get_submodule(LLM_PREFIX)
+    target = next(p.device for p in language_model.parameters())
+    if not model.lm_head.weight.is_meta:
+        model.lm_head.to(target)
 
 
 def lora_config_for(config):
@@ -66,45 +158,6 @@ def lora_config_for(config):
     )
 
 
-def quantize_llm_4bit(model: nn.Module, device: str | torch.device = "cuda") -> None:
-    """Replace every `nn.Linear` of the model's LLM by a bitsandbytes NF4 `Linear4bit` on `device` (bf16 compute);
-    the LLM's other weights (embeddings, norms) go to `device` in bf16. Needs CUDA and bitsandbytes."""
-    bnb = import_optional("bitsandbytes")
-
-    language_model = model.get_submodule(LLM_PREFIX)
-    for name, module in list(language_model.named_modules()):
-        if not isinstance(module, nn.Linear):
-            continue
-        quantized = bnb.nn.Linear4bit(
-            module.in_features,
-            module.out_features,
-            bias=module.bias is not None,
-            compute_dtype=torch.bfloat16,
-            compress_statistics=True,
-            quant_type="nf4",
-            device="meta",
-        )
-        weight = module.weight.data
-        if weight.is_meta:  # a model built on the meta device: random weights, made on `device` (benchmarks)
-            weight = torch.empty(weight.shape, dtype=torch.bfloat16, device=device).normal_(0.0, 0.02)
-        quantized.weight = bnb.nn.Params4bit(
-            weight.to(torch.bfloat16), requires_grad=False, compress_statistics=True, quant_type="nf4"
-        )
-        if module.bias is not None:
-            bias = torch.zeros(module.bias.shape, device=device) if module.bias.is_meta else module.bias.data
-            quantized.bias = nn.Parameter(bias.to(torch.bfloat16), requires_grad=False)
-        parent, _, child = name.rpartition(".")
-        setattr(language_model.get_submodule(parent) if parent else language_model, child, quantized.to(device))
-    for param in language_model.parameters():
-        if not isinstance(param, bnb.nn.Params4bit) and not param.is_meta:
-            param.data = param.data.to(device=device, dtype=torch.bfloat16)
-    for buffer_name, buffer in list(language_model.named_buffers()):
-        if not buffer.is_meta and buffer.device != torch.device(device):
-            owner, _, leaf = buffer_name.rpartition(".")
-            target = language_model.get_submodule(owner) if owner else language_model
-            target._buffers[leaf] = buffer.to(device)
-
-
 def _is_llm_base(name: str) -> bool:
     return (name.startswith(f"{LLM_PREFIX}.") or name.startswith("lm_head.")) and "lora_" not in name
 
@@ -114,36 +167,118 @@ def _without_lora(state_dict: dict) -> dict:
     return {k.replace(".base_layer.", "."): v for k, v in state_dict.items() if "lora_" not in k}
 
 
+def _dequantized_linear(layer: nn.Module) -> nn.Linear:
+    """A full-precision `nn.Linear` holding a bitsandbytes `Linear4bit`'s dequantized weight (and its bias)."""
+    bnb = require_bitsandbytes()
+    state = layer.weight.quant_state
+    weight = bnb.functional.dequantize_4bit(layer.weight.data, state)
+    dense = nn.Linear(
+        layer.in_features, layer.out_features, bias=layer.bias is not None, device=weight.device, dtype=weight.dtype
+    )
+    dense.weight = nn.Parameter(weight, requires_grad=False)
+    if layer.bias is not None:
+        dense.bias = nn.Parameter(layer.bias.data.to(weight.dtype), requires_grad=False)
+    return dense
+
+
+def _is_4bit(module: nn.Module) -> bool:
+    return type(module).__name__ == "Linear4bit" and type(module).__module__.startswith("bitsandbytes")
+
+
+def _checkpoint_keys(pretrained_model_name_or_path, **download_kwargs) -> set[str] | None:
+    """The weight names of a `save_pretrained` folder (model.safetensors or its shard index), or None when it has
+    neither (e.g. `pytorch_model.bin`)."""
+    from safetensors import safe_open
+    from transformers.utils import cached_file
+
+    options = dict(_raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False)
+    for key in ("cache_dir", "revision", "token", "local_files_only", "subfolder"):
+        if download_kwargs.get(key) is not None:
+            options[key] = download_kwargs[key]
+    index = cached_file(pretrained_model_name_or_path, "model.safetensors.index.json", **options)
+    if index is not None:
+        with open(index, encoding="utf-8") as file:
+            return set(json.load(file)["weight_map"])
+    single = cached_file(pretrained_model_name_or_path, "model.safetensors", **options)
+    if single is None:
+        return None
+    with safe_open(single, framework="pt") as file:
+        return set(file.keys())
+
+
+class _DeferredAdapterInfo:
+    """What a deferred `load_adapter` gives `from_pretrained(..., output_loading_info=True)`: nothing missing yet."""
+
+    def to_dict(self) -> dict:
+        return {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+
+
+@contextlib.contextmanager
+def adapters_deferred():
+    """Within it, building an MMAVSR model adds no adapters (and quantizes nothing): a loading path adds them after
+    putting the weights in (`apply_adapter_config`). Yields a dict where a deferred `load_adapter` call is kept."""
+    pending = {}
+    token = _ADAPTERS_DEFERRED.set(pending)
+    try:
+        yield pending
+    finally:
+        _ADAPTERS_DEFERRED.reset(token)
+
+
 class MMAVSRLoraMixin:
-    """`add_lora()`, `merge_lora()` and adapter-aware `save_pretrained` / `from_pretrained` for the LLM decoder."""
+    """`use_qlora` / `use_lora` on every path; `add_lora()`, `merge_lora()` and adapter-aware `save_pretrained` /
+    `from_pretrained` for the LLM decoder."""
+
+    @property
+    def uses_adapters(self) -> bool:
+        return bool(self.config.use_qlora or self.config.use_lora)
+
+    def post_init(self):
+        super().post_init()
+        if _ADAPTERS_DEFERRED.get() is not None:
+            if self.uses_adapters and self.config.decoder_model_name:
+                # a saved adapter model may leave out the LLM's base weights: they are loaded from decoder_model_name
+                self._keys_to_ignore_on_load_missing |= {rf"^{re.escape(LLM_PREFIX)}\.", r"^lm_head\."}
+            return
+        self.apply_adapter_config()
+
+    def apply_adapter_config(self) -> None:
+        """What `use_qlora` / `use_lora` ask for, on the LLM this model holds: for QLoRA the LLM quantized to 4-bit
+        NF4 (unless it is already), then fresh LoRA adapters; nothing without either option."""
+        if not self.uses_adapters or getattr(self, "_hf_peft_config_loaded", False):
+            return
+        if self.config.use_qlora and not self.is_llm_quantized:
+            require_bitsandbytes()
+            quantize_llm_4bit(self)
+        self.add_lora()
 
     def add_lora(self) -> None:
-        """Add fresh LoRA adapters (the config's `qlora_*` settings) to the LLM and freeze its base weights.
-
-        The base is expected in 4-bit already where CUDA exists (`from_pretrained_components(use_qlora=True)`,
-        `quantize_llm_4bit`); without CUDA the adapters train over full-precision weights, with a warning.
-        """
+        """Add fresh LoRA adapters (the config's `qlora_*` settings) to the LLM and freeze its base weights. Over a
+        4-bit LLM this is QLoRA (`config.use_qlora`), over a full-precision one plain LoRA (`config.use_lora`)."""
         if self.config.decoder_type != "llm":
             raise ValueError(f"LoRA adapts an LLM decoder; this model has decoder_type={self.config.decoder_type!r}.")
         if getattr(self, "_hf_peft_config_loaded", False):
             raise ValueError("This model already has LoRA adapters.")
-        if not self.is_llm_quantized:
-            warnings.warn(
-                "use_qlora: the LLM is not quantized (no CUDA device or no bitsandbytes, or it was built in full "
-                "precision): LoRA adapters are trained over its full-precision weights.",
-                UserWarning,
-                stacklevel=2,
+        if self.config.use_qlora and not self.is_llm_quantized:
+            raise ValueError(
+                "use_qlora=True, but the LLM is in full precision: quantize it first (`quantize_llm_4bit(model)`), "
+                "or set use_lora=True for LoRA over full-precision weights."
             )
         trainable = {name: p.requires_grad for name, p in self.named_parameters()}
         self.add_adapter(lora_config_for(self.config))
         self._set_lora_trainability(trainable)
-        self.config.use_qlora = True
+        quantized = self.is_llm_quantized
+        self.config.use_qlora, self.config.use_lora = quantized, not quantized
 
     @property
     def is_llm_quantized(self) -> bool:
-        """True when the LLM's linear layers hold 4-bit weights."""
-        language_model = self.get_submodule(LLM_PREFIX)
-        return any(type(m).__name__ == "Linear4bit" for m in language_model.modules())
+        """True when the LLM's linear layers hold bitsandbytes 4-bit weights."""
+        return any(_is_4bit(m) for m in self.get_submodule(LLM_PREFIX).modules())
+
+    @property
+    def is_loaded_in_4bit(self) -> bool:
+        # peft wraps 4-bit layers in its own 4-bit LoRA layers only when the model says so
+        return self.is_llm_quantized
 
     def _set_lora_trainability(self, trainable: dict[str, bool]) -> None:
         """LoRA weights train, the LLM base and lm_head do not, the rest keeps its previous `requires_grad`."""
@@ -156,57 +291,112 @@ class MMAVSRLoraMixin:
                 param.requires_grad_(trainable.get(name, True))
 
     def merge_lora(self) -> None:
-        """Fold the adapters into the LLM's weights and remove them (for export); the config no longer uses LoRA.
-        A 4-bit base is dequantized, merged and quantized again: merge in full precision for an exact export."""
+        """Fold the adapters into the LLM's weights and remove them (for inference or export). A 4-bit base is
+        dequantized first and the merged weights stay in full precision (the compute dtype), so the merged model
+        computes what the adapters computed; the config then asks for neither LoRA nor QLoRA."""
         BaseTunerLayer = import_optional("peft.tuners.tuners_utils").BaseTunerLayer
 
         if not getattr(self, "_hf_peft_config_loaded", False):
             raise ValueError("This model has no LoRA adapters to merge.")
         for name, module in list(self.named_modules()):
-            if isinstance(module, BaseTunerLayer):
+            if not isinstance(module, BaseTunerLayer):
+                continue
+            base = module.get_base_layer()
+            if _is_4bit(base):
+                merged = _dequantized_linear(base)
+                with torch.no_grad():
+                    for adapter in module.active_adapters:
+                        merged.weight += module.get_delta_weight(adapter).to(merged.weight.dtype)
+            else:
                 module.merge()
-                parent, _, child = name.rpartition(".")
-                setattr(self.get_submodule(parent), child, module.get_base_layer())
+                merged = base
+            parent, _, child = name.rpartition(".")
+            setattr(self.get_submodule(parent), child, merged)
         self._hf_peft_config_loaded = False
         self.peft_config = {}
         self._weight_conversions = None  # load_adapter's key renaming (`base_model.model.` prefix) is moot now
-        self.config.use_qlora = False
+        self.config.use_qlora = self.config.use_lora = False
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """With adapters: the adapter files, then the base model without LoRA tensors, in the same folder."""
+        """With adapters: the adapter files, then the weights without LoRA tensors in the same folder; the LLM's base
+        weights only when `decoder_model_name` cannot give them back."""
         if not getattr(self, "_hf_peft_config_loaded", False):
             return super().save_pretrained(save_directory, *args, **kwargs)
+        reloadable = self.config.decoder_model_name is not None
+        if self.config.use_qlora and not reloadable:
+            raise ValueError(
+                "This QLoRA model's 4-bit LLM was randomly initialised (config.decoder_model_name is None), so "
+                "from_pretrained would have nothing to load its base weights from. Build it with "
+                "from_pretrained_components(decoder_type='llm', decoder_model_name=...), or call merge_lora() first to "
+                "save a full-precision model."
+            )
         kwargs.pop("state_dict", None)
         adapter_name = self.active_adapters()[0]
         self.peft_config[adapter_name].base_model_name_or_path = str(save_directory)
         super().save_pretrained(save_directory, *args, **kwargs)
+        state_dict = _without_lora(self.state_dict())
+        if reloadable:
+            state_dict = {k: v for k, v in state_dict.items() if not _is_llm_base(k)}
         self._hf_peft_config_loaded = False
         try:
             # our own key names, without the adapter loader's renaming
             kwargs["save_original_format"] = False
-            super().save_pretrained(save_directory, *args, state_dict=_without_lora(self.state_dict()), **kwargs)
+            super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
         finally:
             self._hf_peft_config_loaded = True
 
+    def load_adapter(self, *args, **kwargs):
+        pending = _ADAPTERS_DEFERRED.get()
+        if pending is not None and "adapter" not in pending:
+            # transformers' from_pretrained loads a folder's adapter right after the weights; the base LLM may still
+            # have to be loaded or quantized first (`from_pretrained` below replays this call)
+            pending["adapter"] = (args, kwargs)
+            return _DeferredAdapterInfo()
+        return super().load_adapter(*args, **kwargs)
+
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """Loads the base model and, when the folder holds one, its LoRA adapter (transformers' peft integration);
-        a `use_qlora` config without saved adapters gets fresh ones."""
-        loaded = super().from_pretrained(*args, **kwargs)
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """The saved model; with `use_qlora` / `use_lora`, its LLM base (from the folder, or from
+        `decoder_model_name` where the folder leaves it out; in 4-bit for QLoRA) and then its saved adapter, or fresh
+        adapters when the folder has none."""
+        with adapters_deferred() as pending:
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
-        if model.config.use_qlora:
-            if getattr(model, "_hf_peft_config_loaded", False):
-                model._set_lora_trainability({})
-            else:
-                model.add_lora()
+        config = model.config
+        if model.uses_adapters:
+            saved = _checkpoint_keys(pretrained_model_name_or_path, **kwargs)
+            base_saved = saved is None or any(k.startswith(f"{LLM_PREFIX}.") for k in saved)
+            if not base_saved:
+                if config.decoder_model_name is None:
+                    raise ValueError(
+                        f"{pretrained_model_name_or_path}: the folder holds no LLM weights and its config names no "
+                        "`decoder_model_name` to load them from."
+                    )
+                from .modeling_mmavsr_decoder_loading import load_pretrained_decoder
+
+                load_pretrained_decoder(model, config.decoder_model_name)
+            if config.use_qlora and not model.is_llm_quantized:
+                require_bitsandbytes()
+                quantize_llm_4bit(model)
+        if "adapter" in pending:
+            trainable = {name: p.requires_grad for name, p in model.named_parameters()}
+            adapter_args, adapter_kwargs = pending["adapter"]
+            model.load_adapter(*adapter_args, **adapter_kwargs)
+            model._set_lora_trainability(trainable)
+        else:
+            model.apply_adapter_config()
         return loaded
 
 
 __all__ = [
     "MMAVSRLoraMixin",
+    "adapters_deferred",
     "can_quantize_4bit",
     "lora_config_for",
+    "qlora_compute_dtype",
+    "qlora_device",
     "qlora_quantization_config",
+    "quantize_linear_layers_4bit",
     "quantize_llm_4bit",
-    "QLORA_SKIP_MODULES",
+    "require_bitsandbytes",
 ]
