@@ -9,6 +9,10 @@ decoder's attention heads leave no trace in the shapes: `--decoder-attention-hea
 released models). State-dict keys may carry Lightning's `model.` prefix, and a Lightning checkpoint (`state_dict`
 inside) is accepted. The checkpoint is read with `torch.load(weights_only=True)`: files that need arbitrary pickled
 objects are refused.
+
+The folder also gets the processor with auto_avsr's test-time transforms (video processor, feature extractor and
+the unigram5000 tokenizer), so that `AutoProcessor.from_pretrained(OUTPUT_DIR)` and
+`pipeline("audio-visual-speech-recognition" / "automatic-speech-recognition", model=OUTPUT_DIR)` work on it.
 """
 
 import argparse
@@ -248,13 +252,19 @@ def convert_auto_avsr_state_dict(
     return config, converted
 
 
-def _auto_avsr_tokenizer():
-    """auto_avsr's unigram5000 tokenizer when the processing package is installed, else None."""
+def auto_avsr_processor():
+    """auto_avsr's test-time transforms and vocabulary as an `MMAVSRProcessor`, or None when the processing package
+    (`mmavsr_processing`) is not installed.
+
+    Video (auto_avsr's `VideoTransform("test")`): the 96x96 mouth ROI centre-cropped to 88x88, grayscale, scaled to
+    [0, 1] and normalised with mean 0.421 and std 0.165. Audio (`AudioTransform("test")`): the 16 kHz wave normalised
+    over the utterance to zero mean and unit variance (its layer norm). Text: the unigram5000 tokenizer.
+    `tests/test_convert_auto_avsr.py` checks both transforms against auto_avsr's own outputs."""
     try:
-        from mmavsr_processing.tokenization_mmavsr import MMAVSRTokenizer
+        from mmavsr_processing import MMAVSRProcessor
     except ImportError:
         return None
-    return MMAVSRTokenizer.from_auto_avsr()
+    return MMAVSRProcessor.from_auto_avsr(vision_encoder="resnet", feature_type="raw", do_normalize=True)
 
 
 def convert_checkpoint(
@@ -263,7 +273,12 @@ def convert_checkpoint(
     attention_heads: int | None = None,
     decoder_attention_heads: int | None = None,
 ) -> MMAVSRForConditionalGeneration:
-    """Convert `checkpoint` and write `save_pretrained` files (safetensors) plus the tokenizer into `output_dir`."""
+    """Convert `checkpoint` and write `save_pretrained` files (safetensors) and the processor into `output_dir`.
+
+    The processor ([`auto_avsr_processor`]: video processor, feature extractor and unigram5000 tokenizer, with
+    auto_avsr's test-time transforms) makes the folder ready for `AutoProcessor.from_pretrained` and the
+    `audio-visual-speech-recognition` / `automatic-speech-recognition` pipelines. A checkpoint whose vocabulary is
+    not unigram5000's gets the video processor and feature extractor only, and a message saying so."""
     state_dict = load_auto_avsr_checkpoint(checkpoint)
     config, converted = convert_auto_avsr_state_dict(state_dict, attention_heads, decoder_attention_heads)
     with torch.device("meta"):
@@ -274,19 +289,19 @@ def convert_checkpoint(
     model.generation_config.num_beams = 40
     model.save_pretrained(output_dir)
 
-    tokenizer = _auto_avsr_tokenizer()
-    if tokenizer is not None and tokenizer.vocab_size == config.vocab_size:
-        tokenizer.save_pretrained(output_dir)
+    processor = auto_avsr_processor()
+    if processor is None:
+        print(f"No processor written to {output_dir}: mmavsr_processing is not installed.")
+    elif processor.tokenizer.vocab_size == config.vocab_size:
+        processor.save_pretrained(output_dir)
     else:
-        reason = (
-            "mmavsr_processing is not installed"
-            if tokenizer is None
-            else (
-                f"the checkpoint's vocabulary ({config.vocab_size}) is not auto_avsr's unigram5000 "
-                f"({tokenizer.vocab_size})"
-            )
+        processor.feature_extractor.save_pretrained(output_dir)
+        processor.video_processor.save_pretrained(output_dir)
+        print(
+            f"No tokenizer written to {output_dir}: the checkpoint's vocabulary ({config.vocab_size}) is not "
+            f"auto_avsr's unigram5000 ({processor.tokenizer.vocab_size}). Save the model's own tokenizer there (the "
+            "feature extractor and video processor are written) for AutoProcessor and the pipelines."
         )
-        print(f"No tokenizer written to {output_dir}: {reason}.")
     return model
 
 

@@ -127,17 +127,24 @@ def test_pickled_and_corrupt_checkpoints_are_refused(tmp_path, capsys):
     assert exit_info.value.code == 1 and "absent.pth: no such checkpoint file" in capsys.readouterr().err
 
 
-def test_lightning_checkpoint_with_auto_avsr_vocabulary_gets_the_tokenizer(tmp_path):
-    """A Lightning checkpoint (`state_dict` with `model.` keys) of a model with auto_avsr's 5049-unit vocabulary: the
-    command writes a loadable model and the unigram5000 tokenizer beside it."""
-    from mmavsr_processing.tokenization_mmavsr import MMAVSRTokenizer
-
-    state_dict = torch.load(FIXTURES / "audio_model.pth", weights_only=True)
+def with_auto_avsr_vocabulary(modality: str) -> dict[str, torch.Tensor]:
+    """The fixture model of `modality` with its vocabulary-sized tensors redrawn at auto_avsr's 5049 units (the
+    checkpoint layout of a model trained with unigram5000)."""
+    state_dict = torch.load(FIXTURES / f"{modality}_model.pth", weights_only=True)
     generator = torch.Generator().manual_seed(0)
     for key in ("decoder.embed.0.weight", "decoder.output_layer.weight", "ctc.ctc_lo.weight"):
         state_dict[key] = torch.randn(5049, 64, generator=generator)
     for key in ("decoder.output_layer.bias", "ctc.ctc_lo.bias"):
         state_dict[key] = torch.randn(5049, generator=generator)
+    return state_dict
+
+
+def test_lightning_checkpoint_with_auto_avsr_vocabulary_gets_the_tokenizer(tmp_path):
+    """A Lightning checkpoint (`state_dict` with `model.` keys) of a model with auto_avsr's 5049-unit vocabulary: the
+    command writes a loadable model and the unigram5000 tokenizer beside it."""
+    from mmavsr_processing.tokenization_mmavsr import MMAVSRTokenizer
+
+    state_dict = with_auto_avsr_vocabulary("audio")
     checkpoint = tmp_path / "epoch=3.ckpt"
     torch.save({"state_dict": {"model." + k: v for k, v in state_dict.items()}, "epoch": 3}, checkpoint)
 
@@ -244,3 +251,78 @@ def test_beam_search_matches_auto_avsr(converted, modality, num_beams, ctc_weigh
         tokens = tokens[: tokens.index(eos)] if eos in tokens else tokens
         assert tokens == expected["tokens"], f"utterance {row}"
         assert abs(float(outputs.sequences_scores[row]) - expected["score"]) < 1e-3, f"utterance {row}"
+
+
+# --- the converted folder is ready for AutoProcessor and the pipelines ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def converted_with_vocabulary(tmp_path_factory):
+    """Both fixture models at unigram5000's vocabulary, converted by the command into folders."""
+    folders = {}
+    for modality in ("video", "audio"):
+        root = tmp_path_factory.mktemp(f"vocabulary_{modality}")
+        torch.save(with_auto_avsr_vocabulary(modality), root / "model.pth")
+        heads = ["--decoder-attention-heads", str(DECODER_HEADS[modality])] if DECODER_HEADS[modality] else []
+        main(["--checkpoint", str(root / "model.pth"), "--output-dir", str(root / "converted"), *heads])
+        folders[modality] = root / "converted"
+    return folders
+
+
+def test_converted_processor_applies_auto_avsr_test_transforms(converted_with_vocabulary):
+    """`AutoProcessor` on a converted folder, against auto_avsr's own `VideoTransform("test")` and
+    `AudioTransform("test")` outputs on the same frames and wave (fixture made as its README says)."""
+    import mmavsr_processing  # noqa: F401  (registers the processor classes with the Auto classes)
+    from mmavsr_processing import MMAVSRProcessor
+    from transformers import AutoProcessor
+
+    reference = load_file(FIXTURES / "transforms_reference.safetensors")
+    for modality, folder in converted_with_vocabulary.items():
+        processor = AutoProcessor.from_pretrained(folder)
+        assert isinstance(processor, MMAVSRProcessor), modality
+        video = processor(videos=reference["video_frames"])  # (T, 3, 96, 96) uint8, as auto_avsr's load_video
+        torch.testing.assert_close(video["pixel_values_videos"][0], reference["video_expected"], atol=1e-5, rtol=0)
+        audio = processor(audio=reference["audio_wave"].numpy(), sampling_rate=16000)
+        torch.testing.assert_close(
+            audio["input_features"][0].reshape(-1), reference["audio_expected"], atol=1e-5, rtol=0
+        )
+        assert processor.decode(processor(text="HELLO WORLD")["labels"][0]) == "HELLO WORLD"
+
+
+def test_pipelines_run_on_converted_folders(converted_with_vocabulary, tmp_path):
+    """`pipeline(task, model=CONVERTED)` loads the processor from the folder and transcribes as the model and
+    processor do by hand: the video model a 96x96 mp4 (audio-visual pipeline), the audio model a wave (ASR pipeline)."""
+    import mmavsr_processing  # noqa: F401
+    from mmavsr_processing import MMAVSRProcessor, write_video
+    from transformers import pipeline
+
+    reference = load_file(FIXTURES / "transforms_reference.safetensors")
+    frames = reference["video_frames"].permute(0, 2, 3, 1).numpy().repeat(4, axis=0)  # 12 frames (T, 96, 96, 3)
+    write_video(tmp_path / "clip.mp4", frames, crf=0)
+    wave = reference["audio_wave"].numpy()
+    settings = {"num_beams": 2, "max_new_tokens": 3}
+    for task, modality, inputs in (
+        ("audio-visual-speech-recognition", "video", str(tmp_path / "clip.mp4")),
+        ("automatic-speech-recognition", "audio", {"raw": wave, "sampling_rate": 16000}),
+    ):
+        folder = converted_with_vocabulary[modality]
+        result = pipeline(task, model=str(folder))(inputs, generate_kwargs=settings)
+        model = MMAVSRForConditionalGeneration.from_pretrained(folder).eval()
+        processor = MMAVSRProcessor.from_pretrained(folder)
+        if modality == "video":
+            features = processor(videos=mmavsr_processing.read_video(tmp_path / "clip.mp4")[0])
+        else:
+            features = processor(audio=wave, sampling_rate=16000)
+        expected = processor.batch_decode(model.generate(**features, **settings))[0]
+        assert result["text"] == expected, task
+
+
+def test_other_vocabularies_get_the_transforms_but_no_tokenizer(tmp_path, capsys):
+    from transformers import AutoFeatureExtractor, AutoVideoProcessor
+
+    import mmavsr_processing  # noqa: F401
+
+    convert_checkpoint(FIXTURES / "audio_model.pth", tmp_path)
+    assert "No tokenizer written" in capsys.readouterr().out and not (tmp_path / "tokenizer_config.json").exists()
+    assert AutoFeatureExtractor.from_pretrained(tmp_path).feature_type == "raw"
+    assert AutoVideoProcessor.from_pretrained(tmp_path).crop_size.height == 88
