@@ -5,17 +5,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mmavsr_processing.media_io import (
-    MediaError,
-    count_frames,
-    fit_audio_to_video,
-    read_audio,
-    read_audio_track,
-    read_video,
-    resample_frames,
-    write_audio,
-    write_video,
-)
+from mmavsr_processing.media_io import MediaError, count_frames, fit_audio_to_video, read_audio, read_audio_track
+from mmavsr_processing.media_io import read_video, resample_frames, write_audio, write_video
 
 
 def _moving_square(num_frames=12, size=64):
@@ -194,13 +185,13 @@ def test_audio_track_of_a_video_follows_read_audios_rules(tmp_path):
     np.testing.assert_array_equal(wave, read_audio_track(path))
     assert abs(len(wave) - 8000) < 2048 and 0.2 < np.abs(wave).max() < 0.4
     assert read_audio_track(silent) is None
-    with pytest.raises(MediaError, match="silent.mp4: the video has no audio track"):
-        read_audio(silent, resample=True)
-    with pytest.raises(MediaError, match="gone.mp4: file not found"):
-        read_audio_track(tmp_path / "gone.mp4")
     garbage = tmp_path / "garbage.mp4"
     garbage.write_bytes(b"not a video at all " * 64)
-    with pytest.raises(MediaError, match="garbage.mp4: cannot decode the audio track"):
-        read_audio_track(garbage)
-    with pytest.raises(MediaError, match="garbage.mp4: cannot decode video"):
-        count_frames(garbage)
+    for read, path, message in [
+        (lambda path: read_audio(path, resample=True), silent, "silent.mp4: the video has no audio track"),
+        (read_audio_track, tmp_path / "gone.mp4", "gone.mp4: file not found"),
+        (read_audio_track, garbage, "garbage.mp4: cannot decode the audio track"),
+        (count_frames, garbage, "garbage.mp4: cannot decode video"),
+    ]:
+        with pytest.raises(MediaError, match=message):
+            read(path)
