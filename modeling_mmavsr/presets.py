@@ -7,13 +7,16 @@ optional `processor` key with the keyword arguments of the video processor and t
 """
 
 import json
+from importlib.resources import files
 from pathlib import Path
 
 from .configuration_mmavsr import MMAVSRConfig
 from .modeling_mmavsr import MMAVSRForConditionalGeneration
 
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "hub_configs"
+# the presets' folder: `hub_configs/` of the repository, installed as the data package `modeling_mmavsr.hub_configs`
+# (setup.cfg maps it; the wheel and the editable install both carry it)
+PRESETS_DIR = Path(files("modeling_mmavsr.hub_configs"))
 # keys a config.json carries that are no configuration fields
 _SAVED_ONLY_KEYS = ("architectures", "auto_map", "custom_pipelines", "transformers_version", "model_type", "dtype")
 

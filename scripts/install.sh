@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 if command -v apt-get >/dev/null; then
     apt-get update -qq
-    # ffmpeg: torchcodec decoding (datasets' Audio/Video); flite: the demo corpus' speech
-    apt-get install -y -qq --no-install-recommends ffmpeg flite >/dev/null
+    # ffmpeg: torchcodec decoding (datasets' Audio/Video); flite, espeak-ng, festival and its voices kal and ked: the
+    # demo corpus' speech (--tts flite|espeak|festival)
+    apt-get install -y -qq --no-install-recommends ffmpeg flite espeak-ng festival festvox-kallpc16k \
+        festvox-kdlpc16k >/dev/null
 fi
 
 # a new .venv takes about 7 GB (torch 2.14.1 with its CUDA libraries): say so up front rather than let pip fail midway
