@@ -7,8 +7,10 @@ folder on `sys.path`) in a tmp folder, so only what `import modeling_mmavsr` doe
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from transformers import pipeline
 
 from mmavsr_processing import MMAVSRProcessor, read_audio, write_audio, write_video
 from modeling_mmavsr import MMAVSRForConditionalGeneration
+from modeling_mmavsr.presets import build_model_from_preset
 
 from .common import tiny_config
 
@@ -123,3 +126,78 @@ def test_processing_does_not_import_the_model_package(saved):
         Path(saved["cwd"]),
     )
     assert got["loaded"] == []
+
+
+# the preset's architecture at test sizes (the released one takes long to build on a busy CPU)
+TINY_SIZES = dict(
+    frontend_channels=4, hidden_size=32, encoder_layers=1, encoder_attention_heads=4, encoder_ffn_dim=64,
+    text_config=dict(
+        vocab_size=24, d_model=32, num_hidden_layers=1, decoder_attention_heads=4, decoder_ffn_dim=64,
+        bos_token_id=23, eos_token_id=23, decoder_start_token_id=23,
+    ),
+)
+WHEEL_USER_CODE = """
+    import json, sys
+
+    import modeling_mmavsr
+    from modeling_mmavsr.presets import PRESETS_DIR, build_model_from_preset, preset_names
+
+    model = build_model_from_preset("mmavsr-vsr-resnet-transformer", pretrained=False, **json.loads(sys.argv[1]))
+    print(json.dumps({
+        "package": modeling_mmavsr.__file__,
+        "presets_dir": str(PRESETS_DIR),
+        "presets": preset_names(),
+        "parameters": model.num_parameters(),
+        "vision_encoder": model.config.vision_encoder,
+        "editable_finder": [m for m in sys.modules if m.startswith("__editable__")],
+    }))
+"""
+
+
+def source_files() -> list[str]:
+    """The files of the source tree a wheel is built from: tracked ones and new ones git does not ignore."""
+    listing = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    return [name for name in listing.split("\0") if name and (REPO / name).is_file()]
+
+
+def test_the_wheel_carries_the_presets(tmp_path):
+    """The wheel of the source tree, installed into a fresh virtualenv, builds a preset outside the checkout.
+
+    The wheel is built from a copy of the source tree (so no `build/` or `*.egg-info` lands in the checkout), without
+    build isolation and without the network. The virtualenv reuses the test environment's dependencies (torch,
+    transformers, ...) through a `.pth` file naming that environment's site-packages: a folder named in a `.pth` file
+    joins `sys.path` after the virtualenv's own site-packages, but the `.pth` files inside it are not run, so the
+    editable install's finder (`__editable__.mmavsr-*.pth`) never loads and `modeling_mmavsr` can only come from the
+    wheel. (`venv --system-site-packages` would not do: from inside a virtualenv it exposes the base interpreter's
+    site-packages, not the test environment's.) The user code runs with `python -I` in a tmp folder, so neither the
+    checkout nor the current folder is on `sys.path`, and it reports where `modeling_mmavsr` was imported from.
+    """
+    source, dist, venv, cwd = (tmp_path / name for name in ("source", "dist", "venv", "cwd"))
+    for name in source_files():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, source / name)
+    cwd.mkdir()
+    quiet = dict(check=True, capture_output=True, text=True, timeout=TIMEOUT)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(dist), str(source)]
+    subprocess.run(build, **quiet)
+    (wheel,) = dist.glob("mmavsr-*.whl")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], **quiet)
+    python = str(venv / "bin" / "python")
+    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site_packages = Path(subprocess.run([python, "-c", purelib], **quiet).stdout.strip())
+    (site_packages / "test_environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([*pip, "--python", python, "install", "--no-deps", "--no-index", str(wheel)], **quiet)
+
+    got = run_user_code(WHEEL_USER_CODE, cwd, python, json.dumps(TINY_SIZES))
+    assert Path(got["package"]).is_relative_to(site_packages), got["package"]
+    assert Path(got["presets_dir"]) == site_packages / "modeling_mmavsr" / "hub_configs"
+    assert got["editable_finder"] == []
+    assert set(got["presets"]) == {path.stem for path in (REPO / "hub_configs").glob("*.json")}
+    expected = build_model_from_preset("mmavsr-vsr-resnet-transformer", pretrained=False, **TINY_SIZES)
+    assert got["vision_encoder"] == "resnet" and got["parameters"] == expected.num_parameters()
