@@ -48,7 +48,9 @@ def import_optional(name: str, purpose: str = "LoRA / QLoRA"):
         return importlib.import_module(name)
     except ImportError as error:
         package = name.split(".")[0]
-        raise ImportError(f"{purpose} needs `{package}`, which is not installed: {LLM_EXTRA} (or pip install {package}).") from error
+        raise ImportError(
+            f"{purpose} needs `{package}`, which is not installed: {LLM_EXTRA} (or pip install {package})."
+        ) from error
 
 
 def require_bitsandbytes():
@@ -140,6 +142,25 @@ def quantize_llm_4bit(model: nn.Module, device: str | torch.device | None = None
     target = next(p.device for p in language_model.parameters())
     if not model.lm_head.weight.is_meta:
         model.lm_head.to(target)
+
+
+def llm_weight_footprint(model: nn.Module) -> tuple[int, int]:
+    """(bytes the LLM's base weights take as stored, 4-bit quantization statistics included; bytes they take in
+    float32). LoRA adapters are not counted; a tied `lm_head` shares the token embeddings and adds nothing."""
+    stored = fp32 = 0
+    for name, param in model.get_submodule(LLM_PREFIX).named_parameters():
+        if "lora_" in name:
+            continue
+        state = getattr(param, "quant_state", None)
+        if state is None:
+            stored += param.nbytes
+            fp32 += 4 * param.numel()
+            continue
+        stored += param.nbytes + state.absmax.nbytes + state.code.nbytes
+        if state.nested:
+            stored += state.state2.absmax.nbytes + state.state2.code.nbytes
+        fp32 += 4 * state.shape.numel()
+    return stored, fp32
 
 
 def lora_config_for(config):
@@ -392,6 +413,7 @@ __all__ = [
     "MMAVSRLoraMixin",
     "adapters_deferred",
     "can_quantize_4bit",
+    "llm_weight_footprint",
     "lora_config_for",
     "qlora_compute_dtype",
     "qlora_device",

