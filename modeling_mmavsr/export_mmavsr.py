@@ -27,6 +27,8 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoModelForSpeechSeq2Seq
 
+from mmavsr_processing.media_constants import SAMPLING_RATE
+
 from .configuration_mmavsr import MMAVSRConfig
 from .modeling_mmavsr import MMAVSRForConditionalGeneration, MMAVSRModel
 from .pipeline_mmavsr import AUDIO_VISUAL_TASK, MMAVSRSpeechRecognitionPipeline, custom_pipelines_entry
@@ -257,7 +259,7 @@ def model_card(
             "recognition (AVSR)"}[config.modality]
     example_input = '"speaker.wav"' if config.modality == "audio" else '"speaker.mp4"'
     processor_arguments = ", ".join(
-        [*(["audio=wave, sampling_rate=16000"] if config.audio_encoder else []),
+        [*([f"audio=wave, sampling_rate={SAMPLING_RATE}"] if config.audio_encoder else []),
          *(["videos=mouth_frames"] if config.vision_encoder else [])]
     )
     base_models = _hub_ids(config)

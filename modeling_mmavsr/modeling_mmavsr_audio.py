@@ -11,6 +11,8 @@ from transformers import WavLMModel, WhisperModel
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from mmavsr_processing.media_constants import VIDEO_FPS
+
 from .configuration_mmavsr import MMAVSRConfig
 from .modeling_mmavsr_fusion import lengths_to_mask, pool_pairs
 from .modeling_mmavsr_pretrained import MMAVSRPretrainedEncoder
@@ -75,7 +77,7 @@ class MMAVSRWhisperEncoder(MMAVSRPretrainedEncoder):
         self.output_size = config.audio_config.d_model
         self.num_mel_bins = config.audio_config.num_mel_bins
         self.max_frames = 2 * config.audio_config.max_source_positions
-        self.pool = config.audio_frame_rate == 25
+        self.pool = config.audio_frame_rate == VIDEO_FPS
 
     @classmethod
     def load_pretrained(cls, name_or_path: str, **kwargs):
@@ -137,7 +139,7 @@ class MMAVSRWavLMEncoder(MMAVSRPretrainedEncoder):
         super().__init__(config.audio_config, frozen=config.freeze_audio_encoder)
         self.output_size = config.audio_config.hidden_size
         self.per_sample_feature_encoder = config.audio_config.feat_extract_norm == "group"
-        self.pool = config.audio_frame_rate == 25
+        self.pool = config.audio_frame_rate == VIDEO_FPS
 
     def output_lengths(self, num_samples: torch.Tensor) -> torch.Tensor:
         frames = self.encoder._get_feat_extract_output_lengths(num_samples)  # 50 Hz

@@ -54,12 +54,12 @@ from .demo_tts import (  # noqa: F401
     draw_pitch,
     synthesize_words,
 )
-from .media_io import write_audio, write_video
+from .media_constants import SAMPLES_PER_FRAME
+from .media_io import fit_audio_to_video, write_audio, write_video
 
 
 logger = logging.getLogger(__name__)
 
-SAMPLES_PER_FRAME = SAMPLING_RATE // FPS
 DATASET_NAME = "demo"
 
 GRID_WORDS = {
@@ -167,7 +167,7 @@ def make_clip(plan: ClipPlan, output_dir: Path, executable: str | None = None) -
         return plan.rel_path, sf.info(str(wav_path)).frames // SAMPLES_PER_FRAME
     wave, phones = synthesize(plan, executable)
     num_frames = -(-len(wave) // SAMPLES_PER_FRAME)
-    wave = np.pad(wave, (0, num_frames * SAMPLES_PER_FRAME - len(wave)))
+    wave = fit_audio_to_video(wave, num_frames)
     frames = mouth_frames(plan.mouth_model, phones, num_frames, plan.appearance_seed, clip_seed=plan.index)
     # written under temporary names and renamed, so an interrupted run never leaves a truncated clip behind
     video_part, wav_part = video_path.with_suffix(".part.mp4"), wav_path.with_suffix(".part.wav")

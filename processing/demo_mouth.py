@@ -18,8 +18,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from .media_constants import VIDEO_FPS as FPS
 
-FPS = 25
+
 ROI_SIZE = 96
 MOUTH_MODELS = ("ellipse", "contour")
 

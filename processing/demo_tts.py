@@ -25,10 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
+from .media_constants import SAMPLING_RATE
 from .media_io import resample_audio
 
-
-SAMPLING_RATE = 16000
 
 TTS_VOICES = {
     "flite": ("slt", "rms", "awb", "kal16"),
@@ -145,7 +144,9 @@ def _flite(text: str, voice: Voice, flite: str) -> tuple[np.ndarray, list[tuple[
             raise DemoCorpusError(f"flite failed ({' '.join(command)}): {result.stderr.strip()}")
         wave, rate = sf.read(wav_path, dtype="float32")
     if rate != SAMPLING_RATE:
-        raise DemoCorpusError(f"flite voice {voice.name} wrote {rate} Hz audio; the demo corpus needs 16000 Hz voices.")
+        raise DemoCorpusError(
+            f"flite voice {voice.name} wrote {rate} Hz audio; the demo corpus needs {SAMPLING_RATE} Hz voices."
+        )
     return wave, _phone_segments(result.stdout, len(wave) / rate)
 
 

@@ -9,6 +9,7 @@ import torch
 from transformers import BatchFeature, ProcessorMixin
 
 from .feature_extraction_mmavsr import MMAVSRFeatureExtractor
+from .media_constants import VIDEO_FPS
 from .tokenization_mmavsr import MMAVSRTokenizer
 from .video_processing_mmavsr import MMAVSRVideoProcessor
 
@@ -157,7 +158,7 @@ class MMAVSRProcessor(ProcessorMixin):
             return
         extractor = self.feature_extractor
         seconds_per_step = (1 if extractor.feature_type == "raw" else extractor.hop_length) / extractor.sampling_rate
-        frame_rate = self.video_processor.frame_rate or 25.0
+        frame_rate = self.video_processor.frame_rate or VIDEO_FPS
         audio_steps = data["attention_mask"].sum(-1).tolist()
         video_frames = data["video_attention_mask"].sum(-1).tolist()
         for index, (steps, frames) in enumerate(zip(audio_steps, video_frames)):
