@@ -3,14 +3,14 @@
 A preset holds `MMAVSRConfig` fields (the `*_model_name` fields name the Hub checkpoints of its pretrained parts) and an
 optional `processor` key with the keyword arguments of the video processor and the feature extractor:
 `{"video_processor": {...}, "feature_extractor": {...}}`. The training script reads the same files
-(`--config_name NAME`).
+(`--config_name NAME`); the models and processors are built by `builder_mmavsr.py`, for both.
 """
 
 import json
 from importlib.resources import files
 from pathlib import Path
 
-from .configuration_mmavsr import MMAVSRConfig
+from .builder_mmavsr import model_from_values, processor_from_settings
 from .modeling_mmavsr import MMAVSRForConditionalGeneration
 
 
@@ -18,7 +18,9 @@ from .modeling_mmavsr import MMAVSRForConditionalGeneration
 # (setup.cfg maps it; the wheel and the editable install both carry it)
 PRESETS_DIR = Path(files("modeling_mmavsr.hub_configs"))
 # keys a config.json carries that are no configuration fields
-_SAVED_ONLY_KEYS = ("architectures", "auto_map", "custom_pipelines", "transformers_version", "model_type", "dtype")
+_SAVED_ONLY_KEYS = (
+    "architectures", "auto_map", "custom_pipelines", "transformers_version", "model_type", "dtype", "_name_or_path"
+)
 
 
 def preset_names() -> list[str]:
@@ -27,10 +29,13 @@ def preset_names() -> list[str]:
 
 
 def preset_path(name: str) -> Path:
-    """The JSON file of a preset name, or `name` itself when it is a JSON file."""
-    for candidate in (PRESETS_DIR / f"{name}.json", Path(name)):
+    """The JSON file of a preset name (with or without `.json`), `name` itself when it is a JSON file, or the
+    config.json of a saved model's folder."""
+    for candidate in (PRESETS_DIR / f"{name}.json", PRESETS_DIR / name, Path(name)):
         if candidate.is_file():
             return candidate
+        if candidate.is_dir() and (candidate / "config.json").is_file():
+            return candidate / "config.json"
     raise FileNotFoundError(f"No preset {name!r} in {PRESETS_DIR} (presets: {', '.join(preset_names())}).")
 
 
@@ -66,30 +71,21 @@ def build_model_from_preset(name: str, pretrained: bool = True, **overrides) -> 
     if "decoder" in overrides:  # the legacy name of `decoder_type`
         overrides["decoder_type"] = overrides.pop("decoder")
     values.update(overrides)
-    named = any(values.get(f"{part}_model_name") for part in ("vision", "audio", "decoder"))
-    if pretrained and named:
-        return MMAVSRForConditionalGeneration.from_pretrained_components(**values)
-    return MMAVSRForConditionalGeneration(MMAVSRConfig(**values))
+    return model_from_values(values, pretrained=pretrained)
 
 
 def build_processor_from_preset(name: str, tokenizer=None, **overrides):
     """The `MMAVSRProcessor` of a preset: its video processor and feature extractor settings (updated with
     `overrides`, keyed `video_processor` / `feature_extractor`), and `tokenizer` (default: auto_avsr's unigram5000,
     the Transformer decoder's; the LLM and Whisper decoders take their own)."""
-    from mmavsr_processing.feature_extraction_mmavsr import MMAVSRFeatureExtractor
-    from mmavsr_processing.processing_mmavsr import MMAVSRProcessor
     from mmavsr_processing.tokenization_mmavsr import MMAVSRTokenizer
-    from mmavsr_processing.video_processing_mmavsr import MMAVSRVideoProcessor
 
     values, settings = load_preset(name)
-    video_kwargs = {"vision_encoder": values.get("vision_encoder") or "resnet", **settings.get("video_processor", {})}
-    video_kwargs.update(overrides.get("video_processor", {}))
-    audio_kwargs = {**settings.get("feature_extractor", {}), **overrides.get("feature_extractor", {})}
-    return MMAVSRProcessor(
-        feature_extractor=MMAVSRFeatureExtractor(**audio_kwargs),
-        video_processor=MMAVSRVideoProcessor(**video_kwargs),
-        tokenizer=tokenizer if tokenizer is not None else MMAVSRTokenizer.from_auto_avsr(),
-    )
+    settings = {
+        part: {**settings.get(part, {}), **overrides.get(part, {})} for part in ("video_processor", "feature_extractor")
+    }
+    tokenizer = tokenizer if tokenizer is not None else MMAVSRTokenizer.from_auto_avsr()
+    return processor_from_settings(values, settings, tokenizer)
 
 
 __all__ = ["PRESETS_DIR", "preset_names", "preset_path", "load_preset", "build_model_from_preset", "build_processor_from_preset"]

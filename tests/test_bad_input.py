@@ -26,11 +26,12 @@ from mmavsr_processing import (
 from mmavsr_processing.collation import SKIPPED_CLIPS, ClipReader, MMAVSRDataCollator
 from transformers import pipeline
 
-import run_speech_recognition_avsr as script
 from modeling_mmavsr import MMAVSRForConditionalGeneration
 
 from .common import tiny_config
-from .test_training_script import tiny_preset, write_tiny_corpus
+from .test_training_script import load_script, tiny_preset, write_tiny_corpus
+
+script = load_script()
 
 FRAMES, RATE, SIZE = 10, 16000, 24
 AUTO_AVSR_TEXT = dict(vocab_size=5049, bos_token_id=5048, eos_token_id=5048, decoder_start_token_id=5048)

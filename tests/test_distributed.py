@@ -19,11 +19,12 @@ from mmavsr_processing.demo_corpus import generate_demo_corpus
 from safetensors.torch import load_file
 from transformers import set_seed
 
-import run_speech_recognition_avsr as script
+from modeling_mmavsr.builder_mmavsr import build_model
+from modeling_mmavsr.presets import load_preset
 
-from .test_training_script import tiny_preset
+from .test_training_script import SCRIPT, load_script, tiny_preset
 
-SCRIPT = Path(script.__file__)
+script = load_script()
 STEPS = 3  # 8 clips, global batch 4: the third step is in the second (reshuffled) epoch
 
 
@@ -120,9 +121,8 @@ def losses(output_dir):
 
 def initial_weights(root):
     """The model main() starts from: seeded, then built from the preset."""
-    model_args = script.parse_args(flags(root, root / "unused", 2))[0]
     set_seed(0)
-    return trainable(script.build_model(model_args).state_dict())
+    return trainable(build_model({}, load_preset(str(root / "preset.json"))[0]).state_dict())
 
 
 def assert_matches_one_process(output_dir, one_process, root):

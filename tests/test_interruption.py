@@ -13,11 +13,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import run_speech_recognition_avsr as script
+from modeling_mmavsr import checkpointing_mmavsr as checkpointing
+from modeling_mmavsr.checkpointing_mmavsr import (
+    INCOMPLETE_CHECKPOINTS_DIR,
+    INCOMPLETE_MARKER,
+    INTERRUPTED_EXIT_CODE,
+    checkpoint_dirs,
+    checkpoint_problem,
+    last_complete_checkpoint,
+    resume_checkpoint,
+)
 
-from .test_training_script import common_flags, tiny_preset, write_tiny_corpus
+from .test_training_script import SCRIPT, common_flags, load_script, tiny_preset, write_tiny_corpus
 
-SCRIPT = Path(script.__file__)
+script = load_script()
 MAX_STEPS = 6
 
 
@@ -117,14 +126,14 @@ def test_sigterm_saves_a_checkpoint_exits_and_the_rerun_resumes(
             break
     log.append(process.communicate(timeout=300)[0])
     log = "".join(log)
-    assert process.returncode == script.INTERRUPTED_EXIT_CODE == 143, log
+    assert process.returncode == INTERRUPTED_EXIT_CODE == 143, log
     assert "Traceback" not in log, log
-    checkpoints = script.checkpoint_dirs(output_dir)
+    checkpoints = checkpoint_dirs(output_dir)
     assert len(checkpoints) == 1, log
     stopped_at = int(checkpoints[0].name.split("-")[1])
     assert 1 <= stopped_at < MAX_STEPS, log
     assert f"Stopped by SIGTERM after step {stopped_at}" in log
-    assert script.checkpoint_problem(checkpoints[0]) is None
+    assert checkpoint_problem(checkpoints[0]) is None
     assert not (output_dir / "model.safetensors").exists(), (
         "an interrupted run must not pass for a finished one"
     )
@@ -142,11 +151,10 @@ def test_sigterm_saves_a_checkpoint_exits_and_the_rerun_resumes(
 
 
 KILL_DURING_SAVE = """
-import os, signal, sys
-sys.path.insert(0, {root!r})
-import run_speech_recognition_avsr as script
+import os, runpy, signal, sys
+from modeling_mmavsr.trainer_mmavsr import AVSRSeq2SeqTrainer
 
-save_rng_state = script.AVSRSeq2SeqTrainer._save_rng_state
+save_rng_state = AVSRSeq2SeqTrainer._save_rng_state
 
 def save_rng_state_then_die(self, output_dir):
     # the model, optimizer and scheduler of this checkpoint are on disk, its RNG and trainer state are not
@@ -154,8 +162,8 @@ def save_rng_state_then_die(self, output_dir):
         os.kill(os.getpid(), signal.SIGKILL)
     save_rng_state(self, output_dir)
 
-script.AVSRSeq2SeqTrainer._save_rng_state = save_rng_state_then_die
-script.main(sys.argv[1:])
+AVSRSeq2SeqTrainer._save_rng_state = save_rng_state_then_die
+runpy.run_path({script!r}, run_name="__main__")
 """
 
 
@@ -165,19 +173,19 @@ def test_sigkill_during_a_save_leaves_the_last_checkpoint_loadable(
     output_dir = tmp_path / "out"
     flags = training_flags(corpus, output_dir, preset, save_steps=2)
     wrapper = tmp_path / "kill_during_save.py"
-    wrapper.write_text(KILL_DURING_SAVE.format(root=str(SCRIPT.parent), step=4))
+    wrapper.write_text(KILL_DURING_SAVE.format(script=str(SCRIPT), step=4))
     process = launch([wrapper, *flags])
     log = process.communicate(timeout=300)[0]
     assert process.returncode == -signal.SIGKILL, log
 
     # the killed save never reached checkpoint-4: only its staging folder, half-written, is there
-    assert [c.name for c in script.checkpoint_dirs(output_dir)] == ["checkpoint-2"]
-    half_written = output_dir / script.INCOMPLETE_CHECKPOINTS_DIR / "checkpoint-4"
+    assert [c.name for c in checkpoint_dirs(output_dir)] == ["checkpoint-2"]
+    half_written = output_dir / INCOMPLETE_CHECKPOINTS_DIR / "checkpoint-4"
     assert (half_written / "model.safetensors").is_file()
     assert (half_written / "optimizer.pt").is_file()
     assert not (half_written / "trainer_state.json").exists()
 
-    with caplog.at_level(logging.WARNING, logger=script.logger.name):
+    with caplog.at_level(logging.WARNING, logger=checkpointing.logger.name):
         script.main(flags)  # the same command again
     assert f"Ignoring and deleting {half_written}" in caplog.text
     assert not half_written.exists()
@@ -198,9 +206,9 @@ def test_half_written_checkpoints_are_skipped_with_a_warning(tmp_path, caplog):
         (output_dir / name).mkdir(parents=True)
         if state is not None:
             (output_dir / name / "trainer_state.json").write_text(state)
-    (output_dir / "checkpoint-10" / script.INCOMPLETE_MARKER).write_text("in progress")
-    with caplog.at_level(logging.WARNING, logger=script.logger.name):
-        assert script.last_complete_checkpoint(str(output_dir)) == str(
+    (output_dir / "checkpoint-10" / INCOMPLETE_MARKER).write_text("in progress")
+    with caplog.at_level(logging.WARNING, logger=checkpointing.logger.name):
+        assert last_complete_checkpoint(str(output_dir)) == str(
             output_dir / "checkpoint-4"
         )
     assert (
@@ -225,10 +233,10 @@ def test_half_written_checkpoints_are_skipped_with_a_warning(tmp_path, caplog):
             "--report_to=none",
         ]
     )
-    assert script.resume_checkpoint(args) == str(output_dir / "checkpoint-4")
+    assert resume_checkpoint(args.output_dir, args.resume_from_checkpoint) == str(output_dir / "checkpoint-4")
     args.resume_from_checkpoint = str(output_dir / "checkpoint-8")
     with pytest.raises(
         ValueError,
         match="checkpoint-8: cannot resume from it: it has no trainer_state.json",
     ):
-        script.resume_checkpoint(args)
+        resume_checkpoint(args.output_dir, args.resume_from_checkpoint)

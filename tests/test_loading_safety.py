@@ -9,11 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-import run_speech_recognition_avsr as script
 from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
+from modeling_mmavsr import trainer_mmavsr
+from modeling_mmavsr.builder_mmavsr import load_pretrained
+from modeling_mmavsr.checkpointing_mmavsr import UnsafeCheckpointError, refuse_unsafe_pickles
 from modeling_mmavsr.convert_auto_avsr_checkpoint import CheckpointConversionError
 
-from .test_training_script import common_flags, tiny_preset, write_tiny_corpus
+from .test_training_script import common_flags, load_script, tiny_preset, write_tiny_corpus
+
+script = load_script()
 
 
 @pytest.fixture(scope="module")
@@ -70,21 +74,21 @@ def bin_folder(model, path, extra=None):
 
 
 def test_pytorch_model_bin_is_read_with_weights_only(tiny_model, tmp_path, side_effect):
-    plain = script.load_pretrained(str(bin_folder(tiny_model, tmp_path / "plain")), {})
+    plain = load_pretrained(str(bin_folder(tiny_model, tmp_path / "plain")))
     for name, tensor in tiny_model.state_dict().items():
         assert torch.equal(plain.state_dict()[name], tensor), name
 
     evil = bin_folder(tiny_model, tmp_path / "evil", {"extra": Payload(side_effect)})
     with pytest.raises(
-        script.UnsafeCheckpointError,
-        match=r"--pretrained-model-path .*evil: refused to load pytorch_model.bin: its pickle needs posix.system",
+        UnsafeCheckpointError,
+        match=r"--pretrained-model-path .*evil: .*pytorch_model.bin.*its pickle needs posix.system",
     ):
-        script.load_pretrained(str(evil), {})
+        load_pretrained(str(evil))
 
 
 def test_auto_avsr_pth_is_read_with_weights_only(tmp_path, side_effect):
     fixture = Path(__file__).parent / "fixtures" / "auto_avsr" / "audio_model.pth"
-    model = script.load_pretrained(str(fixture), {"ctc_weight": 0.3})
+    model = load_pretrained(str(fixture), {"ctc_weight": 0.3})
     original = torch.load(fixture, weights_only=True)
     assert model.config.ctc_weight == 0.3
     assert torch.equal(model.ctc_head.ctc_lo.weight, original["ctc.ctc_lo.weight"])
@@ -101,7 +105,7 @@ def test_auto_avsr_pth_is_read_with_weights_only(tmp_path, side_effect):
         CheckpointConversionError,
         match=r"vsr_trlrs3.pth: refused to load.*posix.system",
     ):
-        script.load_pretrained(str(checkpoint), {})
+        load_pretrained(str(checkpoint))
 
 
 def test_refuse_unsafe_pickles_names_the_file(tmp_path, side_effect):
@@ -117,14 +121,14 @@ def test_refuse_unsafe_pickles_names_the_file(tmp_path, side_effect):
         },
         folder / "rng_state.pth",
     )
-    script.refuse_unsafe_pickles(folder)
+    refuse_unsafe_pickles(folder)
 
     torch.save({"lr": 0.1, "hook": Payload(side_effect)}, folder / "scheduler.pt")
     with pytest.raises(
-        script.UnsafeCheckpointError,
+        UnsafeCheckpointError,
         match=r"checkpoint-1/scheduler.pt: refused to load: its pickle calls or builds posix.system",
     ):
-        script.refuse_unsafe_pickles(folder)
+        refuse_unsafe_pickles(folder)
     (folder / "scheduler.pt").unlink()
 
     # a bare pickle (no torch.save archive) is refused without being opened by pickle
@@ -132,10 +136,10 @@ def test_refuse_unsafe_pickles_names_the_file(tmp_path, side_effect):
         pickle.dumps(Payload(side_effect), protocol=2)
     )
     with pytest.raises(
-        script.UnsafeCheckpointError,
+        UnsafeCheckpointError,
         match=r"checkpoint-1/rng_state_1.pth: refused to load: not a `torch.save` archive",
     ):
-        script.refuse_unsafe_pickles(folder)
+        refuse_unsafe_pickles(folder)
     # and torch.load(weights_only=True), what the Trainer calls, refuses it too
     with pytest.raises(pickle.UnpicklingError, match="posix.system"):
         torch.load(folder / "rng_state_1.pth", weights_only=True)
@@ -154,7 +158,7 @@ def test_resuming_from_a_checkpoint_with_a_payload_is_refused(
     ]
     script.main(flags + ["--max_steps=1"])
     checkpoint = output_dir / "checkpoint-1"
-    script.refuse_unsafe_pickles(
+    refuse_unsafe_pickles(
         checkpoint
     )  # the Trainer's own files pass (its RNG state holds numpy objects)
 

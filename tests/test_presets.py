@@ -23,6 +23,7 @@ from modeling_mmavsr.presets import (
     build_processor_from_preset,
     load_preset,
     preset_names,
+    preset_path,
 )
 
 
@@ -196,11 +197,13 @@ def test_named_parts_load_through_from_pretrained_components(tmp_path):
         assert torch.equal(loaded[key], value), key
 
 
-def test_training_script_resolves_the_new_presets():
-    from run_speech_recognition_avsr import resolve_preset
-
+def test_preset_path_takes_names_files_and_saved_model_folders(tmp_path):
+    """`--config_name` of the training script and `load_preset` find presets the same way."""
     for name in MMAVSR_PRESETS:
-        assert resolve_preset(name) == PRESETS_DIR / f"{name}.json"
+        assert preset_path(name) == preset_path(f"{name}.json") == PRESETS_DIR / f"{name}.json"
+    (tmp_path / "config.json").write_text(json.dumps({"vision_encoder": "resnet", "model_type": "mmavsr"}))
+    assert preset_path(str(tmp_path)) == tmp_path / "config.json"
+    assert load_preset(str(tmp_path))[0] == {"vision_encoder": "resnet"}
 
 
 def test_bad_presets_raise_clear_errors(tmp_path):

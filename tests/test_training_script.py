@@ -1,7 +1,11 @@
-"""run_speech_recognition_avsr.py: the seed's command lines, training, evaluation, SNR tables, resume, averaging."""
+"""run_speech_recognition_avsr.py: the seed's command lines, training, evaluation, SNR tables, resume, averaging, and
+the options it refuses; the package's builder, checkpointing and evaluation modules it runs on."""
 
+import dataclasses
+import importlib.util
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +15,28 @@ from mmavsr_processing import MMAVSRTokenizer, write_audio, write_video
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 
-import run_speech_recognition_avsr as script
-from modeling_mmavsr import MMAVSRForConditionalGeneration
+from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration, MMAVSRProcessor
+from modeling_mmavsr import builder_mmavsr as builder
+from modeling_mmavsr.checkpointing_mmavsr import average_last_checkpoints, average_state_dicts, checkpoint_dirs
+from modeling_mmavsr.configuration_mmavsr import LEGACY_MODALITIES
+from modeling_mmavsr.presets import PRESETS_DIR, load_preset
+from modeling_mmavsr.trainer_mmavsr import check_world_size
+
+SCRIPT = Path(__file__).resolve().parent.parent / "run_speech_recognition_avsr.py"
+
+
+def load_script():
+    """The training script as a module, loaded from its file (a script, not an installed module): `main(argv)` and
+    `parse_args(argv)` run what the command line `python run_speech_recognition_avsr.py ARGV` runs."""
+    if "run_speech_recognition_avsr" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("run_speech_recognition_avsr", SCRIPT)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # the argument dataclasses resolve their annotations through it
+        spec.loader.exec_module(module)
+    return sys.modules["run_speech_recognition_avsr"]
+
+
+script = load_script()
 
 WORDS = ["BIN", "BLUE", "AT", "NOW", "PLACE", "RED", "WITH", "GREEN"]
 
@@ -20,7 +44,7 @@ WORDS = ["BIN", "BLUE", "AT", "NOW", "PLACE", "RED", "WITH", "GREEN"]
 def tiny_preset(path, modality, dropout=None, crop_size=20):
     """A preset JSON of the demo presets' shape, shrunk to test size, with a small video processor (24x24 frames cropped
     to `crop_size`); `dropout` sets every dropout of the encoder and decoder (the configs' defaults otherwise)."""
-    vision, audio = script.LEGACY_MODALITIES[modality]
+    vision, audio = LEGACY_MODALITIES[modality]
     preset = dict(
         vision_encoder=vision,
         audio_encoder=audio,
@@ -195,7 +219,7 @@ def test_seed_encoder_decoder_and_qlora_flags():
         and model_args.use_qlora
     )
     assert (model_args.qlora_r, model_args.qlora_alpha) == (8, 16)
-    overrides = script._config_overrides(model_args, {})
+    overrides = builder.config_overrides(dataclasses.asdict(model_args))
     assert (
         overrides["fusion_type"] == "gated"
         and overrides["use_qlora"]
@@ -253,21 +277,8 @@ def test_arguments_from_json_and_yaml(tmp_path):
 
 
 def test_modality_and_flag_conflicts_are_refused():
-    with pytest.raises(
-        ValueError, match="--modality video has no use for --audio-encoder"
-    ):
-        script.build_model(
-            script.parse_args(
-                [
-                    "--modality",
-                    "video",
-                    "--audio-encoder",
-                    "resnet1d",
-                    "--test-file",
-                    "t",
-                ]
-            )[0]
-        )
+    with pytest.raises(ValueError, match="--modality video has no use for --audio-encoder"):
+        builder.build_model({"modality": "video", "audio_encoder": "resnet1d"})
     with pytest.raises(ValueError, match="--output_dir .* disagree"):
         script.parse_args(
             [
@@ -284,11 +295,7 @@ def test_modality_and_flag_conflicts_are_refused():
     with pytest.raises(ValueError, match="Nothing to do"):
         script.parse_args(["--modality", "video"])
     with pytest.raises(ValueError, match="an LLM decoder"):
-        script.build_model(
-            script.parse_args(
-                ["--modality", "video", "--use-qlora", "--test-file", "t"]
-            )[0]
-        )
+        builder.build_model({"modality": "video", "use_qlora": True})
 
 
 def test_qlora_flags_reach_the_config():
@@ -305,13 +312,9 @@ def test_qlora_flags_reach_the_config():
             "t",
         ]
     )[0]
-    overrides = script._config_overrides(model_args, {})
-    assert (
-        overrides["decoder_type"],
-        overrides["use_qlora"],
-        overrides["qlora_r"],
-        overrides["qlora_alpha"],
-    ) == ("llm", True, 4, 32)
+    overrides = builder.config_overrides(dataclasses.asdict(model_args))
+    assert (overrides["decoder_type"], overrides["use_qlora"], overrides["qlora_r"]) == ("llm", True, 4)
+    assert "qlora_alpha" not in overrides  # the config's default
 
 
 def test_world_size_flags_that_disagree_with_the_launcher_warn(caplog, monkeypatch):
@@ -319,18 +322,18 @@ def test_world_size_flags_that_disagree_with_the_launcher_warn(caplog, monkeypat
     _, _, args = script.parse_args(
         ["--modality", "video", "--test-file", "t", "--gpus", "8", "--num-nodes", "4"]
     )
-    with caplog.at_level(logging.WARNING, logger=script.logger.name):
-        script.check_world_size(args)
+    with caplog.at_level(logging.WARNING, logger="modeling_mmavsr.trainer_mmavsr"):
+        check_world_size(args)
     assert "launched with 1 process(es) on 1 machine(s)" in caplog.text
     assert "torchrun --nnodes 4 --nproc_per_node 8" in caplog.text
     caplog.clear()
     _, _, args = script.parse_args(
         ["--modality", "video", "--test-file", "t", "--gpus", "1", "--num-nodes", "1"]
     )
-    with caplog.at_level(logging.WARNING, logger=script.logger.name):
-        script.check_world_size(args)
+    with caplog.at_level(logging.WARNING, logger="modeling_mmavsr.trainer_mmavsr"):
+        check_world_size(args)
     # (other records may appear: an earlier test's run of the script can leave transformers logging at INFO)
-    assert not [record for record in caplog.records if record.name == script.logger.name]
+    assert not [record for record in caplog.records if record.name == "modeling_mmavsr.trainer_mmavsr"]
 
 
 # ------------------------------------------------------------------------------------------------ clear errors
@@ -376,6 +379,62 @@ def test_missing_files_and_folders_give_clear_errors(corpus, tmp_path):
         )
 
 
+def save_tiny_model(folder, modality, **fields):
+    preset = json.loads(Path(tiny_preset(Path(str(folder) + ".json"), modality)).read_text())
+    preset.pop("processor")
+    torch.manual_seed(0)
+    MMAVSRForConditionalGeneration(MMAVSRConfig(**{**preset, **fields})).save_pretrained(folder)
+    return str(folder)
+
+
+def test_flags_that_disagree_with_a_saved_model_are_refused_before_loading(tmp_path):
+    """--pretrained-model-path keeps the saved architecture: each model flag is honoured or refused, naming the flag
+    and the checkpoint's value; the refusal comes before any data is read (the --root-dir here does not exist)."""
+    audio = save_tiny_model(tmp_path / "audio", "audio")
+    flags = [f"--pretrained-model-path={audio}", f"--root-dir={tmp_path / 'nowhere'}", "--test-file=test.csv"]
+    refused = {
+        "--modality=video": r"--modality video disagrees with the checkpoint at .*audio \(audio\); drop the flag",
+        "--audio-encoder=whisper": r"--audio-encoder whisper disagrees with the checkpoint at .*audio \(resnet1d\)",
+        "--vision-encoder=resnet": r"--vision-encoder resnet disagrees with the checkpoint at .*audio \(None\)",
+        "--decoder=llm": r"--decoder llm disagrees with the checkpoint at .*audio \(transformer\)",
+        "--fusion-type=gated": r"--fusion-type gated disagrees with the checkpoint at .*audio \(audio-only: no fusion\)",
+        "--decoder-model-name=some/llm": r"--decoder-model-name some/llm disagrees with the checkpoint .*\(None\)",
+        "--use-qlora": r"--use-qlora \(with use_qlora=True, qlora_r=16, qlora_alpha=32\) disagrees with the "
+        r"checkpoint at .*audio \(use_qlora=False, qlora_r=16, qlora_alpha=32\)",
+        f"--config_name={tiny_preset(tmp_path / 'p.json', 'audio')}": r"--config_name .*p.json builds a new model, "
+        r"--pretrained-model-path .*audio loads a saved one",
+        "--train_vocabulary_size=40": r"--train_vocabulary_size trains a new vocabulary, but the model at .*audio",
+        "--qlora-r=8": r"--qlora-r 8 sets the LoRA adapters of --use-qlora or --use-lora",
+        f"--init_from_models={audio}": "use one or the other",
+    }
+    for flag, message in refused.items():
+        with pytest.raises(ValueError, match=message):
+            script.main(flags + [flag])
+    # the same choices that agree with the checkpoint pass; --ctc-weight and --unfreeze-* are honoured
+    loaded = builder.load_pretrained(
+        audio, {"modality": "audio", "audio_encoder": "resnet1d", "decoder": "transformer", "ctc_weight": 0.5,
+                "unfreeze_audio": True},
+    )
+    assert (loaded.config.ctc_weight, loaded.config.freeze_audio_encoder) == (0.5, False)
+
+
+def test_transfer_flags_and_audio_flags_on_a_video_model_are_refused(corpus, tmp_path):
+    video = save_tiny_model(tmp_path / "video", "video")
+    with pytest.raises(ValueError, match="--transfer-frontend copies the frontends, --transfer-encoder the whole"):
+        script.main([f"--pretrained-model-path={video}", "--transfer-frontend", "--transfer-encoder",
+                     f"--root-dir={tmp_path / 'nowhere'}", "--train-file=train.csv"])
+    flags = common_flags(corpus, tmp_path / "out", tiny_preset(tmp_path / "p.json", "video"))
+    with pytest.raises(ValueError, match="--train-snr 0 999999: noise is added to the audio, and this video model"):
+        script.main(flags + ["--train-file=train.csv", "--train-snr", "0", "999999"])
+    with pytest.raises(ValueError, match="--noise-file .*noise.wav: noise is added to the audio, and this video"):
+        script.main(flags + ["--test-file=test.csv", f"--noise-file={tmp_path / 'noise.wav'}"])
+    assert not (tmp_path / "out").exists(), "a refused run must not start training"
+    # the same flags on a model with audio are taken
+    for modality in ("audio", "audiovisual"):
+        choices = {"config_name": tiny_preset(tmp_path / f"{modality}.json", modality)}
+        assert "audio" in builder.modalities_of(builder.build_model(choices, load_preset(choices["config_name"])[0]).config)
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 
 
@@ -410,7 +469,7 @@ def test_train_average_then_evaluate_like_the_seed(corpus, tmp_path):
     )
 
     # model_avg_2 is the mean of the last two checkpoints, BatchNorm statistics included
-    checkpoints = script.checkpoint_dirs(out)
+    checkpoints = checkpoint_dirs(out)
     assert [c.name for c in checkpoints] == ["checkpoint-2", "checkpoint-4"]
     first, second = (load_file(str(c / "model.safetensors")) for c in checkpoints)
     averaged = load_file(str(out / "model_avg_2" / "model.safetensors"))
@@ -468,7 +527,7 @@ def test_video_only_decoding_through_the_trainer(corpus, tmp_path, capsys):
     )
     assert np.isfinite(results["test_wer"])
     saved = MMAVSRForConditionalGeneration.from_pretrained(tmp_path / "out")
-    tokenizer = script.MMAVSRProcessor.from_pretrained(tmp_path / "out").tokenizer
+    tokenizer = MMAVSRProcessor.from_pretrained(tmp_path / "out").tokenizer
     assert saved.config.vocab_size == tokenizer.vocab_size < 40
     assert (
         saved.config.text_config.eos_token_id
@@ -531,7 +590,7 @@ def test_llm_decoder_trains_its_ctc_head_and_decodes_through_the_script(corpus, 
     assert saved.ctc_head.ctc_lo.weight.shape == initial.shape
     assert saved.ctc_head.ctc_lo.out_features == (5049 if ctc_vocabulary == "separate" else len(WORDS) + 4)
     assert not torch.equal(saved.ctc_head.ctc_lo.weight, initial)  # the CTC loss reached the head
-    processor = script.MMAVSRProcessor.from_pretrained(tmp_path / "out")
+    processor = MMAVSRProcessor.from_pretrained(tmp_path / "out")
     assert processor(text="BIN AT NOW")["labels"].tolist() == [[3, 5, 6, 2]]  # the LLM's ids, then its eos
 
 
@@ -547,12 +606,13 @@ def test_audio_visual_model_starts_from_an_audio_and_a_video_model(corpus, tmp_p
     audio, video = (MMAVSRForConditionalGeneration.from_pretrained(tmp_path / m).state_dict() for m in ("audio", "video"))
     sources = [str(tmp_path / "audio"), str(tmp_path / "video")]
     flags = common_flags(corpus, tmp_path / "av", tiny_preset(tmp_path / "av.json", "audiovisual"))
-    model_args = script.parse_args(flags + ["--train-file=train.csv", "--init_from_models", *sources])[0]
+    choices = {"init_from_models": sources}
+    preset = load_preset(str(tmp_path / "av.json"))[0]
 
     # the word vocabulary the script trains from the same transcripts is the unimodal models' one
-    processor = script.MMAVSRProcessor.from_pretrained(tmp_path / "audio")
-    model = script.build_model(model_args, processor.tokenizer)
-    script.init_from_models(model, processor, sources)
+    processor = MMAVSRProcessor.from_pretrained(tmp_path / "audio")
+    model = builder.build_model(choices, preset, processor.tokenizer)
+    builder.init_from_models(model, processor, sources)
     for name, tensor in model.state_dict().items():
         if name.startswith("model.encoder.vision_frontend."):
             assert torch.equal(tensor, video[name]), name
@@ -562,10 +622,10 @@ def test_audio_visual_model_starts_from_an_audio_and_a_video_model(corpus, tmp_p
             assert torch.equal(tensor, audio[name]), name
 
     # another vocabulary (auto_avsr's): the output layers and token embeddings start new, the rest is taken
-    model = script.build_model(model_args)
+    model = builder.build_model(choices, preset)
     initial_head = model.lm_head.weight.detach().clone()
-    with caplog.at_level(logging.WARNING, logger=script.logger.name):
-        script.init_from_models(model, script.build_processor(model_args, model.config), sources)
+    with caplog.at_level(logging.WARNING, logger=builder.logger.name):
+        builder.init_from_models(model, builder.build_processor(model.config), sources)
     assert "another vocabulary" in caplog.text
     assert torch.equal(model.lm_head.weight, initial_head)
     name = "model.encoder.conformer.layers.0.feed_forward.w_1.weight"
@@ -573,7 +633,7 @@ def test_audio_visual_model_starts_from_an_audio_and_a_video_model(corpus, tmp_p
 
     # through the script: the audio-visual run starts from both and trains
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger=script.logger.name):
+    with caplog.at_level(logging.INFO, logger=builder.logger.name):
         results = script.main(flags + ["--train-file=train.csv", "--max_steps=1", "--init_from_models", *sources] + vocabulary)
     assert np.isfinite(results["train_loss"])
     assert "--init_from_models: new: model.encoder.fusion" in caplog.text
@@ -611,7 +671,7 @@ def test_resumed_run_ends_where_an_uninterrupted_run_ends(corpus, tmp_path):
     run(tmp_path / "straight")
     run(tmp_path / "resumed", callbacks=[StopAt(3)])
     interrupted = load_file(str(tmp_path / "resumed" / "model.safetensors"))
-    assert script.checkpoint_dirs(tmp_path / "resumed")[-1].name == "checkpoint-3"
+    assert checkpoint_dirs(tmp_path / "resumed")[-1].name == "checkpoint-3"
     run(
         tmp_path / "resumed"
     )  # finds checkpoint-3 in the output folder and resumes from it
@@ -641,20 +701,20 @@ def test_average_state_dicts_means_floats_and_keeps_the_largest_counter(tmp_path
     for index, state in enumerate(states):
         paths.append(tmp_path / f"{index}.safetensors")
         save_file(state, str(paths[-1]))
-    averaged = script.average_state_dicts(paths)
+    averaged = average_state_dicts(paths)
     torch.testing.assert_close(averaged["w"], torch.tensor([2.0, 4.0]))
     torch.testing.assert_close(averaged["bn.running_var"], torch.tensor([2.0]))
     assert averaged["bn.num_batches_tracked"].item() == 7
     assert averaged["bn.num_batches_tracked"].dtype == torch.int64
     with pytest.raises(FileNotFoundError, match="missing"):
-        script.average_state_dicts([tmp_path / "absent.safetensors"])
+        average_state_dicts([tmp_path / "absent.safetensors"])
 
 
 def test_average_last_checkpoints_loads_into_the_model(tmp_path):
     torch.manual_seed(0)
     preset = json.loads(Path(tiny_preset(tmp_path / "p.json", "video")).read_text())
     preset.pop("processor")
-    model = MMAVSRForConditionalGeneration(script.MMAVSRConfig(**preset))
+    model = MMAVSRForConditionalGeneration(MMAVSRConfig(**preset))
     for step, scale in ((1, 1.0), (2, 2.0), (3, 4.0)):
         folder = tmp_path / "out" / f"checkpoint-{step}"
         folder.mkdir(parents=True)
@@ -666,8 +726,8 @@ def test_average_last_checkpoints_loads_into_the_model(tmp_path):
             str(folder / "model.safetensors"),
         )
     original = {k: v.clone() for k, v in model.state_dict().items()}
-    processor = script.MMAVSRProcessor.from_auto_avsr()
-    target = script.average_last_checkpoints(model, processor, str(tmp_path / "out"), 2)
+    processor = MMAVSRProcessor.from_auto_avsr()
+    target = average_last_checkpoints(model, processor, str(tmp_path / "out"), 2)
     assert target.name == "model_avg_2"
     name = "lm_head.weight"
     torch.testing.assert_close(model.state_dict()[name], original[name] * 3.0)
@@ -677,14 +737,12 @@ def test_average_last_checkpoints_loads_into_the_model(tmp_path):
 
 def test_presets_get_the_features_their_audio_encoder_reads():
     # the log-mel demo preset's Whisper-style stem, and a Whisper encoder with no processor settings at all
-    from modeling_mmavsr import MMAVSRConfig
-
-    preset = json.loads((script.HUB_CONFIGS_DIR / "demo-asr-logmel.json").read_text())
+    preset = json.loads((PRESETS_DIR / "demo-asr-logmel.json").read_text())
     preset.pop("processor")
     for audio_config in (preset["audio_config"], {**preset["audio_config"], "num_mel_bins": 128}):
         config = MMAVSRConfig(**{**preset, "audio_config": audio_config})
-        processor = script.build_processor(script.ModelArguments(), config)
+        processor = builder.build_processor(config)
         extractor = processor.feature_extractor
         assert (extractor.feature_type, extractor.num_mel_bins) == ("log-mel", audio_config["num_mel_bins"])
-    raw = script.build_processor(script.ModelArguments(), MMAVSRConfig(modality="audio"))
+    raw = builder.build_processor(MMAVSRConfig(modality="audio"))
     assert raw.feature_extractor.feature_type == "raw"

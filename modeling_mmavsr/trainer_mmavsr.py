@@ -1,0 +1,229 @@
+"""Training MMAVSR models with `Seq2SeqTrainer`: the Trainer subclass (frame-capped batches, atomic checkpoint saves,
+resuming that refuses pickled code), seeded training batches and the callback that keeps their epoch, and SIGTERM
+handling (save a checkpoint after the step under way, then stop)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import signal
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+from mmavsr_processing.collation import SKIPPED_CLIPS, MaxFramesBatchSampler
+from mmavsr_processing.label_files import INDEX_COLUMN
+from transformers import Seq2SeqTrainer, TrainerCallback
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+from .checkpointing_mmavsr import INCOMPLETE_CHECKPOINTS_DIR, refuse_unsafe_pickles
+
+
+logger = logging.getLogger(__name__)
+
+
+class AVSRSeq2SeqTrainer(Seq2SeqTrainer):
+    """Seq2SeqTrainer with auto_avsr's frame-capped training batches (`max_frames`), atomic checkpoint saves and
+    resuming that refuses pickled code; counts the training clips `ClipReader` skipped (`skipped_clips`)."""
+
+    def __init__(self, *args, max_frames: int | None = None, num_buckets: int = 400, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_frames = max_frames
+        self.num_buckets = num_buckets
+        self._staging_dir: str | None = None
+        # the messages of the clips `ClipReader` skipped in training (each clip once, however many epochs)
+        self.skipped_clips: set[str] = set()
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.skipped_clips.update(inputs.pop(SKIPPED_CLIPS, ()))  # not a model input
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def get_train_dataloader(self):
+        if self.max_frames is None:
+            return super().get_train_dataloader()
+        dataset = self.train_dataset
+        sampler = MaxFramesBatchSampler(
+            dataset["num_frames"],
+            max_frames=self.max_frames,
+            shuffle=True,
+            seed=self.args.seed,
+            num_buckets=self.num_buckets,
+        )
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_persistent_workers,
+            prefetch_factor=self.args.dataloader_prefetch_factor,
+        )
+        return self.accelerator.prepare(loader)
+
+    def _get_output_dir(self, trial) -> str:
+        return self._staging_dir or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        """Write checkpoint-STEP under OUTPUT_DIR/.incomplete_checkpoints, then rename it into OUTPUT_DIR once every
+        process has written its part: a kill during the save leaves the previous checkpoints as they were."""
+        run_dir = Path(self._get_output_dir(trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging_root = run_dir / INCOMPLETE_CHECKPOINTS_DIR
+        staging, final = staging_root / name, run_dir / name
+        if self.args.should_save and staging.exists():
+            shutil.rmtree(staging)
+        self.accelerator.wait_for_everyone()
+        self._staging_dir = str(staging_root)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_dir = None
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            if self.state.best_model_checkpoint == str(staging):
+                self.state.best_model_checkpoint = str(final)
+                self.state.save_to_json(str(staging / TRAINER_STATE_NAME))
+            if final.exists():
+                # saved again at this step: swap the folders, then drop the old one
+                replaced = staging_root / f"{name}.replaced"
+                os.replace(final, replaced)
+                os.replace(staging, final)
+                shutil.rmtree(replaced)
+            else:
+                os.replace(staging, final)
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        refuse_unsafe_pickles(Path(resume_from_checkpoint))
+        return super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _pad_tensors_to_max_len(self, tensor, max_length):
+        # generated ids are padded with the decoder's pad id (the processor has no pad_token_id of its own)
+        padded = tensor.new_full((tensor.shape[0], max_length), self.model.config.text_config.pad_token_id)
+        padded[:, : tensor.shape[-1]] = tensor
+        return padded
+
+
+class SeededCollator:
+    """Training batches whose random crops and augmentations depend only on (seed, epoch, utterances), never on the
+    global RNG: a resumed run draws exactly what an uninterrupted run draws, and dropout's RNG stays untouched. Rows
+    carry their position in the split in `INDEX_COLUMN`."""
+
+    def __init__(self, collator, seed: int):
+        self.collator = collator
+        self.seed = seed
+        self.epoch = 0
+
+    def _augmentations(self):
+        for group in (self.collator.video_augmentation, self.collator.audio_augmentation):
+            yield from group or []
+
+    def __call__(self, rows):
+        indices = [int(row[INDEX_COLUMN]) for row in rows]
+        seed = int(np.random.SeedSequence([self.seed, self.epoch, *indices]).generate_state(1)[0])
+        for offset, augmentation in enumerate(self._augmentations()):
+            augmentation.generator = np.random.default_rng([seed, offset])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.collator(rows)
+
+
+class EpochCallback(TrainerCallback):
+    """Tells the seeded collator which epoch it is collating."""
+
+    def __init__(self, collator: SeededCollator):
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.collator.epoch = math.floor(state.epoch + 1e-6)
+
+
+class SigtermCheckpointCallback(TrainerCallback):
+    """On SIGTERM (preemption, `scancel`, `kill`): finish the optimizer step under way, save checkpoint-STEP and stop
+    training, every process at the same step. A second SIGTERM ends the process at once (the atomic saves keep the
+    newest complete checkpoint loadable). The handler is in place between `install()` and `restore()`."""
+
+    def __init__(self):
+        self.received = False
+        self.stopped_at_step: int | None = None
+        self._previous_handler = None
+
+    def _on_sigterm(self, signum, frame):
+        if self.received:  # the second one: die as SIGTERM's default action does
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+        self.received = True
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            logger.warning("Training outside the main thread: SIGTERM will not save a checkpoint.")
+            return
+        self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def restore(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+            self._previous_handler = None
+
+    def _anyone_received(self, args) -> bool:
+        """Whether any process got SIGTERM (processes may see it at different steps: they agree on one)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return self.received
+        flag = torch.tensor([float(self.received)], device=args.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._anyone_received(args):
+            control.should_save = True
+            control.should_training_stop = True
+            self.stopped_at_step = state.global_step
+            logger.warning(
+                f"SIGTERM: stopping after step {state.global_step}; saving {PREFIX_CHECKPOINT_DIR}-{state.global_step}."
+            )
+
+
+def check_world_size(training_args) -> None:
+    """auto_avsr's --gpus/--num-nodes (`training_args.gpus` / `num_nodes`) against the processes the launcher
+    started: a mismatch warns (the launcher wins: torchrun/accelerate set the world size, these flags cannot)."""
+    world_size = training_args.world_size
+    local_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    nodes = max(world_size // max(local_size, 1), 1)
+    wanted_local = training_args.gpus if training_args.gpus is not None else local_size
+    wanted_nodes = training_args.num_nodes if training_args.num_nodes is not None else nodes
+    if (wanted_local, wanted_nodes) != (local_size, nodes):
+        logger.warning(
+            f"--gpus {training_args.gpus} --num-nodes {training_args.num_nodes} ask for {wanted_local} process(es) "
+            f"on {wanted_nodes} machine(s), but this run was launched with {local_size} process(es) on {nodes} "
+            f"machine(s); continuing with the launched {world_size}. To get what the flags ask for, launch with "
+            f"`torchrun --nnodes {wanted_nodes} --nproc_per_node {wanted_local} run_speech_recognition_avsr.py ...`."
+        )
+
+
+def end_distributed() -> None:
+    """After a launched run: every process waits for the others (rank 0 may still be saving), then the process group
+    is torn down, so that no process exits with the group's threads alive (an abort, "terminate called without an
+    active exception", that fails the launcher)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+__all__ = [
+    "AVSRSeq2SeqTrainer",
+    "EpochCallback",
+    "SeededCollator",
+    "SigtermCheckpointCallback",
+    "check_world_size",
+    "end_distributed",
+]
