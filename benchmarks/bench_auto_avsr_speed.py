@@ -20,6 +20,7 @@ from functools import partial
 
 import torch
 
+from mmavsr_processing.media_constants import SAMPLES_PER_FRAME, VIDEO_FPS
 from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
 
 
@@ -59,10 +60,10 @@ def build_models(modality: str, auto_avsr_path: str | None):
 
 
 def make_batch(modality: str, seconds: float, batch: int):
-    frames = int(seconds * 25)
+    frames = int(seconds * VIDEO_FPS)
     if modality == "video":
         return torch.randn(batch, frames, 1, 88, 88), frames
-    return torch.randn(batch, frames * 640), frames
+    return torch.randn(batch, frames * SAMPLES_PER_FRAME), frames
 
 
 def model_inputs(modality: str, x: torch.Tensor) -> dict:

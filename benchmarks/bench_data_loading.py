@@ -29,6 +29,7 @@ import torch
 from mmavsr_processing import MMAVSRProcessor, load_auto_avsr_dataset, read_audio, read_video
 from mmavsr_processing.collation import ClipReader, MMAVSRDataCollator
 from mmavsr_processing.demo_corpus import generate_demo_corpus
+from mmavsr_processing.media_constants import SAMPLING_RATE, VIDEO_FPS
 
 
 def parse_args(argv=None):
@@ -81,10 +82,10 @@ def main(argv=None):
             print(f"generated {args.num_clips} demo clips in {time.perf_counter() - start:.1f} s")
         dataset = load_auto_avsr_dataset(root, root / "labels" / f"{args.split}.csv")
         undecoded = dataset.cast_column("video", datasets.Video(decode=False)).cast_column(
-            "audio", datasets.Audio(sampling_rate=16000, decode=False)
+            "audio", datasets.Audio(sampling_rate=SAMPLING_RATE, decode=False)
         )
         processor = MMAVSRProcessor.from_auto_avsr()
-        clips, speech = len(dataset), sum(dataset["num_frames"]) / 25
+        clips, speech = len(dataset), sum(dataset["num_frames"]) / VIDEO_FPS
         print(
             f"data loading: {clips} clips ({speech:.0f} s of speech) of {root}, batch {args.batch_size}, "
             f"{args.num_workers} worker(s), {torch.get_num_threads()} torch thread(s); load average before: "

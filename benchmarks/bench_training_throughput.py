@@ -21,10 +21,12 @@ import subprocess
 import sys
 import time
 
+from mmavsr_processing.media_constants import SAMPLING_RATE
+from mmavsr_processing.media_constants import VIDEO_FPS as FRAME_RATE
+
 
 DEMO_MODELS = ("demo-vsr-resnet", "demo-asr-resnet1d", "demo-avsr-resnet")
 RELEASED_MODELS = {"auto_avsr-vsr": "video", "auto_avsr-asr": "audio", "auto_avsr-avsr": "audiovisual"}
-FRAME_RATE, SAMPLING_RATE = 25, 16000
 TOKENS_PER_SECOND = 15
 
 
