@@ -11,6 +11,7 @@ from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2
 
 from .configuration_mmavsr import MMAVSRConfig
 from .generation_mmavsr import MMAVSRGenerationMixin, as_token_list
+from .loading_checks_mmavsr import name_unusable_weights
 from .modeling_mmavsr_audio import AUDIO_ENCODER_CLASSES, AUDIO_INPUTS
 from .modeling_mmavsr_conformer import MMAVSRConformerEncoder, MMAVSRRelPositionAttention
 from .modeling_mmavsr_decoder_loading import load_pretrained_decoder, pretrained_decoder_settings
@@ -72,6 +73,13 @@ class MMAVSRPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["MMAVSRConformerLayer", "MMAVSRDecoderLayer"]
     _supports_sdpa = True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """`PreTrainedModel.from_pretrained`; a truncated or corrupt weight file, or a pickle that needs code, raises
+        an error naming the file and what is wrong (see `loading_checks_mmavsr`)."""
+        with name_unusable_weights(pretrained_model_name_or_path):
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module):

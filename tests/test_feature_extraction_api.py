@@ -205,7 +205,7 @@ def test_pipeline_on_files_one_by_one_and_batched(folders, media, modality, inpu
 
 
 def read_audio_track_of(path):
-    from modeling_mmavsr.pipeline_mmavsr import fit_audio_to_video, read_audio_track
+    from mmavsr_processing.media_io import fit_audio_to_video, read_audio_track
 
     return fit_audio_to_video(read_audio_track(path), 30, 16000)
 

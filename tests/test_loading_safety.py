@@ -176,3 +176,44 @@ def test_resuming_from_a_checkpoint_with_a_payload_is_refused(
     with pytest.raises(pickle.UnpicklingError, match="posix.system"):
         script.main(flags + ["--max_steps=2"])
     assert not (output_dir / "checkpoint-2").exists()
+
+
+# --- from_pretrained names the weight file that cannot be loaded --------------------------------------------------
+
+
+def test_from_pretrained_names_a_truncated_or_corrupt_safetensors(tiny_model, tmp_path):
+    from modeling_mmavsr.loading_checks_mmavsr import CorruptWeightsError
+
+    tiny_model.save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    whole = weights.read_bytes()
+    cases = [
+        (whole[: len(whole) // 2], rf"holds {len(whole) // 2} bytes but its header describes {len(whole)} \(cut short"),
+        (whole[:100], r"holds 100 bytes but its header alone claims \d+"),
+        (b"", r"holds 0 bytes, fewer than a safetensors header's length field"),
+        (whole[:8] + b"{not json" + whole[17:], r"its header is not safetensors' JSON"),
+    ]
+    for content, problem in cases:
+        weights.write_bytes(content)
+        with pytest.raises(CorruptWeightsError, match=rf"{weights}: cannot load the model's weights: the file {problem}"):
+            MMAVSRForConditionalGeneration.from_pretrained(tmp_path)
+    weights.write_bytes(whole)
+    loaded = MMAVSRForConditionalGeneration.from_pretrained(tmp_path)
+    assert torch.equal(loaded.lm_head.weight, tiny_model.lm_head.weight)
+
+
+def test_from_pretrained_names_a_pickle_that_needs_code_or_is_cut_short(tiny_model, tmp_path, side_effect):
+    from modeling_mmavsr.loading_checks_mmavsr import CorruptWeightsError
+
+    evil = bin_folder(tiny_model, tmp_path / "evil", {"extra": Payload(side_effect)})
+    with pytest.raises(
+        UnsafeCheckpointError,
+        match=rf"{evil / 'pytorch_model.bin'}: refused to load: its pickle needs posix.system: code, not tensors",
+    ):
+        MMAVSRForConditionalGeneration.from_pretrained(evil)
+
+    cut = bin_folder(tiny_model, tmp_path / "cut")
+    weights = cut / "pytorch_model.bin"
+    weights.write_bytes(weights.read_bytes()[:2000])
+    with pytest.raises(CorruptWeightsError, match=rf"{weights}: cannot load the model's weights: not a readable"):
+        MMAVSRForConditionalGeneration.from_pretrained(cut)
