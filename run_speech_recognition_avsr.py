@@ -188,9 +188,19 @@ class DataTrainingArguments:
     skip_bad_files: bool = field(
         default=False,
         metadata={
-            "help": "Skip (and count) unusable clips instead of stopping: bad label rows and missing files "
-            "when loading (evaluation sets also have every file opened and its format checked), and training "
-            "clips that fail to decode (the next clip takes the place; `train_skipped_clips` counts them)."
+            "help": "Skip (and count) unusable clips instead of stopping: bad label rows, missing files and clips "
+            "whose media fail the check before training, when loading (the log names the first few and counts them), "
+            "and training clips that fail to decode later (the next clip takes the place; `train_skipped_clips` "
+            "counts them)."
+        },
+    )
+    skip_media_check: bool = field(
+        default=False,
+        metadata={
+            "help": "Do not open every clip before training (each mp4's header and first frame, each wav's header and "
+            "first samples, the layout's format): a faster start on a large corpus, but a corrupt clip then stops the "
+            "run only when the DataLoader reaches it (or is skipped then, with --skip-bad-files). With "
+            "--skip-bad-files the evaluation sets are checked all the same."
         },
     )
 
@@ -354,14 +364,16 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         if not given:
             raise ValueError(f"--do_{'predict' if stage == 'test' else stage} needs {files[0][0]}.")
         flag, label_file = given[0]
-        # an evaluation set is opened whole when skipping: a clip dropped mid-way would change the WER's utterances
+        # every clip's media is opened here, before the first step: a bad one stops the run naming it, or is skipped
+        # and counted; an evaluation set is opened whole when skipping even with --skip_media_check (a clip dropped
+        # mid-way would change the WER's utterances)
         splits[stage] = load_label_split(
             data_args.root_dir,
             label_file,
             flag,
             limit=data_args.max_train_samples if stage == "train" else data_args.max_eval_samples,
             skip_bad_files=data_args.skip_bad_files,
-            check_media=data_args.skip_bad_files and stage != "train",
+            check_media=not data_args.skip_media_check or (data_args.skip_bad_files and stage != "train"),
         )
 
     # 5. Build model and processor

@@ -24,7 +24,7 @@ from mmavsr_processing import (
     write_video,
 )
 from mmavsr_processing.collation import SKIPPED_CLIPS, ClipReader, MMAVSRDataCollator
-from transformers import pipeline
+from transformers import TrainerCallback, pipeline
 
 from modeling_mmavsr import MMAVSRForConditionalGeneration
 
@@ -293,10 +293,26 @@ def test_clip_reader_passes_columns_through(media, processor, tokenizer):
     assert clip["video"].shape == (FRAMES, 3, SIZE, SIZE) and clip["audio"].shape == (FRAMES * 640,)
 
 
-def test_training_script_skips_a_truncated_clip_or_names_it(tmp_path):
+class TrainingProgress(TrainerCallback):
+    """Records whether training began and how many optimizer steps began."""
+
+    def __init__(self):
+        self.began, self.steps = False, 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.began = True
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.steps += 1
+
+
+def test_training_script_checks_media_before_the_first_step(tmp_path):
+    """A truncated mp4 in the training set and a stereo wav in the evaluation set. By default the run stops before
+    training begins, naming the file; `--skip-bad-files` leaves both out and counts them; `--skip_media_check` starts
+    training without opening the files, and the training data path meets the clip then (skipped, or named)."""
     corpus = write_tiny_corpus(tmp_path / "corpus")
     bad = corpus / "demo" / "train" / "clip1.mp4"
-    bad.write_bytes(bad.read_bytes()[:300])  # a cut download: not empty, so the loader's default checks pass
+    bad.write_bytes(bad.read_bytes()[:300])  # a cut download: not empty
     stereo = corpus / "demo" / "test" / "clip0.wav"
     wave, _ = sf.read(stereo, dtype="float32")
     sf.write(stereo, np.stack([wave, wave], axis=1), RATE, subtype="PCM_16")
@@ -314,15 +330,28 @@ def test_training_script_skips_a_truncated_clip_or_names_it(tmp_path):
         "--generation_max_length=4",
         "--disable_tqdm=true",
     ]
-    with pytest.raises(MediaError, match=r"train/clip1\.mp4: cannot decode video"):
-        script.main(flags + [f"--output_dir={tmp_path / 'strict'}"])
+    progress = TrainingProgress()
+    with pytest.raises(DatasetError, match=r"train\.csv, line 2: video .*train/clip1\.mp4 is corrupt"):
+        script.main(flags + [f"--output_dir={tmp_path / 'strict'}"], callbacks=[progress])
+    assert not progress.began and progress.steps == 0
 
     out = tmp_path / "skipping"
     results = script.main(flags + [f"--output_dir={out}", "--skip-bad-files"])
+    assert results["train_samples"] == 3 and results["train_skipped_clips"] == 0  # left out when loading
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3
+    assert results["eval_samples"] == 1  # the stereo clip was left out too
+    assert np.isfinite(results["eval_wer"])
+
+    # opted out: training starts; the data path names the clip when it reads it, or skips it with --skip-bad-files
+    progress = TrainingProgress()
+    with pytest.raises(MediaError, match=r"train/clip1\.mp4: cannot decode video"):
+        script.main(flags + [f"--output_dir={tmp_path / 'unchecked'}", "--skip_media_check"], callbacks=[progress])
+    assert progress.began
+    out = tmp_path / "unchecked_skipping"
+    results = script.main(flags + [f"--output_dir={out}", "--skip_media_check", "--skip-bad-files"])
     assert results["train_skipped_clips"] == 1 and results["train_samples"] == 4
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4  # one batch a clip, none lost
-    assert results["eval_samples"] == 1  # the stereo clip was found when the evaluation set was opened
-    assert np.isfinite(results["eval_wer"])
+    assert results["eval_samples"] == 1  # evaluation sets are checked whole when skipping
 
 
 # ------------------------------------------------------------------------------------------------ pipeline
