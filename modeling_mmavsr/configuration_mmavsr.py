@@ -1,7 +1,8 @@
 """Configuration of MMAVSR models: which encoders, which fusion, which decoder, and every size."""
 
 from huggingface_hub.dataclasses import strict
-from transformers import PreTrainedConfig
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 
@@ -39,6 +40,16 @@ LEGACY_MODALITIES = {
     "audio": (None, "resnet1d"),
     "audiovisual": ("resnet", "resnet1d"),
 }
+# the input streams of each modality, as the model's inputs name them
+MODALITY_STREAMS = {"video": ("video",), "audio": ("audio",), "audiovisual": ("video", "audio")}
+
+
+def modality_of(vision_encoder: str | None, audio_encoder: str | None) -> str:
+    """auto_avsr's name for the input of a model with these encoders: `video`, `audio` or `audiovisual`. The one
+    place the modality is derived (`MMAVSRConfig.modality`, and before a config exists)."""
+    if vision_encoder and audio_encoder:
+        return "audiovisual"
+    return "video" if vision_encoder else "audio"
 
 
 def _check_choice(name: str, value, choices: tuple, allow_none: bool = False):
@@ -137,10 +148,13 @@ class MMAVSRConfig(PreTrainedConfig):
             `wavlm`; a dict may leave out `model_type`). Saved inside `config.json`, so
             `from_pretrained` rebuilds the encoder without the network. Default: that class's defaults. Must be
             unset for the ResNet frontends.
-        freeze_vision_encoder / freeze_audio_encoder (`bool`): keep a pretrained encoder's weights fixed: they get
-            `requires_grad=False` (so the optimizer leaves them out), run under `torch.no_grad()` and in eval mode
-            (no dropout, no SpecAugment). The training script's `--unfreeze-vision` / `--unfreeze-audio` set them to
-            False. The ResNet frontends always train.
+        freeze_vision_encoder / freeze_audio_encoder (`bool`, optional): keep the `vit` / `vivit` / `clip-vit` /
+            `timm` / `whisper` / `wavlm` encoder's weights fixed: they get `requires_grad=False` (so the optimizer
+            leaves them out), run under `torch.no_grad()` and in eval mode (no dropout, no SpecAugment). `None` (the
+            default) is decided where the model is built: an encoder loaded from a checkpoint
+            (`from_pretrained_components` with `*_model_name`) is frozen, one initialised at random trains; the model
+            writes the choice into its config, so a saved model keeps it. The training script's `--unfreeze-vision` /
+            `--unfreeze-audio` set them to False. The ResNet frontends always train (True is refused for them).
         vision_pooling (`str`): one feature per frame from `vit` / `clip-vit`: `cls` (the CLS token; CLIP's pooled,
             post-layer-norm CLS) or `mean` (mean of the patch tokens). `vivit` always averages each time step's patches.
         max_stream_length_difference (`int`): audio and video of one sample may differ by this many 25 fps frames;
@@ -184,14 +198,25 @@ class MMAVSRConfig(PreTrainedConfig):
             before the labels, `generate` starts from them. Default: `[decoder_start_token_id]`; Whisper's
             `<|startoftranscript|><|en|><|transcribe|><|notimestamps|>`; for the LLM the prompt's tail after the
             features (e.g. the chat template's assistant header), `[bos_token_id]` without a tokenizer.
-        use_qlora (`bool`): train the LLM decoder through LoRA adapters with its base weights frozen (in 4-bit NF4
-            with bf16 compute where CUDA and bitsandbytes exist; without CUDA, LoRA over full-precision weights).
+        use_qlora (`bool`): QLoRA: the LLM decoder's linear layers in 4-bit NF4 (bitsandbytes, on the CPU as on
+            CUDA; `pip install "mmavsr[llm]"`), frozen, with LoRA adapters that train. Without bitsandbytes, building
+            the model raises an ImportError. A randomly initialised LLM is quantized too; a pretrained one is loaded
+            in 4-bit by `from_pretrained_components` and `from_pretrained` (see docs/qlora.md).
+        use_lora (`bool`): LoRA adapters over the LLM's full-precision, frozen weights (not with `use_qlora`).
         qlora_r, qlora_alpha (`int`), lora_dropout (`float`): LoRA rank, scaling numerator and dropout.
         lora_target_modules (`list[str]`, optional): names of the LLM's linear layers that get adapters (default:
             the attention and MLP projections of Llama-style models).
     """
 
     model_type = "mmavsr"
+    # the decoder's, the pretrained vision encoder's and the pretrained audio encoder's configurations, of any model
+    # type (built in `__post_init__` from the encoder and decoder choices, which set the default type and check it);
+    # declared so that Transformers finds them (`get_text_config`, dtype and attention implementation of sub-models)
+    sub_configs_defaults = {
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="mmavsr_text"),
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="vit", optional=True),
+        "audio_config": SubConfigSpec(config_class=AutoConfig, model_type="whisper", optional=True),
+    }
 
     vision_encoder: str | None = "resnet"
     audio_encoder: str | None = None
@@ -212,8 +237,8 @@ class MMAVSRConfig(PreTrainedConfig):
     # pretrained encoders and temporal alignment
     vision_config: dict | PreTrainedConfig | None = None
     audio_config: dict | PreTrainedConfig | None = None
-    freeze_vision_encoder: bool = True
-    freeze_audio_encoder: bool = True
+    freeze_vision_encoder: bool | None = None
+    freeze_audio_encoder: bool | None = None
     vision_pooling: str = "cls"
     max_stream_length_difference: int = 3
     audio_frame_rate: int = 25
@@ -242,6 +267,7 @@ class MMAVSRConfig(PreTrainedConfig):
 
     # LoRA / QLoRA on the LLM decoder
     use_qlora: bool = False
+    use_lora: bool = False
     qlora_r: int = 16
     qlora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -277,6 +303,7 @@ class MMAVSRConfig(PreTrainedConfig):
         _check_choice("fusion_type", self.fusion_type, FUSION_TYPES)
         _check_choice("vision_pooling", self.vision_pooling, VISION_POOLINGS)
         self._check_audio_frame_rate()
+        self._check_freezing(legacy=decoder is not None)
         if self.max_stream_length_difference < 0:
             raise ValueError(f"`max_stream_length_difference` must be >= 0, got {self.max_stream_length_difference}.")
         _check_choice("frontend_activation", self.frontend_activation, ("swish", "relu", "prelu"))
@@ -297,6 +324,29 @@ class MMAVSRConfig(PreTrainedConfig):
         if self.conv_kernel_size % 2 != 1:
             raise ValueError(f"`conv_kernel_size` must be odd, got {self.conv_kernel_size}.")
         self._resolve_decoder_defaults()
+
+    def _check_freezing(self, legacy: bool):
+        for kind, choice in (("vision", self.vision_encoder), ("audio", self.audio_encoder)):
+            name = f"freeze_{kind}_encoder"
+            if getattr(self, name) and choice not in PRETRAINED_ENCODER_MODEL_TYPES:
+                if legacy:
+                    # saved before `decoder_type`, when True was every config's default (it froze pretrained
+                    # encoders only): the ResNet frontends trained, as they do now
+                    setattr(self, name, None)
+                    continue
+                kinds = ", ".join(repr(c) for c in PRETRAINED_ENCODER_MODEL_TYPES)
+                raise ValueError(
+                    f"{name}=True freezes a pretrained {kind} encoder ({kinds}); {kind}_encoder={choice!r} "
+                    + ("is none of them: its frontend always trains." if choice else "means no such encoder.")
+                )
+
+    def resolve_encoder_freezing(self, loaded_kinds: tuple[str, ...] = ()) -> None:
+        """Decide `freeze_vision_encoder` / `freeze_audio_encoder` where they are None, for the model being built:
+        frozen for the kinds in `loaded_kinds` (their weights come from a checkpoint), trains otherwise."""
+        for kind, choice in (("vision", self.vision_encoder), ("audio", self.audio_encoder)):
+            name = f"freeze_{kind}_encoder"
+            if choice is not None and getattr(self, name) is None:
+                setattr(self, name, kind in loaded_kinds and choice in PRETRAINED_ENCODER_MODEL_TYPES)
 
     def _check_audio_frame_rate(self):
         _check_choice("audio_frame_rate", self.audio_frame_rate, AUDIO_FRAME_RATES)
@@ -323,8 +373,6 @@ class MMAVSRConfig(PreTrainedConfig):
                 "decoder_type='llm' needs the LLM's configuration as `text_config` (e.g. a `LlamaConfig`, or a dict with "
                 "its `model_type`), or `decoder_model_name` through `from_pretrained_components`."
             )
-        if model_type == MMAVSRTextConfig.model_type:
-            return MMAVSRTextConfig(**text_config)
         if model_type not in CONFIG_MAPPING:
             raise ValueError(f"Unknown decoder config model_type {model_type!r} in `text_config`.")
         return CONFIG_MAPPING[model_type](**text_config)
@@ -352,8 +400,16 @@ class MMAVSRConfig(PreTrainedConfig):
         self.decoder_prompt_ids = [int(i) for i in self.decoder_prompt_ids]
         if self.lora_target_modules is not None:
             self.lora_target_modules = list(self.lora_target_modules)
-        if self.use_qlora and self.decoder_type != "llm":
-            raise ValueError(f"`use_qlora` adapts an LLM decoder; this config has decoder_type={self.decoder_type!r}.")
+        if self.use_qlora and self.use_lora:
+            raise ValueError(
+                "`use_qlora` (LoRA over a 4-bit LLM) and `use_lora` (LoRA over a full-precision LLM) exclude each "
+                "other: set one."
+            )
+        for option in ("use_qlora", "use_lora"):
+            if getattr(self, option) and self.decoder_type != "llm":
+                raise ValueError(
+                    f"`{option}` adapts an LLM decoder; this config has decoder_type={self.decoder_type!r}."
+                )
 
     def _resolve_ctc_vocabulary(self):
         if self.ctc_vocabulary is None:
@@ -397,9 +453,12 @@ class MMAVSRConfig(PreTrainedConfig):
     @property
     def modality(self) -> str:
         """auto_avsr's name for the input: `video`, `audio` or `audiovisual`."""
-        if self.vision_encoder and self.audio_encoder:
-            return "audiovisual"
-        return "video" if self.vision_encoder else "audio"
+        return modality_of(self.vision_encoder, self.audio_encoder)
+
+    @property
+    def input_streams(self) -> tuple[str, ...]:
+        """The streams the model reads: `("video",)`, `("audio",)` or `("video", "audio")`."""
+        return MODALITY_STREAMS[self.modality]
 
     @property
     def frontend_output_size(self) -> int:
@@ -409,11 +468,11 @@ class MMAVSRConfig(PreTrainedConfig):
     def vocab_size(self) -> int:
         return self.text_config.vocab_size
 
-    def get_text_config(self, decoder=None, encoder=None) -> PreTrainedConfig:
-        # `decoder` is a choice string here, not a sub-config: the decoder's config is always `text_config`.
-        if encoder and not decoder:
-            return self
-        return self.text_config
 
 
-__all__ = ["MMAVSRConfig", "MMAVSRTextConfig"]
+# `text_config` defaults to this type (`sub_configs_defaults`), which Transformers resolves through `AutoConfig`; the
+# package registers it too, but this module alone (a `trust_remote_code` export) must save and load as well
+AutoConfig.register(MMAVSRTextConfig.model_type, MMAVSRTextConfig, exist_ok=True)
+
+
+__all__ = ["MMAVSRConfig", "MMAVSRTextConfig", "modality_of"]

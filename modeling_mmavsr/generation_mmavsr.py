@@ -273,17 +273,24 @@ class MMAVSRGenerationMixin(GenerationMixin):
             Weight of the CTC prefix score in joint decoding; defaults to the generation config's `ctc_weight`
             (0 turns it off). Needs a CTC head over the decoder's tokens (`config.ctc_vocabulary == "decoder"`).
         """
+        generation_config = kwargs.get("generation_config", self.generation_config)
         if encoder_outputs is None:
+            # the search returns the encoder's hidden states and attentions from here when asked for them
+            output_flags = {
+                name: bool(kwargs.get(name, getattr(generation_config, name, False)))
+                for name in ("output_attentions", "output_hidden_states")
+            }
             encoder_outputs = self.get_encoder()(
                 input_features=input_features,
                 attention_mask=attention_mask,
                 pixel_values_videos=pixel_values_videos,
                 video_attention_mask=video_attention_mask,
+                return_dict=True,
+                **output_flags,
             )
         else:
             # the search expands the encoder outputs for its beams in place: keep the caller's object intact
             encoder_outputs = type(encoder_outputs)(**encoder_outputs)
-        generation_config = kwargs.get("generation_config", self.generation_config)
         if ctc_weight is None:
             ctc_weight = getattr(generation_config, "ctc_weight", 0.0) or 0.0
         if not 0.0 <= ctc_weight <= 1.0:

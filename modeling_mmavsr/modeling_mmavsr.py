@@ -1,5 +1,6 @@
 """MMAVSR: modular audio-visual speech recognition (video, audio or both) with hybrid CTC/attention training."""
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -7,9 +8,16 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
+from transformers.utils import ModelOutput
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPastAndCrossAttentions,
+    Seq2SeqLMOutput,
+    Seq2SeqModelOutput,
+)
+from transformers.utils import can_return_tuple
 
-from .configuration_mmavsr import MMAVSRConfig
+from .configuration_mmavsr import MMAVSRConfig, modality_of
 from .generation_mmavsr import MMAVSRGenerationMixin, as_token_list
 from .loading_checks_mmavsr import name_unusable_weights
 from .modeling_mmavsr_audio import AUDIO_ENCODER_CLASSES, AUDIO_INPUTS
@@ -18,13 +26,9 @@ from .modeling_mmavsr_decoder_loading import load_pretrained_decoder, pretrained
 from .modeling_mmavsr_decoders import DECODER_CLASSES, MMAVSRCTCHead
 from .modeling_mmavsr_features import MMAVSRFeatureExtractionMixin
 from .modeling_mmavsr_layers import MMAVSRLinear
-from .modeling_mmavsr_lora import MMAVSRLoraMixin
+from .modeling_mmavsr_lora import MMAVSRLoraMixin, adapters_deferred
 from .modeling_mmavsr_fusion import FUSION_CLASSES, MMAVSRProjector, align_streams, lengths_to_mask
 from .modeling_mmavsr_vision import VISION_ENCODER_CLASSES
-
-
-# (has video, has audio) -> the modality name of the default LLM instructions
-LEGACY_MODALITY_OF = {(True, False): "video", (False, True): "audio", (True, True): "audiovisual"}
 
 
 @dataclass
@@ -105,6 +109,9 @@ class MMAVSREncoder(MMAVSRPreTrainedModel):
 
     def __init__(self, config: MMAVSRConfig):
         super().__init__(config)
+        # an undecided `freeze_*_encoder` means random weights here (`from_pretrained_components` decides it for the
+        # encoders it loads): the encoder trains
+        config.resolve_encoder_freezing()
         vision_encoder, audio_encoder = config.vision_encoder, config.audio_encoder
         self.vision_frontend = VISION_ENCODER_CLASSES[vision_encoder](config) if vision_encoder else None
         self.audio_frontend = AUDIO_ENCODER_CLASSES[audio_encoder](config) if audio_encoder else None
@@ -120,7 +127,24 @@ class MMAVSREncoder(MMAVSRPreTrainedModel):
         self.conformer = MMAVSRConformerEncoder(config)
         self.post_init()
 
-    def _check_inputs(self, input_features, pixel_values_videos):
+    def _check_inputs(self, input_features, attention_mask, pixel_values_videos, video_attention_mask):
+        """Every input the model has an encoder for is given, and no other: an input a single-modality model cannot
+        read is refused, never ignored."""
+        unused = []
+        if self.vision_frontend is None:
+            unused += [name for name, value in (("pixel_values_videos", pixel_values_videos),
+                                                ("video_attention_mask", video_attention_mask)) if value is not None]
+        if self.audio_frontend is None:
+            unused += [name for name, value in (("input_features", input_features),
+                                                ("attention_mask", attention_mask)) if value is not None]
+        if unused:
+            missing = "video" if self.vision_frontend is None else "audio"
+            raise ValueError(
+                f"This {self.config.modality} model has no {missing} encoder, so it cannot read "
+                f"{' and '.join(f'`{name}`' for name in unused)}; pass only its "
+                f"{' and '.join(self.config.input_streams)} inputs (`attention_mask` is the mask of the audio "
+                "`input_features`; a video's frame mask is `video_attention_mask`)."
+            )
         missing = []
         if self.vision_frontend is not None and pixel_values_videos is None:
             missing.append("`pixel_values_videos` (video)")
@@ -162,7 +186,7 @@ class MMAVSREncoder(MMAVSRPreTrainedModel):
     def fused_features(self, input_features, attention_mask, pixel_values_videos, video_attention_mask):
         """The Conformer's input (B, T, hidden_size): both streams aligned and fused, or the one stream projected;
         and its frame mask (B, T), all True without input masks."""
-        self._check_inputs(input_features, pixel_values_videos)
+        self._check_inputs(input_features, attention_mask, pixel_values_videos, video_attention_mask)
         video = audio = video_mask = audio_mask = None
         if self.vision_frontend is not None:
             video, video_mask = self.video_features(pixel_values_videos, video_attention_mask)
@@ -181,19 +205,53 @@ class MMAVSREncoder(MMAVSRPreTrainedModel):
             frame_mask = torch.ones(hidden_states.shape[:2], dtype=torch.bool, device=hidden_states.device)
         return hidden_states, frame_mask
 
+    @can_return_tuple
     def forward(
         self,
         input_features: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         pixel_values_videos: torch.FloatTensor | None = None,
         video_attention_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         **kwargs,
     ) -> MMAVSREncoderOutput:
+        r"""
+        output_hidden_states (`bool`, *optional*): also return `hidden_states`, the Conformer's input and each of its
+            layers' outputs (the last after the final LayerNorm, equal to `last_hidden_state`), as Whisper's encoder.
+        output_attentions (`bool`, *optional*): also return `attentions`, each Conformer layer's self-attention
+            weights (batch, heads, frames, frames). Both default to the config's values; `return_dict=False` gives a
+            tuple.
+        """
+        output_attentions, output_hidden_states = _output_flags(self.config, output_attentions, output_hidden_states)
         hidden_states, frame_mask = self.fused_features(
             input_features, attention_mask, pixel_values_videos, video_attention_mask
         )
-        hidden_states = self.conformer(hidden_states, frame_mask)
-        return MMAVSREncoderOutput(last_hidden_state=hidden_states, attention_mask=frame_mask)
+        outputs = self.conformer(hidden_states, frame_mask, output_attentions, output_hidden_states)
+        return MMAVSREncoderOutput(
+            last_hidden_state=outputs.last_hidden_state,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            attention_mask=frame_mask,
+        )
+
+
+def _output_flags(config: MMAVSRConfig, output_attentions: bool | None, output_hidden_states: bool | None) -> tuple:
+    """`output_attentions` and `output_hidden_states` of a call, the config's where the call leaves them None."""
+    if output_attentions is None:
+        output_attentions = config.output_attentions
+    if output_hidden_states is None:
+        output_hidden_states = config.output_hidden_states
+    return bool(output_attentions), bool(output_hidden_states)
+
+
+def _as_encoder_output(encoder_outputs) -> "MMAVSREncoderOutput":
+    if isinstance(encoder_outputs, ModelOutput) and getattr(encoder_outputs, "attention_mask", None) is not None:
+        return encoder_outputs
+    raise ValueError(
+        "`encoder_outputs` must be what `model.get_encoder()(...)` returns as a dict (`return_dict=True`): the "
+        f"decoder needs its frame mask `attention_mask`, got {type(encoder_outputs).__name__}."
+    )
 
 
 class MMAVSRModel(MMAVSRFeatureExtractionMixin, MMAVSRPreTrainedModel):
@@ -214,6 +272,7 @@ class MMAVSRModel(MMAVSRFeatureExtractionMixin, MMAVSRPreTrainedModel):
     def set_input_embeddings(self, value):
         self.decoder.set_input_embeddings(value)
 
+    @can_return_tuple
     def forward(
         self,
         input_features: torch.FloatTensor | None = None,
@@ -225,25 +284,76 @@ class MMAVSRModel(MMAVSRFeatureExtractionMixin, MMAVSRPreTrainedModel):
         encoder_outputs: MMAVSREncoderOutput | None = None,
         past_key_values: Cache | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         **kwargs,
     ) -> MMAVSRSeq2SeqModelOutput:
+        r"""
+        output_hidden_states (`bool`, *optional*): also return `encoder_hidden_states` (the Conformer's, see
+            `MMAVSREncoder`) and `decoder_hidden_states` (the decoder's input embeddings and each layer's output, the
+            last after the final norm, for every decoder position: the prompt's too).
+        output_attentions (`bool`, *optional*): also return `encoder_attentions`, `decoder_attentions` (self) and
+            `cross_attentions`; the LLM decoder refuses it (one self-attention over prompt, features and tokens).
+            Both default to the config's values; `return_dict=False` gives a tuple, as in Whisper.
+        """
         if past_key_values is None:
             past_key_values = kwargs.pop("cache", None)  # the name generate() passes from transformers 5.24 on
+        output_attentions, output_hidden_states = _output_flags(self.config, output_attentions, output_hidden_states)
         if encoder_outputs is None:
-            encoder_outputs = self.encoder(input_features, attention_mask, pixel_values_videos, video_attention_mask)
-        decoder_hidden_states = self.decoder(
+            encoder_outputs = self.encoder(
+                input_features,
+                attention_mask,
+                pixel_values_videos,
+                video_attention_mask,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+                return_dict=True,
+            )
+        encoder_outputs = _as_encoder_output(encoder_outputs)
+        decoder_outputs = self._run_decoder(
             decoder_input_ids,
-            encoder_outputs.last_hidden_state,
-            encoder_outputs.attention_mask,
+            encoder_outputs,
             decoder_attention_mask,
             past_key_values if use_cache is not False else None,
+            output_attentions,
+            output_hidden_states,
         )
         return MMAVSRSeq2SeqModelOutput(
-            last_hidden_state=decoder_hidden_states,
+            last_hidden_state=decoder_outputs.last_hidden_state,
             past_key_values=past_key_values,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
             encoder_attention_mask=encoder_outputs.attention_mask,
         )
+
+    def _run_decoder(
+        self, input_ids, encoder_outputs, attention_mask, past_key_values, output_attentions, output_hidden_states
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
+        """The decoder's output. A decoder of one's own may return its states alone (a tensor); it then takes no
+        output flags, and asking it for hidden states or attentions is refused."""
+        flags = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
+        wanted = {name: True for name, value in flags.items() if value}
+        unsupported = [name for name in wanted if name not in inspect.signature(self.decoder.forward).parameters]
+        if unsupported:
+            raise ValueError(
+                f"{' and '.join(unsupported)}: the decoder of decoder_type={self.config.decoder_type!r} "
+                f"({type(self.decoder).__name__}) does not provide them."
+            )
+        outputs = self.decoder(
+            input_ids,
+            encoder_outputs.last_hidden_state,
+            encoder_outputs.attention_mask,
+            attention_mask,
+            past_key_values,
+            **wanted,
+        )
+        if isinstance(outputs, torch.Tensor):
+            outputs = BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=outputs)
+        return outputs
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
@@ -397,6 +507,9 @@ class MMAVSRForConditionalGeneration(
         random weights (the ResNet frontends, the Conformer, the fusion and the heads always do). `save_pretrained`
         then writes one folder (sub-configs inside `config.json`) that `from_pretrained` rebuilds without the network.
 
+        A loaded encoder is frozen unless `freeze_vision_encoder` / `freeze_audio_encoder` is False; one without a name
+        trains unless it is True.
+
         kwargs: further `MMAVSRConfig` fields (sizes, `freeze_vision_encoder`, ...), and `component_kwargs` (`dict`):
             keyword arguments of each part's `from_pretrained`, keyed `vision`, `audio`, `decoder`. `decoder=` is
             accepted as the legacy name of `decoder_type`.
@@ -418,7 +531,7 @@ class MMAVSRForConditionalGeneration(
             kwargs[f"{kind}_config"] = encoders[kind].config
         # step 2: the pretrained decoder's configuration and prompts, read from its checkpoint and tokenizer
         if decoder_model_name is not None:
-            modality = LEGACY_MODALITY_OF[(vision_encoder is not None, audio_encoder is not None)]
+            modality = modality_of(vision_encoder, audio_encoder)
             instruction = kwargs.pop("instruction", None)
             kwargs.update(pretrained_decoder_settings(decoder_type, decoder_model_name, modality, instruction))
 
@@ -432,13 +545,16 @@ class MMAVSRForConditionalGeneration(
             fusion_type=fusion_type,
             **kwargs,
         )
-        model = cls(config)
+        config.resolve_encoder_freezing(loaded_kinds=tuple(encoders))  # loaded encoders are frozen unless told not
+        with adapters_deferred():  # `use_qlora` / `use_lora` apply to the pretrained LLM, once it is loaded
+            model = cls(config)
         # step 3: the pretrained weights into the composed model
         frontends = {"vision": model.model.encoder.vision_frontend, "audio": model.model.encoder.audio_frontend}
         for kind, pretrained in encoders.items():
             frontends[kind].encoder.load_state_dict(pretrained.state_dict())
         if decoder_model_name is not None:
             load_pretrained_decoder(model, decoder_model_name, **component_kwargs.get("decoder", {}))
+        model.apply_adapter_config()
         return model
 
     def get_encoder(self):
@@ -450,6 +566,7 @@ class MMAVSRForConditionalGeneration(
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
 
+    @can_return_tuple
     def forward(
         self,
         input_features: torch.FloatTensor | None = None,
@@ -463,6 +580,8 @@ class MMAVSRForConditionalGeneration(
         labels: torch.LongTensor | None = None,
         ctc_labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         **kwargs,
     ) -> MMAVSRSeq2SeqLMOutput:
         r"""
@@ -477,6 +596,8 @@ class MMAVSRForConditionalGeneration(
         ctc_labels (`torch.LongTensor` of shape `(batch_size, ctc_length)`):
             CTC targets in the CTC head's vocabulary (auto_avsr's units, e.g. `MMAVSRTokenizer.from_auto_avsr()`),
             padded with -100, for the LLM and Whisper decoders; the Transformer decoder's CTC targets are `labels`.
+        output_hidden_states / output_attentions (`bool`, *optional*): the encoder's and the decoder's hidden states
+            and attentions, as [`MMAVSRModel`] returns them; `return_dict=False` gives a tuple.
         """
         if past_key_values is None:
             past_key_values = kwargs.pop("cache", None)  # the name generate() passes from transformers 5.24 on
@@ -496,6 +617,9 @@ class MMAVSRForConditionalGeneration(
             encoder_outputs=encoder_outputs,
             past_key_values=past_key_values,
             use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
         hidden_states = outputs.last_hidden_state
         if labels is not None and hidden_states.shape[1] == labels.shape[1] + prompt_length - 1:
@@ -518,7 +642,12 @@ class MMAVSRForConditionalGeneration(
             loss=loss,
             logits=logits,
             past_key_values=outputs.past_key_values,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
             ctc_logits=ctc_logits,
             ctc_loss=ctc,
             att_loss=att,

@@ -5,6 +5,7 @@ import math
 import torch
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput
 
 from .configuration_mmavsr import MMAVSRConfig
 from .modeling_mmavsr_layers import MMAVSRFeedForward, attention_function, sinusoidal_table
@@ -54,7 +55,8 @@ class MMAVSRRelPositionAttention(nn.Module):
         self.pos_bias_u = nn.Parameter(torch.zeros(self.num_heads, self.head_dim))
         self.pos_bias_v = nn.Parameter(torch.zeros(self.num_heads, self.head_dim))
 
-    def forward(self, hidden_states, position_embeddings, attention_mask=None):
+    def forward(self, hidden_states, position_embeddings, attention_mask=None, output_attentions=False):
+        """(output (B, T, D), attention weights (B, H, T, T) when `output_attentions`, else None)"""
         batch, length, _ = hidden_states.shape
         shape = (batch, length, self.num_heads, self.head_dim)
         query = self.q_proj(hidden_states).view(shape)
@@ -66,8 +68,9 @@ class MMAVSRRelPositionAttention(nn.Module):
         query_v = (query + self.pos_bias_v).transpose(1, 2)  # position term
         position_scores = relative_to_absolute(torch.matmul(query_v, positions.transpose(2, 3)))
 
-        attention = attention_function(self.config._attn_implementation)
-        output, _ = attention(
+        # the weights exist in the eager kernel only: asked for, this call runs it
+        attention = attention_function("eager" if output_attentions else self.config._attn_implementation)
+        output, weights = attention(
             self,
             query_u,
             key,
@@ -77,7 +80,7 @@ class MMAVSRRelPositionAttention(nn.Module):
             dropout=self.dropout if self.training else 0.0,
             position_bias=position_scores * self.scaling,
         )
-        return self.out_proj(output.reshape(batch, length, -1))
+        return self.out_proj(output.reshape(batch, length, -1)), weights if output_attentions else None
 
 
 class MMAVSRConvolutionModule(nn.Module):
@@ -121,14 +124,18 @@ class MMAVSRConformerLayer(GradientCheckpointingLayer):
         self.norm_final = nn.LayerNorm(size, eps=eps)
         self.dropout = nn.Dropout(config.encoder_dropout)
 
-    def forward(self, hidden_states, position_embeddings, attention_mask=None, frame_mask=None):
+    def forward(
+        self, hidden_states, position_embeddings, attention_mask=None, frame_mask=None, output_attentions=False
+    ):
+        """(the layer's output, its self-attention weights or None)"""
         x = hidden_states
         if self.macaron_style:
             x = x + self.ff_scale * self.dropout(self.feed_forward_macaron(self.norm_ff_macaron(x)))
-        x = x + self.dropout(self.self_attn(self.norm_mha(x), position_embeddings, attention_mask))
+        attended, weights = self.self_attn(self.norm_mha(x), position_embeddings, attention_mask, output_attentions)
+        x = x + self.dropout(attended)
         x = x + self.dropout(self.conv_module(self.norm_conv(x), frame_mask))
         x = x + self.ff_scale * self.dropout(self.feed_forward(self.norm_ff(x)))
-        return self.norm_final(x)
+        return self.norm_final(x), weights
 
 
 class MMAVSRConformerEncoder(nn.Module):
@@ -146,11 +153,35 @@ class MMAVSRConformerEncoder(nn.Module):
             self.embed = MMAVSRRelPositionalEncoding(config)
             self.after_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, hidden_states: torch.Tensor, frame_mask: torch.Tensor | None = None) -> torch.Tensor:
-        if not self.layers:
-            return hidden_states
-        hidden_states, position_embeddings = self.embed(hidden_states)
-        attention_mask = None if frame_mask is None else frame_mask[:, None, None, :]  # (B, 1, 1, T)
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        frame_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> BaseModelOutput:
+        """`last_hidden_state` (B, T, D); as Whisper's encoder gives them, `hidden_states`: the first layer's input
+        (the scaled features) and each layer's output, the last one after the final LayerNorm (`encoder_layers + 1`
+        tensors; without a Conformer, the features alone), and `attentions`: each layer's weights (B, H, T, T)."""
+        all_hidden_states = [] if output_hidden_states else None
+        all_attentions = [] if output_attentions else None
+        if self.layers:
+            hidden_states, position_embeddings = self.embed(hidden_states)
+            attention_mask = None if frame_mask is None else frame_mask[:, None, None, :]  # (B, 1, 1, T)
         for layer in self.layers:
-            hidden_states = layer(hidden_states, position_embeddings, attention_mask, frame_mask)
-        return self.after_norm(hidden_states)
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
+            hidden_states, weights = layer(
+                hidden_states, position_embeddings, attention_mask, frame_mask, output_attentions
+            )
+            if output_attentions:
+                all_attentions.append(weights)
+        if self.layers:
+            hidden_states = self.after_norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states.append(hidden_states)
+        return BaseModelOutput(
+            last_hidden_state=hidden_states,
+            hidden_states=None if all_hidden_states is None else tuple(all_hidden_states),
+            attentions=None if all_attentions is None else tuple(all_attentions),
+        )

@@ -1,6 +1,7 @@
 """Decoders: auto_avsr's Transformer decoder (cross-attention to the encoder, KV cache), Whisper's decoder, a causal
 LLM as a prefix decoder, and the CTC head."""
 
+import contextlib
 import math
 
 import torch
@@ -9,6 +10,7 @@ from transformers import AutoModel
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, EncoderDecoderCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 from transformers.models.whisper.modeling_whisper import WhisperDecoder
 
 from .configuration_mmavsr import MMAVSRConfig
@@ -41,7 +43,15 @@ class MMAVSRDecoderAttention(nn.Module):
         batch, length, _ = states.shape
         return linear(states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
 
-    def forward(self, hidden_states, encoder_hidden_states=None, attention_mask=None, past_key_values=None):
+    def forward(
+        self,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        past_key_values=None,
+        output_attentions=False,
+    ):
+        """(output (B, L, D), attention weights (B, H, L, keys) when `output_attentions`, else None)"""
         batch, length, _ = hidden_states.shape
         query = self._project(hidden_states, self.q_proj)
         cache = past_key_values
@@ -59,17 +69,22 @@ class MMAVSRDecoderAttention(nn.Module):
                 if self.is_cross_attention:
                     past_key_values.is_updated[self.layer_idx] = True
 
-        attention = attention_function(self.config._attn_implementation)
+        # the weights exist in the eager kernel only: asked for, this call runs it
+        attention = attention_function("eager" if output_attentions else self.config._attn_implementation)
         group = batch // key.shape[0]
         if group > 1:
             # the beams of an utterance attend to its one copy of the encoder's keys and values (prefilled per
             # utterance): their queries become one longer query sequence, rows (B * group) -> (B, group * L)
             query = query.unflatten(0, (-1, group)).transpose(1, 2).flatten(2, 3)  # (B, H, group * L, D)
             attention_mask = None if attention_mask is None else attention_mask[::group]
-        output, _ = attention(
+        output, weights = attention(
             self, query, key, value, attention_mask, scaling=self.scaling, dropout=self.dropout if self.training else 0.0
         )
-        return self.out_proj(output.reshape(batch, length, -1))
+        if not output_attentions:
+            weights = None
+        elif group > 1:  # (B, H, group * L, T) -> (B * group, H, L, T), each beam's own rows
+            weights = weights.unflatten(2, (group, length)).transpose(1, 2).flatten(0, 1)
+        return self.out_proj(output.reshape(batch, length, -1)), weights
 
 
 DEFAULT_CACHE_CAPACITY = 32  # positions of a self-attention cache's first buffers when no length limit is known
@@ -143,6 +158,39 @@ class MMAVSRAppendingCacheLayer(DynamicLayer):
         self.keys, self.values = self._buffers[0][:, :, :length], self._buffers[1][:, :, :length]
 
 
+class DecoderOutputRecorder:
+    """What `output_hidden_states` / `output_attentions` ask of a decoder, gathered layer by layer as Whisper's decoder
+    gives them: `hidden_states`, each layer's input and then the final states (after the last norm), `num_layers + 1`
+    tensors (B, L, D); `attentions` and `cross_attentions`, each layer's self- and cross-attention weights."""
+
+    def __init__(self, output_attentions: bool, output_hidden_states: bool):
+        self.hidden_states = [] if output_hidden_states else None
+        self.attentions = [] if output_attentions else None
+        self.cross_attentions = [] if output_attentions else None
+
+    def add_layer_input(self, hidden_states: torch.Tensor) -> None:
+        if self.hidden_states is not None:
+            self.hidden_states.append(hidden_states)
+
+    def add_attentions(self, self_weights: torch.Tensor | None, cross_weights: torch.Tensor | None) -> None:
+        if self.attentions is not None:
+            self.attentions.append(self_weights)
+            self.cross_attentions.append(cross_weights)
+
+    def output(self, last_hidden_state: torch.Tensor, past_key_values=None):
+        """The decoder's output: `last_hidden_state` (the final states, also the last of `hidden_states`) and what was
+        asked for."""
+        self.add_layer_input(last_hidden_state)
+        as_tuple = lambda values: None if values is None else tuple(values)  # noqa: E731
+        return BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=last_hidden_state,
+            past_key_values=past_key_values,
+            hidden_states=as_tuple(self.hidden_states),
+            attentions=as_tuple(self.attentions),
+            cross_attentions=as_tuple(self.cross_attentions),
+        )
+
+
 class MMAVSRDecoderLayer(GradientCheckpointingLayer):
     """Pre-norm self-attention, cross-attention and feed-forward, each with a residual."""
 
@@ -160,11 +208,27 @@ class MMAVSRDecoderLayer(GradientCheckpointingLayer):
         self.norm3 = nn.LayerNorm(size, eps=eps)
         self.dropout = nn.Dropout(text_config.dropout)
 
-    def forward(self, hidden_states, self_attention_mask, encoder_hidden_states, encoder_attention_mask, past_key_values=None):
+    def forward(
+        self,
+        hidden_states,
+        self_attention_mask,
+        encoder_hidden_states,
+        encoder_attention_mask,
+        past_key_values=None,
+        output_attentions=False,
+    ):
+        """(the layer's output, its self-attention weights, its cross-attention weights); weights None unless
+        `output_attentions`"""
         x = hidden_states
-        x = x + self.dropout(self.self_attn(self.norm1(x), None, self_attention_mask, past_key_values))
-        x = x + self.dropout(self.src_attn(self.norm2(x), encoder_hidden_states, encoder_attention_mask, past_key_values))
-        return x + self.dropout(self.feed_forward(self.norm3(x)))
+        attended, self_weights = self.self_attn(
+            self.norm1(x), None, self_attention_mask, past_key_values, output_attentions
+        )
+        x = x + self.dropout(attended)
+        attended, cross_weights = self.src_attn(
+            self.norm2(x), encoder_hidden_states, encoder_attention_mask, past_key_values, output_attentions
+        )
+        x = x + self.dropout(attended)
+        return x + self.dropout(self.feed_forward(self.norm3(x))), self_weights, cross_weights
 
 
 class MMAVSRTransformerDecoder(nn.Module):
@@ -211,7 +275,9 @@ class MMAVSRTransformerDecoder(nn.Module):
         encoder_frame_mask: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         past_key_values: Cache | None = None,
-    ) -> torch.Tensor:
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
         length = input_ids.shape[1]
         positions = torch.arange(past_length, past_length + length, device=input_ids.device)
@@ -220,11 +286,19 @@ class MMAVSRTransformerDecoder(nn.Module):
 
         self_attention_mask = causal_mask(positions, past_length + length, attention_mask)
         encoder_attention_mask = None if encoder_frame_mask is None else encoder_frame_mask[:, None, None, :]
+        recorded = DecoderOutputRecorder(output_attentions, output_hidden_states)
         for layer in self.layers:
-            hidden_states = layer(
-                hidden_states, self_attention_mask, encoder_hidden_states, encoder_attention_mask, past_key_values
+            recorded.add_layer_input(hidden_states)
+            hidden_states, self_weights, cross_weights = layer(
+                hidden_states,
+                self_attention_mask,
+                encoder_hidden_states,
+                encoder_attention_mask,
+                past_key_values,
+                output_attentions,
             )
-        return self.after_norm(hidden_states)
+            recorded.add_attentions(self_weights, cross_weights)
+        return recorded.output(self.after_norm(hidden_states), past_key_values)
 
 
 def causal_mask(query_positions: torch.Tensor, key_length: int, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -268,7 +342,9 @@ class MMAVSRWhisperDecoder(nn.Module):
         encoder_frame_mask: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         past_key_values: Cache | None = None,
-    ) -> torch.Tensor:
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
         whisper = self.whisper
         encoder_hidden_states = self.projector(encoder_hidden_states)
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
@@ -288,16 +364,42 @@ class MMAVSRWhisperDecoder(nn.Module):
         cross_attention_mask = None
         if encoder_frame_mask is not None and not encoder_frame_mask.all():
             cross_attention_mask = padding_bias(encoder_frame_mask, hidden_states.dtype)
+        recorded = DecoderOutputRecorder(output_attentions, output_hidden_states)
         for layer in whisper.layers:
-            hidden_states = layer(
-                hidden_states,
-                self_attention_mask,
-                encoder_hidden_states,
-                encoder_attention_mask=cross_attention_mask,
-                past_key_values=past_key_values,
-                use_cache=past_key_values is not None,
+            recorded.add_layer_input(hidden_states)
+            with self._attention_weights(layer, output_attentions) as weights:
+                hidden_states = layer(
+                    hidden_states,
+                    self_attention_mask,
+                    encoder_hidden_states,
+                    encoder_attention_mask=cross_attention_mask,
+                    past_key_values=past_key_values,
+                    use_cache=past_key_values is not None,
+                )
+            recorded.add_attentions(weights.get("self_attn"), weights.get("encoder_attn"))
+        return recorded.output(whisper.layer_norm(hidden_states), past_key_values)
+
+    @contextlib.contextmanager
+    def _attention_weights(self, layer: nn.Module, output_attentions: bool):
+        """The weights a Whisper decoder layer's two attentions return (and the layer drops), keyed `self_attn` /
+        `encoder_attn`, gathered while the layer runs; nothing unless `output_attentions`."""
+        weights = {}
+        if not output_attentions:
+            yield weights
+            return
+        implementation = self.whisper.config._attn_implementation
+        if implementation not in (None, "eager"):
+            raise ValueError(
+                f"output_attentions: decoder_type='whisper-decoder' runs Whisper's {implementation!r} attention, which "
+                "returns no weights; load or build the model with attn_implementation='eager'."
             )
-        return whisper.layer_norm(hidden_states)
+        record = lambda name: lambda module, args, output: weights.__setitem__(name, output[1])  # noqa: E731
+        hooks = [getattr(layer, name).register_forward_hook(record(name)) for name in ("self_attn", "encoder_attn")]
+        try:
+            yield weights
+        finally:
+            for hook in hooks:
+                hook.remove()
 
 
 class MMAVSRLLMProjector(nn.Module):
@@ -346,7 +448,15 @@ class MMAVSRLLMDecoder(nn.Module):
         encoder_frame_mask: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         past_key_values: Cache | None = None,
-    ) -> torch.Tensor:
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> BaseModelOutputWithPastAndCrossAttentions:
+        if output_attentions:
+            raise ValueError(
+                "output_attentions: decoder_type='llm' has no cross-attention to report: the LLM attends to one "
+                "sequence [instruction; encoder features; tokens] with its own self-attention (use "
+                "output_hidden_states, or the language model's own outputs)."
+            )
         cache = past_key_values
         if isinstance(cache, EncoderDecoderCache):
             cache = cache.self_attention_cache  # generate() builds an encoder-decoder cache: the LLM needs one part
@@ -383,8 +493,17 @@ class MMAVSRLLMDecoder(nn.Module):
             position_ids=position_ids,
             past_key_values=cache,
             use_cache=cache is not None,
+            output_hidden_states=output_hidden_states,
         )
-        return outputs.last_hidden_state[:, -length:]
+        # the states of the decoder tokens only, as the other decoders return them
+        hidden_states = None
+        if output_hidden_states:
+            hidden_states = tuple(states[:, -length:] for states in outputs.hidden_states)
+        return BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=outputs.last_hidden_state[:, -length:],
+            past_key_values=past_key_values,
+            hidden_states=hidden_states,
+        )
 
 
 class MMAVSRCTCHead(nn.Module):

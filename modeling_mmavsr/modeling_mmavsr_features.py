@@ -75,7 +75,7 @@ def get_encoder_features(
     )
     output = _stream_output(hidden_states, frame_mask)
     if feature_layer == "conformer":
-        output.features = encoder.conformer(hidden_states, output.attention_mask)
+        output.features = encoder.conformer(hidden_states, output.attention_mask).last_hidden_state
     return output
 
 

@@ -147,7 +147,7 @@ def test_whisper_decoder_is_whispers_own_on_unpadded_input():
     reference.load_state_dict(model.model.decoder.whisper.state_dict())
     encoder_states = torch.randn(2, 9, 32)
     ids = torch.tensor([WHISPER_PROMPT + [5, 6], WHISPER_PROMPT + [7, 8]])
-    ours = model.model.decoder(ids, encoder_states)
+    ours = model.model.decoder(ids, encoder_states).last_hidden_state
     theirs = reference(input_ids=ids, encoder_hidden_states=encoder_states).last_hidden_state
     torch.testing.assert_close(ours, theirs)
     assert model.lm_head.weight is model.model.decoder.whisper.embed_tokens.weight  # Whisper ties proj_out
@@ -229,15 +229,15 @@ def test_joint_ctc_decoding_with_the_decoders_vocabulary(decoder):
 
 
 def lora_model(**overrides):
-    model = build("llm", use_qlora=True, qlora_r=4, qlora_alpha=8, lora_dropout=0.0, **overrides)
-    with pytest.warns(UserWarning, match="not quantized"):
-        model.add_lora()
-    return model
+    """Plain LoRA (full-precision LLM); QLoRA's 4-bit path is tested in test_qlora.py."""
+    return build("llm", use_lora=True, qlora_r=4, qlora_alpha=8, lora_dropout=0.0, **overrides)
 
 
 def test_lora_trains_adapters_and_encoder_not_the_llm_base():
-    model = lora_model()
+    model = build("llm", qlora_r=4, qlora_alpha=8, lora_dropout=0.0)
     model.model.encoder.conformer.requires_grad_(False)  # a part frozen before the adapters stays frozen
+    model.add_lora()  # over a full-precision LLM: plain LoRA
+    assert model.config.use_lora and not model.config.use_qlora
     model.train()
     model(**make_inputs("audio", FRAMES), labels=pad(TOKENS, EOS), ctc_labels=pad(CTC_TOKENS)).loss.backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
@@ -293,6 +293,34 @@ def test_save_load_round_trip_without_adapters(decoder, tmp_path):
     assert loaded.config.decoder_prompt_ids == model.config.decoder_prompt_ids
     assert torch.equal(loaded(**inputs, labels=labels, ctc_labels=pad(CTC_TOKENS)).logits, expected)
     assert torch.equal(loaded.generate(**inputs, max_new_tokens=4), model.generate(**inputs, max_new_tokens=4))
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_decoder_hidden_states_and_attentions(decoder):
+    model = build(decoder)
+    inputs, labels, ctc_labels = make_inputs("audio", FRAMES), pad(TOKENS, EOS), pad(CTC_TOKENS)
+    plain = model(**inputs, labels=labels, ctc_labels=ctc_labels)
+    out = model(**inputs, labels=labels, ctc_labels=ctc_labels, output_hidden_states=True)
+    assert torch.equal(out.logits, plain.logits)
+    # every decoder position (prompt included) of the decoder's input and of each layer, the last one after the norm
+    prompt = len(model.config.decoder_prompt_ids)
+    width = model.config.text_config.hidden_size
+    states = out.decoder_hidden_states
+    assert len(states) == model.config.text_config.num_hidden_layers + 1
+    assert all(h.shape == (len(FRAMES), prompt - 1 + labels.shape[1], width) for h in states)
+    assert torch.equal(model.lm_head(states[-1][:, prompt - 1 :]), out.logits)
+    if decoder == "llm":
+        with pytest.raises(ValueError, match="decoder_type='llm' has no cross-attention to report"):
+            model(**inputs, labels=labels, ctc_labels=ctc_labels, output_attentions=True)
+        return
+    with pytest.raises(ValueError, match="attn_implementation='eager'"):  # sdpa returns no weights
+        model(**inputs, labels=labels, ctc_labels=ctc_labels, output_attentions=True)
+    model.set_attn_implementation("eager")
+    out = model(**inputs, labels=labels, ctc_labels=ctc_labels, output_attentions=True)
+    steps, heads = prompt - 1 + labels.shape[1], model.config.text_config.decoder_attention_heads
+    assert [a.shape for a in out.decoder_attentions] == [(len(FRAMES), heads, steps, steps)] * 2
+    assert [a.shape for a in out.cross_attentions] == [(len(FRAMES), heads, steps, max(FRAMES))] * 2
+    assert torch.all(out.cross_attentions[0][1, :, :, FRAMES[1]:] == 0)  # the shorter clip's padding
 
 
 def test_legacy_decoder_name_builds_and_a_config_saved_with_it_loads(tmp_path):

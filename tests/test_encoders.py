@@ -145,11 +145,13 @@ def test_every_encoder_pair_and_fusion_trains_a_step(vision, audio, fusion):
     loss, changed = train_one_step(model, inputs)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    # pretrained encoders are frozen by default, the ResNet frontends train: everything trainable moved, nothing else
+    # encoders initialised at random train (only those loaded from a checkpoint are frozen by default): everything
+    # trainable moved, and nothing is frozen but what the transformers model fixes itself (Whisper's positions)
     assert changed == trainable
-    assert all(("vision_frontend" in n and vision in PRETRAINED) or ("audio_frontend" in n and audio in PRETRAINED)
-               for n in frozen)
-    assert bool(frozen) == (vision in PRETRAINED or audio in PRETRAINED)
+    assert frozen <= {"model.encoder.audio_frontend.encoder.embed_positions.weight"}
+    assert (model.config.freeze_vision_encoder, model.config.freeze_audio_encoder) == (
+        False if vision else None, False if audio else None
+    )
 
 
 ENCODERS = [("vision", v) for v in VISION_ENCODERS] + [("audio", a) for a in AUDIO_ENCODERS]
@@ -189,7 +191,7 @@ def test_padding_gives_each_sample_its_own_outputs(kind, choice):
 
 @pytest.mark.parametrize("kind, choice", [e for e in ENCODERS if e[1] in PRETRAINED])
 def test_frozen_encoder_is_unchanged_and_unfrozen_encoder_trains(kind, choice):
-    frozen_model = single(kind, choice)
+    frozen_model = single(kind, choice, **{f"freeze_{kind}_encoder": True})
     wrapper = getattr(frozen_model.model.encoder, f"{kind}_frontend")
     before = {n: p.clone() for n, p in encoder_parameters(frozen_model, kind).items()}
     assert all(not p.requires_grad for p in before.values())
@@ -203,12 +205,14 @@ def test_frozen_encoder_is_unchanged_and_unfrozen_encoder_trains(kind, choice):
     mask_key = "video_attention_mask" if kind == "vision" else "attention_mask"
     assert not wrapper(inputs[key], inputs[mask_key]).requires_grad
 
-    unfrozen = single(kind, choice, **{f"freeze_{kind}_encoder": False})
-    _, changed = train_one_step(unfrozen, inputs)
-    trainable = {n for n, p in encoder_parameters(unfrozen, kind).items() if p.requires_grad}
-    prefix = f"{kind}_frontend.encoder."
-    moved = {n.split(prefix, 1)[1] for n in changed if prefix in n}
-    assert trainable and moved == trainable
+    # a random encoder trains unless told otherwise, as does one told so
+    for unfrozen in (single(kind, choice), single(kind, choice, **{f"freeze_{kind}_encoder": False})):
+        assert getattr(unfrozen.config, f"freeze_{kind}_encoder") is False
+        _, changed = train_one_step(unfrozen, inputs)
+        trainable = {n for n, p in encoder_parameters(unfrozen, kind).items() if p.requires_grad}
+        prefix = f"{kind}_frontend.encoder."
+        moved = {n.split(prefix, 1)[1] for n in changed if prefix in n}
+        assert trainable and moved == trainable
 
 
 @pytest.mark.parametrize("kind, choice", ENCODERS)
@@ -313,7 +317,8 @@ def test_default_sub_configs_are_the_transformers_defaults():
     config = MMAVSRConfig(vision_encoder="clip-vit", audio_encoder="wavlm", audio_config={"hidden_size": 48})
     assert config.vision_config.model_type == "clip_vision_model" and config.vision_config.hidden_size == 768
     assert config.audio_config.model_type == "wavlm" and config.audio_config.hidden_size == 48
-    assert config.freeze_vision_encoder and config.freeze_audio_encoder
+    # undecided until a model is built: then loaded (pretrained) encoders are frozen and random ones train
+    assert config.freeze_vision_encoder is None and config.freeze_audio_encoder is None
     assert MMAVSRConfig().vision_config is None
 
 
@@ -354,6 +359,42 @@ def test_composed_model_round_trip_without_the_component_folders(tmp_path, visio
     assert torch.equal(out.logits, expected.logits)
     assert torch.equal(out.encoder_last_hidden_state, expected.encoder_last_hidden_state)
     assert not any(p.requires_grad for p in loaded.model.encoder.audio_frontend.parameters())
+
+
+def test_a_loaded_encoder_is_frozen_by_default_and_the_choice_survives_saving(tmp_path):
+    torch.manual_seed(0)
+    ViTModel(vision_config("vit"), add_pooling_layer=False).save_pretrained(tmp_path / "vit")
+    names = ("hidden_size", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim", "conv_kernel_size",
+             "text_config")
+    sizes = {k: v for k, v in tiny_config().to_dict().items() if k in names}
+    components = dict(vision_encoder="vit", vision_model_name=str(tmp_path / "vit"), **sizes)
+    inputs = make_inputs("vit", None)
+    loaded = MMAVSRForConditionalGeneration.from_pretrained_components(**components)
+    assert loaded.config.freeze_vision_encoder is True
+    assert not any(p.requires_grad for p in encoder_parameters(loaded, "vision").values())
+    _, changed = train_one_step(loaded, inputs)
+    assert changed and not any("vision_frontend" in n for n in changed)
+    unfrozen = MMAVSRForConditionalGeneration.from_pretrained_components(**components, freeze_vision_encoder=False)
+    _, changed = train_one_step(unfrozen, inputs)
+    assert {n for n in changed if "vision_frontend.encoder." in n}
+    # saved and loaded again (from_pretrained loads weights, but the choice is the saved one): both choices kept
+    random_model = single("vision", "vit")
+    for model, frozen in ((loaded, True), (unfrozen, False), (random_model, False)):
+        model.save_pretrained(tmp_path / "saved")
+        again = MMAVSRForConditionalGeneration.from_pretrained(tmp_path / "saved")
+        assert again.config.freeze_vision_encoder is frozen
+        assert all(p.requires_grad is not frozen for p in encoder_parameters(again, "vision").values())
+
+
+def test_freezing_a_frontend_that_always_trains_is_refused_unless_the_config_predates_the_choice(tmp_path):
+    with pytest.raises(ValueError, match="freeze_vision_encoder=True freezes a pretrained vision encoder"):
+        MMAVSRConfig(vision_encoder="resnet", freeze_vision_encoder=True)
+    with pytest.raises(ValueError, match="audio_encoder=None means no such encoder"):
+        MMAVSRConfig(vision_encoder="resnet", freeze_audio_encoder=True)
+    # configs saved before `decoder_type` hold True, the old default that froze pretrained encoders only
+    legacy = MMAVSRConfig(decoder="transformer", vision_encoder="resnet", audio_encoder="whisper",
+                          freeze_vision_encoder=True, freeze_audio_encoder=True)
+    assert legacy.freeze_vision_encoder is None and legacy.freeze_audio_encoder is True
 
 
 def test_from_pretrained_components_rejects_a_name_without_a_pretrained_choice(tmp_path):

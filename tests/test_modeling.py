@@ -207,6 +207,121 @@ def test_missing_modality_input_raises_a_clear_error():
         build("video")(pixel_values_videos=torch.zeros(2, 5, 24, 24), labels=make_labels(TOKENS))
 
 
+@pytest.mark.parametrize("modality", ["video", "audio"])
+def test_an_input_the_model_has_no_encoder_for_is_refused(modality):
+    model = build(modality)
+    inputs = make_inputs(modality, FRAMES)
+    other = make_inputs("audiovisual", FRAMES)
+    extra = {k: v for k, v in other.items() if k not in inputs}
+    name = "input_features" if modality == "video" else "pixel_values_videos"
+    missing = "audio" if modality == "video" else "video"
+    message = rf"This {modality} model has no {missing} encoder, so it cannot read `{name}`"
+    with pytest.raises(ValueError, match=message):
+        model(**inputs, **extra, labels=make_labels(TOKENS))
+    with pytest.raises(ValueError, match=message):
+        model.generate(**inputs, **extra, max_new_tokens=3)
+    mask = "attention_mask" if modality == "video" else "video_attention_mask"
+    with pytest.raises(ValueError, match=f"cannot read `{mask}`"):
+        model.generate(**inputs, **{mask: extra[mask]}, max_new_tokens=3)
+    assert model.config.input_streams == (modality,)
+
+
+def test_sub_configs_are_declared_and_the_text_config_is_the_decoders():
+    config = tiny_config("audiovisual")
+    assert set(MMAVSRConfig.sub_configs) == {"text_config", "vision_config", "audio_config"}
+    assert config.get_text_config() is config.text_config
+    assert config.get_text_config(decoder=True) is config.text_config
+    assert config.input_streams == ("video", "audio")
+    # the attention implementation asked for reaches the decoder's config (a sub-config), as in composite models
+    model = MMAVSRForConditionalGeneration(config)
+    model.set_attn_implementation("eager")
+    assert model.config.text_config._attn_implementation == "eager"
+
+
+def test_trainers_own_checkpoint_loading_restores_the_weights(tmp_path):
+    """Trainer._load_from_checkpoint reads config.json with the base PreTrainedConfig (a version check): the saved
+    MMAVSR config must pass it, so that resuming needs no override of its own."""
+    from transformers import Trainer, TrainingArguments
+
+    model = build("audiovisual")
+    model.save_pretrained(tmp_path / "checkpoint-1")
+    expected = {name: value.clone() for name, value in model.state_dict().items()}
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), report_to=[], use_cpu=True)
+    Trainer(model=model, args=args)._load_from_checkpoint(str(tmp_path / "checkpoint-1"))
+    assert all(torch.equal(value, expected[name]) for name, value in model.state_dict().items())
+
+
+@pytest.mark.parametrize("modality", ["video", "audiovisual"])
+def test_hidden_states_and_attentions_are_returned_as_whisper_returns_them(modality):
+    model = build(modality)
+    inputs, labels = make_inputs(modality, FRAMES), make_labels(TOKENS)
+    plain = model(**inputs, labels=labels)
+    assert plain.encoder_hidden_states is None and plain.decoder_attentions is None
+    out = model(**inputs, labels=labels, output_hidden_states=True, output_attentions=True)
+    # the same model (the weights are asked of the eager kernel, which may round differently from sdpa)
+    torch.testing.assert_close(out.logits, plain.logits, atol=1e-5, rtol=0)
+    batch, frames, steps, heads = len(FRAMES), max(FRAMES), labels.shape[1], 4
+    config = model.config
+    # the Conformer's input and each layer's output, the last one the encoder's output; one weight map per layer
+    assert len(out.encoder_hidden_states) == config.encoder_layers + 1
+    assert all(h.shape == (batch, frames, config.hidden_size) for h in out.encoder_hidden_states)
+    assert torch.equal(out.encoder_hidden_states[-1], out.encoder_last_hidden_state)
+    assert [a.shape for a in out.encoder_attentions] == [(batch, heads, frames, frames)] * config.encoder_layers
+    # padded frames get no attention; each row of weights sums to one
+    for weights in out.encoder_attentions:
+        assert torch.all(weights[1, :, :, FRAMES[1]:] == 0)
+        torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights.sum(-1)))
+    layers = config.text_config.num_hidden_layers
+    assert len(out.decoder_hidden_states) == layers + 1
+    assert all(h.shape == (batch, steps, config.text_config.d_model) for h in out.decoder_hidden_states)
+    assert [a.shape for a in out.decoder_attentions] == [(batch, heads, steps, steps)] * layers
+    assert [a.shape for a in out.cross_attentions] == [(batch, heads, steps, frames)] * layers
+    assert torch.all(out.decoder_attentions[0].triu(1) == 0)  # causal
+    assert torch.all(out.cross_attentions[0][1, :, :, FRAMES[1]:] == 0)
+    # the config's defaults apply when a call leaves the flags out
+    model.config.output_hidden_states = True
+    assert len(model(**inputs, labels=labels).encoder_hidden_states) == config.encoder_layers + 1
+    model.config.output_hidden_states = False
+    encoder = model.get_encoder()(**inputs, output_hidden_states=True)
+    for ours, expected in zip(encoder.hidden_states, out.encoder_hidden_states, strict=True):
+        torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+
+
+def test_return_dict_false_gives_a_tuple_in_the_outputs_order():
+    model = build("audiovisual")
+    inputs, labels = make_inputs("audiovisual", FRAMES), make_labels(TOKENS)
+    out = model(**inputs, labels=labels, output_hidden_states=True)
+    as_tuple = model(**inputs, labels=labels, output_hidden_states=True, return_dict=False)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == len(out.to_tuple())
+    assert torch.equal(as_tuple[0], out.loss) and torch.equal(as_tuple[1], out.logits)
+    encoder_tuple = model.get_encoder()(**inputs, return_dict=False)
+    assert isinstance(encoder_tuple, tuple) and torch.equal(encoder_tuple[0], out.encoder_last_hidden_state)
+    model.config.return_dict = False
+    assert isinstance(model.model(**inputs, decoder_input_ids=labels.clamp(min=0)), tuple)
+    # generate() asks the model for dicts whatever the config says
+    assert model.generate(**inputs, num_beams=2, max_new_tokens=3).shape[0] == len(FRAMES)
+
+
+def test_generate_returns_the_encoder_and_decoder_states_asked_for():
+    model = build("audiovisual")
+    inputs = make_inputs("audiovisual", FRAMES)
+    plain = model.generate(**inputs, num_beams=3, max_new_tokens=4)
+    out = model.generate(
+        **inputs, num_beams=3, max_new_tokens=4, output_hidden_states=True, output_attentions=True,
+        return_dict_in_generate=True,
+    )
+    assert torch.equal(out.sequences, plain)
+    assert len(out.encoder_hidden_states) == model.config.encoder_layers + 1
+    assert len(out.encoder_attentions) == model.config.encoder_layers
+    steps = out.sequences.shape[1] - 1
+    assert len(out.decoder_hidden_states) == len(out.cross_attentions) == steps
+    # one step's cross-attention: every beam's own rows (the beams share one copy of the encoder's keys)
+    assert out.cross_attentions[1][0].shape == (len(FRAMES) * 3, 4, 1, max(FRAMES))
+
+
 @pytest.mark.parametrize("modality, expected", [("video", 250_383_410), ("audio", 243_049_202)])
 def test_released_configs_have_auto_avsr_parameter_counts(modality, expected):
     with torch.device("meta"):
