@@ -1,12 +1,17 @@
-"""The guides in docs/ run as written: each guide's code blocks, in order, in a fresh empty folder, in a subprocess.
+"""The README and the guides in docs/ run as written: each file's code blocks, in order, in one fresh Python process
+whose working directory is an empty tmp folder outside the checkout.
+
+The process runs with `python -I` (no PYTHONPATH, no user site, neither the checkout nor the runner's folder on
+`sys.path`) and executes the blocks in a fresh namespace: a block sees only the imports it and the file's earlier
+blocks show, and the package only as installed.
 
 Which blocks run, by the fence's info string:
 - ```python            runs;
 - ```python no-run     does not (the guide says why: a GPU, the Hub, placeholder paths);
 - ```bash run          runs with bash -e (commands a later Python block needs, such as a preparation CLI call);
 - anything else (```bash, ```yaml, ...) does not.
-A failure names the guide and the line: blocks are compiled with the guide's path and their own line numbers. The
-guides run two at a time (each in its own process, single-threaded), started together on first use.
+A failure names the file and the line: blocks are compiled with the file's path and their own line numbers. The
+files run two at a time (each in its own process, single-threaded), started together on first use.
 """
 
 import json
@@ -20,10 +25,11 @@ from pathlib import Path
 
 import pytest
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+REPO = Path(__file__).resolve().parent.parent
+DOCS = REPO / "docs"
 FENCE = re.compile(r"^```(?P<info>[^\n]*)\n(?P<code>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 # guides that must hold runnable code (a renamed or emptied guide fails here rather than silently running nothing)
-RUNNABLE_GUIDES = ("architecture", "feature_extraction", "fusion", "inference", "mouth_cropping", "qlora")
+RUNNABLE_GUIDES = ("README", "architecture", "feature_extraction", "fusion", "inference", "mouth_cropping", "qlora")
 TIMEOUT = 600
 PARALLEL_GUIDES = min(2, os.cpu_count() or 1)
 
@@ -61,13 +67,15 @@ def code_blocks(path: Path) -> list[dict]:
 
 
 def run_guide(path: Path, folder: Path) -> subprocess.CompletedProcess:
-    """Run a guide's blocks in `folder` (empty) in a fresh Python process; returns the finished process."""
+    """Run a guide's blocks in `folder` (empty, outside the checkout) in a fresh Python process; returns the finished
+    process."""
+    assert not folder.resolve().is_relative_to(REPO), f"{folder} is inside the checkout"
     folder.mkdir(parents=True, exist_ok=True)
     blocks_file, runner = folder.parent / f"{path.stem}_blocks.json", folder.parent / f"{path.stem}_runner.py"
     blocks_file.write_text(json.dumps(code_blocks(path)))
     runner.write_text(RUNNER)
-    env = dict(
-        os.environ,
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}  # no PYTHONPATH, PYTHONSTARTUP, ...
+    env.update(
         HF_HUB_OFFLINE="1",
         OMP_NUM_THREADS="1",
         TOKENIZERS_PARALLELISM="false",
@@ -75,7 +83,7 @@ def run_guide(path: Path, folder: Path) -> subprocess.CompletedProcess:
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # `python` is this one
     )
     return subprocess.run(
-        [sys.executable, str(runner), str(blocks_file)],
+        [sys.executable, "-I", str(runner), str(blocks_file)],
         cwd=folder,
         env=env,
         capture_output=True,
@@ -84,7 +92,7 @@ def run_guide(path: Path, folder: Path) -> subprocess.CompletedProcess:
     )
 
 
-GUIDES = sorted(path for path in DOCS.glob("*.md") if code_blocks(path))
+GUIDES = [path for path in (REPO / "README.md", *sorted(DOCS.glob("*.md"))) if code_blocks(path)]
 
 
 def test_the_runnable_guides_are_found():
