@@ -29,7 +29,9 @@ REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
 FENCE = re.compile(r"^```(?P<info>[^\n]*)\n(?P<code>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 # guides that must hold runnable code (a renamed or emptied guide fails here rather than silently running nothing)
-RUNNABLE_GUIDES = ("README", "architecture", "feature_extraction", "fusion", "inference", "mouth_cropping", "qlora")
+RUNNABLE_GUIDES = (
+    "README", "architecture", "datasets", "feature_extraction", "fusion", "inference", "mouth_cropping", "qlora"
+)
 TIMEOUT = 600
 PARALLEL_GUIDES = min(2, os.cpu_count() or 1)
 
