@@ -191,8 +191,12 @@ def _without_lora(state_dict: dict) -> dict:
 def _dequantized_linear(layer: nn.Module) -> nn.Linear:
     """A full-precision `nn.Linear` holding a bitsandbytes `Linear4bit`'s dequantized weight (and its bias)."""
     bnb = require_bitsandbytes()
-    state = layer.weight.quant_state
-    weight = bnb.functional.dequantize_4bit(layer.weight.data, state)
+    data, state = layer.weight.data, layer.weight.quant_state
+    if getattr(state, "packing_format_for_cpu", False):  # repacked for AVX512-BF16 CPU inference: back to NF4
+        data, state = importlib.import_module("bitsandbytes.nn.modules")._convert_weight_packed_for_cpu_inverse(
+            data, state
+        )
+    weight = bnb.functional.dequantize_4bit(data, state)
     dense = nn.Linear(
         layer.in_features, layer.out_features, bias=layer.bias is not None, device=weight.device, dtype=weight.dtype
     )
@@ -288,18 +292,29 @@ class MMAVSRLoraMixin:
         trainable = {name: p.requires_grad for name, p in self.named_parameters()}
         self.add_adapter(lora_config_for(self.config))
         self._set_lora_trainability(trainable)
+        self._keep_4bit_layout_trainable()
         quantized = self.is_llm_quantized
         self.config.use_qlora, self.config.use_lora = quantized, not quantized
 
     @property
     def is_llm_quantized(self) -> bool:
-        """True when the LLM's linear layers hold bitsandbytes 4-bit weights."""
+        """True when the LLM's linear layers hold bitsandbytes 4-bit weights (False for the other decoders)."""
+        if self.config.decoder_type != "llm":
+            return False
         return any(_is_4bit(m) for m in self.get_submodule(LLM_PREFIX).modules())
 
     @property
     def is_loaded_in_4bit(self) -> bool:
         # peft wraps 4-bit layers in its own 4-bit LoRA layers only when the model says so
         return self.is_llm_quantized
+
+    def _keep_4bit_layout_trainable(self) -> None:
+        """bitsandbytes repacks a 4-bit weight for AVX512-BF16 CPUs at its first inference call, and the repacked
+        weight passes no gradient to its input: a model with adapters trains its encoder through the LLM after an
+        evaluation too, so its 4-bit layers keep the NF4 layout."""
+        for module in self.get_submodule(LLM_PREFIX).modules():
+            if _is_4bit(module):
+                module.support_avx512bf16_for_cpu = False
 
     def _set_lora_trainability(self, trainable: dict[str, bool]) -> None:
         """LoRA weights train, the LLM base and lm_head do not, the rest keeps its previous `requires_grad`."""
@@ -404,6 +419,7 @@ class MMAVSRLoraMixin:
             adapter_args, adapter_kwargs = pending["adapter"]
             model.load_adapter(*adapter_args, **adapter_kwargs)
             model._set_lora_trainability(trainable)
+            model._keep_4bit_layout_trainable()
         else:
             model.apply_adapter_config()
         return loaded
