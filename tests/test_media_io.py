@@ -195,3 +195,22 @@ def test_audio_track_of_a_video_follows_read_audios_rules(tmp_path):
     ]:
         with pytest.raises(MediaError, match=message):
             read(path)
+
+
+def test_training_data_path_reads_the_sound_of_an_mp4(tmp_path):
+    """Raw LRS3 rows name the mp4 as their audio: the collator's reader takes its track through `read_audio`, under
+    the feature extractor's `resample` flag."""
+    from mmavsr_processing import MMAVSRProcessor
+    from mmavsr_processing.collation import read_clip
+
+    rate = 44100
+    sound = (0.3 * np.sin(2 * np.pi * 300 * np.arange(int(0.48 * rate)) / rate)).astype(np.float32)
+    path = tmp_path / "50001.mp4"
+    write_video(path, _moving_square(), audio=sound, sampling_rate=rate)
+    row = {"video": {"path": str(path), "bytes": None}, "audio": {"path": str(path), "bytes": None}, "text": "SO"}
+    processor = MMAVSRProcessor.from_auto_avsr()
+    with pytest.raises(MediaError, match=r"50001.mp4: sampling rate is 44100 Hz, expected 16000 Hz"):
+        read_clip(row, processor)
+    clip = read_clip(row, MMAVSRProcessor.from_auto_avsr(resample=True))
+    assert tuple(clip["video"].shape) == (12, 3, 64, 64)
+    assert abs(len(clip["audio"]) - 12 * 640) < 2048 and 0.2 < np.abs(clip["audio"]).max() < 0.4
