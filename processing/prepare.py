@@ -16,8 +16,9 @@ For every video under `--input-dir` (searched recursively; .mp4 .m4v .mov .avi .
 Transcripts come from the `.txt` beside each video (LRS3's `Text:  THE WORDS` first line, or else the whole file is
 the text), or from a `--transcripts` CSV of `path,text` rows (`path` relative to `--input-dir`; a `path,text` header
 row is allowed). Videos at any frame rate and audio at any sampling rate are resampled (frames by nearest timestamp,
-the rule of `media_io.resample_frames` that the inference pipeline applies too). A rerun skips the clips already written (files are written under a temporary name and renamed, so an
-interrupted run leaves no half-written clip) and rewrites the label file. A bad clip (unreadable media, no face, no
+the rule of `media_io.resample_frames` that the inference pipeline applies too). A rerun skips the clips already
+written (files are written under a temporary name and renamed, so an interrupted run leaves no half-written clip)
+and rewrites the label file. A bad clip (unreadable media, no face, no
 transcript) stops the run with an error that names it, or with `--skip-bad-files` is left out, counted and listed
 in `labels/DATASET_SPLIT_skipped.tsv`.
 """
