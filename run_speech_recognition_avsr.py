@@ -36,7 +36,15 @@ import torch
 import transformers
 from mmavsr_processing import CLEAN_SNR, AddNoise, MMAVSRTokenizer, TimeMask
 from mmavsr_processing.collation import ClipReader, MMAVSRDataCollator
-from mmavsr_processing.label_files import babble_from_split, load_label_split, read_files_directly
+from mmavsr_processing.hf_datasets import (
+    MaxFramesStreamBatcher,
+    StreamingStateCallback,
+    add_num_frames,
+    load_avsr_splits,
+    restore_streaming_state,
+    shard_stream,
+)
+from mmavsr_processing.label_files import INDEX_COLUMN, babble_from_split, load_label_split, read_files_directly
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments, TrainerCallback, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -147,12 +155,33 @@ class ModelArguments:
 
 @dataclass
 class DataTrainingArguments:
-    """Where the data is (auto_avsr's preprocessed layout) and how it is batched, augmented and decoded."""
+    """Where the data is (auto_avsr's preprocessed layout, or a `datasets` dataset) and how it is batched, augmented
+    and decoded."""
 
     root_dir: str | None = field(default=None, metadata={"help": "Root of the preprocessed dataset."})
     train_file: str | None = field(default=None, metadata={"help": "Training label CSV (in ROOT/labels/ or a path)."})
     val_file: str | None = field(default=None, metadata={"help": "Validation label CSV."})
     test_file: str | None = field(default=None, metadata={"help": "Test label CSV."})
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "A `datasets` dataset instead of label files: a Hub id, a save_to_disk folder, a "
+                  "parquet/CSV/JSON file or a videofolder/audiofolder folder with a metadata file (docs/datasets.md)."},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The configuration of --dataset_name."})
+    train_split_name: str = field(default="train", metadata={"help": "--dataset_name's training split."})
+    eval_split_name: str = field(
+        default="validation", metadata={"help": "--dataset_name's split for --do_eval (and evaluation in training)."}
+    )
+    test_split_name: str = field(default="test", metadata={"help": "--dataset_name's split for --do_predict."})
+    video_column_name: str = field(default="video", metadata={"help": "--dataset_name's video column."})
+    audio_column_name: str = field(default="audio", metadata={"help": "--dataset_name's audio column."})
+    text_column_name: str = field(default="text", metadata={"help": "--dataset_name's transcript column."})
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Stream --dataset_name's training split (nothing downloaded or converted up front; needs "
+                  "--max_steps): batches of --max-frames frames (or --per_device_train_batch_size clips), each "
+                  "process reading its own shards, resumed from a checkpoint where it stopped."},
+    )
     max_frames: int | None = field(
         default=None, metadata={"help": "Cap on the summed video frames of a training batch (replaces the batch size)."}
     )
@@ -295,6 +324,8 @@ def parse_args(argv: list[str] | None = None):
             training_args.do_predict = data_args.test_file is not None
         elif data_args.test_file or data_args.val_file:
             training_args.do_eval = True
+        elif data_args.dataset_name:
+            raise ValueError("--dataset_name: choose the splits' use with --do_train, --do_eval and/or --do_predict.")
         else:
             raise ValueError(
                 "Nothing to do: give --train-file to train, or --test-file/--val-file to evaluate "
@@ -315,6 +346,48 @@ def refuse_unused_audio_flags(data_args: DataTrainingArguments, modality: str) -
     if noisy:
         logger.warning(f"--decode-snr-target {' '.join(noisy)}: this {modality} model reads no audio, so the noise "
                        "changes nothing; every condition decodes the same clean video.")
+
+
+def check_dataset_flags(data_args: DataTrainingArguments) -> None:
+    """--dataset_name replaces the label files; --streaming streams it (and only it)."""
+    label_flags = [flag for flag, value in (("--root-dir", data_args.root_dir), ("--train-file", data_args.train_file),
+                   ("--val-file", data_args.val_file), ("--test-file", data_args.test_file)) if value]
+    if data_args.dataset_name and label_flags:
+        raise ValueError(f"--dataset_name {data_args.dataset_name} and {', '.join(label_flags)}: give a dataset or "
+                         "auto_avsr's label files, not both.")
+    if data_args.streaming and not data_args.dataset_name:
+        raise ValueError("--streaming streams --dataset_name's training split; label files (--train-file) are read "
+                         "whole. Give --dataset_name (e.g. a folder written by prepare --save-to-disk).")
+    if data_args.streaming and data_args.cache_clips:
+        raise ValueError("--cache_clips keeps a map-style training set's clips in memory; a stream (--streaming) "
+                         "is read once per pass: drop one of them.")
+
+
+def load_dataset_splits(
+    data_args: DataTrainingArguments, training_args, modalities, stages: list[str] | None = None
+) -> dict:
+    """--dataset_name's splits for the run's stages (train, eval, test), with the columns `modalities` need; the
+    training split streamed with --streaming, evaluation splits always map-style (their length is the WER's)."""
+    names = {"train": data_args.train_split_name, "eval": data_args.eval_split_name, "test": data_args.test_split_name}
+    if stages is None:
+        chosen = {"train": training_args.do_train, "eval": training_args.do_eval, "test": training_args.do_predict}
+        stages = [stage for stage, wanted in chosen.items() if wanted]
+    splits = load_avsr_splits(
+        data_args.dataset_name,
+        data_args.dataset_config_name,
+        {stage: names[stage] for stage in stages},
+        modalities=modalities,
+        video_column=data_args.video_column_name,
+        audio_column=data_args.audio_column_name,
+        text_column=data_args.text_column_name,
+        streaming=["train"] if data_args.streaming else [],
+        limits={"train": data_args.max_train_samples, "eval": data_args.max_eval_samples,
+                "test": data_args.max_eval_samples},
+        index_column=INDEX_COLUMN,
+    )
+    if data_args.max_frames and isinstance(splits.get("train"), datasets.Dataset):
+        splits["train"] = add_num_frames(splits["train"])  # lengths for the --max-frames sampler
+    return splits
 
 
 def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None) -> dict:
@@ -351,7 +424,9 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         last_checkpoint = resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint)
     set_seed(training_args.seed)
 
-    # 4. Load datasets (before the model: --train_vocabulary_size trains the vocabulary on the training transcripts)
+    # 4. Load datasets (before the model: --train_vocabulary_size trains the vocabulary on the training transcripts);
+    # a --dataset_name is read in step 5, once the model says which media it reads
+    check_dataset_flags(data_args)
     splits = {}
     for stage, wanted, files in (
         ("train", training_args.do_train, [("--train-file", data_args.train_file)]),
@@ -359,7 +434,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         ("test", training_args.do_predict, [("--test-file", data_args.test_file)]),
     ):
         given = [(flag, name) for flag, name in files if name]
-        if not wanted:
+        if not wanted or data_args.dataset_name:
             continue
         if not given:
             raise ValueError(f"--do_{'predict' if stage == 'test' else stage} needs {files[0][0]}.")
@@ -379,10 +454,14 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     # 5. Build model and processor
     tokenizer = None
     if model_args.train_vocabulary_size:
-        if "train" not in splits:
-            raise ValueError("--train_vocabulary_size needs training transcripts (--train-file).")
+        if "train" not in splits and not (data_args.dataset_name and training_args.do_train):
+            raise ValueError("--train_vocabulary_size needs training transcripts (--train-file or --dataset_name).")
+        if "train" in splits:
+            texts = splits["train"]["text"]
+        else:  # only the transcripts of --dataset_name's training split
+            texts = [row["text"] for row in load_dataset_splits(data_args, training_args, (), ["train"])["train"]]
         tokenizer = MMAVSRTokenizer.train_vocabulary(
-            splits["train"]["text"],
+            texts,
             Path(training_args.output_dir) / "vocabulary",
             vocab_size=model_args.train_vocabulary_size,
             model_type=model_args.train_vocabulary_type,
@@ -407,6 +486,8 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         refuse_unused_audio_flags(data_args, config.modality)
     ctc_tokenizer = separate_ctc_tokenizer(config)
     splits = {stage: read_files_directly(dataset, modalities) for stage, dataset in splits.items()}
+    if data_args.dataset_name:
+        splits = load_dataset_splits(data_args, training_args, modalities)
     logger.info(f"Model: {config.modality} ({', '.join(modalities)}), {model.num_parameters():,} parameters.")
 
     # 6. Noise, augmentation and collators
@@ -415,9 +496,11 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     if "audio" in modalities and (noisy_decoding or (data_args.train_snr and training_args.do_train)):
         if data_args.noise_file and not Path(data_args.noise_file).is_file():
             raise FileNotFoundError(f"--noise-file {data_args.noise_file}: no such file.")
-        noise = data_args.noise_file or babble_from_split(
-            next(iter(splits.values())), training_args.seed, data_args.skip_bad_files
-        )
+        mapped = [dataset for dataset in splits.values() if isinstance(dataset, datasets.Dataset)]
+        if not data_args.noise_file and not mapped:
+            raise ValueError("--train-snr with --streaming and no evaluation split: babble noise is mixed from a "
+                             "map-style split; give --noise-file.")
+        noise = data_args.noise_file or babble_from_split(mapped[0], training_args.seed, data_args.skip_bad_files)
     train_collator = train_dataset = None
     if "train" in splits:
         masks = {modality: [TimeMask.for_video() if modality == "video" else TimeMask.for_audio()]
@@ -437,10 +520,20 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         )
         # media are read in the DataLoader: an unusable clip raises naming its file, or with --skip-bad-files is
         # skipped and counted, the next clip taking its place
-        train_dataset = ClipReader(
-            splits["train"], processor, modalities, skip_bad_files=data_args.skip_bad_files,
-            cache=data_args.cache_clips,
-        )
+        if data_args.streaming:  # frame-capped batches of this process's shards
+            train_dataset = MaxFramesStreamBatcher(
+                shard_stream(splits["train"], training_args.process_index, training_args.world_size,
+                             seed=training_args.seed),
+                max_frames=data_args.max_frames,
+                batch_size=None if data_args.max_frames else training_args.per_device_train_batch_size,
+                seed=training_args.seed, processor=processor, modalities=modalities,
+                skip_bad_files=data_args.skip_bad_files, index_column=INDEX_COLUMN,
+            )
+        else:
+            train_dataset = ClipReader(
+                splits["train"], processor, modalities, skip_bad_files=data_args.skip_bad_files,
+                cache=data_args.cache_clips,
+            )
 
     # 7. Trainer
     metric = WERMetric(processor)
@@ -458,12 +551,16 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     )
     for callback in callbacks or []:
         trainer.add_callback(callback)
+    if data_args.streaming and train_dataset is not None:
+        trainer.add_callback(StreamingStateCallback(train_dataset))  # the stream's position in each checkpoint
 
     # 8. Train (SIGTERM: save a checkpoint after the step under way, exit 143; the same command resumes)
     results = {}
     if training_args.do_train:
         if training_args.should_save:
             discard_incomplete_checkpoints(training_args.output_dir)
+        if data_args.streaming:  # continue the stream where the checkpoint left it
+            restore_streaming_state(train_dataset, last_checkpoint, training_args)
         sigterm = SigtermCheckpointCallback()
         trainer.add_callback(sigterm)
         sigterm.install()
@@ -479,7 +576,8 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         trainer.save_model()
         processor.save_pretrained(training_args.output_dir)
         metrics = train_result.metrics
-        metrics["train_samples"] = len(train_dataset)
+        if not data_args.streaming:  # a stream has no length
+            metrics["train_samples"] = len(train_dataset)
         metrics["train_skipped_clips"] = len(trainer.skipped_clips)
         if trainer.skipped_clips:
             logger.warning(f"Skipped {len(trainer.skipped_clips)} unusable training clip(s), e.g. "

@@ -14,9 +14,10 @@ process, reading the dataset as `run_speech_recognition_avsr.py --dataset_name D
   parquet files into datasets' arrow cache (a fresh cache folder each run) before the first batch.
 
     python benchmarks/bench_streaming.py                               # 1,000 and 150,000 rows, streaming
-    python benchmarks/bench_streaming.py --sizes 1000 150000 --map-style --batches 20
+    python benchmarks/bench_streaming.py --sizes 1000 150000 --map-style --repeats 3
 
-Prints one line per size and path.
+Prints one line per size and path: the medians over `--repeats` rounds (the sizes alternate within a round), and
+each round's time to the first batch.
 """
 
 import argparse
@@ -44,6 +45,7 @@ def parse_args(argv=None):
     parser.add_argument("--max-frames", type=int, default=400, help="frames a batch (--max-frames)")
     parser.add_argument("--batches", type=int, default=10, help="batches read after the first")
     parser.add_argument("--map-style", action="store_true", help="also measure the non-streaming load")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds over the sizes (alternating); medians printed")
     parser.add_argument("--work-dir", default=None, help="where to write the media and datasets (default: a temp dir)")
     parser.add_argument("--measure", nargs=3, metavar=("MODE", "DIR", "CACHE"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -146,20 +148,27 @@ def main(argv=None):
               f"--max-frames {args.max_frames}, first batch then {args.batches} more")
         print(f"{'rows':>9} {'path':>10} {'parquet MB':>10} {'first batch s':>13} {'+batches s':>10} "
               f"{'clips/batch':>11} {'RSS before MB':>13} {'peak RSS MB':>11}")
+        folders = {}
         for size in args.sizes:
-            folder = work / f"rows{size}"
-            write_rows(folder, size, files, args.clip_frames)
-            megabytes = sum(f.stat().st_size for f in folder.iterdir()) / 2**20
-            for mode in modes:
-                cache = tempfile.mkdtemp(dir=work)
-                command = [sys.executable, __file__, "--measure", mode, str(folder), cache,
-                           "--max-frames", str(args.max_frames), "--batches", str(args.batches)]
-                output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-                result = json.loads(output.strip().splitlines()[-1])
-                print(f"{size:>9,} {mode:>10} {megabytes:>10.1f} {result['first_batch_s']:>13.2f} "
-                      f"{result['batches_s']:>10.2f} {result['clips_in_first_batch']:>11} "
-                      f"{result['base_rss_mb']:>13.0f} {result['peak_rss_mb']:>11.0f}", flush=True)
-
+            folders[size] = work / f"rows{size}"
+            write_rows(folders[size], size, files, args.clip_frames)
+        runs = {(size, mode): [] for size in args.sizes for mode in modes}
+        for _ in range(args.repeats):  # sizes alternate, so that a change in the machine's load hits all of them
+            for size in args.sizes:
+                for mode in modes:
+                    cache = tempfile.mkdtemp(dir=work)
+                    command = [sys.executable, __file__, "--measure", mode, str(folders[size]), cache,
+                               "--max-frames", str(args.max_frames), "--batches", str(args.batches)]
+                    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+                    runs[size, mode].append(json.loads(output.strip().splitlines()[-1]))
+        for (size, mode), results in runs.items():
+            megabytes = sum(f.stat().st_size for f in folders[size].iterdir()) / 2**20
+            median = {key: float(np.median([r[key] for r in results])) for key in results[0]}
+            first = "/".join(f"{r['first_batch_s']:.1f}" for r in results)
+            print(f"{size:>9,} {mode:>10} {megabytes:>10.1f} {median['first_batch_s']:>13.2f} "
+                  f"{median['batches_s']:>10.2f} {median['clips_in_first_batch']:>11.0f} "
+                  f"{median['base_rss_mb']:>13.0f} {median['peak_rss_mb']:>11.0f}   runs: {first}", flush=True)
+        print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 if __name__ == "__main__":
     main()

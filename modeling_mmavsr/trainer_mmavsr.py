@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from mmavsr_processing.collation import SKIPPED_CLIPS, MaxFramesBatchSampler
+from mmavsr_processing.hf_datasets import MaxFramesStreamBatcher, streaming_dataloader
 from mmavsr_processing.label_files import INDEX_COLUMN
 from transformers import Seq2SeqTrainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
@@ -43,6 +44,8 @@ class AVSRSeq2SeqTrainer(Seq2SeqTrainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
     def get_train_dataloader(self):
+        if isinstance(self.train_dataset, MaxFramesStreamBatcher):  # --streaming: items are batches already
+            return streaming_dataloader(self.train_dataset, self.data_collator, self.args)
         if self.max_frames is None:
             return super().get_train_dataloader()
         dataset = self.train_dataset

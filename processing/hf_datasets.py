@@ -42,11 +42,13 @@ __all__ = [
     "STREAM_STATE_FILE",
     "MaxFramesStreamBatcher",
     "StreamingStateCallback",
+    "add_num_frames",
     "auto_avsr_to_dataset",
     "check_columns",
     "clip_frames",
     "export_auto_avsr_dataset",
     "load_avsr_dataset",
+    "load_avsr_splits",
     "restore_streaming_state",
     "shard_stream",
     "streaming_dataloader",
@@ -238,6 +240,47 @@ def load_avsr_dataset(
     return dataset
 
 
+def load_avsr_splits(
+    dataset_name: str | os.PathLike,
+    config_name: str | None,
+    splits: Mapping[str, str],
+    *,
+    modalities: Sequence[str] = ("video", "audio"),
+    video_column: str = "video",
+    audio_column: str = "audio",
+    text_column: str = "text",
+    streaming: Sequence[str] = (),
+    limits: Mapping[str, int | None] | None = None,
+    index_column: str | None = None,
+    **load_kwargs,
+) -> dict[str, datasets.Dataset | datasets.IterableDataset]:
+    """[`load_avsr_dataset`] for each stage of a run: `splits` maps a stage (e.g. `train`, `eval`) to its split
+    name; the stages in `streaming` are streamed. `limits[stage]` keeps the first N rows; `index_column` numbers the
+    rows of the map-style splits (a streamed one is numbered by [`MaxFramesStreamBatcher`]'s `index_column`).
+
+    Raises:
+        DatasetError: as `load_avsr_dataset`, or a map-style split without rows.
+    """
+    loaded = {}
+    for stage, split in splits.items():
+        dataset = load_avsr_dataset(
+            dataset_name, config_name, split, modalities=modalities, video_column=video_column,
+            audio_column=audio_column, text_column=text_column, streaming=stage in streaming, **load_kwargs,
+        )
+        limit = (limits or {}).get(stage)
+        if isinstance(dataset, datasets.IterableDataset):
+            loaded[stage] = dataset.take(limit) if limit is not None else dataset
+            continue
+        if limit is not None:
+            dataset = dataset.select(range(min(limit, len(dataset))))
+        if len(dataset) == 0:
+            raise DatasetError(f"{os.fspath(dataset_name)}: the {split} split has no rows.")
+        if index_column:
+            dataset = dataset.add_column(index_column, list(range(len(dataset))))
+        loaded[stage] = dataset
+    return loaded
+
+
 def _undecoded(feature):
     if isinstance(feature, datasets.Audio):
         return datasets.Audio(sampling_rate=feature.sampling_rate, decode=False)
@@ -276,6 +319,17 @@ def clip_frames(
             raise ValueError(f"{where}: cannot read the {column}'s length ({type(error).__name__}: {error})") from None
         return max(1, int(frames))
     raise ValueError(f"row has no num_frames, video or audio to measure (keys: {sorted(row)})")
+
+
+def add_num_frames(dataset: datasets.Dataset, frame_rate: float = VIDEO_FPS) -> datasets.Dataset:
+    """`dataset` with a `num_frames` column (each clip's length from [`clip_frames`]: the media's headers) when it has
+    none, for `MaxFramesBatchSampler` (`--max-frames`); a dataset that has one is returned as it is."""
+    if "num_frames" in dataset.column_names:
+        return dataset
+    features = dataset.features
+    return dataset.map(
+        lambda row: {"num_frames": clip_frames(row, features, frame_rate)}, desc="Measuring the clips' lengths"
+    )
 
 
 def _decoder(value, feature, column: str):
