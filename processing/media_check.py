@@ -2,8 +2,9 @@
 header and first samples) are opened in a thread pool, with a progress bar, so that a truncated or corrupt file is
 found before the first training step instead of when the DataLoader reaches it.
 
-[`find_bad_media`] returns what fails as [`BadMedia`] `(index, path, reason)` records; [`verify_media`] raises a
-[`MediaError`] naming the first bad files and how many there are. Both take a `datasets.Dataset` (its `Video` and
+[`find_bad_media`] returns what fails as [`BadMedia`] `(index, path, reason)` records; [`check_dataset_media`] raises a
+[`MediaError`] naming the first bad files and how many there are, or with `skip_bad_files` leaves them out with a
+logged warning. Both take a `datasets.Dataset` (its `Video` and
 `Audio` columns are read undecoded: paths or embedded bytes) or a list of row dicts whose media are paths.
 
 What a check cannot see: a file cut short after its first frame whose header is intact (an mp4 written with its index
@@ -13,6 +14,7 @@ first); the training data path (`collation.ClipReader`) names or skips such a cl
 from __future__ import annotations
 
 import io
+import logging
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +29,9 @@ from datasets.utils.tqdm import tqdm
 from .media_io import MediaError
 
 
-__all__ = ["BadMedia", "describe_bad_media", "find_bad_media", "probe_audio", "probe_video", "verify_media"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["BadMedia", "check_dataset_media", "describe_bad_media", "find_bad_media", "probe_audio", "probe_video"]
 
 # the samples read from the start of an audio file (0.1 s at 16 kHz): a header that promises samples it lacks fails
 AUDIO_PROBE_SAMPLES = 1600
@@ -214,17 +218,24 @@ def describe_bad_media(bad: Sequence[BadMedia], total: int) -> str:
     return f"{len(bad)} of {total} clips have unusable media: {listed}{more}"
 
 
-def verify_media(
+def check_dataset_media(
     dataset: datasets.Dataset | Sequence[dict],
     columns: Sequence[str] | dict[str, str] | None = None,
+    skip_bad_files: bool = False,
     num_workers: int | None = None,
     source: str = "dataset",
-) -> None:
-    """[`find_bad_media`], raising a `MediaError` that names the first bad files (and counts them) when any fails.
-    `source` (e.g. the option or file the dataset came from) starts the message."""
+) -> datasets.Dataset | list[dict]:
+    """[`find_bad_media`] on a whole dataset before training. Without `skip_bad_files` a failure raises a `MediaError`
+    naming the first bad files and counting them; with it the bad rows are left out and a warning gives their count
+    and the first few files and reasons. Returns the dataset (without the bad rows). `source` (e.g. the option or
+    file the dataset came from) starts the message."""
     bad = find_bad_media(dataset, columns, num_workers)
-    if bad:
-        raise MediaError(
-            f"{source}: {describe_bad_media(bad, len(dataset))}. Fix or remove these files, or skip them "
-            "(`skip_bad_files=True`)."
-        )
+    if not bad:
+        return dataset
+    message = f"{source}: {describe_bad_media(bad, len(dataset))}"
+    if not skip_bad_files:
+        raise MediaError(f"{message}. Fix or remove these files, or skip them (`skip_bad_files`).")
+    logger.warning("%s; left out.", message)
+    failed = {item.index for item in bad}
+    keep = [index for index in range(len(dataset)) if index not in failed]
+    return dataset.select(keep) if isinstance(dataset, datasets.Dataset) else [dataset[index] for index in keep]

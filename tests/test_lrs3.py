@@ -19,7 +19,7 @@ from mmavsr_processing import (
     write_audio,
     write_video,
 )
-from mmavsr_processing.media_check import find_bad_media, verify_media
+from mmavsr_processing.media_check import check_dataset_media, find_bad_media
 
 
 TEXTS = ["BIN BLUE AT F TWO NOW", "PLACE RED WITH G NINE SOON"]
@@ -156,7 +156,9 @@ def test_find_bad_media_reads_a_datasets_dataset_undecoded(five_clips):
     assert [(item.index, Path(item.path).name) for item in bad] == [(3, "clip3.mp4")]
     assert "is corrupt" in bad[0].reason
     with pytest.raises(MediaError, match=r"training set: 1 of 5 clips have unusable media: video .*clip3\.mp4"):
-        verify_media(dataset, source="training set")
+        check_dataset_media(dataset, source="training set")
+    kept = check_dataset_media(dataset, skip_bad_files=True, num_workers=2)
+    assert kept["id"] == [f"demo/test/spk{i}/clip{i}.mp4" for i in (0, 1, 2, 4)]
 
     paths = [item["path"] for item in dataset.cast_column("video", datasets.Video(decode=False))["video"]]
     embedded = datasets.Dataset.from_dict(
