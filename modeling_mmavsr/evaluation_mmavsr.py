@@ -54,16 +54,17 @@ def evaluate_at_snrs(
     gen_kwargs: dict | None = None,
     ctc_tokenizer=None,
 ) -> tuple[dict, list[dict], list[dict]]:
-    """Decode `dataset` with `trainer` once per SNR of `snrs` (noise added to the audio; `noise`: a wav path or an
-    array, see `AddNoise`); `ctc_tokenizer`: the tokenizer of a CTC head with a vocabulary of its own. Returns the
-    metrics (keys `{prefix}_{condition}_*` when there are several SNRs, `{prefix}_wer` the first one's WER), one
-    table row per SNR and every utterance's reference and hypothesis per SNR."""
+    """Decode `dataset` with `trainer` (an `AVSRSeq2SeqTrainer`: its `eval_collator` is set) once per SNR of `snrs`
+    (noise added to the audio; `noise`: a wav path or an array, see `AddNoise`); `ctc_tokenizer`: the tokenizer of a
+    CTC head with a vocabulary of its own. Returns the metrics (keys `{prefix}_{condition}_*` when there are several
+    SNRs, `{prefix}_wer` the first one's WER), one table row per SNR and every utterance's reference and hypothesis
+    per SNR."""
     metrics, rows, utterances = {}, [], []
     for snr in snrs:
         audio_augmentation = None
         if "audio" in modalities and snr < CLEAN_SNR:
             audio_augmentation = AddNoise(snr, noise=noise, seed=trainer.args.seed)
-        trainer.data_collator = MMAVSRDataCollator(
+        trainer.eval_collator = MMAVSRDataCollator(
             processor,
             training=False,
             audio_augmentation=audio_augmentation,

@@ -29,12 +29,26 @@ logger = logging.getLogger(__name__)
 
 class AVSRSeq2SeqTrainer(Seq2SeqTrainer):
     """Seq2SeqTrainer with auto_avsr's frame-capped training batches (`max_frames`), atomic checkpoint saves and
-    resuming that refuses pickled code; counts the training clips `ClipReader` skipped (`skipped_clips`)."""
+    resuming that refuses pickled code; counts the training clips `ClipReader` skipped (`skipped_clips`).
 
-    def __init__(self, *args, max_frames: int | None = None, num_buckets: int = 400, **kwargs):
+    Evaluation batches come from `eval_collator` when it is set (`data_collator` is then the training batches' only:
+    evaluation during training reads clean, unaugmented clips), and decode with `gen_kwargs` (e.g. the joint CTC
+    weight) unless `evaluate` is given others."""
+
+    def __init__(
+        self,
+        *args,
+        max_frames: int | None = None,
+        num_buckets: int = 400,
+        eval_collator=None,
+        gen_kwargs: dict | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.max_frames = max_frames
         self.num_buckets = num_buckets
+        self.eval_collator = eval_collator
+        self.gen_kwargs = dict(gen_kwargs or {})
         self._staging_dir: str | None = None
         # the messages of the clips `ClipReader` skipped in training (each clip once, however many epochs)
         self.skipped_clips: set[str] = set()
@@ -66,6 +80,18 @@ class AVSRSeq2SeqTrainer(Seq2SeqTrainer):
             prefetch_factor=self.args.dataloader_prefetch_factor,
         )
         return self.accelerator.prepare(loader)
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        if self.eval_collator is None:
+            return super().get_eval_dataloader(eval_dataset)
+        training_collator, self.data_collator = self.data_collator, self.eval_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = training_collator
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval", **gen_kwargs):
+        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **{**self.gen_kwargs, **gen_kwargs})
 
     def _get_output_dir(self, trial) -> str:
         return self._staging_dir or super()._get_output_dir(trial)

@@ -16,6 +16,7 @@ import numpy as np
 from .augmentation import make_babble
 from .feature_extraction_mmavsr import to_waveform
 from .lrs3 import load_auto_avsr_dataset
+from .media_constants import SAMPLING_RATE
 
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def read_files_directly(dataset: datasets.Dataset, modalities: tuple[str, ...]) 
 
 
 def babble_from_split(
-    dataset: datasets.Dataset, seed: int, skip_bad_files: bool = False, sampling_rate: int = 16000
+    dataset: datasets.Dataset, seed: int, skip_bad_files: bool = False, sampling_rate: int = SAMPLING_RATE
 ) -> np.ndarray:
     """auto_avsr's babble_noise.wav for a split: 30 s of 4 speakers mixed from (up to 32 of) its utterances; with
     `skip_bad_files` a clip that cannot be read is left out with a warning."""

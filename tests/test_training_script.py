@@ -315,6 +315,12 @@ def test_qlora_flags_reach_the_config():
     overrides = builder.config_overrides(dataclasses.asdict(model_args))
     assert (overrides["decoder_type"], overrides["use_qlora"], overrides["qlora_r"]) == ("llm", True, 4)
     assert "qlora_alpha" not in overrides  # the config's default
+    # --use-lora: LoRA over the full-precision LLM (the config's `use_lora`), the same rank flags
+    flags = ["--modality=audio", "--decoder=llm", "--use-lora", "--qlora-alpha=8", "--test-file=t"]
+    model_args = script.parse_args(flags)[0]
+    overrides = builder.config_overrides(dataclasses.asdict(model_args))
+    assert (overrides["use_lora"], overrides["qlora_alpha"], "use_qlora" in overrides) == (True, 8, False)
+    assert MMAVSRConfig(**{**overrides, "text_config": {"model_type": "llama"}}).use_lora
 
 
 def test_world_size_flags_that_disagree_with_the_launcher_warn(caplog, monkeypatch):
@@ -397,7 +403,7 @@ def test_flags_that_disagree_with_a_saved_model_are_refused_before_loading(tmp_p
         "--audio-encoder=whisper": r"--audio-encoder whisper disagrees with the checkpoint at .*audio \(resnet1d\)",
         "--vision-encoder=resnet": r"--vision-encoder resnet disagrees with the checkpoint at .*audio \(None\)",
         "--decoder=llm": r"--decoder llm disagrees with the checkpoint at .*audio \(transformer\)",
-        "--fusion-type=gated": r"--fusion-type gated disagrees with the checkpoint at .*audio \(audio-only: no fusion\)",
+        "--fusion-type=gated": r"--fusion-type gated disagrees with the checkpoint at .*\(audio-only: no fusion\)",
         "--decoder-model-name=some/llm": r"--decoder-model-name some/llm disagrees with the checkpoint .*\(None\)",
         "--use-qlora": r"--use-qlora \(with use_qlora=True, qlora_r=16, qlora_alpha=32\) disagrees with the "
         r"checkpoint at .*audio \(use_qlora=False, qlora_r=16, qlora_alpha=32\)",
@@ -432,7 +438,8 @@ def test_transfer_flags_and_audio_flags_on_a_video_model_are_refused(corpus, tmp
     # the same flags on a model with audio are taken
     for modality in ("audio", "audiovisual"):
         choices = {"config_name": tiny_preset(tmp_path / f"{modality}.json", modality)}
-        assert "audio" in builder.modalities_of(builder.build_model(choices, load_preset(choices["config_name"])[0]).config)
+        model = builder.build_model(choices, load_preset(choices["config_name"])[0])
+        assert "audio" in builder.modalities_of(model.config)
 
 
 # ------------------------------------------------------------------------------------------------ end to end
@@ -639,6 +646,34 @@ def test_audio_visual_model_starts_from_an_audio_and_a_video_model(corpus, tmp_p
     assert "--init_from_models: new: model.encoder.fusion" in caplog.text
     with pytest.raises(ValueError, match="use one or the other"):
         script.main(flags + ["--init_from_models", *sources, f"--pretrained-model-path={sources[0]}", "--test-file=test.csv"])
+
+
+def test_validation_wer_during_training_keeps_the_best_checkpoint(corpus, tmp_path):
+    """--eval_strategy decodes the validation split during training and scores its WER; --metric_for_best_model wer
+    (lower is better without --greater_is_better) with --load_best_model_at_end ends with the best checkpoint's
+    weights. Without --val-file it is refused before training (the test split never chooses the model)."""
+    out = tmp_path / "out"
+    flags = common_flags(corpus, out, tiny_preset(tmp_path / "p.json", "audio")) + [
+        "--train-file=train.csv", "--max_steps=3", "--eval_strategy=steps", "--eval_steps=1", "--save_steps=1",
+        "--metric_for_best_model=wer", "--load_best_model_at_end", "--learning_rate=0.01", "--decode_ctc_weight=0.3",
+    ]
+    with pytest.raises(ValueError, match="--eval_strategy steps evaluates the model during training on the validation"):
+        script.main(flags + ["--test-file=test.csv"])
+    assert not out.exists()
+    results = script.main(flags + ["--val-file=test.csv"])
+    state = json.loads((out / "trainer_state.json").read_text())
+    wers = {entry["step"]: entry["eval_wer"] for entry in state["log_history"] if "eval_wer" in entry}
+    assert sorted(wers) == [1, 2, 3]
+    best_step = min(wers, key=lambda step: (wers[step], step))  # the first of equal WERs stays the best
+    assert best_step < 3, "the last checkpoint is the best: this run cannot tell --load_best_model_at_end apart"
+    assert state["best_metric"] == wers[best_step] == min(wers.values())
+    assert state["best_model_checkpoint"] == str(out / f"checkpoint-{best_step}")
+    final = load_file(str(out / "model.safetensors"))
+    for step in wers:
+        checkpoint = load_file(str(out / f"checkpoint-{step}" / "model.safetensors"))
+        same = all(torch.equal(final[name], tensor) for name, tensor in checkpoint.items())
+        assert same == (step == best_step), f"the final model {'is not' if same else 'is'} checkpoint-{step}"
+    assert results["eval_wer"] == pytest.approx(wers[best_step])  # the final evaluation decodes the best model
 
 
 class StopAt(TrainerCallback):
