@@ -102,11 +102,7 @@ class ModelArguments:
         },
     )
     train_vocabulary_type: str = field(
-        default="unigram",
-        metadata={
-            "help": "SentencePiece model of --train_vocabulary_size.",
-            "choices": ["unigram", "bpe", "word", "char"],
-        },
+        default="unigram", metadata={"help": "SentencePiece model type.", "choices": ["unigram", "bpe", "word", "char"]}
     )
     modality: str | None = field(
         default=None, metadata={"help": "auto_avsr's input modality.", "choices": ["video", "audio", "audiovisual"]}
@@ -119,12 +115,8 @@ class ModelArguments:
     audio_model_name: str | None = field(default=None, metadata={"help": "Pretrained audio encoder (id/folder)."})
     decoder_model_name: str | None = field(default=None, metadata={"help": "Pretrained decoder (id/folder)."})
     ctc_weight: float | None = field(default=None, metadata={"help": "Weight of the CTC loss in training."})
-    unfreeze_vision: bool = field(
-        default=False, metadata={"help": "Train a pretrained vision encoder (frozen by default)."}
-    )
-    unfreeze_audio: bool = field(
-        default=False, metadata={"help": "Train a pretrained audio encoder (frozen by default)."}
-    )
+    unfreeze_vision: bool = field(default=False, metadata={"help": "Train a pretrained (frozen) vision encoder."})
+    unfreeze_audio: bool = field(default=False, metadata={"help": "Train a pretrained (frozen) audio encoder."})
     use_qlora: bool = field(
         default=False,
         metadata={"help": "LLM decoder in 4-bit NF4 with LoRA adapters (needs --decoder llm and bitsandbytes)."},
@@ -284,6 +276,8 @@ class AVSRTrainingArguments(Seq2SeqTrainingArguments):
                     f"--save_total_limit {self.save_total_limit} keeps fewer checkpoints than "
                     f"--average_checkpoints {self.average_checkpoints} averages."
                 )
+        if self.metric_for_best_model in ("wer", "eval_wer") and self.greater_is_better is None:
+            self.greater_is_better = False  # the lower the WER, the better
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu and not torch.accelerator.is_available():
             # launched by torchrun/accelerate on machines without GPUs: Accelerate starts DDP over gloo only when told
             # to use the CPU; without it every process would train alone on all the data
@@ -317,7 +311,9 @@ def parse_args(argv: list[str] | None = None):
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(
             args=translate_seed_flags(argv), look_for_args_file=False
         )
-    if not (training_args.do_train or training_args.do_eval or training_args.do_predict):
+    # (an --eval_strategy other than "no" sets do_eval itself: that is evaluation during training, not a stage)
+    chosen = training_args.do_eval and training_args.eval_strategy == "no"
+    if not (training_args.do_train or chosen or training_args.do_predict):
         if data_args.train_file:
             training_args.do_train = True
             training_args.do_eval = data_args.val_file is not None
@@ -420,6 +416,13 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
 
     # 3. Detect the last checkpoint: rerunning a command resumes it
     last_checkpoint = None
+    evaluation_split = data_args.val_file or data_args.dataset_name
+    if training_args.do_train and training_args.eval_strategy != "no" and not evaluation_split:
+        raise ValueError(
+            f"--eval_strategy {training_args.eval_strategy.value} evaluates the model during training on the "
+            "validation split: give --val-file, or --dataset_name with its --eval_split_name (the test split never "
+            "chooses the model)."
+        )
     if training_args.do_train:
         last_checkpoint = resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint)
     set_seed(training_args.seed)
@@ -535,14 +538,19 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
                 cache=data_args.cache_clips,
             )
 
-    # 7. Trainer
+    # 7. Trainer: WER on the clean validation split during training (--eval_strategy), e.g. to keep the best model
+    # (--metric_for_best_model wer --load_best_model_at_end)
     metric = WERMetric(processor)
+    eval_collator = MMAVSRDataCollator(processor, modalities=modalities, ctc_tokenizer=ctc_tokenizer)
+    evaluating_while_training = training_args.do_train and training_args.eval_strategy != "no"
     trainer = AVSRSeq2SeqTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
-        data_collator=train_collator
-        or MMAVSRDataCollator(processor, modalities=modalities, ctc_tokenizer=ctc_tokenizer),
+        eval_dataset=splits["eval"] if evaluating_while_training else None,
+        data_collator=train_collator or eval_collator,
+        eval_collator=eval_collator,
+        gen_kwargs={} if data_args.decode_ctc_weight is None else {"ctc_weight": data_args.decode_ctc_weight},
         processing_class=processor,
         compute_metrics=metric,
         callbacks=[EpochCallback(train_collator)] if train_collator else None,
@@ -590,15 +598,14 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
             average_last_checkpoints(model, processor, training_args.output_dir, training_args.average_checkpoints)
 
     # 9. Evaluate / predict: one decoding per --decode-snr-target, a WER table per split
-    gen_kwargs = {} if data_args.decode_ctc_weight is None else {"ctc_weight": data_args.decode_ctc_weight}
     decoded = []
     for prefix in ("eval", "test"):
         if prefix not in splits:
             continue
         dataset = splits[prefix]
         metrics, rows, utterances = evaluate_at_snrs(
-            trainer, dataset, data_args.decode_snr_target, processor, metric, prefix, modalities, noise, gen_kwargs,
-            ctc_tokenizer,
+            trainer, dataset, data_args.decode_snr_target, processor, metric, prefix, modalities, noise,
+            ctc_tokenizer=ctc_tokenizer,
         )
         metrics[f"{prefix}_samples"] = len(dataset)
         trainer.log_metrics(prefix, metrics)
