@@ -45,8 +45,8 @@ def flag(choice: str) -> str:
 
 
 def modalities_of(config: MMAVSRConfig) -> tuple[str, ...]:
-    """The inputs a model reads: `("video",)`, `("audio",)` or `("video", "audio")`."""
-    return tuple(name for name, used in (("video", config.vision_encoder), ("audio", config.audio_encoder)) if used)
+    """The inputs a model reads: `("video",)`, `("audio",)` or `("video", "audio")` (the config derives them)."""
+    return config.input_streams
 
 
 def _adapter_overrides(choices: Mapping) -> dict:

@@ -283,7 +283,7 @@ def model_card(
         ("task", task),
         ("vision encoder", named(config.vision_encoder, config.vision_model_name) if config.vision_encoder else "none"),
         ("audio encoder", named(config.audio_encoder, config.audio_model_name) if config.audio_encoder else "none"),
-        *([("fusion", f"`{config.fusion_type}`")] if config.vision_encoder and config.audio_encoder else []),
+        *([("fusion", f"`{config.fusion_type}`")] if config.modality == "audiovisual" else []),
         ("Conformer", f"{config.encoder_layers} layers, width {config.hidden_size}, {config.encoder_attention_heads} "
                       f"heads, feed-forward {config.encoder_ffn_dim}, kernel {config.conv_kernel_size}"),
         ("decoder", named(config.decoder_type, config.decoder_model_name)

@@ -189,61 +189,18 @@ class CTCPrefixScoreLogitsProcessor(LogitsProcessor):
         return joint.to(scores.dtype)
 
 
-def top_k_over_beams(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The `k` best of each utterance's `num_beams x vocab` scores, (B, num_beams, V) -> values and flat indices
-    (B, k), as `scores.flatten(1).topk(k)` gives them, in two stages: each beam's `k` best, then the `k` best of those.
-    The result is the same (the best `k` overall are among each beam's best `k`; only the order of tied scores may
-    differ), but one `topk` over 40 x 5049 scores took 2-5 ms a step on 2 CPU threads, the two stages under 1 ms."""
-    batch, beams, vocab = scores.shape
-    per_beam, ids = scores.topk(min(k, vocab), dim=-1)  # (B, beams, k)
-    ids = ids + torch.arange(beams, device=ids.device)[:, None] * vocab  # flat indices into beams x vocab
-    values, positions = per_beam.view(batch, -1).topk(k, dim=-1)
-    return values, ids.view(batch, -1).gather(1, positions)
-
-
 class MMAVSRGenerationMixin(GenerationMixin):
-    """Greedy and beam search from video, audio or both, with optional joint CTC prefix scoring."""
+    """Greedy and beam search from video, audio or both, with optional joint CTC prefix scoring: the one `generate`
+    of the MMAVSR models, for every decoder (as `WhisperGenerationMixin` is Whisper's)."""
 
-    def _get_top_k_continuations(
-        self,
-        accumulated_log_probs: torch.Tensor,
-        running_sequences: torch.Tensor,
-        running_beam_indices: torch.Tensor,
-        cur_len: int,
-        decoder_prompt_len: int,
-        do_sample: bool,
-        beams_to_keep: int,
-        num_beams: int,
-        batch_size: int,
-        **kwargs,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`GenerationMixin`'s beam-search step selection with the top-k taken by `top_k_over_beams`: the same
-        continuations, the same bookkeeping (the `beams_to_keep` best of all beams, their sequences extended by their
-        token, their beam indices recorded)."""
-        if do_sample:
-            return super()._get_top_k_continuations(
-                accumulated_log_probs,
-                running_sequences,
-                running_beam_indices,
-                cur_len,
-                decoder_prompt_len,
-                do_sample,
-                beams_to_keep,
-                num_beams,
-                batch_size,
-                **kwargs,
-            )
-        vocab_size = accumulated_log_probs.shape[-1] // num_beams
-        scores = accumulated_log_probs.reshape(batch_size, num_beams, vocab_size)
-        topk_log_probs, topk_indices = top_k_over_beams(scores, beams_to_keep)
-        parent_beams = topk_indices // vocab_size
-        topk_running_sequences = self._gather_beams(running_sequences, parent_beams)
-        topk_running_sequences[:, :, cur_len] = topk_indices % vocab_size
-        topk_running_beam_indices = self._gather_beams(running_beam_indices, parent_beams)
-        # beam indices are recorded with the utterance's offset among the flattened batch x beams rows
-        batch_offset = torch.arange(batch_size, device=topk_indices.device).view(-1, 1) * num_beams
-        topk_running_beam_indices[:, :, cur_len - decoder_prompt_len] = parent_beams + batch_offset
-        return topk_log_probs, topk_running_sequences, topk_running_beam_indices
+    def _prepare_decoder_input_ids_for_generation(self, batch_size, model_input_name, model_kwargs, *args, **kwargs):
+        # generation starts from the whole decoder prompt (Whisper's forced tokens, the LLM prompt's tail)
+        prompt = self.config.decoder_prompt_ids
+        if len(prompt) > 1 and model_kwargs.get("decoder_input_ids") is None:
+            model_kwargs["decoder_input_ids"] = torch.tensor([prompt] * batch_size, device=self.device)
+        return super()._prepare_decoder_input_ids_for_generation(
+            batch_size, model_input_name, model_kwargs, *args, **kwargs
+        )
 
     def _reorder_cache(self, past_key_values, beam_idx):
         # the beams of an utterance share its encoder states, hence the cross-attention keys and values: only the
@@ -272,7 +229,12 @@ class MMAVSRGenerationMixin(GenerationMixin):
         ctc_weight (`float`, *optional*):
             Weight of the CTC prefix score in joint decoding; defaults to the generation config's `ctc_weight`
             (0 turns it off). Needs a CTC head over the decoder's tokens (`config.ctc_vocabulary == "decoder"`).
+
+        Each utterance's hypotheses end after as many tokens as it has encoder frames; without `max_new_tokens` /
+        `max_length`, the Whisper decoder stops at its last learned position (`max_target_positions`). The LLM
+        decoder returns the new tokens only, as a decoder-only LLM does (its prompt's tail is ordinary text).
         """
+        config = self.config
         generation_config = kwargs.get("generation_config", self.generation_config)
         if encoder_outputs is None:
             # the search returns the encoder's hidden states and attentions from here when asked for them
@@ -295,8 +257,17 @@ class MMAVSRGenerationMixin(GenerationMixin):
             ctc_weight = getattr(generation_config, "ctc_weight", 0.0) or 0.0
         if not 0.0 <= ctc_weight <= 1.0:
             raise ValueError(f"`ctc_weight` must lie in [0, 1], got {ctc_weight}.")
+        if ctc_weight > 0 and not config.ctc_shares_decoder_vocabulary:
+            raise ValueError(
+                f"Joint CTC decoding needs the CTC head and the decoder to share a vocabulary; decoder_type="
+                f"{config.decoder_type!r} has its own ({config.vocab_size} tokens vs the CTC head's "
+                f"{config.ctc_vocab_size} units): build the model with `ctc_vocabulary='decoder'`."
+            )
         eos_token_id = generation_config.eos_token_id
         frame_lengths = encoder_outputs.attention_mask.sum(-1)
+        if config.decoder_type == "whisper-decoder" and kwargs.get("max_new_tokens") is None:
+            # Whisper's learned positions end at max_target_positions
+            kwargs.setdefault("max_length", config.text_config.max_target_positions)
         if kwargs.get("max_new_tokens") is None and kwargs.get("max_length") is None:
             # each utterance is held to its own number of frames below; +1 for the closing eos
             kwargs["max_new_tokens"] = int(frame_lengths.max()) + 1
@@ -315,7 +286,9 @@ class MMAVSRGenerationMixin(GenerationMixin):
             max_length = kwargs.get("max_length") or generation_config.max_length
             if new_tokens:
                 max_length = prompt_length + new_tokens
-            kwargs["past_key_values"] = decoder.prefill_cross_attention(encoder_outputs.last_hidden_state, max_length)
+            kwargs["past_key_values"] = decoder.prefill_cross_attention(
+                encoder_outputs.last_hidden_state, max_length, getattr(self, "cpu_decoding_speedups", True)
+            )
         if kwargs.get("length_penalty") is None and generation_config.length_penalty is None:
             kwargs["length_penalty"] = 0.0  # ESPnet ranks finished beams by their summed score
         processors = LogitsProcessorList(logits_processor or [])
@@ -334,4 +307,10 @@ class MMAVSRGenerationMixin(GenerationMixin):
                 )
             )
         processors.append(EncoderLengthLogitsProcessor(frame_lengths, eos_token_id, prompt_length))
-        return super().generate(encoder_outputs=encoder_outputs, logits_processor=processors, **kwargs)
+        generated = super().generate(encoder_outputs=encoder_outputs, logits_processor=processors, **kwargs)
+        if config.decoder_type == "llm":
+            # like a decoder-only LLM, return the new tokens only: the prompt's tail is ordinary text
+            if isinstance(generated, torch.Tensor):
+                return generated[:, prompt_length:]
+            generated.sequences = generated.sequences[:, prompt_length:]
+        return generated

@@ -18,6 +18,7 @@ from transformers.modeling_outputs import (
 from transformers.utils import can_return_tuple
 
 from .configuration_mmavsr import MMAVSRConfig, modality_of
+from .cpu_decoding_mmavsr import MMAVSRCPUDecodingMixin, MMAVSRLinear
 from .generation_mmavsr import MMAVSRGenerationMixin, as_token_list
 from .loading_checks_mmavsr import name_unusable_weights
 from .modeling_mmavsr_audio import AUDIO_ENCODER_CLASSES, AUDIO_INPUTS
@@ -25,7 +26,6 @@ from .modeling_mmavsr_conformer import MMAVSRConformerEncoder, MMAVSRRelPosition
 from .modeling_mmavsr_decoder_loading import load_pretrained_decoder, pretrained_decoder_settings
 from .modeling_mmavsr_decoders import DECODER_CLASSES, MMAVSRCTCHead
 from .modeling_mmavsr_features import MMAVSRFeatureExtractionMixin
-from .modeling_mmavsr_layers import MMAVSRLinear
 from .modeling_mmavsr_lora import MMAVSRLoraMixin, adapters_deferred
 from .modeling_mmavsr_fusion import FUSION_CLASSES, MMAVSRProjector, align_streams, lengths_to_mask
 from .modeling_mmavsr_vision import VISION_ENCODER_CLASSES
@@ -411,7 +411,7 @@ def ctc_loss(
 
 
 class MMAVSRForConditionalGeneration(
-    MMAVSRFeatureExtractionMixin, MMAVSRLoraMixin, MMAVSRGenerationMixin, MMAVSRPreTrainedModel
+    MMAVSRFeatureExtractionMixin, MMAVSRLoraMixin, MMAVSRCPUDecodingMixin, MMAVSRGenerationMixin, MMAVSRPreTrainedModel
 ):
     """MMAVSR with the decoder's output layer and a CTC head; trained with ctc_weight * CTC + (1 - ctc_weight) * CE."""
 
@@ -457,36 +457,6 @@ class MMAVSRForConditionalGeneration(
     def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
         # the top config's tie_word_embeddings is False: the decoder's own config decided in __init__
         return super().get_expanded_tied_weights_keys(all_submodels=all_submodels) | dict(self._tied_weights_keys or {})
-
-    def _prepare_decoder_input_ids_for_generation(self, batch_size, model_input_name, model_kwargs, *args, **kwargs):
-        # generation starts from the whole decoder prompt (Whisper's forced tokens, the LLM prompt's tail)
-        prompt = self.config.decoder_prompt_ids
-        if len(prompt) > 1 and model_kwargs.get("decoder_input_ids") is None:
-            model_kwargs["decoder_input_ids"] = torch.tensor([prompt] * batch_size, device=self.device)
-        return super()._prepare_decoder_input_ids_for_generation(
-            batch_size, model_input_name, model_kwargs, *args, **kwargs
-        )
-
-    def generate(self, *args, **kwargs):
-        if self.config.decoder_type != "transformer":
-            if kwargs.get("ctc_weight") and not self.config.ctc_shares_decoder_vocabulary:
-                raise ValueError(
-                    f"Joint CTC decoding needs the CTC head and the decoder to share a vocabulary; decoder_type="
-                    f"{self.config.decoder_type!r} has its own ({self.config.vocab_size} tokens vs the CTC head's "
-                    f"{self.config.ctc_vocab_size} units): build the model with "
-                    "`ctc_vocabulary='decoder'`."
-                )
-            if self.config.decoder_type == "whisper-decoder" and kwargs.get("max_new_tokens") is None:
-                # Whisper's learned positions end at max_target_positions
-                kwargs.setdefault("max_length", self.config.text_config.max_target_positions)
-        generated = super().generate(*args, **kwargs)
-        if self.config.decoder_type == "llm":
-            # like a decoder-only LLM, return the new tokens only: the prompt's tail is ordinary text
-            prompt_length = len(self.config.decoder_prompt_ids)
-            if isinstance(generated, torch.Tensor):
-                return generated[:, prompt_length:]
-            generated.sequences = generated.sequences[:, prompt_length:]
-        return generated
 
     @classmethod
     def from_pretrained_components(

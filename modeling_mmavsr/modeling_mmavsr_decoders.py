@@ -7,14 +7,15 @@ import math
 import torch
 from torch import nn
 from transformers import AutoModel
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, EncoderDecoderCache
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 from transformers.models.whisper.modeling_whisper import WhisperDecoder
 
 from .configuration_mmavsr import MMAVSRConfig
-from .modeling_mmavsr_layers import MMAVSRFeedForward, MMAVSRLinear, attention_function, sinusoidal_table
+from .cpu_decoding_mmavsr import MMAVSRLinear, self_attention_cache_layers
+from .modeling_mmavsr_layers import MMAVSRFeedForward, attention_function, sinusoidal_table
 
 
 class MMAVSRDecoderAttention(nn.Module):
@@ -85,77 +86,6 @@ class MMAVSRDecoderAttention(nn.Module):
         elif group > 1:  # (B, H, group * L, T) -> (B * group, H, L, T), each beam's own rows
             weights = weights.unflatten(2, (group, length)).transpose(1, 2).flatten(0, 1)
         return self.out_proj(output.reshape(batch, length, -1)), weights
-
-
-DEFAULT_CACHE_CAPACITY = 32  # positions of a self-attention cache's first buffers when no length limit is known
-MAX_PREALLOCATED_POSITIONS = 256  # a search that stops early never writes (so never pays for) most of this room
-
-
-class MMAVSRAppendingCacheLayer(DynamicLayer):
-    """A self-attention cache layer for beam search that appends in place.
-
-    Keys and values live in buffers with room to grow (doubled when full); `keys` and `values` are views of their first
-    `length` positions. A step writes its new position into the buffers, and beam reordering gathers the rows into a
-    second pair of buffers, which then take over: no step copies the whole cache twice, as `DynamicLayer`
-    (concatenation, then `index_select` into new tensors) does. Anything that replaces `keys`/`values` by other
-    tensors (cropping, batch selection) is honoured: the buffers are rebuilt from them at the next update.
-
-    `initial_capacity`: positions the first buffers hold; a search that knows its length limit passes it, so that the
-    cache never grows (growing copies the cache into new memory, which a 2 s utterance's beam search of 40 pays
-    about 3% of its time for).
-    """
-
-    def __init__(self, initial_capacity: int = DEFAULT_CACHE_CAPACITY):
-        super().__init__()
-        self.initial_capacity = initial_capacity
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        super().lazy_initialization(key_states, value_states)
-        self._buffers = self._spare = None
-
-    def _holds_views(self) -> bool:
-        """Whether `keys` is still the view of the buffers that `update` handed out (not a tensor set by other code)."""
-        if self._buffers is None:
-            return False
-        buffer = self._buffers[0]
-        return self.keys.data_ptr() == buffer.data_ptr() and self.keys.shape[0] == buffer.shape[0]
-
-    def _grow(self, past: int, length: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        """New buffers with room for twice `length` positions (`initial_capacity` at least), holding the `past` ones
-        cached so far."""
-        capacity = max(2 * length, self.initial_capacity)
-        self._buffers = tuple(
-            states.new_empty(states.shape[:2] + (capacity, states.shape[-1])) for states in (key_states, value_states)
-        )
-        self._spare = None
-        if past:
-            self._buffers[0][:, :, :past] = self.keys
-            self._buffers[1][:, :, :past] = self.values
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        past = self.get_seq_length()
-        length = past + key_states.shape[-2]
-        if not self._holds_views() or length > self._buffers[0].shape[-2]:
-            self._grow(past, length, key_states, value_states)
-        key_buffer, value_buffer = self._buffers
-        key_buffer[:, :, past:length] = key_states
-        value_buffer[:, :, past:length] = value_states
-        self.keys, self.values = key_buffer[:, :, :length], value_buffer[:, :, :length]
-        return self.keys, self.values
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        length = self.get_seq_length()
-        if length == 0 or not self._holds_views():
-            return super().reorder_cache(beam_idx)
-        if self._spare is None:
-            self._spare = tuple(torch.empty_like(buffer) for buffer in self._buffers)
-        beam_idx = beam_idx.to(self.keys.device)
-        for cached, spare in zip((self.keys, self.values), self._spare):
-            torch.index_select(cached, 0, beam_idx, out=spare[:, :, :length])
-        self._buffers, self._spare = self._spare, self._buffers
-        self.keys, self.values = self._buffers[0][:, :, :length], self._buffers[1][:, :, :length]
 
 
 class DecoderOutputRecorder:
@@ -251,14 +181,14 @@ class MMAVSRTransformerDecoder(nn.Module):
         self.embed_tokens = value
 
     def prefill_cross_attention(
-        self, encoder_hidden_states: torch.Tensor, max_length: int | None = None
+        self, encoder_hidden_states: torch.Tensor, max_length: int | None = None, appending_cache: bool = True
     ) -> EncoderDecoderCache:
         """A generation cache holding each layer's cross-attention keys and values, projected and stored once per
         utterance (B, H, T, D): its `num_beams` rows (utterance-major, as generate() expands them) attend to that one
-        copy, instead of B * num_beams copies projected, stored and read at every step. `max_length`, the search's
-        length limit, sizes the self-attention cache (up to `MAX_PREALLOCATED_POSITIONS`; past that it grows)."""
-        capacity = min(max_length or DEFAULT_CACHE_CAPACITY, MAX_PREALLOCATED_POSITIONS)
-        self_attention = Cache(layers=[MMAVSRAppendingCacheLayer(capacity) for _ in self.layers])
+        copy, instead of B * num_beams copies projected, stored and read at every step. The self-attention cache
+        appends in place (`MMAVSRAppendingCacheLayer`, sized by `max_length`, the search's length limit), or, with
+        `appending_cache=False` (the CPU decoding speed-ups off), is Transformers' `DynamicLayer`."""
+        self_attention = Cache(layers=self_attention_cache_layers(len(self.layers), max_length, appending_cache))
         cache = EncoderDecoderCache(self_attention, DynamicCache())
         for layer in self.layers:
             attention = layer.src_attn

@@ -51,76 +51,9 @@ def sinusoidal_table(positions: torch.Tensor, dim: int) -> torch.Tensor:
     return table
 
 
-def onednn_linear_available() -> bool:
-    """Whether this torch build has oneDNN's packed-weight linear kernels (x86 builds do)."""
-    return (
-        torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-    )
-
-
-ONEDNN_LINEAR = onednn_linear_available()
-
-
-class MMAVSRLinear(nn.Linear):
-    """`nn.Linear` for the layers a decoder runs at every generation step. In inference on CPU it multiplies by a
-    copy of its weight that oneDNN has packed once into its blocked layout, instead of running MKL's GEMM on the plain
-    weight: the same numbers up to float rounding, and faster for the few rows of a decoding step (a beam search of 5
-    on the released decoder: 17% less time end to end; see `benchmarks/README.md`), at the cost of a second copy of
-    the weight while the model decodes. The copy is made at the first such call and again whenever the weight has
-    changed (an optimizer step, `load_state_dict`, `.to()`). Training, autograd, other devices and dtypes, weights
-    created under `torch.inference_mode` (which keep no version counter) and torch builds without oneDNN take
-    `nn.Linear`'s own path."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._packed_weight: tuple | None = None  # (the weight, its data_ptr, version and shape, the packed copy)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_packed_weight"] = None  # oneDNN's opaque tensors cannot be copied or pickled; it is rebuilt on use
-        return state
-
-    def _apply(self, fn, recurse=True):
-        self._packed_weight = None  # `.to()`, `.cuda()`, `.half()`: the copy would only hold memory
-        return super()._apply(fn, recurse)
-
-    def train(self, mode: bool = True):
-        if mode:
-            self._packed_weight = None  # training takes nn.Linear's path and changes the weight
-        return super().train(mode)
-
-    def uses_packed_weight(self, input: torch.Tensor) -> bool:
-        if input.dim() == 0 or input.shape[-1] != self.in_features:
-            return False  # nn.Linear's own error
-        tensors = (input, self.weight) if self.bias is None else (input, self.weight, self.bias)
-        return (
-            ONEDNN_LINEAR
-            and all(tensor.device.type == "cpu" and tensor.dtype == torch.float32 for tensor in tensors)
-            and not (torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors))
-            and not self.weight.is_inference()
-            and not torch.compiler.is_compiling()
-        )
-
-    def packed_weight(self) -> torch.Tensor:
-        """oneDNN's packed copy of the weight, packed again if the weight has been replaced or modified in place."""
-        weight = self.weight
-        state = (weight.data_ptr(), weight._version, weight.shape)
-        if self._packed_weight is None or self._packed_weight[0] is not weight or self._packed_weight[1] != state:
-            self._packed_weight = None  # free the stale copy before packing the new one
-            self._packed_weight = (weight, state, torch.ops.mkldnn._reorder_linear_weight(weight.detach()))
-        return self._packed_weight[2]
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not self.uses_packed_weight(input):
-            return super().forward(input)
-        return torch.ops.mkldnn._linear_pointwise(input, self.packed_weight(), self.bias, "none", [], "")
-
-
 class MMAVSRFeedForward(nn.Module):
     """Position-wise Linear -> ReLU -> dropout -> Linear (ReLU, as in auto_avsr). `linear` is the layers' class:
-    decoders, which run it at every generation step, pass `MMAVSRLinear`."""
+    decoders, which run it at every generation step, pass `MMAVSRLinear` (`cpu_decoding_mmavsr`)."""
 
     def __init__(self, hidden_size: int, intermediate_size: int, dropout: float, linear: type[nn.Linear] = nn.Linear):
         super().__init__()

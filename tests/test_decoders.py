@@ -352,7 +352,7 @@ def test_legacy_decoder_name_builds_and_a_config_saved_with_it_loads(tmp_path):
 def _cache_pair(batch=3, heads=2, dim=4, **capacity):
     from transformers.cache_utils import DynamicLayer
 
-    from modeling_mmavsr.modeling_mmavsr_decoders import MMAVSRAppendingCacheLayer
+    from modeling_mmavsr.cpu_decoding_mmavsr import MMAVSRAppendingCacheLayer
 
     return DynamicLayer(), MMAVSRAppendingCacheLayer(**capacity), lambda length: torch.randn(batch, heads, length, dim)
 

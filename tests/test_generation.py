@@ -3,11 +3,14 @@
 import pytest
 import torch
 
+from transformers.cache_utils import DynamicLayer
+
+import modeling_mmavsr.cpu_decoding_mmavsr as cpu_decoding
+from modeling_mmavsr.cpu_decoding_mmavsr import MMAVSRAppendingCacheLayer, MMAVSRLinear, top_k_over_beams
 from modeling_mmavsr.generation_mmavsr import (
     CTCPrefixScoreLogitsProcessor,
     CTCPrefixScorer,
     logsumexp_without_denormals,
-    top_k_over_beams,
 )
 
 from .common import EOS, MODALITIES, make_inputs, make_labels, select_row
@@ -132,9 +135,9 @@ def test_generate_sizes_the_self_attention_cache_by_its_length_limit(monkeypatch
     seen = []
     prefill = decoder.prefill_cross_attention
 
-    def recording_prefill(encoder_hidden_states, max_length):
+    def recording_prefill(encoder_hidden_states, max_length, appending_cache=True):
         seen.append(max_length)
-        return prefill(encoder_hidden_states, max_length)
+        return prefill(encoder_hidden_states, max_length, appending_cache)
 
     monkeypatch.setattr(decoder, "prefill_cross_attention", recording_prefill)
     inputs = make_inputs("video", FRAMES)
@@ -162,20 +165,42 @@ def test_top_k_over_beams_equals_one_top_k_over_all_beams(beams, vocab, k):
 
 
 @pytest.mark.parametrize("modality", MODALITIES)
-def test_beam_search_keeps_generation_mixin_selection(modality, monkeypatch):
-    """Beam search with the two-stage top-k returns what GenerationMixin's own step selection returns: sequences,
-    scores and beam indices."""
-    from transformers import GenerationMixin
-
+def test_cpu_decoding_speedups_switched_off_give_the_same_search(modality, monkeypatch):
+    """With the CPU decoding speed-ups off (plain nn.Linear products, Transformers' DynamicLayer cache and its own
+    beam step), beam search of 5 returns what it returns with them on: sequences, scores and beam indices; and off,
+    none of the three runs."""
     model = build(modality)
     inputs = make_inputs(modality, FRAMES)
-    settings = dict(num_beams=5, num_return_sequences=3, output_scores=True, return_dict_in_generate=True)
-    ours = model.generate(**inputs, **settings)
-    monkeypatch.setattr(type(model), "_get_top_k_continuations", GenerationMixin._get_top_k_continuations)
-    reference = model.generate(**inputs, **settings)
-    assert torch.equal(ours.sequences, reference.sequences)
-    assert torch.equal(ours.sequences_scores, reference.sequences_scores)
-    assert torch.equal(ours.beam_indices, reference.beam_indices)
+    settings = dict(num_beams=5, num_return_sequences=3, output_scores=True, return_dict_in_generate=True,
+                    ctc_weight=0.3)
+    top_k_calls = []
+
+    def counting_top_k(scores, k):
+        top_k_calls.append(k)
+        return top_k_over_beams(scores, k)
+
+    monkeypatch.setattr(cpu_decoding, "top_k_over_beams", counting_top_k)
+    linears = [m for m in model.modules() if isinstance(m, MMAVSRLinear)]
+    assert model.cpu_decoding_speedups and linears
+    fast = model.generate(**inputs, **settings)
+    fast_cache = fast.past_key_values.self_attention_cache.layers
+    assert top_k_calls and all(isinstance(layer, MMAVSRAppendingCacheLayer) for layer in fast_cache)
+    if cpu_decoding.ONEDNN_LINEAR:  # x86 builds of torch: the decoder multiplied by packed weights
+        assert all(m._packed_weight is not None for m in linears)
+
+    model.set_cpu_decoding_speedups(False)
+    assert all(m._packed_weight is None for m in linears)  # the packed copies are freed
+    top_k_calls.clear()
+    plain = model.generate(**inputs, **settings)
+    assert not top_k_calls
+    assert all(type(layer) is DynamicLayer for layer in plain.past_key_values.self_attention_cache.layers)
+    assert all(m._packed_weight is None for m in linears)
+    assert torch.equal(fast.sequences, plain.sequences)
+    torch.testing.assert_close(fast.sequences_scores, plain.sequences_scores, atol=1e-5, rtol=0)
+    assert torch.equal(fast.beam_indices, plain.beam_indices)
+
+    model.set_cpu_decoding_speedups(True)  # and back on
+    assert torch.equal(model.generate(**inputs, **settings).sequences, fast.sequences) and top_k_calls
 
 
 def test_logsumexp_without_denormals_equals_torch_logsumexp():

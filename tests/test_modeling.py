@@ -373,7 +373,7 @@ def test_video_frontend_cpu_convolution_equals_the_3d_convolution():
 def test_decoding_linear_equals_nn_linear(shape, bias):
     """MMAVSRLinear's inference path (oneDNN's packed weight, which the x86 builds of torch have) gives nn.Linear's
     output, also for an input that is a transposed view; with gradients it trains as nn.Linear does."""
-    from modeling_mmavsr.modeling_mmavsr_layers import ONEDNN_LINEAR, MMAVSRLinear
+    from modeling_mmavsr.cpu_decoding_mmavsr import ONEDNN_LINEAR, MMAVSRLinear
 
     torch.manual_seed(0)
     ours = MMAVSRLinear(16, 24, bias=bias)
@@ -394,7 +394,7 @@ def test_decoding_linear_equals_nn_linear(shape, bias):
 def test_decoding_linear_follows_changes_of_its_weight():
     """The packed copy is made again after an optimizer step, an in-place edit, `load_state_dict` and a new weight
     tensor, so inference always uses the current weight; the module still deep-copies and pickles after use."""
-    from modeling_mmavsr.modeling_mmavsr_layers import MMAVSRLinear
+    from modeling_mmavsr.cpu_decoding_mmavsr import MMAVSRLinear
 
     torch.manual_seed(0)
     ours = MMAVSRLinear(16, 24).eval()
@@ -424,7 +424,7 @@ def test_decoding_linear_follows_changes_of_its_weight():
 
 def test_decoding_linear_built_under_inference_mode():
     """A layer built under `torch.inference_mode` (its weight keeps no version counter) runs nn.Linear's path."""
-    from modeling_mmavsr.modeling_mmavsr_layers import MMAVSRLinear
+    from modeling_mmavsr.cpu_decoding_mmavsr import MMAVSRLinear
 
     with torch.inference_mode():
         ours = MMAVSRLinear(16, 24)
@@ -435,7 +435,7 @@ def test_decoding_linear_built_under_inference_mode():
 
 def test_decoding_linear_refuses_a_wrong_width():
     """An input whose last dimension is not `in_features` fails as nn.Linear does, even when its size would reshape."""
-    from modeling_mmavsr.modeling_mmavsr_layers import MMAVSRLinear
+    from modeling_mmavsr.cpu_decoding_mmavsr import MMAVSRLinear
 
     with torch.no_grad(), pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         MMAVSRLinear(16, 24)(torch.randn(2, 32))
@@ -445,7 +445,8 @@ def test_decoding_linear_refuses_a_wrong_width():
 def test_decoder_feed_forward_equals_the_plain_layers(training):
     """The decoder's feed-forward (MMAVSRLinear layers) gives the plain Linear -> ReLU -> Linear in inference; in
     training mode without gradients its dropout still applies."""
-    from modeling_mmavsr.modeling_mmavsr_layers import MMAVSRFeedForward, MMAVSRLinear
+    from modeling_mmavsr.cpu_decoding_mmavsr import MMAVSRLinear
+    from modeling_mmavsr.modeling_mmavsr_layers import MMAVSRFeedForward
 
     torch.manual_seed(0)
     ours = MMAVSRFeedForward(16, 48, dropout=0.5, linear=MMAVSRLinear).train(training)
