@@ -45,6 +45,7 @@ from mmavsr_processing.hf_datasets import (
     shard_stream,
 )
 from mmavsr_processing.label_files import INDEX_COLUMN, babble_from_split, load_label_split, read_files_directly
+from mmavsr_processing.media_check import check_dataset_media
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments, TrainerCallback, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -221,7 +222,8 @@ class DataTrainingArguments:
             "help": "Do not open every clip before training (each mp4's header and first frame, each wav's header and "
             "first samples, the layout's format): a faster start on a large corpus, but a corrupt clip then stops the "
             "run only when the DataLoader reaches it (or is skipped then, with --skip-bad-files). With "
-            "--skip-bad-files the evaluation sets are checked all the same."
+            "--skip-bad-files the evaluation sets are checked all the same; a --streaming split is only ever checked "
+            "as it is read."
         },
     )
 
@@ -381,6 +383,17 @@ def load_dataset_splits(
                 "test": data_args.max_eval_samples},
         index_column=INDEX_COLUMN,
     )
+    # every clip's media is opened before the first step, as for label files (a streamed split as it is read)
+    for stage, split in splits.items():
+        if isinstance(split, datasets.Dataset) and (
+            not data_args.skip_media_check or (data_args.skip_bad_files and stage != "train")
+        ):
+            splits[stage] = check_dataset_media(
+                split,
+                {kind: kind for kind in modalities},
+                skip_bad_files=data_args.skip_bad_files,
+                source=f"--dataset_name {data_args.dataset_name} ({names[stage]} split)",
+            )
     if data_args.max_frames and isinstance(splits.get("train"), datasets.Dataset):
         splits["train"] = add_num_frames(splits["train"])  # lengths for the --max-frames sampler
     return splits

@@ -354,6 +354,42 @@ def test_training_script_checks_media_before_the_first_step(tmp_path):
     assert results["eval_samples"] == 1  # evaluation sets are checked whole when skipping
 
 
+def test_training_from_dataset_name_checks_media_before_the_first_step(tmp_path):
+    """The same check for `--dataset_name` (here a parquet of path rows): a truncated mp4 stops the run before
+    training begins, naming the file; `--skip-bad-files` leaves it out; `--skip_media_check` starts training."""
+    import datasets
+
+    corpus = write_tiny_corpus(tmp_path / "corpus")
+    bad = corpus / "demo" / "train" / "clip1.mp4"
+    bad.write_bytes(bad.read_bytes()[:300])
+    clips = [corpus / "demo" / "train" / f"clip{index}" for index in range(4)]
+    rows = [{"video": f"{clip}.mp4", "audio": f"{clip}.wav", "text": TEXT} for clip in clips]
+    datasets.Dataset.from_list(rows).to_parquet(tmp_path / "rows.parquet")
+    flags = [
+        f"--config_name={tiny_preset(tmp_path / 'p.json', 'audiovisual')}",
+        f"--dataset_name={tmp_path / 'rows.parquet'}",
+        "--do_train",
+        "--report_to=none",
+        "--per_device_train_batch_size=1",
+        "--max_steps=2",
+        "--save_strategy=no",
+        "--disable_tqdm=true",
+    ]
+    progress = TrainingProgress()
+    with pytest.raises(MediaError, match=r"rows\.parquet \(train split\): 1 of 4 clips .*train/clip1\.mp4 is corrupt"):
+        script.main(flags + [f"--output_dir={tmp_path / 'strict'}"], callbacks=[progress])
+    assert not progress.began
+
+    results = script.main(flags + [f"--output_dir={tmp_path / 'skipping'}", "--skip-bad-files"])
+    assert results["train_samples"] == 3
+
+    # opted out: nothing is left out up front and training runs (the data path skips the clip if it meets it)
+    progress = TrainingProgress()
+    unchecked = ["--skip_media_check", "--skip-bad-files"]
+    results = script.main(flags + [f"--output_dir={tmp_path / 'unchecked'}", *unchecked], callbacks=[progress])
+    assert progress.began and progress.steps == 2 and results["train_samples"] == 4
+
+
 # ------------------------------------------------------------------------------------------------ pipeline
 
 
