@@ -192,17 +192,23 @@ def generate_demo_corpus(
     progress: bool = True,
     tts: str = "flite",
     mouth_model: str = "ellipse",
+    splits: tuple[str, ...] = SPLITS,
 ) -> dict[str, Path]:
     """Write the demo corpus to `output_dir` (see the module docstring for the layout) and return the label file of
     each split. Deterministic in `seed`; clips already on disk are kept, so an interrupted run resumes. `tts`
     (flite, espeak, festival) and `mouth_model` (ellipse, contour) choose the variant; a folder holds one variant
-    (resuming into a folder made with another one is refused)."""
+    (resuming into a folder made with another one is refused). `splits` limits the clips made and the label files
+    written to some splits (e.g. only `test`, to evaluate on another variant); each clip keeps its split."""
     from tqdm.auto import tqdm
 
     from .tokenization_mmavsr import MMAVSRTokenizer
 
     plans = plan_corpus(num_clips, seed=seed, voices=voices, split_fractions=split_fractions, tts=tts,
                         mouth_model=mouth_model)
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown or not splits:
+        raise ValueError(f"unknown split(s) {unknown or list(splits)}; choose from {', '.join(SPLITS)}.")
+    plans = [plan for plan in plans if plan.split in splits]
     executable = check_tts(tts)
     output_dir = Path(output_dir)
     previous = output_dir / "corpus.json"
@@ -229,7 +235,7 @@ def generate_demo_corpus(
                 bar.update()
     bar.close()
 
-    rows = {split: [] for split in SPLITS}
+    rows = {split: [] for split in SPLITS if split in splits}
     for plan, (rel_path, num_frames) in zip(plans, results):
         ids = tokenizer(plan.text, add_special_tokens=False)["input_ids"]
         rows[plan.split].append(f"{DATASET_NAME},{rel_path},{num_frames},{' '.join(map(str, ids))}")
@@ -241,7 +247,7 @@ def generate_demo_corpus(
         path.write_text("".join(line + "\n" for line in lines))
         label_files[split] = path
     (output_dir / "corpus.json").write_text(json.dumps(
-        {"num_clips": num_clips, "seed": seed, "tts": tts, "mouth_model": mouth_model,
+        {"num_clips": num_clips, "seed": seed, "tts": tts, "mouth_model": mouth_model, "splits": list(rows),
          "voices": list(TTS_VOICES[tts] if voices is None else voices), "split_fractions": list(split_fractions),
          "clips_per_split": {split: len(lines) for split, lines in rows.items()}, "vocabulary": GRID_WORDS},
         indent=2))
@@ -269,6 +275,8 @@ def main(argv: list[str] | None = None) -> None:
                             f"{engine}: {' '.join(names)}" for engine, names in TTS_VOICES.items()))
     parser.add_argument("--split-fractions", nargs=3, type=float, default=[0.8, 0.1, 0.1],
                         metavar=("TRAIN", "VAL", "TEST"), help="fractions of clips per split (default 0.8 0.1 0.1)")
+    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS),
+                        help="make only these splits' clips and label files (default: all)")
     parser.add_argument("--num-workers", type=int, default=None, help="processes (default: one per CPU core)")
     parser.add_argument("--save-to-disk", metavar="DIR", help="also write the corpus as a `datasets` dataset with "
                         "the media embedded (`load_from_disk(DIR)`, or the training script's --dataset_name DIR)")
@@ -284,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         label_files = generate_demo_corpus(args.output_dir, args.num_clips, seed=args.seed, voices=args.voices,
                                            split_fractions=tuple(args.split_fractions), num_workers=args.num_workers,
-                                           tts=tts, mouth_model=mouth_model)
+                                           tts=tts, mouth_model=mouth_model, splits=tuple(args.splits))
     except (DemoCorpusError, ValueError) as error:
         parser.exit(2, f"error: {error}\n")
     for split, path in label_files.items():

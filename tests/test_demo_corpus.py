@@ -234,3 +234,18 @@ def test_variant_flags_are_checked(tmp_path, capsys):
     assert stop.value.code == 2 and "unknown espeak voice(s) ['slt']" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown speech synthesiser"):
         plan_corpus(2, tts="sam")
+
+
+def test_only_some_splits(tmp_path):
+    plans = plan_corpus(5, seed=1, split_fractions=(1, 1, 1))
+    wanted = [plan for plan in plans if plan.split == "test"]
+    assert 0 < len(wanted) < len(plans)
+    demo_corpus.main(["--output-dir", str(tmp_path), "--num-clips", "5", "--num-workers", "1", "--seed", "1",
+                      "--split-fractions", "1", "1", "1", "--splits", "test"])
+    assert sorted(path.name for path in (tmp_path / "labels").iterdir()) == ["test.csv"]
+    rows = [line.split(",") for line in (tmp_path / "labels" / "test.csv").read_text().splitlines()]
+    assert [row[1] for row in rows] == [plan.rel_path for plan in wanted]
+    assert sorted(path.relative_to(tmp_path / "demo").as_posix() for path in tmp_path.rglob("*.mp4")) == sorted(
+        plan.rel_path for plan in wanted)
+    with pytest.raises(ValueError, match="unknown split"):
+        generate_demo_corpus(tmp_path, num_clips=5, splits=("dev",))
