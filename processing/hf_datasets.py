@@ -33,7 +33,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .collation import SKIPPED_CLIPS, read_clip
 from .lrs3 import DatasetError, load_auto_avsr_dataset
-from .media_constants import SAMPLES_PER_FRAME, SAMPLING_RATE, VIDEO_FPS
+from .media_constants import SAMPLING_RATE, VIDEO_FPS
 from .media_io import VIDEO_SUFFIXES
 
 

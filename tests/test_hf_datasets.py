@@ -5,13 +5,12 @@ import json
 import logging
 import math
 import shutil
-from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
 import torch
-from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, TrainerCallback
+from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 
 from mmavsr_processing import (
     DatasetError,
