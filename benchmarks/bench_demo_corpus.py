@@ -44,7 +44,8 @@ def main() -> None:
 
     workers = args.num_workers or os.cpu_count()
     scaled = seconds * 1000 / args.num_clips
-    print(f"demo corpus ({tts} speech, {mouth_model} mouth): {args.num_clips} clips ({frames / 25 / 60:.1f} min of audio-visual speech) in {seconds:.1f} s "
+    print(f"demo corpus ({tts} speech, {mouth_model} mouth): {args.num_clips} clips "
+          f"({frames / 25 / 60:.1f} min of audio-visual speech) in {seconds:.1f} s "
           f"with {workers} worker(s), {args.num_clips / seconds:.2f} clips/s, {size / 2**20:.1f} MiB on disk")
     print(f"per 1,000 clips: {scaled:.0f} s (goal <= {GOAL_SECONDS_PER_1000:.0f} s: "
           f"{'met' if scaled <= GOAL_SECONDS_PER_1000 else 'NOT met'}); load average at the end: "
