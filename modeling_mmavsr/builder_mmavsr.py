@@ -9,8 +9,6 @@ architecture, so a choice that disagrees with it is refused before anything is l
 from __future__ import annotations
 
 import logging
-import pickle
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -152,15 +150,6 @@ def load_pretrained(path: str, choices: Mapping | None = None) -> MMAVSRForCondi
             return MMAVSRForConditionalGeneration.from_pretrained(source, **overrides)
         except UnsafeCheckpointError as error:  # from_pretrained names the file and what it needs
             raise UnsafeCheckpointError(f"--pretrained-model-path {path}: {error}") from None
-        except pickle.UnpicklingError as error:
-            pickled = ", ".join(p.name for p in sorted(source.glob("*.bin"))) or "its weights"
-            needs = re.search(r"GLOBAL (\S+)", str(error))
-            raise UnsafeCheckpointError(
-                f"--pretrained-model-path {path}: refused to load {pickled}: its pickle needs "
-                f"{needs.group(1) if needs else 'Python objects beyond tensors'}, which "
-                "`torch.load(weights_only=True)` does not allow (loading it could run arbitrary code). Models saved "
-                "with save_pretrained hold model.safetensors; use one of those."
-            ) from None
     if source.is_file() and source.suffix in (".pth", ".pt", ".ckpt"):
         config, state_dict = convert_auto_avsr_state_dict(load_auto_avsr_checkpoint(source))
         for name, value in checkpoint_overrides(config, choices, path).items():
@@ -274,8 +263,16 @@ def init_from_models(model: MMAVSRForConditionalGeneration, processor: MMAVSRPro
     """--init_from_models: fill `model`'s weights from saved models, the first holding a tensor of the same name and
     shape giving it; token embeddings and output layers only from a model whose tokenizer has `processor`'s
     vocabulary. Logs which weights came from where and which start new."""
-    target = model.state_dict()
+    # parameters and buffers only: a 4-bit LLM's state_dict also holds bitsandbytes quant-state entries, and its
+    # packed 4-bit weights (frozen, from decoder_model_name) cannot take another model's tensors
+    own = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
+    target = {
+        name: tensor
+        for name, tensor in model.state_dict().items()
+        if name in own and getattr(own[name], "quant_state", None) is None
+    }
     taken: dict[str, str] = {}
+    loaded: dict = {}
     for path in paths:
         source_model = load_pretrained(path)
         same_vocabulary = _same_vocabulary(path, processor)
@@ -284,7 +281,7 @@ def init_from_models(model: MMAVSRForConditionalGeneration, processor: MMAVSRPro
                 continue
             if name.startswith(VOCABULARY_WEIGHTS) and not same_vocabulary:
                 continue
-            target[name] = tensor
+            loaded[name] = tensor
             taken[name] = path
         if not same_vocabulary:
             logger.warning(
@@ -292,7 +289,9 @@ def init_from_models(model: MMAVSRForConditionalGeneration, processor: MMAVSRPro
             )
     if not taken:
         raise ValueError(f"--init_from_models {' '.join(paths)}: no weight of this model has a match there.")
-    model.load_state_dict(target)
+    result = model.load_state_dict(loaded, strict=False)
+    if result.unexpected_keys:
+        raise RuntimeError(f"--init_from_models: these weights were not loaded: {', '.join(result.unexpected_keys)}")
     for path in paths:
         parts = sorted({".".join(n.split(".")[:3]) for n, p in taken.items() if p == path})
         logger.info(f"--init_from_models: from {path}: {', '.join(parts) or 'nothing'}")

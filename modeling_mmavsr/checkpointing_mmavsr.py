@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 from transformers.trainer import OPTIMIZER_NAME, SCALER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
 from transformers.trainer_pt_utils import safe_globals
+from transformers.utils import ADAPTER_SAFE_WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -122,14 +123,14 @@ def refuse_unsafe_pickles(folder: Path) -> None:
 
 
 def average_state_dicts(paths: list[Path]) -> dict[str, torch.Tensor]:
-    """Mean of the float tensors of several model.safetensors (BatchNorm running stats included); integer tensors
-    (BatchNorm's num_batches_tracked) take their maximum."""
+    """Mean of the float tensors of several safetensors files (model.safetensors: BatchNorm running stats included;
+    adapter_model.safetensors); integer tensors (BatchNorm's num_batches_tracked) take their maximum."""
     if not paths:
         raise ValueError("No checkpoints to average.")
     total: dict[str, torch.Tensor] = {}
     for path in paths:
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing (checkpoint averaging reads model.safetensors).")
+            raise FileNotFoundError(f"{path}: missing (checkpoint averaging reads it from every checkpoint averaged).")
         state = load_file(str(path))
         if total and state.keys() != total.keys():
             raise ValueError(f"{path}: its tensors differ from those of {paths[0]}; cannot average.")
@@ -147,14 +148,19 @@ def average_state_dicts(paths: list[Path]) -> dict[str, torch.Tensor]:
 
 def average_last_checkpoints(model, processor, output_dir: str, count: int) -> Path:
     """auto_avsr's model_avg_N: average the last `count` checkpoints of `output_dir` into OUTPUT_DIR/model_avg_N (the
-    model's weights and `processor`), and load the average into `model`."""
+    model's weights and `processor`), and load the average into `model`. A model with LoRA adapters averages its
+    adapter_model.safetensors too and saves the way its `save_pretrained` does (adapter files beside the weights)."""
     checkpoints = checkpoint_dirs(output_dir)[-count:]
     if not checkpoints:
         raise FileNotFoundError(f"{output_dir}: no checkpoint-* folders to average (is --save_strategy 'no'?).")
     if len(checkpoints) < count:
         logger.warning(f"Averaging {len(checkpoints)} checkpoints: fewer than the {count} asked for exist.")
     state = average_state_dicts([c / "model.safetensors" for c in checkpoints])
-    model.load_state_dict(state, strict=True)
+    if getattr(model, "_hf_peft_config_loaded", False):  # LoRA / QLoRA: the adapters are averaged as well
+        adapters = average_state_dicts([c / ADAPTER_SAFE_WEIGHTS_NAME for c in checkpoints])
+        model.load_saved_weights(state, adapters, f"the average of {', '.join(str(c) for c in checkpoints)}")
+    else:
+        model.load_state_dict(state, strict=True)
     target = Path(output_dir) / f"model_avg_{count}"
     model.save_pretrained(target)
     processor.save_pretrained(target)

@@ -23,14 +23,18 @@ base from and refuses to save. `merge_lora()` folds the adapters into a full-pre
 
 import contextlib
 import contextvars
+import copy
 import importlib
 import importlib.util
 import json
 import re
+from pathlib import Path
 
 import torch
 from torch import nn
+from safetensors.torch import load_file
 from transformers import BitsAndBytesConfig
+from transformers.utils import ADAPTER_SAFE_WEIGHTS_NAME
 
 
 LLM_PREFIX = "model.decoder.language_model"
@@ -186,6 +190,18 @@ def _is_llm_base(name: str) -> bool:
 def _without_lora(state_dict: dict) -> dict:
     """Base weights under their original names: LoRA tensors dropped, peft's `base_layer.` level removed."""
     return {k.replace(".base_layer.", "."): v for k, v in state_dict.items() if "lora_" not in k}
+
+
+def _saved_weights(folder: Path) -> dict:
+    """The tensors of a `save_pretrained` folder's model.safetensors (or of its shards)."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        return {name: tensor for shard in shards for name, tensor in load_file(str(folder / shard)).items()}
+    single = folder / "model.safetensors"
+    if not single.is_file():
+        raise FileNotFoundError(f"{folder}: no model.safetensors (nor its shard index) to load the weights from.")
+    return load_file(str(single))
 
 
 def _dequantized_linear(layer: nn.Module) -> nn.Linear:
@@ -380,6 +396,59 @@ class MMAVSRLoraMixin:
             super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
         finally:
             self._hf_peft_config_loaded = True
+
+    def load_saved_weights(self, weights: dict, adapter_weights: dict, source: str) -> None:
+        """Put what `save_pretrained` wrote into this model with adapters, in place: `weights` (model.safetensors's
+        tensors under their saved names) and `adapter_weights` (adapter_model.safetensors's) from `source` (named in
+        errors). The LLM base weights a folder leaves out stay as they are (frozen, from `decoder_model_name`);
+        anything else missing, or a tensor this model has no place for, is an error."""
+        if not getattr(self, "_hf_peft_config_loaded", False):
+            raise ValueError(f"{source}: holds LoRA adapters, but this model has none (use_lora / use_qlora unset).")
+        own = self.state_dict()
+        renamed = {}
+        for name, tensor in weights.items():
+            head, _, leaf = name.rpartition(".")
+            wrapped = f"{head}.base_layer.{leaf}"  # save_pretrained drops peft's `base_layer.` level
+            renamed[wrapped if name not in own and wrapped in own else name] = tensor
+        result = self.load_state_dict(renamed, strict=False)
+        base_left_out = self.config.decoder_model_name is not None
+        missing = [k for k in result.missing_keys if "lora_" not in k and not (base_left_out and _is_llm_base(k))]
+        if missing or result.unexpected_keys:
+            raise ValueError(
+                f"{source}: its weights do not fit this model (missing: {missing[:5]}, unexpected: "
+                f"{result.unexpected_keys[:5]})."
+            )
+        adapter_name = self.active_adapters()[0]
+        trainable = {name: p.requires_grad for name, p in self.named_parameters()}
+        training = self.training
+        info = self.load_adapter(  # in place over the adapters this model has (transformers' adapter key renaming)
+            adapter_name=adapter_name,
+            peft_config=copy.deepcopy(self.peft_config[adapter_name]),
+            adapter_state_dict=adapter_weights,
+            hotswap=True,
+            is_trainable=True,
+        )
+        for name, param in self.named_parameters():
+            param.requires_grad_(trainable.get(name, param.requires_grad))
+        self.train(training)
+        if info.missing_keys or info.unexpected_keys or info.mismatched_keys:
+            raise ValueError(
+                f"{source}: its adapters do not fit this model's (missing: {sorted(info.missing_keys)[:5]}, "
+                f"unexpected: {sorted(info.unexpected_keys)[:5]}, other shape: {sorted(info.mismatched_keys)[:5]})."
+            )
+
+    def load_checkpoint_folder(self, folder) -> None:
+        """A `save_pretrained` folder's weights and adapters into this model with adapters, in place (a Trainer
+        resuming from a checkpoint or loading its best one): `load_saved_weights` of its model.safetensors and
+        adapter_model.safetensors."""
+        folder = Path(folder)
+        adapter_file = folder / ADAPTER_SAFE_WEIGHTS_NAME
+        if not adapter_file.is_file():
+            raise FileNotFoundError(
+                f"{adapter_file}: missing; this model has LoRA adapters, and a checkpoint without them would "
+                "silently start them afresh."
+            )
+        self.load_saved_weights(_saved_weights(folder), load_file(str(adapter_file)), str(folder))
 
     def load_adapter(self, *args, **kwargs):
         pending = _ADAPTERS_DEFERRED.get()

@@ -132,9 +132,32 @@ class AVSRSeq2SeqTrainer(Seq2SeqTrainer):
             )
         self.accelerator.wait_for_everyone()
 
+    def _loads_adapters_itself(self, model) -> bool:
+        """A model holding LoRA adapters (not a peft `PeftModel`, which the Trainer knows): its checkpoints keep the
+        adapters in adapter_model.safetensors, which the Trainer's own loading of model.safetensors would drop.
+        DeepSpeed and FSDP restore the full state of their own checkpoints."""
+        has_adapters = getattr(model, "_hf_peft_config_loaded", False) and hasattr(model, "load_checkpoint_folder")
+        return has_adapters and not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
+
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         refuse_unsafe_pickles(Path(resume_from_checkpoint))
+        unwrapped = self.accelerator.unwrap_model(model if model is not None else self.model)
+        if self._loads_adapters_itself(unwrapped):
+            logger.info(f"Loading model and LoRA adapters from {resume_from_checkpoint}.")
+            unwrapped.load_checkpoint_folder(resume_from_checkpoint)
+            return None
         return super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self):
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        if not self._loads_adapters_itself(unwrapped):
+            return super()._load_best_model()
+        logger.info(
+            f"Loading best model and LoRA adapters from {self.state.best_model_checkpoint} "
+            f"(score: {self.state.best_metric})."
+        )
+        unwrapped.load_checkpoint_folder(self.state.best_model_checkpoint)
+        return None
 
     def _pad_tensors_to_max_len(self, tensor, max_length):
         # generated ids are padded with the decoder's pad id (the processor has no pad_token_id of its own)
