@@ -1,7 +1,11 @@
 """Word error rate: the Trainer's `compute_metrics` (`WERMetric`), corpus WER, decoding a split once per SNR of added
-noise (`evaluate_at_snrs`, auto_avsr's `--decode-snr-target`) and the WER table printed and saved per split."""
+noise (`evaluate_at_snrs`, auto_avsr's `--decode-snr-target`), the WER table printed and saved per split, and its
+plot against the SNR (`plot_wer_tables`)."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
 
 import jiwer
 import numpy as np
@@ -95,4 +99,31 @@ def format_wer_table(rows: list[dict], title: str) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["WERMetric", "corpus_wer", "evaluate_at_snrs", "format_wer_table", "snr_label"]
+def plot_wer_tables(tables: Mapping[str, list[dict]], path: str | Path, title: str = "WER against noise") -> Path:
+    """A PNG of WER (%) against the test condition, one line per model: `tables` maps a model's name to its rows of
+    `evaluate_at_snrs` (the `*_wer_table.json` files). The conditions run from clean to the lowest SNR, over all
+    tables; a model that lacks one has a gap there. Returns `path`."""
+    from matplotlib.figure import Figure  # no pyplot: no global figure state, no display backend
+
+    if not tables or not any(tables.values()):
+        raise ValueError("plot_wer_tables needs at least one model with at least one WER row.")
+    snrs = sorted({row["snr"] for rows in tables.values() for row in rows}, reverse=True)
+    figure = Figure(figsize=(6.4, 4.0), layout="constrained")
+    axes = figure.subplots()
+    for name, rows in tables.items():
+        wer_at = {row["snr"]: row["wer"] for row in rows}
+        axes.plot(range(len(snrs)), [wer_at.get(snr, np.nan) for snr in snrs], marker="o", label=name)
+    axes.set_xticks(range(len(snrs)), ["clean" if snr >= CLEAN_SNR else f"{snr:g} dB" for snr in snrs])
+    axes.set_xlabel("babble noise (signal-to-noise ratio)")
+    axes.set_ylabel("WER (%)")
+    axes.set_ylim(bottom=0)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+__all__ = ["WERMetric", "corpus_wer", "evaluate_at_snrs", "format_wer_table", "plot_wer_tables", "snr_label"]

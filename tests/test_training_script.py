@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from matplotlib.image import imread
 from mmavsr_processing import MMAVSRTokenizer, write_audio, write_video
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
@@ -502,6 +503,8 @@ def test_train_average_then_evaluate_like_the_seed(corpus, tmp_path):
     )
     table = json.loads((tmp_path / "eval" / "eval_wer_table.json").read_text())
     assert [row["condition"] for row in table] == ["clean", "snr0"]
+    plot = imread(tmp_path / "eval" / "eval_wer_table.png")  # the table's plot beside it, a readable PNG
+    assert plot.ndim == 3 and plot.shape[0] > 100 and plot.shape[1] > 100
     assert results["eval_clean_loss"] != results["eval_snr0_loss"], (
         "the 0 dB condition was not noisier"
     )
