@@ -67,12 +67,6 @@ def test_llm_preset_holds_every_encoder_weight_of_the_main_job_model(name):
     assert encoder and all(target.get(key) == shape for key, shape in encoder.items())
 
 
-@pytest.mark.xfail(
-    strict=True, raises=RuntimeError,
-    reason="init_from_models (modeling_mmavsr/builder_mmavsr.py) loads the whole state_dict back strictly; a 4-bit "
-    "model's holds bitsandbytes quant-state keys (absmax, quant_map, ...) that load_state_dict refuses. Loading only "
-    "the weights it took (strict=False) makes this test pass: remove this mark with that fix.",
-)
 def test_llm_job_recipe_trains_and_decodes_through_the_script(corpus, tmp_path, caplog):
     """llm_job.sh's asr-llm step on a tiny corpus: the main job's audio preset trains a step, the LLM preset starts
     from it with a local LLM in 4-bit QLoRA, trains a step and prints the clean and 0 dB WER."""
