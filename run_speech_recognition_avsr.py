@@ -35,17 +35,17 @@ import datasets
 import torch
 import transformers
 from mmavsr_processing import CLEAN_SNR, AddNoise, MMAVSRTokenizer, TimeMask
+from mmavsr_processing.augmentation import refuse_unused_audio_flags
 from mmavsr_processing.collation import ClipReader, MMAVSRDataCollator
 from mmavsr_processing.hf_datasets import (
     MaxFramesStreamBatcher,
     StreamingStateCallback,
-    add_num_frames,
-    load_avsr_splits,
+    check_dataset_flags,
+    load_dataset_splits,
     restore_streaming_state,
     shard_stream,
 )
-from mmavsr_processing.label_files import INDEX_COLUMN, babble_from_split, load_label_split, read_files_directly
-from mmavsr_processing.media_check import check_dataset_media
+from mmavsr_processing.label_files import INDEX_COLUMN, babble_from_split, load_label_splits, read_files_directly
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments, TrainerCallback, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -332,73 +332,6 @@ def parse_args(argv: list[str] | None = None):
     return model_args, data_args, training_args
 
 
-def refuse_unused_audio_flags(data_args: DataTrainingArguments, modality: str) -> None:
-    """Noise is added to the audio: on a model without audio, --train-snr and --noise-file are refused, and noisy
-    --decode-snr-target conditions warn (each decodes the same video, so the table repeats the clean WER)."""
-    for flag, value in (("--train-snr", data_args.train_snr), ("--noise-file", data_args.noise_file)):
-        if value:
-            shown = " ".join(f"{v:g}" for v in value) if isinstance(value, list) else value
-            raise ValueError(f"{flag} {shown}: noise is added to the audio, and this {modality} model reads none; "
-                             "drop the flag.")
-    noisy = [f"{snr:g}" for snr in data_args.decode_snr_target if snr < CLEAN_SNR]
-    if noisy:
-        logger.warning(f"--decode-snr-target {' '.join(noisy)}: this {modality} model reads no audio, so the noise "
-                       "changes nothing; every condition decodes the same clean video.")
-
-
-def check_dataset_flags(data_args: DataTrainingArguments) -> None:
-    """--dataset_name replaces the label files; --streaming streams it (and only it)."""
-    label_flags = [flag for flag, value in (("--root-dir", data_args.root_dir), ("--train-file", data_args.train_file),
-                   ("--val-file", data_args.val_file), ("--test-file", data_args.test_file)) if value]
-    if data_args.dataset_name and label_flags:
-        raise ValueError(f"--dataset_name {data_args.dataset_name} and {', '.join(label_flags)}: give a dataset or "
-                         "auto_avsr's label files, not both.")
-    if data_args.streaming and not data_args.dataset_name:
-        raise ValueError("--streaming streams --dataset_name's training split; label files (--train-file) are read "
-                         "whole. Give --dataset_name (e.g. a folder written by prepare --save-to-disk).")
-    if data_args.streaming and data_args.cache_clips:
-        raise ValueError("--cache_clips keeps a map-style training set's clips in memory; a stream (--streaming) "
-                         "is read once per pass: drop one of them.")
-
-
-def load_dataset_splits(
-    data_args: DataTrainingArguments, training_args, modalities, stages: list[str] | None = None
-) -> dict:
-    """--dataset_name's splits for the run's stages (train, eval, test), with the columns `modalities` need; the
-    training split streamed with --streaming, evaluation splits always map-style (their length is the WER's)."""
-    names = {"train": data_args.train_split_name, "eval": data_args.eval_split_name, "test": data_args.test_split_name}
-    if stages is None:
-        chosen = {"train": training_args.do_train, "eval": training_args.do_eval, "test": training_args.do_predict}
-        stages = [stage for stage, wanted in chosen.items() if wanted]
-    splits = load_avsr_splits(
-        data_args.dataset_name,
-        data_args.dataset_config_name,
-        {stage: names[stage] for stage in stages},
-        modalities=modalities,
-        video_column=data_args.video_column_name,
-        audio_column=data_args.audio_column_name,
-        text_column=data_args.text_column_name,
-        streaming=["train"] if data_args.streaming else [],
-        limits={"train": data_args.max_train_samples, "eval": data_args.max_eval_samples,
-                "test": data_args.max_eval_samples},
-        index_column=INDEX_COLUMN,
-    )
-    # every clip's media is opened before the first step, as for label files (a streamed split as it is read)
-    for stage, split in splits.items():
-        if isinstance(split, datasets.Dataset) and (
-            not data_args.skip_media_check or (data_args.skip_bad_files and stage != "train")
-        ):
-            splits[stage] = check_dataset_media(
-                split,
-                {kind: kind for kind in modalities},
-                skip_bad_files=data_args.skip_bad_files,
-                source=f"--dataset_name {data_args.dataset_name} ({names[stage]} split)",
-            )
-    if data_args.max_frames and isinstance(splits.get("train"), datasets.Dataset):
-        splits["train"] = add_num_frames(splits["train"])  # lengths for the --max-frames sampler
-    return splits
-
-
 def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None = None) -> dict:
     """Run what the arguments ask; returns every metric computed. `callbacks` go to the Trainer."""
     # 1. Parse arguments; model choices that cannot all be honoured are refused before anything is loaded
@@ -443,29 +376,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     # 4. Load datasets (before the model: --train_vocabulary_size trains the vocabulary on the training transcripts);
     # a --dataset_name is read in step 5, once the model says which media it reads
     check_dataset_flags(data_args)
-    splits = {}
-    for stage, wanted, files in (
-        ("train", training_args.do_train, [("--train-file", data_args.train_file)]),
-        ("eval", training_args.do_eval, [("--val-file", data_args.val_file), ("--test-file", data_args.test_file)]),
-        ("test", training_args.do_predict, [("--test-file", data_args.test_file)]),
-    ):
-        given = [(flag, name) for flag, name in files if name]
-        if not wanted or data_args.dataset_name:
-            continue
-        if not given:
-            raise ValueError(f"--do_{'predict' if stage == 'test' else stage} needs {files[0][0]}.")
-        flag, label_file = given[0]
-        # every clip's media is opened here, before the first step: a bad one stops the run naming it, or is skipped
-        # and counted; an evaluation set is opened whole when skipping even with --skip_media_check (a clip dropped
-        # mid-way would change the WER's utterances)
-        splits[stage] = load_label_split(
-            data_args.root_dir,
-            label_file,
-            flag,
-            limit=data_args.max_train_samples if stage == "train" else data_args.max_eval_samples,
-            skip_bad_files=data_args.skip_bad_files,
-            check_media=not data_args.skip_media_check or (data_args.skip_bad_files and stage != "train"),
-        )
+    splits = load_label_splits(data_args, training_args)
 
     # 5. Build model and processor
     tokenizer = None
@@ -475,7 +386,8 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         if "train" in splits:
             texts = splits["train"]["text"]
         else:  # only the transcripts of --dataset_name's training split
-            texts = [row["text"] for row in load_dataset_splits(data_args, training_args, (), ["train"])["train"]]
+            texts = load_dataset_splits(data_args, training_args, (), ["train"], INDEX_COLUMN)
+            texts = [row["text"] for row in texts["train"]]
         tokenizer = MMAVSRTokenizer.train_vocabulary(
             texts,
             Path(training_args.output_dir) / "vocabulary",
@@ -503,7 +415,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     ctc_tokenizer = separate_ctc_tokenizer(config)
     splits = {stage: read_files_directly(dataset, modalities) for stage, dataset in splits.items()}
     if data_args.dataset_name:
-        splits = load_dataset_splits(data_args, training_args, modalities)
+        splits = load_dataset_splits(data_args, training_args, modalities, index_column=INDEX_COLUMN)
     logger.info(f"Model: {config.modality} ({', '.join(modalities)}), {model.num_parameters():,} parameters.")
 
     # 6. Noise, augmentation and collators

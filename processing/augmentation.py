@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 
@@ -12,9 +13,11 @@ from .media_constants import SAMPLING_RATE, VIDEO_FPS
 from .media_io import read_audio
 
 
-__all__ = ["CLEAN_SNR", "TimeMask", "AddNoise", "make_babble", "snr_db"]
+__all__ = ["CLEAN_SNR", "TimeMask", "AddNoise", "make_babble", "refuse_unused_audio_flags", "snr_db"]
 
 CLEAN_SNR = 999999  # auto_avsr's `--decode-snr-target` value meaning "no noise"
+
+logger = logging.getLogger(__name__)
 
 
 def _to_numpy(x) -> tuple[np.ndarray, bool]:
@@ -153,3 +156,18 @@ def make_babble(
         wave = np.roll(np.tile(wave, -(-length // len(wave))), int(generator.integers(0, len(wave))))[:length]
         babble += wave
     return (0.9 * babble / np.abs(babble).max()).astype(np.float32)
+
+
+def refuse_unused_audio_flags(data_args, modality: str) -> None:
+    """Noise is added to the audio: on a model without audio, the training script's --train-snr and --noise-file
+    (`data_args`: its `DataTrainingArguments`) are refused, and noisy --decode-snr-target conditions warn (each decodes
+    the same video, so the table repeats the clean WER)."""
+    for flag, value in (("--train-snr", data_args.train_snr), ("--noise-file", data_args.noise_file)):
+        if value:
+            shown = " ".join(f"{v:g}" for v in value) if isinstance(value, list) else value
+            raise ValueError(f"{flag} {shown}: noise is added to the audio, and this {modality} model reads none; "
+                             "drop the flag.")
+    noisy = [f"{snr:g}" for snr in data_args.decode_snr_target if snr < CLEAN_SNR]
+    if noisy:
+        logger.warning(f"--decode-snr-target {' '.join(noisy)}: this {modality} model reads no audio, so the noise "
+                       "changes nothing; every condition decodes the same clean video.")

@@ -59,6 +59,35 @@ def load_label_split(
     return dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
 
 
+def load_label_splits(data_args, training_args) -> dict[str, datasets.Dataset]:
+    """The training script's label files (`data_args`: its `DataTrainingArguments`) for the stages `training_args`
+    does: train (--train-file), eval (--val-file, else --test-file) and test (--test-file); none with --dataset_name.
+    Every clip's media is opened here, before the first step: a bad one stops the run naming it, or is skipped and
+    counted; an evaluation set is opened whole when skipping even with --skip_media_check (a clip dropped mid-way
+    would change the WER's utterances)."""
+    splits = {}
+    for stage, wanted, files in (
+        ("train", training_args.do_train, [("--train-file", data_args.train_file)]),
+        ("eval", training_args.do_eval, [("--val-file", data_args.val_file), ("--test-file", data_args.test_file)]),
+        ("test", training_args.do_predict, [("--test-file", data_args.test_file)]),
+    ):
+        given = [(flag, name) for flag, name in files if name]
+        if not wanted or data_args.dataset_name:
+            continue
+        if not given:
+            raise ValueError(f"--do_{'predict' if stage == 'test' else stage} needs {files[0][0]}.")
+        flag, label_file = given[0]
+        splits[stage] = load_label_split(
+            data_args.root_dir,
+            label_file,
+            flag,
+            limit=data_args.max_train_samples if stage == "train" else data_args.max_eval_samples,
+            skip_bad_files=data_args.skip_bad_files,
+            check_media=not data_args.skip_media_check or (data_args.skip_bad_files and stage != "train"),
+        )
+    return splits
+
+
 def read_files_directly(dataset: datasets.Dataset, modalities: tuple[str, ...]) -> datasets.Dataset:
     """Drop the media column the model does not use and leave the others undecoded: the collator reads each file
     with soundfile / PyAV, several times faster than opening a torchcodec decoder per row."""
@@ -93,4 +122,11 @@ def babble_from_split(
     return make_babble(utterances, n_speakers=4, length=sampling_rate * 30, seed=seed)
 
 
-__all__ = ["INDEX_COLUMN", "babble_from_split", "load_label_split", "read_files_directly", "resolve_label_file"]
+__all__ = [
+    "INDEX_COLUMN",
+    "babble_from_split",
+    "load_label_split",
+    "load_label_splits",
+    "read_files_directly",
+    "resolve_label_file",
+]
