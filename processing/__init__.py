@@ -7,7 +7,22 @@ Installed under the import name ``mmavsr_processing`` (the source folder is ``pr
 from .augmentation import CLEAN_SNR, AddNoise, TimeMask, make_babble, snr_db
 from .collation import MaxFramesBatchSampler, MMAVSRDataCollator
 from .feature_extraction_mmavsr import MMAVSRFeatureExtractor
+from .hf_datasets import (
+    MaxFramesStreamBatcher,
+    StreamingStateCallback,
+    add_num_frames,
+    auto_avsr_to_dataset,
+    check_columns,
+    clip_frames,
+    export_auto_avsr_dataset,
+    load_avsr_dataset,
+    load_avsr_splits,
+    restore_streaming_state,
+    shard_stream,
+    streaming_dataloader,
+)
 from .lrs3 import DatasetError, load_auto_avsr_dataset, load_lrs3_dataset
+from .media_check import check_dataset_media, find_bad_media
 from .media_io import MediaError, read_audio, read_video, resample_audio, write_audio, write_video
 from .mouth_cropping import HaarCascadeMouthDetector, MouthCropper, MouthDetector, MouthLocation, NoFaceError
 from .processing_mmavsr import MMAVSRProcessor, pad_labels
@@ -19,6 +34,20 @@ __all__ = [
     "DatasetError",
     "load_auto_avsr_dataset",
     "load_lrs3_dataset",
+    "MaxFramesStreamBatcher",
+    "StreamingStateCallback",
+    "add_num_frames",
+    "auto_avsr_to_dataset",
+    "check_columns",
+    "clip_frames",
+    "export_auto_avsr_dataset",
+    "load_avsr_dataset",
+    "load_avsr_splits",
+    "restore_streaming_state",
+    "shard_stream",
+    "streaming_dataloader",
+    "check_dataset_media",
+    "find_bad_media",
     "MediaError",
     "read_audio",
     "read_video",

@@ -42,7 +42,7 @@ def load_label_split(
     flag: str = "label file",
     limit: int | None = None,
     skip_bad_files: bool = False,
-    check_media: bool = False,
+    check_media: bool = True,
 ) -> datasets.Dataset:
     """The clips of one label file (the first `limit` of them), numbered in `INDEX_COLUMN`. `flag` (e.g.
     `--train-file`) names the option in errors; `skip_bad_files` / `check_media` as in `load_auto_avsr_dataset`."""
