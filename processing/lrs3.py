@@ -30,7 +30,7 @@ import datasets
 
 from .media_check import describe_bad_media, find_bad_media, probe_audio, probe_video
 from .media_constants import SAMPLING_RATE, VIDEO_FPS
-from .media_io import MediaError
+from .media_io import MediaError, same_frame_rate
 from .processing_mmavsr import AV_DURATION_TOLERANCE
 from .tokenization_mmavsr import MMAVSRTokenizer
 
@@ -86,7 +86,7 @@ def _check_layout_format(
     """The auto_avsr layout's promises: 25 fps video of about `num_frames` frames, mono wav at `sampling_rate`, and
     audio as long as the video; raises a `DatasetError` naming the file and the problem."""
     fps, frames = video_info["fps"], video_info["frames"]
-    if fps and abs(fps - VIDEO_FPS) > 0.01 * VIDEO_FPS:
+    if fps and not same_frame_rate(fps, VIDEO_FPS):
         raise DatasetError(f"{where}: video {video} is {fps:g} fps, expected {VIDEO_FPS:g} fps.")
     if frames and abs(frames - num_frames) > AV_DURATION_TOLERANCE * VIDEO_FPS:
         raise DatasetError(f"{where}: video {video} has {frames} frames, but the label file says {num_frames}.")

@@ -21,12 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import av
 import datasets
 import soundfile as sf
 from datasets.utils.tqdm import tqdm
 
-from .media_io import MediaError
+from .media_io import MediaError, open_container
 
 
 logger = logging.getLogger(__name__)
@@ -71,25 +70,24 @@ def _source(item: Any) -> tuple[str, Any]:
     return str(path), str(path)
 
 
+def _corrupt(kind: str, name: str) -> Callable[[Exception], str]:
+    return lambda error: f"{kind} {name} is corrupt ({type(error).__name__}: {error})"
+
+
 def probe_video(item: Any, need_audio: bool = False) -> dict:
     """Opens a video (path, `{"path", "bytes"}` or bytes), reads its header and decodes its first frame; with
     `need_audio`, it must also hold an audio stream. Returns `{"fps", "frames"}` (frames 0 when the header does not
     say). Raises a `MediaError` starting `video PATH` and saying what is wrong."""
     name, source = _source(item)
-    try:
-        with av.open(source) as container:
-            if not container.streams.video:
-                raise MediaError(f"video {name} has no video stream")
-            if need_audio and not container.streams.audio:
-                raise MediaError(f"video {name} has no audio stream")
-            stream = container.streams.video[0]
-            rate = stream.average_rate or stream.base_rate or stream.guessed_rate
-            if next(container.decode(video=0), None) is None:
-                raise MediaError(f"video {name} holds no decodable frame")
-    except MediaError:
-        raise
-    except (av.error.FFmpegError, UnicodeDecodeError, ValueError, EOFError) as error:
-        raise MediaError(f"video {name} is corrupt ({type(error).__name__}: {error})") from None
+    with open_container(source, _corrupt("video", name)) as container:
+        if not container.streams.video:
+            raise MediaError(f"video {name} has no video stream")
+        if need_audio and not container.streams.audio:
+            raise MediaError(f"video {name} has no audio stream")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.base_rate or stream.guessed_rate
+        if next(container.decode(video=0), None) is None:
+            raise MediaError(f"video {name} holds no decodable frame")
     return {"fps": float(rate) if rate else 0.0, "frames": int(stream.frames or 0)}
 
 
@@ -111,19 +109,14 @@ def probe_audio(item: Any) -> dict:
             if info["samples"] == 0 or len(first) == 0:
                 raise MediaError(f"audio {name} holds no sample")
             return info
-    try:
-        with av.open(source) as container:
-            if not container.streams.audio:
-                raise MediaError(f"audio {name} has no audio stream")
-            stream = container.streams.audio[0]
-            if next(container.decode(audio=0), None) is None:
-                raise MediaError(f"audio {name} holds no decodable sample")
-            samples = int(stream.duration * stream.time_base * stream.rate) if stream.duration else 0
-            return {"rate": stream.rate, "channels": stream.channels, "samples": samples}
-    except MediaError:
-        raise
-    except (av.error.FFmpegError, UnicodeDecodeError, ValueError, EOFError) as error:
-        raise MediaError(f"audio {name} is corrupt ({type(error).__name__}: {error})") from None
+    with open_container(source, _corrupt("audio", name)) as container:
+        if not container.streams.audio:
+            raise MediaError(f"audio {name} has no audio stream")
+        stream = container.streams.audio[0]
+        if next(container.decode(audio=0), None) is None:
+            raise MediaError(f"audio {name} holds no decodable sample")
+        samples = int(stream.duration * stream.time_base * stream.rate) if stream.duration else 0
+        return {"rate": stream.rate, "channels": stream.channels, "samples": samples}
 
 
 def _media_columns(dataset: datasets.Dataset) -> dict[str, str]:

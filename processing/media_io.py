@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from .media_constants import SAMPLES_PER_FRAME, SAMPLING_RATE, VIDEO_FPS
 
 
 __all__ = [
+    "FRAME_RATE_TOLERANCE",
     "MediaError",
     "SAMPLES_PER_FRAME",
     "SAMPLING_RATE",
@@ -38,15 +39,19 @@ __all__ = [
     "VIDEO_SUFFIXES",
     "count_frames",
     "fit_audio_to_video",
+    "open_container",
     "read_audio",
     "read_audio_track",
     "read_video",
     "resample_audio",
     "resample_frames",
+    "same_frame_rate",
     "write_audio",
     "write_video",
 ]
 
+# the relative difference of frame rates taken as the same rate (`same_frame_rate`)
+FRAME_RATE_TOLERANCE = 0.01
 # containers read with FFmpeg as videos (their sound as an audio track); other audio files are read with soundfile
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg")
 
@@ -67,15 +72,28 @@ def _check_readable(path: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def _open_container(path: Path, what: str) -> Iterator[av.container.InputContainer]:
-    """`av.open(path)`; FFmpeg's errors while opening or decoding become a `MediaError` naming the file and `what`."""
+def open_container(source, describe: Callable[[Exception], str]) -> Iterator[av.container.InputContainer]:
+    """`av.open(source)` (a path or a file object) for reading: FFmpeg's errors while opening it or decoding inside
+    the block become a `MediaError` whose message is `describe(error)` (it names the file); a `MediaError` raised in
+    the block passes as it is."""
     try:
-        with av.open(str(path)) as container:
+        with av.open(source if hasattr(source, "read") else str(source)) as container:
             yield container
     except MediaError:
         raise
-    except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as error:
-        raise MediaError(f"{path}: cannot decode {what} ({type(error).__name__}: {error})") from error
+    except (av.error.FFmpegError, UnicodeDecodeError, ValueError, EOFError) as error:
+        raise MediaError(describe(error)) from error
+
+
+def _open_container(path: Path, what: str):
+    """[`open_container`] with the readers' message: `PATH: cannot decode WHAT (why)`."""
+    return open_container(path, lambda error: f"{path}: cannot decode {what} ({type(error).__name__}: {error})")
+
+
+def same_frame_rate(fps: float, expected: float = VIDEO_FPS) -> bool:
+    """Whether a video's `fps` is `expected` (25 by default) within `FRAME_RATE_TOLERANCE` (1%): the rule of the
+    frame-rate checks (a 25 fps file whose header says 25.0004 passes, 24 or 30 fps must be resampled first)."""
+    return abs(fps - expected) <= FRAME_RATE_TOLERANCE * expected
 
 
 def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:

@@ -23,7 +23,7 @@ from transformers.image_utils import (
 from transformers.processing_utils import Unpack, VideosKwargs
 
 from .media_constants import VIDEO_FPS
-from .media_io import MediaError, read_video
+from .media_io import MediaError, read_video, same_frame_rate
 
 
 __all__ = ["MMAVSRVideoProcessor", "VISION_ENCODER_PRESETS", "timm_video_preset", "to_video_tensor"]
@@ -120,7 +120,7 @@ def _is_decoder(item: Any) -> bool:
 
 
 def _check_frame_rate(source: str, fps: float | None, frame_rate: float | None) -> None:
-    if frame_rate and fps and abs(fps - frame_rate) > 0.01 * frame_rate:
+    if frame_rate and fps and not same_frame_rate(fps, frame_rate):
         raise ValueError(f"{source}: video is {fps:g} fps, expected {frame_rate:g} fps (resample it first)")
 
 
