@@ -24,6 +24,7 @@ from mmavsr_processing.processing_mmavsr import MMAVSRProcessor
 from mmavsr_processing.tokenization_mmavsr import MMAVSRTokenizer
 from mmavsr_processing.video_processing_mmavsr import MMAVSRVideoProcessor
 
+from . import modeling_mmavsr
 from .configuration_mmavsr import MMAVSRConfig, MMAVSRTextConfig
 from .modeling_mmavsr import (
     MMAVSREncoder,
@@ -59,13 +60,7 @@ register_auto_classes()
 __all__ = [
     "MMAVSRConfig",
     "MMAVSRTextConfig",
-    "MMAVSRPreTrainedModel",
-    "MMAVSREncoder",
-    "MMAVSRModel",
-    "MMAVSRForConditionalGeneration",
-    "MMAVSREncoderOutput",
-    "MMAVSRSeq2SeqModelOutput",
-    "MMAVSRSeq2SeqLMOutput",
+    *modeling_mmavsr.__all__,  # the model classes and their outputs
     "MMAVSRSpeechRecognitionPipeline",
     "MMAVSRFeatureExtractionPipeline",
     "register_auto_classes",

@@ -130,6 +130,19 @@ def _check_token_ids(ids: list[int], tokenizer, where: str):
         )
 
 
+def _clip_features(sampling_rate: int, **extra) -> datasets.Features:
+    """The columns of every loader's rows (`id`, `video`, `audio` at `sampling_rate`, `text`) and its own `extra`."""
+    return datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "video": datasets.Video(),
+            "audio": datasets.Audio(sampling_rate=sampling_rate),
+            "text": datasets.Value("string"),
+            **extra,
+        }
+    )
+
+
 def _finish(rows: list[dict], features: datasets.Features, skipped: Counter, source: Path) -> datasets.Dataset:
     if skipped:
         logger.warning(
@@ -252,16 +265,7 @@ def load_auto_avsr_dataset(
             row["position"] = position
         rows = _check_media_in_parallel(rows, check_layout_media, skip_bad_files, skipped, num_workers)
     rows = [{key: row[key] for key in ("id", "video", "audio", "text", "num_frames")} for row in rows]
-    features = datasets.Features(
-        {
-            "id": datasets.Value("string"),
-            "video": datasets.Video(),
-            "audio": datasets.Audio(sampling_rate=sampling_rate),
-            "text": datasets.Value("string"),
-            "num_frames": datasets.Value("int32"),
-        }
-    )
-    return _finish(rows, features, skipped, label_file)
+    return _finish(rows, _clip_features(sampling_rate, num_frames=datasets.Value("int32")), skipped, label_file)
 
 
 _TEXT_LINE = re.compile(r"^Text:\s*(.*)$")
@@ -374,15 +378,7 @@ def load_lrs3_dataset(
         )
     rows = [{key: row[key] for key in ("id", "video", "audio", "text", "words")} for row in rows]
 
-    features = datasets.Features(
-        {
-            "id": datasets.Value("string"),
-            "video": datasets.Video(),
-            "audio": datasets.Audio(sampling_rate=sampling_rate),
-            "text": datasets.Value("string"),
-            "words": datasets.List(
-                {"word": datasets.Value("string"), "start": datasets.Value("float32"), "end": datasets.Value("float32")}
-            ),
-        }
+    words = datasets.List(
+        {"word": datasets.Value("string"), "start": datasets.Value("float32"), "end": datasets.Value("float32")}
     )
-    return _finish(rows, features, skipped, root_dir)
+    return _finish(rows, _clip_features(sampling_rate, words=words), skipped, root_dir)
