@@ -53,24 +53,6 @@ def trainer(model, output_dir, **options) -> AVSRSeq2SeqTrainer:
     )
 
 
-def test_a_resumed_lora_run_ends_with_the_adapters_of_an_uninterrupted_one(tmp_path):
-    straight = lora_model(0)
-    trainer(straight, tmp_path / "straight").train()
-    interrupted = trainer(lora_model(0), tmp_path / "resumed")
-    interrupted.add_callback(StopAt(2))
-    interrupted.train()
-    assert [c.name for c in checkpoint_dirs(tmp_path / "resumed")] == ["checkpoint-2"]
-    resumed = lora_model(1)  # other random adapters (and LLM): all of it must come from checkpoint-2
-    trainer(resumed, tmp_path / "resumed").train(resume_from_checkpoint=True)
-    expected, actual = adapters(straight), adapters(resumed)
-    assert expected.keys() == actual.keys() and len(expected) == 2 * 2 * 7
-    assert any(not torch.equal(tensor, adapters(lora_model(0))[name]) for name, tensor in expected.items())
-    for name, tensor in expected.items():
-        torch.testing.assert_close(actual[name], tensor, atol=1e-6, rtol=0, msg=name)
-    for name, tensor in straight.state_dict().items():
-        torch.testing.assert_close(resumed.state_dict()[name], tensor, atol=1e-6, rtol=0, msg=name)
-
-
 def test_load_best_model_at_end_restores_the_best_checkpoints_adapters(tmp_path):
     model = lora_model(0)
     # the largest loss is "best": the first checkpoint, before training lowered it
@@ -93,11 +75,35 @@ def llm_folder(tmp_path_factory):
     return tiny_llm_folder(tmp_path_factory.mktemp("llm"))
 
 
-def qlora_model(llm_folder) -> MMAVSRForConditionalGeneration:
-    torch.manual_seed(0)
+def qlora_model(llm_folder, seed: int = 0) -> MMAVSRForConditionalGeneration:
+    torch.manual_seed(seed)
     return MMAVSRForConditionalGeneration.from_pretrained_components(
         decoder_type="llm", decoder_model_name=llm_folder, use_qlora=True, **TINY_ENCODER, **ADAPTERS
     )
+
+
+@pytest.mark.parametrize("option", ["use_lora", "use_qlora"])
+def test_a_resumed_run_ends_with_the_adapters_of_an_uninterrupted_one(option, tmp_path, llm_folder):
+    def build(seed):
+        return lora_model(seed) if option == "use_lora" else qlora_model(llm_folder, seed)
+
+    straight = build(0)
+    trainer(straight, tmp_path / "straight").train()
+    interrupted = trainer(build(0), tmp_path / "resumed")
+    interrupted.add_callback(StopAt(2))
+    interrupted.train()
+    assert [c.name for c in checkpoint_dirs(tmp_path / "resumed")] == ["checkpoint-2"]
+    resumed = build(1)  # other random adapters (and encoder): all of it must come from checkpoint-2
+    trainer(resumed, tmp_path / "resumed").train(resume_from_checkpoint=True)
+    assert resumed.is_llm_quantized == (option == "use_qlora")
+    expected, actual = adapters(straight), adapters(resumed)
+    assert expected.keys() == actual.keys() and expected
+    initial = adapters(build(0))
+    assert any(not torch.equal(tensor, initial[name]) for name, tensor in expected.items())  # it trained
+    for name, tensor in expected.items():
+        torch.testing.assert_close(actual[name], tensor, atol=1e-6, rtol=0, msg=name)
+    for name, tensor in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], tensor, atol=1e-6, rtol=0, msg=name)
 
 
 def test_averaged_qlora_checkpoints_hold_the_mean_of_their_adapters(tmp_path, llm_folder):
