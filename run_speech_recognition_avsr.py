@@ -17,8 +17,9 @@ checkpoint after the step under way and exits with status 143; checkpoints are w
 `torchrun` or `accelerate launch` for several processes. See docs/distributed_and_reliability.md.
 
 The work is done by the package: `modeling_mmavsr.builder_mmavsr` (model and processor), `trainer_mmavsr` (the
-Trainer, SIGTERM), `checkpointing_mmavsr` (resume, averaging), `evaluation_mmavsr` (WER, SNR tables) and
-`mmavsr_processing.label_files` (the label CSVs as datasets).
+Trainer, SIGTERM), `checkpointing_mmavsr` (resume, averaging), `evaluation_mmavsr` (WER, SNR tables),
+`mmavsr_processing.label_files` / `hf_datasets` (label CSVs or a `datasets` dataset as splits, the training set) and
+`augmentation` (noise and masks).
 """
 
 from __future__ import annotations
@@ -34,18 +35,17 @@ from pathlib import Path
 import datasets
 import torch
 import transformers
-from mmavsr_processing import CLEAN_SNR, AddNoise, MMAVSRTokenizer, TimeMask
-from mmavsr_processing.augmentation import refuse_unused_audio_flags
-from mmavsr_processing.collation import ClipReader, MMAVSRDataCollator
+from mmavsr_processing import CLEAN_SNR, MMAVSRTokenizer
+from mmavsr_processing.augmentation import refuse_unused_audio_flags, training_augmentations
+from mmavsr_processing.collation import MMAVSRDataCollator
 from mmavsr_processing.hf_datasets import (
-    MaxFramesStreamBatcher,
     StreamingStateCallback,
     check_dataset_flags,
     load_dataset_splits,
     restore_streaming_state,
-    shard_stream,
+    training_clips,
 )
-from mmavsr_processing.label_files import INDEX_COLUMN, babble_from_split, load_label_splits, read_files_directly
+from mmavsr_processing.label_files import INDEX_COLUMN, load_label_splits, noise_for_run, read_files_directly
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments, TrainerCallback, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -63,7 +63,7 @@ from modeling_mmavsr.checkpointing_mmavsr import (
     discard_incomplete_checkpoints,
     resume_checkpoint,
 )
-from modeling_mmavsr.evaluation_mmavsr import WERMetric, evaluate_at_snrs, format_wer_table, plot_wer_tables
+from modeling_mmavsr.evaluation_mmavsr import WERMetric, evaluate_at_snrs, format_wer_table
 from modeling_mmavsr.presets import load_preset
 from modeling_mmavsr.trainer_mmavsr import (
     AVSRSeq2SeqTrainer,
@@ -419,49 +419,22 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     logger.info(f"Model: {config.modality} ({', '.join(modalities)}), {model.num_parameters():,} parameters.")
 
     # 6. Noise, augmentation and collators
-    noise = None
-    noisy_decoding = any(snr < CLEAN_SNR for snr in data_args.decode_snr_target)
-    if "audio" in modalities and (noisy_decoding or (data_args.train_snr and training_args.do_train)):
-        if data_args.noise_file and not Path(data_args.noise_file).is_file():
-            raise FileNotFoundError(f"--noise-file {data_args.noise_file}: no such file.")
-        mapped = [dataset for dataset in splits.values() if isinstance(dataset, datasets.Dataset)]
-        if not data_args.noise_file and not mapped:
-            raise ValueError("--train-snr with --streaming and no evaluation split: babble noise is mixed from a "
-                             "map-style split; give --noise-file.")
-        noise = data_args.noise_file or babble_from_split(mapped[0], training_args.seed, data_args.skip_bad_files)
+    noise = noise_for_run(data_args, training_args, splits, modalities)
     train_collator = train_dataset = None
     if "train" in splits:
-        masks = {modality: [TimeMask.for_video() if modality == "video" else TimeMask.for_audio()]
-                 if data_args.time_masking and modality in modalities else [] for modality in ("video", "audio")}
-        if data_args.train_snr and "audio" in modalities:
-            masks["audio"].append(AddNoise(data_args.train_snr, noise=noise))
+        augmentations = training_augmentations(modalities, data_args.time_masking, data_args.train_snr, noise)
         train_collator = SeededCollator(
             MMAVSRDataCollator(
                 processor,
                 training=True,
-                video_augmentation=masks["video"] or None,
-                audio_augmentation=masks["audio"] or None,
+                video_augmentation=augmentations["video"],
+                audio_augmentation=augmentations["audio"],
                 modalities=modalities,
                 ctc_tokenizer=ctc_tokenizer,
             ),
             seed=training_args.seed,
         )
-        # media are read in the DataLoader: an unusable clip raises naming its file, or with --skip-bad-files is
-        # skipped and counted, the next clip taking its place
-        if data_args.streaming:  # frame-capped batches of this process's shards
-            train_dataset = MaxFramesStreamBatcher(
-                shard_stream(splits["train"], training_args.process_index, training_args.world_size,
-                             seed=training_args.seed),
-                max_frames=data_args.max_frames,
-                batch_size=None if data_args.max_frames else training_args.per_device_train_batch_size,
-                seed=training_args.seed, processor=processor, modalities=modalities,
-                skip_bad_files=data_args.skip_bad_files, index_column=INDEX_COLUMN,
-            )
-        else:
-            train_dataset = ClipReader(
-                splits["train"], processor, modalities, skip_bad_files=data_args.skip_bad_files,
-                cache=data_args.cache_clips,
-            )
+        train_dataset = training_clips(splits["train"], processor, modalities, data_args, training_args, INDEX_COLUMN)
 
     # 7. Trainer: WER on the clean validation split during training (--eval_strategy), e.g. to keep the best model
     # (--metric_for_best_model wer --load_best_model_at_end)
@@ -522,7 +495,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         if training_args.average_checkpoints:
             average_last_checkpoints(model, processor, training_args.output_dir, training_args.average_checkpoints)
 
-    # 9. Evaluate / predict: one decoding per --decode-snr-target, a WER table (JSON and PNG plot) per split
+    # 9. Evaluate / predict: one decoding per --decode-snr-target, a WER table per split
     decoded = []
     for prefix in ("eval", "test"):
         if prefix not in splits:
@@ -540,7 +513,6 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
             print(format_wer_table(rows, f"WER of {config.modality} on {len(dataset)} utterances ({prefix})"))
             Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
             (Path(training_args.output_dir) / f"{prefix}_wer_table.json").write_text(json.dumps(rows, indent=2))
-            plot_wer_tables({config.modality: rows}, Path(training_args.output_dir) / f"{prefix}_wer_table.png")
         decoded.append({"split": prefix, "conditions": utterances})
 
     # 10. Every utterance's hypothesis

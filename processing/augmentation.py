@@ -13,7 +13,15 @@ from .media_constants import SAMPLING_RATE, VIDEO_FPS
 from .media_io import read_audio
 
 
-__all__ = ["CLEAN_SNR", "TimeMask", "AddNoise", "make_babble", "refuse_unused_audio_flags", "snr_db"]
+__all__ = [
+    "CLEAN_SNR",
+    "TimeMask",
+    "AddNoise",
+    "make_babble",
+    "refuse_unused_audio_flags",
+    "snr_db",
+    "training_augmentations",
+]
 
 CLEAN_SNR = 999999  # auto_avsr's `--decode-snr-target` value meaning "no noise"
 
@@ -156,6 +164,19 @@ def make_babble(
         wave = np.roll(np.tile(wave, -(-length // len(wave))), int(generator.integers(0, len(wave))))[:length]
         babble += wave
     return (0.9 * babble / np.abs(babble).max()).astype(np.float32)
+
+
+def training_augmentations(
+    modalities, time_masking: bool = True, train_snr: Sequence[float] | None = None, noise=None
+) -> dict[str, list | None]:
+    """The collator's augmentations of a training run, by modality (`video_augmentation` / `audio_augmentation`):
+    auto_avsr's time masks of each modality read (with `time_masking`), then noise at an SNR drawn from `train_snr`
+    added to the audio (`noise` as in [`AddNoise`]); None where there is none."""
+    masks = {modality: [TimeMask.for_video() if modality == "video" else TimeMask.for_audio()]
+             if time_masking and modality in modalities else [] for modality in ("video", "audio")}
+    if train_snr and "audio" in modalities:
+        masks["audio"].append(AddNoise(train_snr, noise=noise))
+    return {modality: augmentations or None for modality, augmentations in masks.items()}
 
 
 def refuse_unused_audio_flags(data_args, modality: str) -> None:

@@ -31,7 +31,7 @@ from datasets.distributed import split_dataset_by_node
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .collation import SKIPPED_CLIPS, read_clip
+from .collation import SKIPPED_CLIPS, ClipReader, read_clip
 from .lrs3 import DatasetError, load_auto_avsr_dataset
 from .media_constants import SAMPLING_RATE, VIDEO_FPS
 from .media_check import check_dataset_media
@@ -55,6 +55,7 @@ __all__ = [
     "restore_streaming_state",
     "shard_stream",
     "streaming_dataloader",
+    "training_clips",
 ]
 
 logger = logging.getLogger(__name__)
@@ -571,6 +572,25 @@ class MaxFramesStreamBatcher(torch.utils.data.IterableDataset):
                 if out:
                     yield out
             buffer, skip = buffer + 1, 0
+
+
+def training_clips(split, processor, modalities, data_args, training_args, index_column: str | None = None):
+    """The training script's training set (`data_args`: its `DataTrainingArguments`): a streamed split (--streaming)
+    as a [`MaxFramesStreamBatcher`] over this process's shards (batches of --max-frames frames, or of
+    --per_device_train_batch_size clips); a map-style split as a `collation.ClipReader` (--cache_clips). Media are
+    read in the DataLoader: an unusable clip raises naming its file, or with --skip-bad-files is skipped and counted,
+    the next clip taking its place."""
+    if data_args.streaming:
+        return MaxFramesStreamBatcher(
+            shard_stream(split, training_args.process_index, training_args.world_size, seed=training_args.seed),
+            max_frames=data_args.max_frames,
+            batch_size=None if data_args.max_frames else training_args.per_device_train_batch_size,
+            seed=training_args.seed, processor=processor, modalities=modalities,
+            skip_bad_files=data_args.skip_bad_files, index_column=index_column,
+        )
+    return ClipReader(
+        split, processor, modalities, skip_bad_files=data_args.skip_bad_files, cache=data_args.cache_clips
+    )
 
 
 def streaming_dataloader(batcher: MaxFramesStreamBatcher, collate_fn, args) -> torch.utils.data.DataLoader:

@@ -13,7 +13,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from .augmentation import make_babble
+from .augmentation import CLEAN_SNR, make_babble
 from .feature_extraction_mmavsr import to_waveform
 from .lrs3 import load_auto_avsr_dataset
 from .media_constants import SAMPLING_RATE
@@ -122,11 +122,29 @@ def babble_from_split(
     return make_babble(utterances, n_speakers=4, length=sampling_rate * 30, seed=seed)
 
 
+
+def noise_for_run(data_args, training_args, splits: dict, modalities) -> str | np.ndarray | None:
+    """The noise the training script adds to the audio (`data_args`: its `DataTrainingArguments`): None when nothing
+    is noisy (no audio, all --decode-snr-target clean and no --train-snr training), else --noise-file or babble mixed
+    from the first map-style split of `splits`."""
+    noisy_decoding = any(snr < CLEAN_SNR for snr in data_args.decode_snr_target)
+    if "audio" not in modalities or not (noisy_decoding or (data_args.train_snr and training_args.do_train)):
+        return None
+    if data_args.noise_file and not Path(data_args.noise_file).is_file():
+        raise FileNotFoundError(f"--noise-file {data_args.noise_file}: no such file.")
+    mapped = [dataset for dataset in splits.values() if isinstance(dataset, datasets.Dataset)]
+    if not data_args.noise_file and not mapped:
+        raise ValueError("--train-snr with --streaming and no evaluation split: babble noise is mixed from a "
+                         "map-style split; give --noise-file.")
+    return data_args.noise_file or babble_from_split(mapped[0], training_args.seed, data_args.skip_bad_files)
+
+
 __all__ = [
     "INDEX_COLUMN",
     "babble_from_split",
     "load_label_split",
     "load_label_splits",
+    "noise_for_run",
     "read_files_directly",
     "resolve_label_file",
 ]
