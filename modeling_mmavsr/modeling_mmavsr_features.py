@@ -45,40 +45,6 @@ def _stream_output(features: torch.Tensor, mask: torch.Tensor | None) -> MMAVSRE
     return MMAVSREncoderFeatures(features=features, attention_mask=mask, lengths=mask.sum(-1))
 
 
-def get_encoder_features(
-    encoder,
-    input_features: torch.Tensor | None = None,
-    attention_mask: torch.Tensor | None = None,
-    pixel_values_videos: torch.Tensor | None = None,
-    video_attention_mask: torch.Tensor | None = None,
-    feature_layer: str = "conformer",
-) -> MMAVSREncoderFeatures:
-    """The features of `feature_layer` (one of `FEATURE_LAYERS`) of an `MMAVSREncoder` for the given inputs, which
-    are those of the model's `forward` (the processor's output). The frontend layers need only their own stream."""
-    if feature_layer not in FEATURE_LAYERS:
-        raise ValueError(
-            f"Unknown feature_layer {feature_layer!r}; valid choices are {', '.join(map(repr, FEATURE_LAYERS))}."
-        )
-    config = encoder.config
-    for layer, frontend, option in (
-        ("video_frontend", encoder.vision_frontend, "vision_encoder"),
-        ("audio_frontend", encoder.audio_frontend, "audio_encoder"),
-    ):
-        if feature_layer == layer and frontend is None:
-            raise ValueError(f"feature_layer={layer!r}: this {config.modality} model has no {option}.")
-    if feature_layer == "video_frontend":
-        return _stream_output(*encoder.video_features(pixel_values_videos, video_attention_mask))
-    if feature_layer == "audio_frontend":
-        return _stream_output(*encoder.audio_features(input_features, attention_mask))
-    hidden_states, frame_mask = encoder.fused_features(
-        input_features, attention_mask, pixel_values_videos, video_attention_mask
-    )
-    output = _stream_output(hidden_states, frame_mask)
-    if feature_layer == "conformer":
-        output.features = encoder.conformer(hidden_states, output.attention_mask).last_hidden_state
-    return output
-
-
 class MMAVSRFeatureExtractionMixin:
     """`get_encoder_features()` for the models that hold an `MMAVSREncoder` (`get_encoder()`)."""
 
@@ -113,14 +79,29 @@ class MMAVSRFeatureExtractionMixin:
         >>> clip = features.features[0, : features.lengths[0]]  # (frames, hidden_size)
         ```
         """
-        return get_encoder_features(
-            self.get_encoder(),
-            input_features=input_features,
-            attention_mask=attention_mask,
-            pixel_values_videos=pixel_values_videos,
-            video_attention_mask=video_attention_mask,
-            feature_layer=feature_layer,
+        if feature_layer not in FEATURE_LAYERS:
+            raise ValueError(
+                f"Unknown feature_layer {feature_layer!r}; valid choices are {', '.join(map(repr, FEATURE_LAYERS))}."
+            )
+        encoder = self.get_encoder()
+        config = encoder.config
+        for layer, frontend, option in (
+            ("video_frontend", encoder.vision_frontend, "vision_encoder"),
+            ("audio_frontend", encoder.audio_frontend, "audio_encoder"),
+        ):
+            if feature_layer == layer and frontend is None:
+                raise ValueError(f"feature_layer={layer!r}: this {config.modality} model has no {option}.")
+        if feature_layer == "video_frontend":
+            return _stream_output(*encoder.video_features(pixel_values_videos, video_attention_mask))
+        if feature_layer == "audio_frontend":
+            return _stream_output(*encoder.audio_features(input_features, attention_mask))
+        hidden_states, frame_mask = encoder.fused_features(
+            input_features, attention_mask, pixel_values_videos, video_attention_mask
         )
+        output = _stream_output(hidden_states, frame_mask)
+        if feature_layer == "conformer":
+            output.features = encoder.conformer(hidden_states, output.attention_mask).last_hidden_state
+        return output
 
 
-__all__ = ["FEATURE_LAYERS", "MMAVSREncoderFeatures", "MMAVSRFeatureExtractionMixin", "get_encoder_features"]
+__all__ = ["FEATURE_LAYERS", "MMAVSREncoderFeatures", "MMAVSRFeatureExtractionMixin"]
