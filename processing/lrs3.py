@@ -163,6 +163,13 @@ def _skip(skipped: Counter, problem: str, error: DatasetError):
         logger.warning("skipping: %s", error)
 
 
+def _skip_or_raise(skip_bad_files: bool, skipped: Counter, problem: str, error: DatasetError) -> None:
+    """A bad row: counted and logged (`_skip`) with `skip_bad_files`, else its error is raised."""
+    if not skip_bad_files:
+        raise error
+    _skip(skipped, problem, error)
+
+
 def _check_media_in_parallel(
     candidates: list[dict], check, skip_bad_files: bool, skipped: Counter, num_workers: int | None
 ) -> list[dict]:
@@ -234,9 +241,7 @@ def load_auto_avsr_dataset(
             _check_file(video, "video", where)
             _check_file(audio, "audio", where)
         except DatasetError as error:
-            if not skip_bad_files:
-                raise
-            _skip(skipped, problem, error)
+            _skip_or_raise(skip_bad_files, skipped, problem, error)
             continue
         rows.append(
             {
@@ -352,9 +357,7 @@ def load_lrs3_dataset(
             problem = "bad transcript"
             text, words = parse_lrs3_transcript(transcript)
         except DatasetError as error:
-            if not skip_bad_files:
-                raise
-            _skip(skipped, problem, error)
+            _skip_or_raise(skip_bad_files, skipped, problem, error)
             continue
         rows.append(
             {
