@@ -63,7 +63,7 @@ from modeling_mmavsr.checkpointing_mmavsr import (
     discard_incomplete_checkpoints,
     resume_checkpoint,
 )
-from modeling_mmavsr.evaluation_mmavsr import WERMetric, evaluate_at_snrs, format_wer_table
+from modeling_mmavsr.evaluation_mmavsr import WERMetric, evaluate_at_snrs, format_wer_table, plot_wer_tables
 from modeling_mmavsr.presets import load_preset
 from modeling_mmavsr.trainer_mmavsr import (
     AVSRSeq2SeqTrainer,
@@ -495,7 +495,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         if training_args.average_checkpoints:
             average_last_checkpoints(model, processor, training_args.output_dir, training_args.average_checkpoints)
 
-    # 9. Evaluate / predict: one decoding per --decode-snr-target, a WER table per split
+    # 9. Evaluate / predict: one decoding per --decode-snr-target, a WER table (JSON and PNG plot) per split
     decoded = []
     for prefix in ("eval", "test"):
         if prefix not in splits:
@@ -513,6 +513,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
             print(format_wer_table(rows, f"WER of {config.modality} on {len(dataset)} utterances ({prefix})"))
             Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
             (Path(training_args.output_dir) / f"{prefix}_wer_table.json").write_text(json.dumps(rows, indent=2))
+            plot_wer_tables({config.modality: rows}, Path(training_args.output_dir) / f"{prefix}_wer_table.png")
         decoded.append({"split": prefix, "conditions": utterances})
 
     # 10. Every utterance's hypothesis
