@@ -10,8 +10,8 @@
   merged on their common tokens.
 
 Media are read and brought to 25 fps by `mmavsr_processing.media_io`, as in `prepare` and the training data; other
-processing modules are imported inside the functions that need them: `mmavsr_processing` imports this package's
-configuration, and an exported folder rewrites these imports into relative ones.
+processing modules are imported inside the functions that need them (an exported folder rewrites these imports into
+relative ones); `mmavsr_processing` never imports this package.
 """
 
 import os

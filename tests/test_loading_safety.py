@@ -166,13 +166,13 @@ def test_resuming_from_a_checkpoint_with_a_payload_is_refused(
     optimizer["payload"] = Payload(side_effect)
     torch.save(optimizer, checkpoint / "optimizer.pt")
     with pytest.raises(
-        script.UnsafeCheckpointError,
+        UnsafeCheckpointError,
         match=r"checkpoint-1/optimizer.pt: refused to load: .*posix.system",
     ):
         script.main(flags + ["--max_steps=2"])
     assert not (output_dir / "checkpoint-2").exists()
 
-    monkeypatch.setattr(script, "refuse_unsafe_pickles", lambda folder: None)
+    monkeypatch.setattr(trainer_mmavsr, "refuse_unsafe_pickles", lambda folder: None)
     with pytest.raises(pickle.UnpicklingError, match="posix.system"):
         script.main(flags + ["--max_steps=2"])
     assert not (output_dir / "checkpoint-2").exists()
