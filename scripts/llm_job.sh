@@ -55,17 +55,7 @@ common=(
     --lr_scheduler_type cosine --warmup_steps 0.05 --weight_decay 0.01 --max_grad_norm 5
     --save_strategy epoch --save_total_limit 1 --logging_steps 20 --seed 0 --dataloader_num_workers 0 --cache_clips
 )
-train() {  # NAME PRESET EPOCHS [extra flags]: skipped when NAME already has its WER table
-    local name=$1 preset=$2 epochs=$3
-    shift 3
-    if [ -f "$WORK/exp/$name/test_wer_table.json" ]; then
-        echo "$name: already trained and evaluated"
-        return
-    fi
-    python run_speech_recognition_avsr.py --config_name "$preset" --exp-name "$name" --max-epochs "$epochs" \
-        "${common[@]}" "$@" > "$WORK/$name.log" 2>&1 || { tail -n 30 "$WORK/$name.log"; return 1; }
-    stamp "$name done"
-}
+. scripts/train_step.sh  # train NAME PRESET EPOCHS [flags]
 # two lanes, one CPU thread each, as the main job's unimodal models
 export OMP_NUM_THREADS=1
 train asr-llm demo-asr-logmel-llm-qlora "${LLM_ASR_EPOCHS:-1}" --init_from_models "$WORK/exp/asr" &
