@@ -1,6 +1,7 @@
 """A tester in the spirit of transformers' ModelTesterMixin: tiny configs and real inputs for every modality."""
 
 import torch
+from transformers import TrainerCallback
 
 from modeling_mmavsr import MMAVSRConfig
 
@@ -85,3 +86,14 @@ def select_row(inputs: dict, row: int, frames: int) -> dict:
             value = value[:, :real]
         single[key] = value
     return single
+
+
+class StopAt(TrainerCallback):
+    """Stops training once `step` optimizer steps are done (an interrupted run, for resume tests)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True

@@ -5,14 +5,14 @@ A tiny random Llama decoder; QLoRA (real bitsandbytes NF4 on the CPU) where its 
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import Seq2SeqTrainingArguments, TrainerCallback
+from transformers import Seq2SeqTrainingArguments
 
 from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration, builder_mmavsr
 from modeling_mmavsr.checkpointing_mmavsr import average_last_checkpoints, checkpoint_dirs
 from modeling_mmavsr.modeling_mmavsr_decoder_loading import load_decoder_tokenizer
 from modeling_mmavsr.trainer_mmavsr import AVSRSeq2SeqTrainer
 
-from .common import make_inputs
+from .common import StopAt, make_inputs
 from .test_qlora import ADAPTERS, TINY_ENCODER, lora_names, tiny_config
 from .test_training_script import tiny_llm_folder
 
@@ -30,15 +30,6 @@ def lora_model(seed: int) -> MMAVSRForConditionalGeneration:
 
 def adapters(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters() if "lora_" in name}
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
 
 
 def trainer(model, output_dir, **options) -> AVSRSeq2SeqTrainer:

@@ -14,7 +14,6 @@ import torch
 from matplotlib.image import imread
 from mmavsr_processing import MMAVSRTokenizer, write_audio, write_video
 from safetensors.torch import load_file, save_file
-from transformers import TrainerCallback
 
 from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration, MMAVSRProcessor
 from modeling_mmavsr import builder_mmavsr as builder
@@ -22,6 +21,8 @@ from modeling_mmavsr.checkpointing_mmavsr import average_last_checkpoints, avera
 from modeling_mmavsr.configuration_mmavsr import LEGACY_MODALITIES
 from modeling_mmavsr.presets import PRESETS_DIR, load_preset
 from modeling_mmavsr.trainer_mmavsr import check_world_size
+
+from .common import StopAt
 
 SCRIPT = Path(__file__).resolve().parent.parent / "run_speech_recognition_avsr.py"
 
@@ -677,15 +678,6 @@ def test_validation_wer_during_training_keeps_the_best_checkpoint(corpus, tmp_pa
         same = all(torch.equal(final[name], tensor) for name, tensor in checkpoint.items())
         assert same == (step == best_step), f"the final model {'is not' if same else 'is'} checkpoint-{step}"
     assert results["eval_wer"] == pytest.approx(wers[best_step])  # the final evaluation decodes the best model
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.step:
-            control.should_training_stop = True
 
 
 def test_resumed_run_ends_where_an_uninterrupted_run_ends(corpus, tmp_path):
