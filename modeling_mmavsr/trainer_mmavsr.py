@@ -93,6 +93,20 @@ class AVSRSeq2SeqTrainer(Seq2SeqTrainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval", **gen_kwargs):
         return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix, **{**self.gen_kwargs, **gen_kwargs})
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        # Seq2SeqTrainer.prediction_step fills the model's generation config with GenerationConfig's global defaults
+        # (max_length 20, num_beams 1, ...) to pad its outputs: from the second batch on, generate() would warn that
+        # max_new_tokens and max_length are both set, and every checkpoint saved after an evaluation would carry
+        # them. The settings it found unset are unset again after each batch.
+        generation_config = self.model.generation_config
+        unset = [name for name in generation_config._get_default_generation_params()
+                 if getattr(generation_config, name, None) is None]
+        try:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
+        finally:
+            for name in unset:
+                setattr(generation_config, name, None)
+
     def _get_output_dir(self, trial) -> str:
         return self._staging_dir or super()._get_output_dir(trial)
 

@@ -678,6 +678,11 @@ def test_validation_wer_during_training_keeps_the_best_checkpoint(corpus, tmp_pa
         same = all(torch.equal(final[name], tensor) for name, tensor in checkpoint.items())
         assert same == (step == best_step), f"the final model {'is not' if same else 'is'} checkpoint-{step}"
     assert results["eval_wer"] == pytest.approx(wers[best_step])  # the final evaluation decodes the best model
+    # evaluating leaves the model's generation settings as they were: no max_length (Seq2SeqTrainer's default of 20,
+    # which generate() would then warn about at every batch) lands in the saved generation configs
+    for folder in [out, *(out / f"checkpoint-{step}" for step in wers)]:
+        saved = json.loads((folder / "generation_config.json").read_text())
+        assert "max_length" not in saved and "num_beams" not in saved, folder
 
 
 def test_resumed_run_ends_where_an_uninterrupted_run_ends(corpus, tmp_path):
