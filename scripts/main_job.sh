@@ -5,7 +5,8 @@
 #   bash scripts/main_job.sh                 # everything, in main_job/ (budget: 20 minutes on 2 CPU cores)
 #   SKIP_INSTALL=1 bash scripts/main_job.sh  # reuse .venv
 # Environment: MAIN_JOB_DIR (default main_job), DEMO_CLIPS (corpus size, default 1600), ASR_EPOCHS / VSR_EPOCHS /
-# AVSR_EPOCHS (training epochs per model; logs in $MAIN_JOB_DIR/NAME.log), SKIP_INSTALL=1. Rerunning resumes: the corpus and finished runs are kept.
+# AVSR_EPOCHS (training epochs per model; logs in $MAIN_JOB_DIR/NAME.log), SEED (the training seed, default 0),
+# SKIP_INSTALL=1. Rerunning resumes: the corpus and finished runs are kept.
 # DEMO_VARIANT: a corpus variant (`--variant` of mmavsr_processing.demo_corpus, e.g. espeak-contour: espeak-ng speech,
 # the contour mouth model); unset: the default corpus (flite, ellipse), the one this recipe was tuned on.
 set -euo pipefail
@@ -29,14 +30,16 @@ python -m mmavsr_processing.demo_corpus --output-dir "$WORK/corpus" --num-clips 
 echo "demo corpus ready after $(( $(date +%s) - start )) s"
 
 # flags shared by the three runs: auto_avsr's layout and flags, a word vocabulary of the GRID grammar, beam search
-# with joint CTC at test time, clean and with 0 dB babble
+# with joint CTC, clean and with 0 dB babble at test time. Each model is chosen on the validation split: its clean WER
+# is decoded after every epoch and the epoch with the lowest is the one kept and tested (the test split chooses nothing)
 common=(
-    --root-dir "$WORK/corpus" --train-file train.csv --test-file test.csv --exp-dir "$WORK/exp"
+    --root-dir "$WORK/corpus" --train-file train.csv --val-file val.csv --test-file test.csv --exp-dir "$WORK/exp"
+    --eval_strategy epoch --metric_for_best_model wer --load_best_model_at_end
     --train_vocabulary_size 64 --train_vocabulary_type word --time_masking false
     --decode-snr-target 999999 0 --decode_ctc_weight 0.3 --generation_num_beams 4
     --per_device_train_batch_size 8 --per_device_eval_batch_size 32 --lr 2e-3
     --lr_scheduler_type cosine --warmup_steps 0.05 --weight_decay 0.01 --adam_beta2 0.98 --max_grad_norm 5
-    --save_strategy epoch --save_total_limit 1 --logging_steps 20 --seed 0 --dataloader_num_workers 0 --cache_clips
+    --save_strategy epoch --save_total_limit 1 --logging_steps 20 --seed "${SEED:-0}" --dataloader_num_workers 0 --cache_clips
 )
 . scripts/train_step.sh  # train NAME PRESET EPOCHS [flags]
 mkdir -p "$WORK"

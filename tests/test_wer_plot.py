@@ -57,3 +57,22 @@ def test_wer_summary_prints_the_table_and_writes_the_plot(tmp_path):
     )
     assert "| asr | 8.1 | 72.4 | 10 |" in result.stdout and "| avsr | 12.9 | 16.2 | 10 |" in result.stdout
     assert imread(tmp_path / "wer_vs_snr.png").shape[0] > 300
+
+
+def test_wer_over_seeds_prints_mean_and_spread_per_model(tmp_path):
+    seeds = {"seed0": {999999: 8.0, 0: 70.0}, "seed1": {999999: 6.0, 0: 74.0}, "seed2": {999999: 10.0, 0: 72.0}}
+    for job, wers in seeds.items():
+        (tmp_path / job / "exp" / "asr").mkdir(parents=True)
+        (tmp_path / job / "exp" / "asr" / "test_wer_table.json").write_text(json.dumps(rows(wers)))
+    script = str(ROOT / "scripts" / "wer_over_seeds.py")
+    result = subprocess.run(
+        [sys.executable, script, "--runs=asr", *(str(tmp_path / job) for job in seeds)],
+        capture_output=True, text=True, check=True,
+    )
+    assert "| model | clean | snr0 |" in result.stdout
+    assert "| asr | 8.0 ± 2.0 (6.0-10.0) | 72.0 ± 2.0 (70.0-74.0) |" in result.stdout
+    # a run missing from one of the folders is named, not skipped
+    missing = subprocess.run(
+        [sys.executable, script, "--runs=asr,vsr", str(tmp_path / "seed0")], capture_output=True, text=True
+    )
+    assert missing.returncode != 0 and "has no vsr/test_wer_table.json" in missing.stderr
