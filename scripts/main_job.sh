@@ -39,7 +39,8 @@ common=(
     --decode-snr-target 999999 0 --decode_ctc_weight 0.3 --generation_num_beams 4
     --per_device_train_batch_size 8 --per_device_eval_batch_size 32 --lr 2e-3
     --lr_scheduler_type cosine --warmup_steps 0.05 --weight_decay 0.01 --adam_beta2 0.98 --max_grad_norm 5
-    --save_strategy epoch --save_total_limit 1 --logging_steps 20 --seed "${SEED:-0}" --dataloader_num_workers 0 --cache_clips
+    --save_strategy epoch --save_total_limit 1 --logging_steps 20 --seed "${SEED:-0}" --dataloader_num_workers 0
+    --cache_clips
 )
 . scripts/train_step.sh  # train NAME PRESET EPOCHS [flags]
 mkdir -p "$WORK"
