@@ -122,7 +122,6 @@ def babble_from_split(
     return make_babble(utterances, n_speakers=4, length=sampling_rate * 30, seed=seed)
 
 
-
 def noise_for_run(data_args, training_args, splits: dict, modalities) -> str | np.ndarray | None:
     """The noise the training script adds to the audio (`data_args`: its `DataTrainingArguments`): None when nothing
     is noisy (no audio, all --decode-snr-target clean and no --train-snr training), else --noise-file or babble mixed

@@ -4,7 +4,6 @@ A tiny random Llama decoder; QLoRA (real bitsandbytes NF4 on the CPU) where its 
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from transformers import Seq2SeqTrainingArguments
 
 from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration, builder_mmavsr

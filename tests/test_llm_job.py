@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, ViTConfig, ViTModel, WhisperConfig, WhisperModel
+from transformers import ViTConfig, ViTModel, WhisperConfig, WhisperModel
 
 from modeling_mmavsr import MMAVSRForConditionalGeneration
 from modeling_mmavsr.presets import build_model_from_preset, load_preset
