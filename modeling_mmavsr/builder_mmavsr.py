@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from mmavsr_processing import MMAVSRFeatureExtractor, MMAVSRProcessor, MMAVSRTokenizer, MMAVSRVideoProcessor
+from tokenizers import normalizers
 from transformers import AutoTokenizer, WhisperConfig
 
 from .checkpointing_mmavsr import UnsafeCheckpointError
@@ -313,8 +314,10 @@ def processor_from_settings(
     """The processor of a model of config `values` (an `MMAVSRConfig` or its fields): the video processor and feature
     extractor from `settings` (a preset's `processor` key: `video_processor` / `feature_extractor` keyword
     arguments) over the encoders' needs (a Whisper encoder reads log-mels of its own number of bins; a timm backbone
-    takes size, crop, mean and std from its timm data config), and `tokenizer`."""
+    takes size, crop, mean and std from its timm data config), and `tokenizer` with the `tokenizer` settings
+    (`apply_tokenizer_settings`)."""
     settings = settings or {}
+    tokenizer = apply_tokenizer_settings(tokenizer, settings.get("tokenizer", {}))
     is_config = isinstance(values, MMAVSRConfig)
     get = (lambda name: getattr(values, name, None)) if is_config else values.get
     video_settings = dict(settings.get("video_processor", {}))
@@ -331,6 +334,30 @@ def processor_from_settings(
     return MMAVSRProcessor(
         feature_extractor=MMAVSRFeatureExtractor(**audio_kwargs), video_processor=video_processor, tokenizer=tokenizer
     )
+
+
+def apply_tokenizer_settings(tokenizer, settings: Mapping):
+    """A preset's `tokenizer` settings. `lowercase: true` lower-cases every transcript before it is tokenized, for
+    the labels as for any text given later (a `Lowercase` normalizer in the tokenizer's `tokenizers` backend, saved
+    in its tokenizer.json): an LLM knows lower-case words better than auto_avsr's upper-case transcripts, and spells
+    them in fewer tokens. The model then writes lower-case text, and WER compares it with the lower-cased labels.
+    Only for a decoder's own (`tokenizers`) tokenizer: auto_avsr's units are upper case."""
+    unknown = sorted(set(settings) - {"lowercase"})
+    if unknown:
+        raise ValueError(f"unknown tokenizer settings {unknown}; the one setting is 'lowercase' (true or false).")
+    if not settings.get("lowercase", False):
+        return tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or isinstance(tokenizer, MMAVSRTokenizer):
+        raise ValueError(
+            f"tokenizer setting lowercase: {type(tokenizer).__name__} cannot lower-case its text (auto_avsr's "
+            "units are upper case); it is for an LLM or Whisper decoder's own tokenizer (--decoder-model-name)."
+        )
+    if backend.normalizer is None:
+        backend.normalizer = normalizers.Lowercase()
+    elif not isinstance(backend.normalizer, normalizers.Lowercase):
+        backend.normalizer = normalizers.Sequence([normalizers.Lowercase(), backend.normalizer])
+    return tokenizer
 
 
 def default_tokenizer(config: MMAVSRConfig, tokenizer_name: str | None = None):

@@ -198,6 +198,10 @@ class MMAVSRConfig(PreTrainedConfig):
             before the labels, `generate` starts from them. Default: `[decoder_start_token_id]`; Whisper's
             `<|startoftranscript|><|en|><|transcribe|><|notimestamps|>`; for the LLM the prompt's tail after the
             features (e.g. the chat template's assistant header), `[bos_token_id]` without a tokenizer.
+        llm_stack_factor (`int`): encoder frames per LLM input embedding: the LLM decoder's projector reads this many
+            consecutive encoder frames concatenated (width `hidden_size * llm_stack_factor`), so the LLM reads a
+            sequence that many times shorter (3 at 25 frames/s: one embedding per 120 ms). 1 (default): one
+            embedding per frame. Only for `decoder_type='llm'`.
         use_qlora (`bool`): QLoRA: the LLM decoder's linear layers in 4-bit NF4 (bitsandbytes, on the CPU as on
             CUDA; `pip install "mmavsr[llm]"`), frozen, with LoRA adapters that train. Without bitsandbytes, building
             the model raises an ImportError. A randomly initialised LLM is quantized too; a pretrained one is loaded
@@ -264,6 +268,7 @@ class MMAVSRConfig(PreTrainedConfig):
     instruction: str | None = None
     instruction_ids: list[int] | None = None
     decoder_prompt_ids: list[int] | None = None
+    llm_stack_factor: int = 1
 
     # LoRA / QLoRA on the LLM decoder
     use_qlora: bool = False
@@ -400,6 +405,13 @@ class MMAVSRConfig(PreTrainedConfig):
         self.decoder_prompt_ids = [int(i) for i in self.decoder_prompt_ids]
         if self.lora_target_modules is not None:
             self.lora_target_modules = list(self.lora_target_modules)
+        if self.llm_stack_factor < 1:
+            raise ValueError(f"`llm_stack_factor` must be >= 1, got {self.llm_stack_factor}.")
+        if self.llm_stack_factor != 1 and self.decoder_type != "llm":
+            raise ValueError(
+                f"`llm_stack_factor` ({self.llm_stack_factor}) groups encoder frames for an LLM decoder; this config "
+                f"has decoder_type={self.decoder_type!r}."
+            )
         if self.use_qlora and self.use_lora:
             raise ValueError(
                 "`use_qlora` (LoRA over a 4-bit LLM) and `use_lora` (LoRA over a full-precision LLM) exclude each "

@@ -1,6 +1,7 @@
 """MMAVSR: modular audio-visual speech recognition (video, audio or both) with hybrid CTC/attention training."""
 
 import inspect
+import os
 from dataclasses import dataclass
 
 import torch
@@ -487,6 +488,12 @@ class MMAVSRForConditionalGeneration(
         component_kwargs = kwargs.pop("component_kwargs", None) or {}
         if "decoder" in kwargs:
             decoder_type = kwargs.pop("decoder")
+        # the config records a local part by its absolute path: a saved model that leaves the LLM's weights out
+        # (adapters only) reloads them from `decoder_model_name`, from whatever working directory
+        vision_model_name, audio_model_name, decoder_model_name = (
+            os.path.abspath(name) if name is not None and os.path.exists(name) else name
+            for name in (vision_model_name, audio_model_name, decoder_model_name)
+        )
         # step 1: the pretrained encoders
         encoders = {}
         for kind, choice, name in (("vision", vision_encoder, vision_model_name), ("audio", audio_encoder, audio_model_name)):

@@ -7,6 +7,7 @@ own config saved as `text_config`, its prompt ids), `load_pretrained_decoder` pu
 
 import os
 
+from jinja2 import TemplateError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, WhisperForConditionalGeneration
 
 from .configuration_mmavsr import DEFAULT_INSTRUCTIONS
@@ -21,6 +22,12 @@ from .modeling_mmavsr_lora import (
 
 WHISPER_TRANSCRIBE_PROMPT = ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")
 FEATURES_MARKER = "<<mmavsr-features>>"
+
+
+def is_missing_local_path(name_or_path: str) -> bool:
+    """A GGUF file, an absolute path or a path starting with '.' (not a Hub id) that does not exist."""
+    local = name_or_path.endswith(".gguf") or os.path.isabs(name_or_path) or name_or_path.startswith(".")
+    return local and not os.path.exists(name_or_path)
 
 
 def _location(name_or_path: str) -> dict:
@@ -45,11 +52,17 @@ def load_decoder_tokenizer(decoder_type: str, decoder_model_name: str):
 
 
 def llm_prompt_ids(tokenizer, instruction: str) -> tuple[list[int], list[int]]:
-    """Token ids before and after the encoder features: the instruction as a user turn of the tokenizer's chat
-    template (with the assistant header after the features), or `instruction\\n<features>\\n` without a template."""
+    """Token ids before and after the encoder features: with the tokenizer's chat template, the instruction as the
+    system turn (in place of the template's default system prompt, tokens that every step would pay for) and the
+    features as the user turn, then the assistant header (a template without a system role: the instruction opens
+    the user turn); `instruction\\n<features>\\n` without a template."""
     if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": f"{instruction}\n{FEATURES_MARKER}"}]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        messages = [{"role": "system", "content": instruction}, {"role": "user", "content": FEATURES_MARKER}]
+        try:
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except TemplateError:  # e.g. "System role not supported"
+            messages = [{"role": "user", "content": f"{instruction}\n{FEATURES_MARKER}"}]
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     else:
         text = f"{instruction}\n{FEATURES_MARKER}\n"
     before, after = text.split(FEATURES_MARKER)
@@ -138,6 +151,7 @@ def load_pretrained_decoder(model, decoder_model_name: str, **kwargs) -> None:
 
 __all__ = [
     "load_decoder_tokenizer",
+    "is_missing_local_path",
     "llm_prompt_ids",
     "set_instruction",
     "pretrained_decoder_settings",

@@ -350,15 +350,19 @@ class MMAVSRLLMDecoder(nn.Module):
 
         [instruction tokens; projected encoder frames; decoder tokens (prompt tail + text)]
 
-    No layer is added inside the LLM. Padded encoder frames are masked out and use no position, so each utterance of
-    a padded batch sees exactly what it would alone. Returns the states of the decoder tokens only (B, L, D_llm).
+    With `llm_stack_factor` k > 1 the projector reads k consecutive encoder frames concatenated (a clip's last group
+    padded with zeros), one embedding per group. No layer is added inside the LLM. Padded encoder frames are masked
+    out and use no position, so each utterance of a padded batch sees exactly what it would alone. Returns the
+    states of the decoder tokens only (B, L, D_llm).
     With a cache, the first call fills it with the whole prefix; later calls feed only the new tokens.
     """
 
     def __init__(self, config: MMAVSRConfig):
         super().__init__()
         self.config = config
-        self.projector = MMAVSRLLMProjector(config.hidden_size, config.text_config.hidden_size)
+        self.projector = MMAVSRLLMProjector(
+            config.hidden_size * config.llm_stack_factor, config.text_config.hidden_size
+        )
         self.language_model = AutoModel.from_config(config.text_config)
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -370,6 +374,21 @@ class MMAVSRLLMDecoder(nn.Module):
     def _instruction_embeddings(self, batch: int, device: torch.device) -> torch.Tensor:
         ids = torch.tensor(self.config.instruction_ids or [], dtype=torch.long, device=device)
         return self.get_input_embeddings()(ids)[None].expand(batch, -1, -1)  # (B, P, D_llm)
+
+    def _stack_frames(
+        self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, D) frames and (B, T) mask -> (B, ceil(T/k), k*D) groups of k frames and their (B, ceil(T/k)) mask.
+        Padded frames become zeros, as the zeros that fill a lone clip's last group, so a group's features do not
+        depend on the batch; a group is real when its first frame is."""
+        factor = self.config.llm_stack_factor
+        if factor == 1:
+            return encoder_hidden_states, encoder_frame_mask
+        states = encoder_hidden_states * encoder_frame_mask[..., None].to(encoder_hidden_states.dtype)
+        extra = -states.shape[1] % factor
+        states = nn.functional.pad(states, (0, 0, 0, extra))
+        batch, length, width = states.shape
+        return states.reshape(batch, length // factor, width * factor), encoder_frame_mask[:, ::factor]
 
     def forward(
         self,
@@ -393,10 +412,11 @@ class MMAVSRLLMDecoder(nn.Module):
         past_length = cache.get_seq_length() if cache is not None else 0
         batch, length = input_ids.shape
         device = input_ids.device
-        num_frames = encoder_hidden_states.shape[1]
         prompt_length = len(self.config.instruction_ids or [])
         if encoder_frame_mask is None:
-            encoder_frame_mask = torch.ones(batch, num_frames, dtype=torch.bool, device=device)
+            encoder_frame_mask = torch.ones(batch, encoder_hidden_states.shape[1], dtype=torch.bool, device=device)
+        encoder_hidden_states, encoder_frame_mask = self._stack_frames(encoder_hidden_states, encoder_frame_mask.bool())
+        num_frames = encoder_hidden_states.shape[1]
 
         token_embeds = self.get_input_embeddings()(input_ids)
         if past_length == 0:

@@ -27,6 +27,7 @@ import copy
 import importlib
 import importlib.util
 import json
+import os
 import re
 from pathlib import Path
 
@@ -477,8 +478,15 @@ class MMAVSRLoraMixin:
                         f"{pretrained_model_name_or_path}: the folder holds no LLM weights and its config names no "
                         "`decoder_model_name` to load them from."
                     )
-                from .modeling_mmavsr_decoder_loading import load_pretrained_decoder
+                from .modeling_mmavsr_decoder_loading import is_missing_local_path, load_pretrained_decoder
 
+                if is_missing_local_path(config.decoder_model_name):
+                    raise FileNotFoundError(
+                        f"{pretrained_model_name_or_path}: the folder holds the LLM's adapters, not its base weights, "
+                        f"which come from decoder_model_name={config.decoder_model_name!r}: not found (from "
+                        f"{os.getcwd()}). Pass `decoder_model_name=` (that LLM's GGUF file, folder or Hub id) to "
+                        "from_pretrained."
+                    )
                 load_pretrained_decoder(model, config.decoder_model_name)
             if config.use_qlora and not model.is_llm_quantized:
                 require_bitsandbytes()

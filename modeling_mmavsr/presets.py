@@ -1,8 +1,9 @@
 """Named model presets: the JSON files of `hub_configs/` (one per configuration, e.g. `mmavsr-avsr-vit-whisper-llama-qlora`).
 
 A preset holds `MMAVSRConfig` fields (the `*_model_name` fields name the Hub checkpoints of its pretrained parts) and an
-optional `processor` key with the keyword arguments of the video processor and the feature extractor:
-`{"video_processor": {...}, "feature_extractor": {...}}`. The training script reads the same files
+optional `processor` key with the keyword arguments of the video processor and the feature extractor, and the
+tokenizer's settings (`builder_mmavsr.apply_tokenizer_settings`):
+`{"video_processor": {...}, "feature_extractor": {...}, "tokenizer": {"lowercase": true}}`. The training script reads the same files
 (`--config_name NAME`); the models and processors are built by `builder_mmavsr.py`, for both.
 """
 
@@ -53,9 +54,12 @@ def load_preset(name: str) -> tuple[dict, dict]:
     if "decoder" in values:  # the legacy name of `decoder_type`
         values["decoder_type"] = values.pop("decoder")
     processor = values.pop("processor", {})
-    unknown = sorted(set(processor) - {"video_processor", "feature_extractor"})
+    unknown = sorted(set(processor) - {"video_processor", "feature_extractor", "tokenizer"})
     if unknown:
-        raise ValueError(f"{path}: unknown processor settings {unknown}; use 'video_processor' and 'feature_extractor'.")
+        raise ValueError(
+            f"{path}: unknown processor settings {unknown}; use 'video_processor', 'feature_extractor' and "
+            "'tokenizer'."
+        )
     return values, processor
 
 

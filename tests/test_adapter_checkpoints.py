@@ -139,3 +139,32 @@ def test_init_from_models_fills_a_qlora_model_with_a_saved_audio_models_encoder(
     assert model.is_llm_quantized and lora_names(model)
     loss = model(**BATCHES[0]).loss
     assert torch.isfinite(loss)
+
+
+def test_a_saved_adapter_model_finds_its_llm_from_any_folder_or_says_where_it_looked(tmp_path, monkeypatch):
+    """A model built with a relative --decoder-model-name saves adapters only and reloads its LLM base from
+    `decoder_model_name`: recorded as an absolute path, so a fresh process elsewhere loads it; a base that has gone
+    is named in the error, and `decoder_model_name=` points the loading at its new place."""
+    monkeypatch.chdir(tmp_path)
+    tiny_llm_folder(tmp_path / "llm")
+    torch.manual_seed(0)
+    model = MMAVSRForConditionalGeneration.from_pretrained_components(
+        decoder_type="llm", decoder_model_name="./llm", use_lora=True, **TINY_ENCODER, **ADAPTERS
+    ).eval()
+    assert model.config.decoder_model_name == str(tmp_path / "llm")
+    inputs = make_inputs("audio", [6, 4])
+    expected = model(**inputs, labels=LABELS).logits
+    model.save_pretrained(tmp_path / "saved")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    loaded = MMAVSRForConditionalGeneration.from_pretrained(tmp_path / "saved").eval()
+    torch.testing.assert_close(loaded(**inputs, labels=LABELS).logits, expected, atol=0, rtol=0)
+
+    (tmp_path / "llm").rename(tmp_path / "moved")
+    with pytest.raises(FileNotFoundError, match="holds the LLM's adapters, not its base weights, which come from "
+                       f"decoder_model_name='{tmp_path / 'llm'}': not found"):
+        MMAVSRForConditionalGeneration.from_pretrained(tmp_path / "saved")
+    moved = MMAVSRForConditionalGeneration.from_pretrained(
+        tmp_path / "saved", decoder_model_name=str(tmp_path / "moved")
+    ).eval()
+    torch.testing.assert_close(moved(**inputs, labels=LABELS).logits, expected, atol=0, rtol=0)

@@ -1,6 +1,7 @@
 """The LLM prefix decoder and the Whisper decoder with tiny random Llama / Whisper configs; LoRA on the CPU path."""
 
 import json
+import math
 import warnings
 
 import pytest
@@ -43,7 +44,13 @@ def whisper_config(**overrides) -> dict:
     return values | overrides
 
 
+# a decoder choice, or a variant of one: (decoder_type, config values)
+VARIANTS = {"llm-stacked": ("llm", dict(llm_stack_factor=3))}  # the LLM reading groups of 3 encoder frames
+
+
 def build(decoder, modality="audio", seed=0, hidden_size=32, **overrides) -> MMAVSRForConditionalGeneration:
+    decoder, variant = VARIANTS.get(decoder, (decoder, {}))
+    overrides = variant | overrides
     if decoder == "llm":
         decoder_values = dict(text_config=llama_config(), instruction_ids=INSTRUCTION_IDS, decoder_prompt_ids=LLM_PROMPT)
     else:
@@ -86,8 +93,8 @@ def train(model, inputs, steps, lr=3e-3, **batch):
     return model.eval(), losses
 
 
-DECODERS = ("llm", "whisper-decoder")
-PROMPT_LENGTH = {"llm": 0, "whisper-decoder": len(WHISPER_PROMPT)}  # the LLM returns new tokens only
+DECODERS = ("llm", "llm-stacked", "whisper-decoder")
+PROMPT_LENGTH = {"llm": 0, "llm-stacked": 0, "whisper-decoder": len(WHISPER_PROMPT)}  # the LLM returns new tokens only
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
@@ -103,6 +110,68 @@ def test_logits_align_with_labels_and_padding_changes_nothing(decoder):
         row_labels = labels[row : row + 1, : len(TOKENS[row]) + 1]
         alone = model(**alone_inputs, labels=row_labels, ctc_labels=pad(CTC_TOKENS[row : row + 1]))
         torch.testing.assert_close(batch.logits[row, : row_labels.shape[1]], alone.logits[0], atol=1e-5, rtol=0)
+
+
+def llm_sequence_lengths(model, inputs, labels) -> list[int]:
+    """How many embeddings the LLM reads, per call of its forward, in one forward pass of the model."""
+    lengths = []
+    hook = model.model.decoder.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: lengths.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True
+    )
+    try:
+        model(**inputs, labels=labels, ctc_labels=pad(CTC_TOKENS[: labels.shape[0]]))
+    finally:
+        hook.remove()
+    return lengths
+
+
+@pytest.mark.parametrize("factor", [2, 3, 5])
+def test_llm_stack_factor_shortens_what_the_llm_reads(factor):
+    """k frames per embedding: ceil(T / k) embeddings for T frames (a clip's last group padded), through a projector
+    k times as wide; the padding invariance of a batch is tested with the other decoders (`llm-stacked`)."""
+    plain, stacked = build("llm"), build("llm", llm_stack_factor=factor)
+    assert stacked.model.decoder.projector.linear_1.in_features == factor * plain.config.hidden_size
+    inputs, labels = make_inputs("audio", FRAMES), pad(TOKENS, EOS)
+    for row, frames in enumerate(FRAMES):
+        alone = {k: v[row : row + 1, : int(inputs["attention_mask"][row].sum())] for k, v in inputs.items()}
+        row_labels = labels[row : row + 1, : len(TOKENS[row]) + 1]
+        [full] = llm_sequence_lengths(plain, alone, row_labels)
+        assert llm_sequence_lengths(stacked, alone, row_labels) == [full - frames + math.ceil(frames / factor)]
+
+
+def test_llm_stack_factor_is_checked_and_only_for_the_llm():
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match="`llm_stack_factor` must be >= 1"):
+            build("llm", llm_stack_factor=bad)
+    with pytest.raises(ValueError, match="groups encoder frames for an LLM decoder; .*'whisper-decoder'"):
+        build("whisper-decoder", llm_stack_factor=2)
+
+
+SYSTEM_TEMPLATE = "{% for m in messages %}[{{ m.role }}] {{ m.content }} {% endfor %}[assistant] "
+NO_SYSTEM_TEMPLATE = (
+    "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "[{{ m.role }}] {{ m.content }} {% endfor %}[assistant] "
+)
+
+
+@pytest.mark.parametrize(
+    "template, before",
+    [(SYSTEM_TEMPLATE, "[system] Transcribe. [user]"), (NO_SYSTEM_TEMPLATE, "[user] Transcribe."), (None, "Transcribe.")],
+)
+def test_llm_prompt_puts_the_instruction_in_the_system_turn_where_the_template_has_one(template, before):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from modeling_mmavsr.modeling_mmavsr_decoder_loading import llm_prompt_ids
+
+    words = ["<unk>", "<s>", "</s>", "[system]", "[user]", "[assistant]", "Transcribe."]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tokenizer.chat_template = template
+    instruction_ids, prompt_ids = llm_prompt_ids(tokenizer, "Transcribe.")
+    assert tokenizer.decode(instruction_ids) == before
+    assert tokenizer.decode(prompt_ids) == ("[assistant]" if template else "<s>")  # a template's header, or bos
 
 
 def test_llm_loss_covers_only_the_target_tokens():
@@ -289,7 +358,7 @@ def test_save_load_round_trip_without_adapters(decoder, tmp_path):
     expected = model(**inputs, labels=labels, ctc_labels=pad(CTC_TOKENS)).logits
     model.save_pretrained(tmp_path)
     loaded = MMAVSRForConditionalGeneration.from_pretrained(tmp_path).eval()
-    assert type(loaded.config.text_config).__name__ == ("LlamaConfig" if decoder == "llm" else "WhisperConfig")
+    assert type(loaded.config.text_config).__name__ == ("LlamaConfig" if decoder.startswith("llm") else "WhisperConfig")
     assert loaded.config.decoder_prompt_ids == model.config.decoder_prompt_ids
     assert torch.equal(loaded(**inputs, labels=labels, ctc_labels=pad(CTC_TOKENS)).logits, expected)
     assert torch.equal(loaded.generate(**inputs, max_new_tokens=4), model.generate(**inputs, max_new_tokens=4))
@@ -309,7 +378,7 @@ def test_decoder_hidden_states_and_attentions(decoder):
     assert len(states) == model.config.text_config.num_hidden_layers + 1
     assert all(h.shape == (len(FRAMES), prompt - 1 + labels.shape[1], width) for h in states)
     assert torch.equal(model.lm_head(states[-1][:, prompt - 1 :]), out.logits)
-    if decoder == "llm":
+    if decoder.startswith("llm"):
         with pytest.raises(ValueError, match="decoder_type='llm' has no cross-attention to report"):
             model(**inputs, labels=labels, ctc_labels=ctc_labels, output_attentions=True)
         return

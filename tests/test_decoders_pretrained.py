@@ -35,9 +35,12 @@ pytestmark = [
 def test_smollm2_decoder_trains_a_step_and_generates():
     settings = pretrained_decoder_settings("llm", GGUF, modality="audio")
     tokenizer = load_decoder_tokenizer("llm", GGUF)
-    # the chat template frames the features; its assistant header is the decoder prompt
-    assert tokenizer.decode(settings["decoder_prompt_ids"]).endswith("<|im_start|>assistant\n")
-    assert "Transcribe the speech in the audio." in tokenizer.decode(settings["instruction_ids"])
+    # the chat template frames the features: the instruction is the system turn (SmolLM2's default system prompt
+    # would cost 20 tokens a step), the features the user turn, and the assistant header the decoder prompt
+    assert tokenizer.decode(settings["instruction_ids"]) == (
+        "<|im_start|>system\nTranscribe the speech in the audio.<|im_end|>\n<|im_start|>user\n"
+    )
+    assert tokenizer.decode(settings["decoder_prompt_ids"]) == "<|im_end|>\n<|im_start|>assistant\n"
     torch.manual_seed(0)
     model = MMAVSRForConditionalGeneration.from_pretrained_components(
         audio_encoder="resnet1d", decoder_type="llm", decoder_model_name=GGUF, frontend_channels=4,

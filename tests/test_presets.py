@@ -219,3 +219,34 @@ def test_bad_presets_raise_clear_errors(tmp_path):
         load_preset(str(odd))
     with pytest.raises(ValueError, match="needs the LLM's configuration"):
         build_model_from_preset("mmavsr-vsr-vit-llama-qlora", pretrained=False, vision_model_name=None)
+
+
+def word_tokenizer(words):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocabulary = ["<unk>", "<s>", "</s>", *words]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocabulary)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+def test_the_lowercase_tokenizer_setting_lowercases_labels_and_is_saved_with_the_processor(tmp_path):
+    from mmavsr_processing import MMAVSRProcessor, MMAVSRTokenizer
+
+    from modeling_mmavsr.builder_mmavsr import processor_from_settings
+
+    values = {"audio_encoder": "resnet1d", "decoder_type": "llm"}
+    upper = ["PLACE", "RED"]
+    plain = processor_from_settings(values, {}, word_tokenizer(upper + ["place", "red"]))
+    lowered = processor_from_settings(values, {"tokenizer": {"lowercase": True}}, word_tokenizer(upper + ["place", "red"]))
+    assert plain(text=["PLACE RED"])["labels"].tolist() == [[3, 4]]
+    assert lowered(text=["PLACE RED"])["labels"].tolist() == [[5, 6]]
+    assert lowered.batch_decode(lowered(text=["PLACE Red"])["labels"]) == ["place red"]
+    lowered.save_pretrained(tmp_path)
+    reloaded = MMAVSRProcessor.from_pretrained(tmp_path)
+    assert reloaded(text=["PLACE RED"])["labels"].tolist() == [[5, 6]]  # the normalizer is in tokenizer.json
+    with pytest.raises(ValueError, match="auto_avsr's units are upper case"):
+        processor_from_settings(values, {"tokenizer": {"lowercase": True}}, MMAVSRTokenizer.from_auto_avsr())
+    with pytest.raises(ValueError, match="unknown tokenizer settings \\['casing'\\]"):
+        processor_from_settings(values, {"tokenizer": {"casing": "lower"}}, word_tokenizer(upper))
