@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import ViTConfig, ViTModel, WhisperConfig, WhisperModel
+from transformers import AutoProcessor, ViTConfig, ViTModel, WhisperConfig, WhisperModel
 
 from modeling_mmavsr import MMAVSRForConditionalGeneration
 from modeling_mmavsr.presets import build_model_from_preset, load_preset
@@ -76,7 +76,8 @@ def test_llm_job_recipe_trains_and_decodes_through_the_script(corpus, tmp_path, 
     caplog.set_level(logging.INFO)
     results = script.main(
         common_flags(corpus, tmp_path / "asr-llm", "demo-asr-logmel-llm-qlora")
-        + [f"--decoder-model-name={tiny_llm_folder(tmp_path / 'llm')}", "--init_from_models", str(tmp_path / "asr"),
+        + [f"--decoder-model-name={tiny_llm_folder(tmp_path / 'llm', lowercase=True)}", "--init_from_models",
+           str(tmp_path / "asr"),
            "--train-file=train.csv", "--test-file=test.csv", "--do_train", "--do_predict", "--max_steps=1",
            "--decode-snr-target", "999999", "0", "--generation_num_beams=1"]
     )
@@ -86,6 +87,10 @@ def test_llm_job_recipe_trains_and_decodes_through_the_script(corpus, tmp_path, 
     saved = MMAVSRForConditionalGeneration.from_pretrained(tmp_path / "asr-llm")
     assert (saved.config.decoder_type, saved.config.use_qlora, saved.config.instruction) == ("llm", True, "Transcribe.")
     assert any(type(module).__name__ == "Linear4bit" for module in saved.modules())
+    # the preset's lower-case transcripts: the saved tokenizer lower-cases the corpus' upper-case words itself
+    tokenizer = AutoProcessor.from_pretrained(tmp_path / "asr-llm").tokenizer
+    assert tokenizer("PLACE RED")["input_ids"] == tokenizer("place red")["input_ids"]
+    assert tokenizer.unk_token_id not in tokenizer("PLACE RED")["input_ids"]
 
 
 def test_vit_whisper_llama_qlora_preset_trains_and_decodes_with_local_parts(corpus, tmp_path):

@@ -553,12 +553,13 @@ def test_video_only_decoding_through_the_trainer(corpus, tmp_path, capsys):
     )
 
 
-def tiny_llm_folder(path) -> str:
-    """A pretrained LLM as users give --decoder-model-name: a 1-layer random Llama and a word-level tokenizer."""
+def tiny_llm_folder(path, lowercase: bool = False) -> str:
+    """A pretrained LLM as users give --decoder-model-name: a 1-layer random Llama and a word-level tokenizer (of
+    the corpus' words, or of them in lower case)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    words = ["<unk>", "<s>", "</s>", *WORDS]
+    words = ["<unk>", "<s>", "</s>", *(word.lower() if lowercase else word for word in WORDS)]
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
