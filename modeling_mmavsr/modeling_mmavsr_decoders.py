@@ -375,20 +375,17 @@ class MMAVSRLLMDecoder(nn.Module):
         ids = torch.tensor(self.config.instruction_ids or [], dtype=torch.long, device=device)
         return self.get_input_embeddings()(ids)[None].expand(batch, -1, -1)  # (B, P, D_llm)
 
-    def _stack_frames(
-        self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, D) frames and (B, T) mask -> (B, ceil(T/k), k*D) groups of k frames and their (B, ceil(T/k)) mask.
-        Padded frames become zeros, as the zeros that fill a lone clip's last group, so a group's features do not
-        depend on the batch; a group is real when its first frame is."""
+    def _stack_frames(self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) frames and their (B, T) mask -> (B, ceil(T/k), k*D) groups of k frames. Padded frames become
+        zeros, as the zeros that fill a lone clip's last group, so a group's features do not depend on the batch (a
+        group is real when its first frame is: the mask `encoder_frame_mask[:, ::k]`)."""
         factor = self.config.llm_stack_factor
         if factor == 1:
-            return encoder_hidden_states, encoder_frame_mask
+            return encoder_hidden_states
         states = encoder_hidden_states * encoder_frame_mask[..., None].to(encoder_hidden_states.dtype)
-        extra = -states.shape[1] % factor
-        states = nn.functional.pad(states, (0, 0, 0, extra))
+        states = nn.functional.pad(states, (0, 0, 0, -states.shape[1] % factor))
         batch, length, width = states.shape
-        return states.reshape(batch, length // factor, width * factor), encoder_frame_mask[:, ::factor]
+        return states.reshape(batch, length // factor, width * factor)
 
     def forward(
         self,
@@ -415,12 +412,13 @@ class MMAVSRLLMDecoder(nn.Module):
         prompt_length = len(self.config.instruction_ids or [])
         if encoder_frame_mask is None:
             encoder_frame_mask = torch.ones(batch, encoder_hidden_states.shape[1], dtype=torch.bool, device=device)
-        encoder_hidden_states, encoder_frame_mask = self._stack_frames(encoder_hidden_states, encoder_frame_mask.bool())
-        num_frames = encoder_hidden_states.shape[1]
+        frame_mask = encoder_frame_mask.bool()[:, :: self.config.llm_stack_factor]  # one entry per LLM embedding
+        num_frames = frame_mask.shape[1]
 
         token_embeds = self.get_input_embeddings()(input_ids)
         if past_length == 0:
-            features = self.projector(encoder_hidden_states).to(token_embeds.dtype)
+            stacked = self._stack_frames(encoder_hidden_states, encoder_frame_mask)
+            features = self.projector(stacked).to(token_embeds.dtype)
             inputs_embeds = torch.cat([self._instruction_embeddings(batch, device), features, token_embeds], dim=1)
         else:
             inputs_embeds = token_embeds
@@ -430,7 +428,7 @@ class MMAVSRLLMDecoder(nn.Module):
         full_mask = torch.cat(
             [
                 torch.ones(batch, prompt_length, dtype=torch.long, device=device),
-                encoder_frame_mask.long(),
+                frame_mask.long(),
                 attention_mask[:, -num_tokens:].long(),
             ],
             dim=1,

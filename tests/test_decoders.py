@@ -159,15 +159,11 @@ NO_SYSTEM_TEMPLATE = (
     [(SYSTEM_TEMPLATE, "[system] Transcribe. [user]"), (NO_SYSTEM_TEMPLATE, "[user] Transcribe."), (None, "Transcribe.")],
 )
 def test_llm_prompt_puts_the_instruction_in_the_system_turn_where_the_template_has_one(template, before):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     from modeling_mmavsr.modeling_mmavsr_decoder_loading import llm_prompt_ids
 
-    words = ["<unk>", "<s>", "</s>", "[system]", "[user]", "[assistant]", "Transcribe."]
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    from .test_presets import word_tokenizer
+
+    tokenizer = word_tokenizer(["[system]", "[user]", "[assistant]", "Transcribe."])
     tokenizer.chat_template = template
     instruction_ids, prompt_ids = llm_prompt_ids(tokenizer, "Transcribe.")
     assert tokenizer.decode(instruction_ids) == before
