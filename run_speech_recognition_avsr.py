@@ -235,6 +235,10 @@ class AVSRTrainingArguments(Seq2SeqTrainingArguments):
     predict_with_generate: bool = field(default=True, metadata={"help": "Decode with generate() for the WER."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the video/audio/text columns."})
     report_to: None | str | list[str] = field(default="tensorboard", metadata={"help": "Loggers (tensorboard)."})
+    dataloader_pin_memory: bool | None = field(
+        default=None,
+        metadata={"help": "Pin the batches in page-locked memory; by default when an accelerator (a GPU) is present."},
+    )
     average_checkpoints: int | None = field(
         default=None,
         metadata={"help": "After training, average the last N checkpoints into OUTPUT_DIR/model_avg_N (auto_avsr)."},
@@ -278,6 +282,8 @@ class AVSRTrainingArguments(Seq2SeqTrainingArguments):
                     f"--save_total_limit {self.save_total_limit} keeps fewer checkpoints than "
                     f"--average_checkpoints {self.average_checkpoints} averages."
                 )
+        if self.dataloader_pin_memory is None:  # pinning needs an accelerator; on CPU torch warns at every loader
+            self.dataloader_pin_memory = not self.use_cpu and torch.accelerator.is_available()
         if self.metric_for_best_model in ("wer", "eval_wer") and self.greater_is_better is None:
             self.greater_is_better = False  # the lower the WER, the better
         if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu and not torch.accelerator.is_available():

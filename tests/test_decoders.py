@@ -11,7 +11,7 @@ from transformers.models.whisper.modeling_whisper import WhisperDecoder
 
 from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
 
-from .common import make_inputs
+from .common import make_inputs, word_tokenizer
 
 
 FRAMES = [12, 7]
@@ -160,8 +160,6 @@ NO_SYSTEM_TEMPLATE = (
 )
 def test_llm_prompt_puts_the_instruction_in_the_system_turn_where_the_template_has_one(template, before):
     from modeling_mmavsr.modeling_mmavsr_decoder_loading import llm_prompt_ids
-
-    from .test_presets import word_tokenizer
 
     tokenizer = word_tokenizer(["[system]", "[user]", "[assistant]", "Transcribe."])
     tokenizer.chat_template = template

@@ -26,6 +26,8 @@ from modeling_mmavsr.presets import (
     preset_path,
 )
 
+from .common import word_tokenizer
+
 
 MMAVSR_PRESETS = [name for name in preset_names() if name.startswith("mmavsr-")]
 # the configurations of the seed's tables: (vision encoder, audio encoder, decoder, QLoRA)
@@ -219,16 +221,6 @@ def test_bad_presets_raise_clear_errors(tmp_path):
         load_preset(str(odd))
     with pytest.raises(ValueError, match="needs the LLM's configuration"):
         build_model_from_preset("mmavsr-vsr-vit-llama-qlora", pretrained=False, vision_model_name=None)
-
-
-def word_tokenizer(words):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocabulary = ["<unk>", "<s>", "</s>", *words]
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocabulary)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
 
 
 def test_the_lowercase_tokenizer_setting_lowercases_labels_and_is_saved_with_the_processor(tmp_path):

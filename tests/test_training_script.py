@@ -22,7 +22,7 @@ from modeling_mmavsr.configuration_mmavsr import LEGACY_MODALITIES
 from modeling_mmavsr.presets import PRESETS_DIR, load_preset
 from modeling_mmavsr.trainer_mmavsr import check_world_size
 
-from .common import StopAt
+from .common import StopAt, word_tokenizer
 
 SCRIPT = Path(__file__).resolve().parent.parent / "run_speech_recognition_avsr.py"
 
@@ -556,16 +556,12 @@ def test_video_only_decoding_through_the_trainer(corpus, tmp_path, capsys):
 def tiny_llm_folder(path, lowercase: bool = False) -> str:
     """A pretrained LLM as users give --decoder-model-name: a 1-layer random Llama and a word-level tokenizer (of
     the corpus' words, or of them in lower case)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    words = ["<unk>", "<s>", "</s>", *(word.lower() if lowercase else word for word in WORDS)]
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tokenizer = word_tokenizer([word.lower() if lowercase else word for word in WORDS])
     tokenizer.save_pretrained(path)
     config = LlamaConfig(
-        vocab_size=len(words), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
         num_key_value_heads=1, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True,
     )
     torch.manual_seed(0)
@@ -782,3 +778,15 @@ def test_presets_get_the_features_their_audio_encoder_reads():
         assert (extractor.feature_type, extractor.num_mel_bins) == ("log-mel", audio_config["num_mel_bins"])
     raw = builder.build_processor(MMAVSRConfig(modality="audio"))
     assert raw.feature_extractor.feature_type == "raw"
+
+
+def test_batches_are_pinned_only_where_an_accelerator_is_or_when_asked(monkeypatch):
+    """Pinning needs an accelerator (on CPU torch warns at every DataLoader): the default follows the machine, and the
+    flag still does what it says either way."""
+    flags = ["--modality", "video", "--test-file", "t"]
+    for present in (False, True):
+        monkeypatch.setattr(torch.accelerator, "is_available", lambda present=present: present)
+        assert script.parse_args(flags)[2].dataloader_pin_memory is present
+    assert script.parse_args(flags + ["--use_cpu"])[2].dataloader_pin_memory is False
+    for value in (False, True):
+        assert script.parse_args(flags + ["--dataloader_pin_memory", str(value).lower()])[2].dataloader_pin_memory is value
