@@ -18,6 +18,8 @@ from mmavsr_processing.collation import SKIPPED_CLIPS, MaxFramesBatchSampler
 from mmavsr_processing.hf_datasets import MaxFramesStreamBatcher, streaming_dataloader
 from mmavsr_processing.label_files import INDEX_COLUMN
 from transformers import Seq2SeqTrainer, TrainerCallback
+from transformers.integrations import TensorBoardCallback
+from transformers.integrations.integration_utils import default_logdir
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
@@ -45,6 +47,11 @@ class AVSRSeq2SeqTrainer(Seq2SeqTrainer):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None and self.args.output_dir:
+                # transformers picks OUTPUT_DIR/runs/... when training begins: an evaluation-only run would log to
+                # ./runs in the working directory
+                callback.logging_dir = os.path.join(self.args.output_dir, default_logdir())
         self.max_frames = max_frames
         self.num_buckets = num_buckets
         self.eval_collator = eval_collator

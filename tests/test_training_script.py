@@ -447,7 +447,7 @@ def test_transfer_flags_and_audio_flags_on_a_video_model_are_refused(corpus, tmp
 # ------------------------------------------------------------------------------------------------ end to end
 
 
-def test_train_average_then_evaluate_like_the_seed(corpus, tmp_path):
+def test_train_average_then_evaluate_like_the_seed(corpus, tmp_path, monkeypatch):
     """train.py-style training with model_avg_2, then an eval.py-style run of the averaged model at two SNRs."""
     preset = tiny_preset(tmp_path / "p.json", "audiovisual")
     out = tmp_path / "exp" / "av"
@@ -485,7 +485,9 @@ def test_train_average_then_evaluate_like_the_seed(corpus, tmp_path):
     name = next(k for k in averaged if k.endswith("running_mean"))
     torch.testing.assert_close(averaged[name], (first[name] + second[name]) / 2)
 
-    # eval.py-style: evaluation chosen by the flags, a WER table over SNRs, every utterance in --output-json
+    # eval.py-style: evaluation chosen by the flags, a WER table over SNRs, every utterance in --output-json; its
+    # TensorBoard logs go to its output folder, not to ./runs where it was started
+    monkeypatch.chdir(tmp_path / "exp")
     hypotheses = tmp_path / "hyp.json"
     results = script.main(
         [
@@ -494,7 +496,6 @@ def test_train_average_then_evaluate_like_the_seed(corpus, tmp_path):
             "--test-file=test.csv",
             f"--pretrained-model-path={out / 'model_avg_2'}",
             f"--output_dir={tmp_path / 'eval'}",
-            "--report_to=none",
             "--decode-snr-target",
             "999999",
             "0",
@@ -502,6 +503,8 @@ def test_train_average_then_evaluate_like_the_seed(corpus, tmp_path):
             "--generation_num_beams=2",
         ]
     )
+    assert list((tmp_path / "eval" / "runs").rglob("events.out.tfevents.*"))
+    assert not (tmp_path / "exp" / "runs").exists()
     table = json.loads((tmp_path / "eval" / "eval_wer_table.json").read_text())
     assert [row["condition"] for row in table] == ["clean", "snr0"]
     plot = imread(tmp_path / "eval" / "eval_wer_table.png")  # the table's plot beside it, a readable PNG
