@@ -265,6 +265,15 @@ class SigtermCheckpointCallback(TrainerCallback):
                 f"SIGTERM: stopping after step {state.global_step}; saving {PREFIX_CHECKPOINT_DIR}-{state.global_step}."
             )
 
+    def on_epoch_end(self, args, state, control, **kwargs):
+        # the Trainer ends a cut-short epoch as a finished one: with --eval_strategy/--save_strategy epoch it would
+        # decode the validation set (minutes of a preemption's grace period) and record a mid-epoch model as the best
+        # one, so that the resumed run would no longer end where an uninterrupted run ends. An epoch SIGTERM stopped
+        # at its last step did finish: it is evaluated, as in the uninterrupted run.
+        if self.stopped_at_step is not None and abs(state.epoch - round(state.epoch)) > 1e-6:
+            control.should_evaluate = False
+            control.should_save = False
+
 
 def check_world_size(training_args) -> None:
     """auto_avsr's --gpus/--num-nodes (`training_args.gpus` / `num_nodes`) against the processes the launcher

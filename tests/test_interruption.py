@@ -98,6 +98,19 @@ def assert_same_training(resumed_dir, straight_dir):
         assert resumed[step] == pytest.approx(values, abs=1e-5), f"step {step}"
 
 
+def sigterm_after_first_step(flags):
+    """The script run as a user runs it, SIGTERM once its first step is logged: (exit code, log)."""
+    process = launch([SCRIPT, *flags])
+    log = []
+    for line in process.stdout:
+        log.append(line)
+        if "'loss'" in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    log.append(process.communicate(timeout=300)[0])
+    return process.returncode, "".join(log)
+
+
 @pytest.fixture(scope="module")
 def straight_run(corpus, preset, tmp_path_factory):
     """The uninterrupted reference run."""
@@ -117,16 +130,8 @@ def test_sigterm_saves_a_checkpoint_exits_and_the_rerun_resumes(
     flags = [
         f for f in flags if f not in ("--disable_tqdm=true", "--report_to=none")
     ] + ["--report_to=tensorboard"]
-    process = launch([SCRIPT, *flags])
-    log = []
-    for line in process.stdout:
-        log.append(line)
-        if "'loss'" in line:  # step 1 is done: training is under way
-            process.send_signal(signal.SIGTERM)
-            break
-    log.append(process.communicate(timeout=300)[0])
-    log = "".join(log)
-    assert process.returncode == INTERRUPTED_EXIT_CODE == 143, log
+    returncode, log = sigterm_after_first_step(flags)
+    assert returncode == INTERRUPTED_EXIT_CODE == 143, log
     assert "Traceback" not in log, log
     checkpoints = checkpoint_dirs(output_dir)
     assert len(checkpoints) == 1, log
@@ -148,6 +153,42 @@ def test_sigterm_saves_a_checkpoint_exits_and_the_rerun_resumes(
         "SIGTERM's handler outlived training"
     )
     assert_same_training(output_dir, straight_run)
+
+
+def evaluations(output_dir):
+    state = json.loads((Path(output_dir) / "trainer_state.json").read_text())
+    return [(entry["step"], entry["eval_wer"]) for entry in state["log_history"] if "eval_wer" in entry]
+
+
+def test_sigterm_in_an_epoch_of_epoch_wise_validation_stops_without_decoding_and_resumes_exactly(
+    corpus, preset, tmp_path
+):
+    """The main job's flags (validation WER every epoch, the best epoch kept): the cut-short epoch is neither decoded
+    nor saved as an epoch (a preemption leaves seconds), and the resumed run keeps the epoch the straight run keeps."""
+    def flags(output_dir):  # batches of at most 12 frames, one clip of the 4 (8 to 11 frames): 4 steps an epoch
+        kept = [f for f in training_flags(corpus, output_dir, preset, save_steps=100) if not f.startswith("--save_")]
+        return [f for f in kept if not f.startswith("--max-frames")] + [
+            "--max-frames=12", "--val-file=test.csv", "--eval_strategy=epoch", "--save_strategy=epoch",
+            "--metric_for_best_model=wer", "--load_best_model_at_end",
+        ]
+
+    straight = tmp_path / "straight"
+    script.main(flags(straight))
+    output_dir = tmp_path / "out"
+    returncode, log = sigterm_after_first_step(flags(output_dir))
+    assert returncode == INTERRUPTED_EXIT_CODE, log
+    (checkpoint,) = checkpoint_dirs(output_dir)
+    assert checkpoint.name in ("checkpoint-1", "checkpoint-2", "checkpoint-3"), log  # inside the first epoch
+    assert "eval_wer" not in log and "Running Evaluation" not in log, log
+    assert evaluations(checkpoint) == []
+
+    script.main(flags(output_dir))
+    assert [step for step, _ in evaluations(straight)] == [4, MAX_STEPS]
+    assert evaluations(output_dir) == evaluations(straight)
+    best = json.loads((straight / "trainer_state.json").read_text())["best_model_checkpoint"]
+    resumed_best = json.loads((output_dir / "trainer_state.json").read_text())["best_model_checkpoint"]
+    assert Path(resumed_best).name == Path(best).name
+    assert_same_training(output_dir, straight)
 
 
 KILL_DURING_SAVE = """
