@@ -104,7 +104,7 @@ def sigterm_after_first_step(flags):
     log = []
     for line in process.stdout:
         log.append(line)
-        if "'loss'" in line:
+        if "'loss'" in line:  # step 1 is done: training is under way
             process.send_signal(signal.SIGTERM)
             break
     log.append(process.communicate(timeout=300)[0])
