@@ -75,15 +75,21 @@ def launch(arguments, **kwargs):
     )
 
 
+def trainer_state(output_dir):
+    return json.loads((Path(output_dir) / "trainer_state.json").read_text())
+
+
 def losses(output_dir):
-    history = json.loads((Path(output_dir) / "trainer_state.json").read_text())[
-        "log_history"
-    ]
     return {
         entry["step"]: [entry["loss"], entry["grad_norm"]]
-        for entry in history
+        for entry in trainer_state(output_dir)["log_history"]
         if "loss" in entry
     }
+
+
+def evaluations(output_dir):
+    history = trainer_state(output_dir)["log_history"]
+    return [(entry["step"], entry["eval_wer"]) for entry in history if "eval_wer" in entry]
 
 
 def assert_same_training(resumed_dir, straight_dir):
@@ -155,11 +161,6 @@ def test_sigterm_saves_a_checkpoint_exits_and_the_rerun_resumes(
     assert_same_training(output_dir, straight_run)
 
 
-def evaluations(output_dir):
-    state = json.loads((Path(output_dir) / "trainer_state.json").read_text())
-    return [(entry["step"], entry["eval_wer"]) for entry in state["log_history"] if "eval_wer" in entry]
-
-
 def test_sigterm_in_an_epoch_of_epoch_wise_validation_stops_without_decoding_and_resumes_exactly(
     corpus, preset, tmp_path
 ):
@@ -185,9 +186,8 @@ def test_sigterm_in_an_epoch_of_epoch_wise_validation_stops_without_decoding_and
     script.main(flags(output_dir))
     assert [step for step, _ in evaluations(straight)] == [4, MAX_STEPS]
     assert evaluations(output_dir) == evaluations(straight)
-    best = json.loads((straight / "trainer_state.json").read_text())["best_model_checkpoint"]
-    resumed_best = json.loads((output_dir / "trainer_state.json").read_text())["best_model_checkpoint"]
-    assert Path(resumed_best).name == Path(best).name
+    best = trainer_state(straight)["best_model_checkpoint"]
+    assert Path(trainer_state(output_dir)["best_model_checkpoint"]).name == Path(best).name
     assert_same_training(output_dir, straight)
 
 
