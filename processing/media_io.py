@@ -322,7 +322,9 @@ def write_video(
         video = container.add_stream("libx264", rate=rate)
         video.width, video.height = frames.shape[2], frames.shape[1]
         video.pix_fmt = "yuv420p"
-        video.options = {"crf": str(crf)}
+        # without x264's macroblock tree (a lookahead that moves bits between frames): with it, the same frames gave
+        # other bytes, and decoded pixels up to 30 levels apart, from one write to the next
+        video.options = {"crf": str(crf), "x264-params": "mbtree=0"}
         sound = None
         if audio is not None:
             audio = np.asarray(audio, dtype=np.float32)

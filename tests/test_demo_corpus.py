@@ -113,6 +113,15 @@ def test_corpus_in_auto_avsr_layout_reads_back_and_resumes(tmp_path):
     assert not list(tmp_path.rglob("*.part.*"))
 
 
+def test_a_seed_makes_the_same_files_with_any_number_of_workers(tmp_path):
+    for folder, workers in (("one", 1), ("two", 2)):
+        generate_demo_corpus(tmp_path / folder, num_clips=4, seed=3, num_workers=workers, progress=False)
+    files = sorted(path.relative_to(tmp_path / "one") for path in (tmp_path / "one").rglob("*") if path.is_file())
+    assert len([path for path in files if path.suffix == ".mp4"]) == 4
+    for path in files:
+        assert (tmp_path / "one" / path).read_bytes() == (tmp_path / "two" / path).read_bytes(), path
+
+
 def test_command_line(tmp_path, capsys):
     demo_corpus.main(["--output-dir", str(tmp_path), "--num-clips", "2", "--num-workers", "1",
                       "--voices", "slt", "--split-fractions", "1", "0", "0"])
