@@ -303,7 +303,8 @@ def write_video(
     crf: int = 18,
 ) -> None:
     """Write uint8 frames `(T, H, W, 3)` (or grayscale `(T, H, W)` / `(T, H, W, 1)`) as H.264 mp4, with an AAC
-    track when a mono float `audio` wave `(S,)` is given. Odd frame sizes are padded by one pixel (yuv420p)."""
+    track when a mono float `audio` wave `(S,)` is given. Odd frame sizes are padded by one pixel (yuv420p). The same
+    frames make the same bytes."""
     frames = np.asarray(frames)
     if frames.ndim == 3:
         frames = frames[..., None]
