@@ -38,14 +38,9 @@ import transformers
 from mmavsr_processing import CLEAN_SNR, MMAVSRTokenizer
 from mmavsr_processing.augmentation import refuse_unused_audio_flags, training_augmentations
 from mmavsr_processing.collation import MMAVSRDataCollator
-from mmavsr_processing.hf_datasets import (
-    StreamingStateCallback,
-    check_dataset_flags,
-    load_dataset_splits,
-    restore_streaming_state,
-    training_clips,
-)
+from mmavsr_processing.hf_datasets import check_dataset_flags, load_dataset_splits, training_clips
 from mmavsr_processing.label_files import INDEX_COLUMN, load_label_splits, noise_for_run, read_files_directly
+from mmavsr_processing.stream_resume import StreamingStateCallback, restore_streaming_state
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments, TrainerCallback, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 

@@ -9,7 +9,6 @@ from .collation import MaxFramesBatchSampler, MMAVSRDataCollator
 from .feature_extraction_mmavsr import MMAVSRFeatureExtractor
 from .hf_datasets import (
     MaxFramesStreamBatcher,
-    StreamingStateCallback,
     add_num_frames,
     auto_avsr_to_dataset,
     check_columns,
@@ -17,7 +16,6 @@ from .hf_datasets import (
     export_auto_avsr_dataset,
     load_avsr_dataset,
     load_avsr_splits,
-    restore_streaming_state,
     shard_stream,
     streaming_dataloader,
 )
@@ -28,6 +26,18 @@ from .mouth_cropping import HaarCascadeMouthDetector, MouthCropper, MouthDetecto
 from .processing_mmavsr import MMAVSRProcessor, pad_labels
 from .tokenization_mmavsr import MMAVSRTokenizer
 from .video_processing_mmavsr import MMAVSRVideoProcessor
+
+
+# imported on first use: they need transformers' Trainer callbacks, whose import pulls in peft and bitsandbytes
+_LAZY = {"StreamingStateCallback": "stream_resume", "restore_streaming_state": "stream_resume"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

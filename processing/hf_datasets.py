@@ -7,8 +7,8 @@
   [`MMAVSRDataCollator`] batches them as it batches auto_avsr's CSV layout.
 - [`MaxFramesStreamBatcher`] turns a streamed (`IterableDataset`) split into batches whose summed video frames stay
   under `max_frames`, through a bounded buffer (memory does not grow with the dataset), resumable from a checkpoint
-  with [`StreamingStateCallback`] and [`restore_streaming_state`]; [`shard_stream`] splits a stream across the
-  processes of a distributed run with `datasets.distributed.split_dataset_by_node`.
+  with `stream_resume`'s [`StreamingStateCallback`] and [`restore_streaming_state`]; [`shard_stream`] splits a
+  stream across the processes of a distributed run with `datasets.distributed.split_dataset_by_node`.
 - [`export_auto_avsr_dataset`] writes a corpus in auto_avsr's layout (what `prepare` and the demo corpus write) as a
   `datasets.DatasetDict` with the media embedded, to a folder (`save_to_disk`) and/or to the Hub (`push_to_hub`).
 """
@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,8 +27,6 @@ import datasets
 import numpy as np
 import torch
 from datasets.distributed import split_dataset_by_node
-from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .collation import SKIPPED_CLIPS, ClipReader, read_clip
 from .lrs3 import DatasetError, load_auto_avsr_dataset
@@ -40,9 +37,7 @@ from .media_io import VIDEO_SUFFIXES
 
 __all__ = [
     "HUB_SPLIT_NAMES",
-    "STREAM_STATE_FILE",
     "MaxFramesStreamBatcher",
-    "StreamingStateCallback",
     "add_num_frames",
     "auto_avsr_to_dataset",
     "check_columns",
@@ -52,7 +47,6 @@ __all__ = [
     "load_avsr_dataset",
     "load_avsr_splits",
     "load_dataset_splits",
-    "restore_streaming_state",
     "shard_stream",
     "streaming_dataloader",
     "training_clips",
@@ -67,7 +61,6 @@ FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".json": "
 AUDIO_FILE_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a")
 # columns kept beside the media and the text when a dataset has them
 EXTRA_COLUMNS = ("id", "num_frames")
-STREAM_STATE_FILE = "stream_state_rank{rank}.json"
 
 
 # ------------------------------------------------------------------------------------------------------------ loading
@@ -607,45 +600,6 @@ def streaming_dataloader(batcher: MaxFramesStreamBatcher, collate_fn, args) -> t
         persistent_workers=args.dataloader_persistent_workers if workers else False,
         prefetch_factor=args.dataloader_prefetch_factor if workers else None,
     )
-
-
-class StreamingStateCallback(TrainerCallback):
-    """Writes the batcher's `state_dict()` into each checkpoint (`stream_state_rank{R}.json`, one a process), so that
-    [`restore_streaming_state`] resumes the stream where the checkpoint left it instead of re-reading the batches
-    already trained on. Needs the batcher iterated in the training process (`dataloader_num_workers=0`); with
-    workers nothing is written, and resuming falls back to the Trainer's skipping of the trained batches."""
-
-    def __init__(self, batcher: MaxFramesStreamBatcher):
-        self.batcher = batcher
-
-    def on_save(self, args, state, control, **kwargs):
-        if args.dataloader_num_workers:
-            logger.warning(
-                "Streaming with dataloader_num_workers > 0: the stream's position is not saved in the checkpoint; "
-                "a resumed run skips the trained batches by reading them again."
-            )
-            return
-        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        if folder.is_dir():
-            path = folder / STREAM_STATE_FILE.format(rank=args.process_index)
-            path.write_text(json.dumps(self.batcher.state_dict()))
-
-
-def restore_streaming_state(batcher: MaxFramesStreamBatcher, checkpoint: str | os.PathLike | None, args) -> bool:
-    """Before `trainer.train(resume_from_checkpoint=checkpoint)`: loads the stream's state saved in `checkpoint` by
-    [`StreamingStateCallback`] into `batcher` and sets `args.ignore_data_skip` (the stream resumes by itself, so the
-    Trainer must not skip batches too). Returns False, changing nothing, when there is no checkpoint, no saved state
-    for this process, or `args.ignore_data_skip` is already set (the user asked to start the data afresh)."""
-    if checkpoint is None or args.ignore_data_skip:
-        return False
-    path = Path(checkpoint) / STREAM_STATE_FILE.format(rank=args.process_index)
-    if not path.is_file():
-        logger.warning(f"{checkpoint}: no saved stream position; the Trainer skips the trained batches, reading them.")
-        return False
-    batcher.load_state_dict(json.loads(path.read_text()))
-    args.ignore_data_skip = True
-    logger.info(f"Resuming the stream where {checkpoint} left it.")
-    return True
 
 
 # ------------------------------------------------------------------------------------------------------------- export

@@ -26,13 +26,12 @@ from mmavsr_processing import (
 from mmavsr_processing import demo_corpus, prepare
 from mmavsr_processing.hf_datasets import (
     MaxFramesStreamBatcher,
-    StreamingStateCallback,
     export_auto_avsr_dataset,
     load_avsr_dataset,
-    restore_streaming_state,
     shard_stream,
     streaming_dataloader,
 )
+from mmavsr_processing.stream_resume import StreamingStateCallback, restore_streaming_state
 from modeling_mmavsr import MMAVSRForConditionalGeneration
 
 from .common import tiny_config

@@ -127,6 +127,22 @@ def test_processing_does_not_import_the_model_package(tmp_path):
     assert got["loaded"] == []
 
 
+def test_importing_the_packages_leaves_the_llm_extra_unloaded_until_a_trainer_callback_is_asked_for(tmp_path):
+    # bitsandbytes logs a kernel warning when imported; only LLM decoders and training should pay for it
+    got = run_user_code(
+        """
+        import json, sys
+        import modeling_mmavsr
+        before = sorted(m for m in ("peft", "bitsandbytes") if m in sys.modules)
+        from mmavsr_processing import StreamingStateCallback
+        from transformers import TrainerCallback
+        print(json.dumps({"before": before, "callback": issubclass(StreamingStateCallback, TrainerCallback)}))
+        """,
+        tmp_path,
+    )
+    assert got == {"before": [], "callback": True}
+
+
 # the preset's architecture at test sizes (the released one takes long to build on a busy CPU)
 TINY_SIZES = dict(
     frontend_channels=4, hidden_size=32, encoder_layers=1, encoder_attention_heads=4, encoder_ffn_dim=64,
