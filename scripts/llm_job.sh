@@ -47,7 +47,7 @@ echo "LLM decoder: $LLM"
 
 # flags shared by both runs: the main job's corpus, the LLM's own tokenizer (no --train_vocabulary_size), greedy
 # decoding (no CTC head: ctc_weight 0 in the presets), clean and with 0 dB babble. Warmup over a fifth of the steps:
-# the projector starts random (loss ~40) and its first gradients reach the trained encoder; with 5% warmup the audio
+# the projector starts random (loss ~48) and its first gradients reach the trained encoder; with 5% warmup the audio
 # model from an 18-epoch main job ended at loss 3.3 and 16.1% validation WER, with 20% at 0.7 and 4.5% (lr 5e-4
 # instead: 4.6%), one epoch, seed 0 (docs/qlora.md)
 common=(
