@@ -28,15 +28,13 @@ from .tokenization_mmavsr import MMAVSRTokenizer
 from .video_processing_mmavsr import MMAVSRVideoProcessor
 
 
-# imported on first use: they need transformers' Trainer callbacks, whose import pulls in peft and bitsandbytes
-_LAZY = {"StreamingStateCallback": "stream_resume", "restore_streaming_state": "stream_resume"}
-
-
 def __getattr__(name):
-    if name in _LAZY:
-        import importlib
+    # stream_resume is imported on first use: it needs transformers' Trainer callbacks, whose import pulls in peft and
+    # bitsandbytes
+    if name in ("StreamingStateCallback", "restore_streaming_state"):
+        from . import stream_resume
 
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        return getattr(stream_resume, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
