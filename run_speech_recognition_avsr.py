@@ -59,7 +59,7 @@ from modeling_mmavsr.checkpointing_mmavsr import (
     resume_checkpoint,
 )
 from modeling_mmavsr.evaluation_mmavsr import WERMetric, evaluate_at_snrs, format_wer_table, plot_wer_tables
-from modeling_mmavsr.presets import load_preset
+from modeling_mmavsr.presets import load_preset, load_preset_training
 from modeling_mmavsr.trainer_mmavsr import (
     AVSRSeq2SeqTrainer,
     EpochCallback,
@@ -300,20 +300,56 @@ def translate_seed_flags(argv: list[str]) -> list[str]:
     return translated
 
 
+def read_argument_file(path: str) -> dict:
+    """The arguments of a JSON or YAML argument file, as a dict."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"Argument file {path} does not exist.")
+    text = Path(path).read_text()
+    if path.endswith(".json"):
+        values = json.loads(text)
+    else:
+        import yaml
+
+        values = yaml.safe_load(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"Argument file {path}: an object of argument names and values, got {type(values).__name__}.")
+    return values
+
+
+def preset_recipe(config_name: str | None) -> dict:
+    """The training recipe of `--config_name`'s preset (its `training` key): defaults of the data and training
+    arguments. A name that is neither is refused, naming the preset."""
+    if not config_name:
+        return {}
+    try:
+        recipe = load_preset_training(config_name)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"--config_name {config_name!r}: {error}") from None
+    names = {field.name for cls in (DataTrainingArguments, AVSRTrainingArguments) for field in dataclasses.fields(cls)}
+    unknown = sorted(set(recipe) - names)
+    if unknown:
+        raise ValueError(
+            f"--config_name {config_name!r}: its 'training' recipe names {unknown}, which are no data or training "
+            "arguments of this script (see --help)."
+        )
+    return recipe
+
+
 def parse_args(argv: list[str] | None = None):
     """Command line (seed flags included) or a single JSON/YAML file -> the three argument dataclasses; without
     --do_train/--do_eval/--do_predict the label files choose, as auto_avsr's train.py and eval.py do."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, AVSRTrainingArguments))
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        if not Path(argv[0]).is_file():
-            raise FileNotFoundError(f"Argument file {argv[0]} does not exist.")
-        read = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
-        model_args, data_args, training_args = read(argv[0])
+        values = read_argument_file(argv[0])
+        recipe = preset_recipe(values.get("config_name"))
+        model_args, data_args, training_args = parser.parse_dict({**recipe, **values})
     else:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(
-            args=translate_seed_flags(argv), look_for_args_file=False
-        )
+        argv = translate_seed_flags(argv)
+        # the preset's recipe becomes the defaults, so that the command line still overrides every field of it
+        known, _ = parser.parse_known_args(args=argv)
+        parser.set_defaults(**preset_recipe(known.config_name))
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
     # (an --eval_strategy other than "no" sets do_eval itself: that is evaluation during training, not a stage)
     chosen = training_args.do_eval and training_args.eval_strategy == "no"
     if not (training_args.do_train or chosen or training_args.do_predict):

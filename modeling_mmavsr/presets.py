@@ -1,10 +1,12 @@
 """Named model presets: the JSON files of `hub_configs/` (one per configuration, e.g. `mmavsr-avsr-vit-whisper-llama-qlora`).
 
-A preset holds `MMAVSRConfig` fields (the `*_model_name` fields name the Hub checkpoints of its pretrained parts) and an
+A preset holds `MMAVSRConfig` fields (the `*_model_name` fields name the Hub checkpoints of its pretrained parts), an
 optional `processor` key with the keyword arguments of the video processor and the feature extractor, and the
 tokenizer's settings (`builder_mmavsr.apply_tokenizer_settings`):
-`{"video_processor": {...}, "feature_extractor": {...}, "tokenizer": {"lowercase": true}}`. The training script reads the same files
-(`--config_name NAME`); the models and processors are built by `builder_mmavsr.py`, for both.
+`{"video_processor": {...}, "feature_extractor": {...}, "tokenizer": {"lowercase": true}}`, and an optional `training`
+key: the training recipe measured for the model, as defaults of the training script's arguments
+(`{"learning_rate": 1e-3, "warmup_steps": 0.2, ...}`; its command-line flags override them). The training script reads
+the same files (`--config_name NAME`); the models and processors are built by `builder_mmavsr.py`, for both.
 """
 
 import json
@@ -40,8 +42,7 @@ def preset_path(name: str) -> Path:
     raise FileNotFoundError(f"No preset {name!r} in {PRESETS_DIR} (presets: {', '.join(preset_names())}).")
 
 
-def load_preset(name: str) -> tuple[dict, dict]:
-    """`(config fields, processor settings)` of a preset."""
+def _read_preset(name: str) -> tuple[Path, dict, dict]:
     path = preset_path(name)
     try:
         values = json.loads(path.read_text())
@@ -49,6 +50,15 @@ def load_preset(name: str) -> tuple[dict, dict]:
         raise ValueError(f"{path}: not valid JSON ({error}).") from error
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a preset is a JSON object of MMAVSRConfig fields.")
+    training = values.pop("training", {})
+    if not isinstance(training, dict):
+        raise ValueError(f"{path}: 'training' is a JSON object of the training script's arguments, got {training!r}.")
+    return path, values, training
+
+
+def load_preset(name: str) -> tuple[dict, dict]:
+    """`(config fields, processor settings)` of a preset."""
+    path, values, _ = _read_preset(name)
     for key in _SAVED_ONLY_KEYS:
         values.pop(key, None)
     if "decoder" in values:  # the legacy name of `decoder_type`
@@ -61,6 +71,12 @@ def load_preset(name: str) -> tuple[dict, dict]:
             "'tokenizer'."
         )
     return values, processor
+
+
+def load_preset_training(name: str) -> dict:
+    """The training recipe of a preset (its `training` key; `{}` without one): argument names of the training script
+    (`DataTrainingArguments`, `AVSRTrainingArguments`) and their defaults for this model. The script checks the names."""
+    return _read_preset(name)[2]
 
 
 def build_model_from_preset(name: str, pretrained: bool = True, **overrides) -> MMAVSRForConditionalGeneration:
@@ -92,4 +108,12 @@ def build_processor_from_preset(name: str, tokenizer=None, **overrides):
     return processor_from_settings(values, settings, tokenizer)
 
 
-__all__ = ["PRESETS_DIR", "preset_names", "preset_path", "load_preset", "build_model_from_preset", "build_processor_from_preset"]
+__all__ = [
+    "PRESETS_DIR",
+    "preset_names",
+    "preset_path",
+    "load_preset",
+    "load_preset_training",
+    "build_model_from_preset",
+    "build_processor_from_preset",
+]

