@@ -304,13 +304,14 @@ def read_argument_file(path: str) -> dict:
     """The arguments of a JSON or YAML argument file, as a dict."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"Argument file {path} does not exist.")
-    text = Path(path).read_text()
-    if path.endswith(".json"):
-        values = json.loads(text)
-    else:
-        import yaml
+    import yaml
 
-        values = yaml.safe_load(text)
+    text = Path(path).read_text()
+    try:
+        values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        language = "JSON" if path.endswith(".json") else "YAML"
+        raise ValueError(f"Argument file {path}: not valid {language} ({error}).") from None
     if not isinstance(values, dict):
         raise ValueError(f"Argument file {path}: an object of argument names and values, got {type(values).__name__}.")
     return values

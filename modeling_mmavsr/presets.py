@@ -74,8 +74,9 @@ def load_preset(name: str) -> tuple[dict, dict]:
 
 
 def load_preset_training(name: str) -> dict:
-    """The training recipe of a preset (its `training` key; `{}` without one): argument names of the training script
-    (`DataTrainingArguments`, `AVSRTrainingArguments`) and their defaults for this model. The script checks the names."""
+    """The training recipe of a preset (its `training` key; `{}` without one): argument names of the training
+    script (`DataTrainingArguments`, `AVSRTrainingArguments`) and their defaults for this model. The script checks
+    the names."""
     return _read_preset(name)[2]
 
 

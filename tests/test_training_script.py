@@ -319,6 +319,9 @@ def test_a_training_recipe_naming_no_argument_is_refused(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ValueError, match="list.yaml: an object of argument names"):
         script.parse_args([str(tmp_path / "list.yaml")])
+    (tmp_path / "broken.json").write_text('{"root_dir": "d",')
+    with pytest.raises(ValueError, match=r"broken.json: not valid JSON \(Expecting"):
+        script.parse_args([str(tmp_path / "broken.json")])
 
 
 def test_modality_and_flag_conflicts_are_refused():
