@@ -21,7 +21,7 @@ from transformers import pipeline
 
 from mmavsr_processing import MMAVSRProcessor, read_audio, write_audio, write_video
 from modeling_mmavsr import MMAVSRForConditionalGeneration
-from modeling_mmavsr.presets import build_model_from_preset
+from modeling_mmavsr.presets import build_model_from_preset, load_preset_training
 
 from .common import tiny_config
 
@@ -155,7 +155,7 @@ WHEEL_USER_CODE = """
     import json, sys
 
     import modeling_mmavsr
-    from modeling_mmavsr.presets import PRESETS_DIR, build_model_from_preset, preset_names
+    from modeling_mmavsr.presets import PRESETS_DIR, build_model_from_preset, load_preset_training, preset_names
 
     model = build_model_from_preset("mmavsr-vsr-resnet-transformer", pretrained=False, **json.loads(sys.argv[1]))
     print(json.dumps({
@@ -164,6 +164,7 @@ WHEEL_USER_CODE = """
         "presets": preset_names(),
         "parameters": model.num_parameters(),
         "vision_encoder": model.config.vision_encoder,
+        "llm_recipe": load_preset_training("demo-asr-logmel-llm-qlora"),
         "editable_finder": [m for m in sys.modules if m.startswith("__editable__")],
     }))
 """
@@ -181,7 +182,8 @@ def source_files() -> list[str]:
 
 
 def test_the_wheel_carries_the_presets(tmp_path):
-    """The wheel of the source tree, installed into a fresh virtualenv, builds a preset outside the checkout.
+    """The wheel of the source tree, installed into a fresh virtualenv, builds a preset outside the checkout and
+    reads an LLM preset's training recipe.
 
     The wheel is built from a copy of the source tree (so no `build/` or `*.egg-info` lands in the checkout), without
     build isolation and without the network. The virtualenv reuses the test environment's dependencies (torch,
@@ -217,3 +219,4 @@ def test_the_wheel_carries_the_presets(tmp_path):
     assert set(got["presets"]) == {path.stem for path in (source / "hub_configs").glob("*.json")}
     expected = build_model_from_preset("mmavsr-vsr-resnet-transformer", pretrained=False, **TINY_SIZES)
     assert got["vision_encoder"] == "resnet" and got["parameters"] == expected.num_parameters()
+    assert got["llm_recipe"] == load_preset_training("demo-asr-logmel-llm-qlora") and got["llm_recipe"]["warmup_steps"]
