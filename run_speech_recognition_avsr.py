@@ -319,7 +319,7 @@ def read_argument_file(path: str) -> dict:
 
 def preset_recipe(config_name: str | None) -> dict:
     """The training recipe of `--config_name`'s preset (its `training` key): defaults of the data and training
-    arguments. A name that is neither is refused, naming the preset."""
+    arguments. A recipe key that is neither is refused, naming the preset and the key."""
     if not config_name:
         return {}
     try:
