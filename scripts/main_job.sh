@@ -5,7 +5,8 @@
 #   bash scripts/main_job.sh                 # everything, in main_job/ (budget: 20 minutes on 2 CPU cores)
 #   SKIP_INSTALL=1 bash scripts/main_job.sh  # reuse .venv
 # Environment: MAIN_JOB_DIR (default main_job), DEMO_CLIPS (corpus size, default 1600), ASR_EPOCHS / VSR_EPOCHS /
-# AVSR_EPOCHS (training epochs per model; logs in $MAIN_JOB_DIR/NAME.log), SEED (the training seed, default 0),
+# AVSR_EPOCHS (training epochs per model, default: the presets' 18 / 7 / 2; logs in $MAIN_JOB_DIR/NAME.log), SEED (the
+# training seed, default 0),
 # SKIP_INSTALL=1. Rerunning resumes: the corpus and finished runs are kept.
 # DEMO_VARIANT: a corpus variant (`--variant` of mmavsr_processing.demo_corpus, e.g. espeak-contour: espeak-ng speech,
 # the contour mouth model); unset: the default corpus (flite, ellipse), the one this recipe was tuned on.
@@ -31,14 +32,15 @@ echo "demo corpus ready after $(( $(date +%s) - start )) s"
 
 # flags shared by the three runs: auto_avsr's layout and flags, a word vocabulary of the GRID grammar, beam search
 # with joint CTC, clean and with 0 dB babble at test time. Each model is chosen on the validation split: its clean WER
-# is decoded after every epoch and the epoch with the lowest is the one kept and tested (the test split chooses nothing)
+# is decoded after every epoch and the epoch with the lowest is the one kept and tested (the test split chooses nothing).
+# The training recipe is each preset's "training" section (hub_configs/demo-*.json): lr 2e-3, cosine, warmup over the
+# first 5% of the steps, weight decay 0.01, Adam beta2 0.98, gradient norm clipped at 5, no time masks, and the epochs
+# and batch size of each model below; *_EPOCHS override the epochs.
 common=(
     --root-dir "$WORK/corpus" --train-file train.csv --val-file val.csv --test-file test.csv --exp-dir "$WORK/exp"
     --eval_strategy epoch --metric_for_best_model wer --load_best_model_at_end
-    --train_vocabulary_size 64 --train_vocabulary_type word --time_masking false
-    --decode-snr-target 999999 0 --decode_ctc_weight 0.3 --generation_num_beams 4
-    --per_device_train_batch_size 8 --per_device_eval_batch_size 32 --lr 2e-3
-    --lr_scheduler_type cosine --warmup_steps 0.05 --weight_decay 0.01 --adam_beta2 0.98 --max_grad_norm 5
+    --train_vocabulary_size 64 --train_vocabulary_type word
+    --decode-snr-target 999999 0 --decode_ctc_weight 0.3 --generation_num_beams 4 --per_device_eval_batch_size 32
     --save_strategy epoch --save_total_limit 1 --logging_steps 20 --seed "${SEED:-0}" --dataloader_num_workers 0
     --cache_clips
 )
@@ -50,18 +52,19 @@ mkdir -p "$WORK"
 # them (--init_from_models: the audio model's frontend, Conformer and decoder, the video model's frontend; the
 # fusion starts new) and learns with babble at random SNRs to lean on the lips when the audio is noisy.
 export OMP_NUM_THREADS=1
-# 18 epochs (cosine over 18), not 14: with 14 one seed (2) ended at 11.9% validation WER, still falling; with 18 it
-# reached 4.6% (seed 0: 6.9 -> 2.3%), and the audio lane still ends before the video lane.
-train asr demo-asr-logmel "${ASR_EPOCHS:-18}" &
+# The audio model: 18 epochs (cosine over 18) in batches of 8, not 14: with 14 one seed (2) ended at 11.9% validation
+# WER, still falling; with 18 it reached 4.6% (seed 0: 6.9 -> 2.3%), and the audio lane still ends before the video's.
+train asr demo-asr-logmel "${ASR_EPOCHS:-}" &
 asr_job=$!
 # The video model takes batches of 4, not 8: twice the updates for about the same time (it learns slowly at first,
 # and with 8 one seed on the festival-contour variant was still at 81% validation WER after 2 of 6 epochs). Validation
 # WER after 6 epochs, batch 8 -> 4: default corpus seed 0 33.9 -> 28.7, festival-contour seeds 0 / 1 40.0 -> 32.0 and
 # 48.8 -> 38.4. And 7 epochs (cosine over 7), not 6: validation WER 28.7 -> 27.3 (default, seed 0), 38.4 -> 24.2
 # (festival-contour, seed 1).
-train vsr demo-vsr-resnet "${VSR_EPOCHS:-7}" --per_device_train_batch_size 4
+train vsr demo-vsr-resnet "${VSR_EPOCHS:-}"
 wait "$asr_job"
-OMP_NUM_THREADS=2 train avsr demo-avsr-resnet-logmel "${AVSR_EPOCHS:-2}" --train-snr 999999 10 5 0 -5 \
+# The audio-visual model: 2 epochs in batches of 8.
+OMP_NUM_THREADS=2 train avsr demo-avsr-resnet-logmel "${AVSR_EPOCHS:-}" --train-snr 999999 10 5 0 -5 \
     --init_from_models "$WORK/exp/asr" "$WORK/exp/vsr"
 
 python scripts/wer_summary.py "$WORK/exp" asr vsr avsr | tee "$WORK/wer_table.md"

@@ -5,6 +5,8 @@ import dataclasses
 import importlib.util
 import json
 import logging
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration, MMAVSR
 from modeling_mmavsr import builder_mmavsr as builder
 from modeling_mmavsr.checkpointing_mmavsr import average_last_checkpoints, average_state_dicts, checkpoint_dirs
 from modeling_mmavsr.configuration_mmavsr import LEGACY_MODALITIES
-from modeling_mmavsr.presets import PRESETS_DIR, load_preset
+from modeling_mmavsr.presets import PRESETS_DIR, load_preset, load_preset_training
 from modeling_mmavsr.trainer_mmavsr import check_world_size
 
 from .common import StopAt, word_tokenizer
@@ -302,8 +304,49 @@ def test_a_presets_training_recipe_is_the_default_and_every_flag_overrides_it(tm
     ))
     _, data_args, args = script.parse_args([str(tmp_path / "args.json")])
     assert (args.learning_rate, args.warmup_steps, data_args.time_masking) == (2e-4, 0.2, False)
-    _, data_args, args = script.parse_args(["--config_name=demo-asr-logmel"] + base)
+    _, data_args, args = script.parse_args(["--config_name=demo-asr-resnet1d"] + base)
     assert (args.learning_rate, args.warmup_steps, data_args.time_masking) == (5e-5, 0, True)
+
+
+JOBS = {  # each job script and the presets it trains
+    "main_job.sh": ("demo-asr-logmel", "demo-vsr-resnet", "demo-avsr-resnet-logmel"),
+    "llm_job.sh": ("demo-asr-logmel-llm-qlora", "demo-avsr-resnet-logmel-llm-qlora"),
+}
+
+
+@pytest.mark.parametrize("job", sorted(JOBS))
+def test_the_jobs_train_their_presets_recipes_without_repeating_them(job):
+    """Each job trains its presets with their `training` recipe: the job script is valid bash and gives none of the
+    recipe's fields as a flag (one place for the recipe: running the script with the preset trains the same model)."""
+    path = SCRIPT.parent / "scripts" / job
+    subprocess.run(["bash", "-n", str(path)], check=True)
+    text = path.read_text()
+    for preset in JOBS[job]:
+        assert f" {preset} " in text
+        recipe = load_preset_training(preset)
+        assert {"learning_rate", "num_train_epochs", "per_device_train_batch_size"} <= set(recipe)
+        assert not [name for name in recipe if f"--{name} " in text]
+    # auto_avsr's names for them neither, but where a variable the user sets asks for it: ${LLM_LR:+--lr "$LLM_LR"}
+    fixed = re.sub(r"\$\{\w+:\+[^}]*\}", "", text)
+    assert not [alias for alias in ("--lr ", "--max-epochs ", "--weight-decay ", "--warmup-epochs ") if alias in fixed]
+
+
+def test_the_jobs_training_step_passes_epochs_only_when_given(tmp_path):
+    """scripts/train_step.sh's `train NAME PRESET EPOCHS FLAGS...` runs the training script with the preset, the
+    job's common flags and its own; an empty EPOCHS leaves the preset's epochs, a given one overrides them."""
+    shell = f"""
+        WORK={tmp_path}; start=$(date +%s); common=(--root-dir corpus --seed 0)
+        . {SCRIPT.parent / "scripts" / "train_step.sh"}
+        python() {{ echo "$@"; }}  # records the command line the job would run
+        train asr demo-asr-logmel "" --train-snr 999999 0
+        train vsr demo-vsr-resnet 3
+    """
+    subprocess.run(["bash", "-c", shell], check=True)
+    assert (tmp_path / "asr.log").read_text().split() == [
+        "run_speech_recognition_avsr.py", "--config_name", "demo-asr-logmel", "--exp-name", "asr", "--root-dir",
+        "corpus", "--seed", "0", "--train-snr", "999999", "0",
+    ]
+    assert "--max-epochs 3 --root-dir" in (tmp_path / "vsr.log").read_text()
 
 
 def test_a_training_recipe_naming_no_argument_is_refused(tmp_path):
