@@ -347,8 +347,9 @@ def parse_args(argv: list[str] | None = None):
         model_args, data_args, training_args = parser.parse_dict({**recipe, **values})
     else:
         argv = translate_seed_flags(argv)
-        # the preset's recipe becomes the defaults, so that the command line still overrides every field of it
-        known, _ = parser.parse_known_args(args=argv)
+        # the preset's recipe becomes the defaults, so that the command line still overrides every field of it (and
+        # `--config_name PRESET --help` shows them)
+        known, _ = parser.parse_known_args(args=[arg for arg in argv if arg not in ("-h", "--help")])
         parser.set_defaults(**preset_recipe(known.config_name))
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
     # (an --eval_strategy other than "no" sets do_eval itself: that is evaluation during training, not a stage)

@@ -308,6 +308,18 @@ def test_a_presets_training_recipe_is_the_default_and_every_flag_overrides_it(tm
     assert (args.learning_rate, args.warmup_steps, data_args.time_masking) == (5e-5, 0, True)
 
 
+def test_help_with_a_preset_shows_its_recipe_as_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        script.parse_args(["--config_name", "demo-vsr-resnet", "--help"])
+    with_preset = " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit):
+        script.parse_args(["--help"])
+    without = " ".join(capsys.readouterr().out.split())
+    epochs = "Total number of training epochs to perform. (default: {})"
+    assert epochs.format(load_preset_training("demo-vsr-resnet")["num_train_epochs"]) in with_preset
+    assert epochs.format(3.0) in without
+
+
 JOBS = {  # each job script and the presets it trains
     "main_job.sh": ("demo-asr-logmel", "demo-vsr-resnet", "demo-avsr-resnet-logmel"),
     "llm_job.sh": ("demo-asr-logmel-llm-qlora", "demo-avsr-resnet-logmel-llm-qlora"),
