@@ -10,6 +10,7 @@ train() {  # NAME PRESET EPOCHS [extra flags]: skipped when NAME already has its
         return
     fi
     python run_speech_recognition_avsr.py --config_name "$preset" --exp-name "$name" \
-        ${epochs:+--max-epochs "$epochs"} "${common[@]}" "$@" > "$WORK/$name.log" 2>&1 || { tail -n 30 "$WORK/$name.log"; return 1; }
+        ${epochs:+--max-epochs "$epochs"} "${common[@]}" "$@" > "$WORK/$name.log" 2>&1 \
+        || { tail -n 30 "$WORK/$name.log"; return 1; }
     echo "$name done after $(( $(date +%s) - start )) s (log: $WORK/$name.log)"
 }
