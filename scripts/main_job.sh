@@ -33,9 +33,8 @@ echo "demo corpus ready after $(( $(date +%s) - start )) s"
 # flags shared by the three runs: auto_avsr's layout and flags, a word vocabulary of the GRID grammar, beam search
 # with joint CTC, clean and with 0 dB babble at test time. Each model is chosen on the validation split: its clean WER
 # is decoded after every epoch and the epoch with the lowest is the one kept and tested: the test split chooses nothing.
-# The training recipe is each preset's "training" section (hub_configs/demo-*.json): lr 2e-3, cosine, warmup over the
-# first 5% of the steps, weight decay 0.01, Adam beta2 0.98, gradient norm clipped at 5, no time masks, and the epochs
-# and batch size of each model below; *_EPOCHS override the epochs.
+# The training recipe (learning rate and schedule, epochs, batch size, ...) is each preset's "training" section
+# (hub_configs/demo-*.json; the README's main job section states it); *_EPOCHS override the epochs.
 common=(
     --root-dir "$WORK/corpus" --train-file train.csv --val-file val.csv --test-file test.csv --exp-dir "$WORK/exp"
     --eval_strategy epoch --metric_for_best_model wer --load_best_model_at_end

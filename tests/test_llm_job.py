@@ -6,8 +6,6 @@ encoders stand in for SmolLM2, ViT and Whisper (no network); 4-bit QLoRA needs b
 
 import logging
 import math
-import subprocess
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +20,6 @@ from .test_training_script import common_flags, script, tiny_llm_folder, write_t
 
 pytest.importorskip("bitsandbytes", reason="4-bit QLoRA needs bitsandbytes (pip install 'mmavsr[test]')")
 
-ROOT = Path(__file__).resolve().parent.parent
 # each LLM preset and the main job's preset whose trained model it starts from
 LLM_PRESETS = {
     "demo-asr-logmel-llm-qlora": "demo-asr-logmel",
@@ -117,11 +114,3 @@ def test_vit_whisper_llama_qlora_preset_trains_and_decodes_with_local_parts(corp
         "vit", "whisper", "llm", True
     )
     assert config.vision_config.hidden_size == 32 and config.audio_config.d_model == 32  # the local parts
-
-
-def test_llm_job_script_is_valid_bash_and_names_what_it_needs():
-    script_path = ROOT / "scripts" / "llm_job.sh"
-    subprocess.run(["bash", "-n", str(script_path)], check=True)
-    text = script_path.read_text()
-    for preset in LLM_PRESETS:  # (their recipes: tests/test_training_script.py)
-        assert f" {preset} " in text and (ROOT / "hub_configs" / f"{preset}.json").is_file()
