@@ -21,6 +21,7 @@ from .configuration_mmavsr import AUTO_AVSR_VOCAB_SIZE, LEGACY_MODALITIES, MMAVS
 from .convert_auto_avsr_checkpoint import convert_auto_avsr_state_dict, load_auto_avsr_checkpoint
 from .modeling_mmavsr import MMAVSRForConditionalGeneration
 from .modeling_mmavsr_decoder_loading import load_decoder_tokenizer
+from .modeling_mmavsr_lora import llm_base_is_saved
 
 
 logger = logging.getLogger(__name__)
@@ -97,9 +98,10 @@ def config_overrides(choices: Mapping, base: Mapping | None = None) -> dict:
 
 def checkpoint_overrides(config: MMAVSRConfig, choices: Mapping, path: str) -> dict:
     """The config fields that model `choices` may change on the saved model at `path` (of config `config`): the CTC
-    weight and unfreezing its encoders. A choice of architecture (modality, encoders, decoder, fusion, pretrained
-    parts, adapters) or of a new model (preset, new vocabulary) that disagrees with the saved one is refused, naming
-    the flag and the checkpoint's value."""
+    weight, unfreezing its encoders, and where the base weights of an LLM decoder saved without them (adapters only)
+    now are (`decoder_model_name`, the same LLM moved: `check_same_decoder` refuses another). A choice of
+    architecture (modality, encoders, decoder, fusion, pretrained parts, adapters) or of a new model (preset, new
+    vocabulary) that disagrees with the saved one is refused, naming the flag and the checkpoint's value."""
     if choices.get("config_name"):
         raise ValueError(
             f"--config_name {choices['config_name']} builds a new model, --pretrained-model-path {path} loads a saved "
@@ -111,10 +113,14 @@ def checkpoint_overrides(config: MMAVSRConfig, choices: Mapping, path: str) -> d
             f"--train_vocabulary_size trains a new vocabulary, but the model at {path} decodes into its own: drop the "
             "flag, or start a new model from its weights with --init_from_models."
         )
+    honoured = ["ctc_weight", "unfreeze_vision", "unfreeze_audio"]
     for field in ARCHITECTURE_CHOICES:
         wanted = choices.get(field)
         saved = config.modality if field == "modality" else getattr(config, CONFIG_FIELDS.get(field, field))
         if wanted is None or wanted == saved:
+            continue
+        if field == "decoder_model_name" and config.decoder_type == "llm" and not llm_base_is_saved(path):
+            honoured.append(field)  # the folder keeps the adapters only: the flag says where the base LLM is
             continue
         if field == "fusion_type" and config.modality != "audiovisual":
             saved = f"{config.modality}-only: no fusion"
@@ -133,7 +139,6 @@ def checkpoint_overrides(config: MMAVSRConfig, choices: Mapping, path: str) -> d
             raise ValueError(
                 f"{flag(field)} (with {asked}) disagrees with the checkpoint at {path} ({shown}); {NEW_MODEL_ADVICE}."
             )
-    honoured = ("ctc_weight", "unfreeze_vision", "unfreeze_audio")
     return config_overrides({name: choices.get(name) for name in honoured})
 
 

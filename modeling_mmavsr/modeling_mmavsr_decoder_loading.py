@@ -22,6 +22,11 @@ from .modeling_mmavsr_lora import (
 
 WHISPER_TRANSCRIBE_PROMPT = ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")
 FEATURES_MARKER = "<<mmavsr-features>>"
+# the config fields that fix a pretrained decoder's weight shapes (LLM names, then Whisper's)
+DECODER_SHAPE_FIELDS = (
+    "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "d_model", "decoder_layers", "decoder_attention_heads", "decoder_ffn_dim",
+)
 
 
 def is_missing_local_path(name_or_path: str) -> bool:
@@ -129,11 +134,29 @@ def load_pretrained_llm(decoder_model_name: str, load_in_4bit: bool = False, **k
     return AutoModelForCausalLM.from_pretrained(**location, **kwargs)
 
 
+def check_same_decoder(text_config, decoder_model_name: str) -> None:
+    """Refuse a pretrained decoder whose shape differs from `text_config` (the one a model was built and trained
+    with): its weights would not fit the model's projector, adapters or output layer, or would fit by chance."""
+    found = AutoConfig.from_pretrained(**_location(decoder_model_name))
+    differences = [
+        f"{name} {getattr(found, name)} (the model's: {getattr(text_config, name)})"
+        for name in DECODER_SHAPE_FIELDS
+        if hasattr(found, name) and hasattr(text_config, name) and getattr(found, name) != getattr(text_config, name)
+    ]
+    if differences:
+        raise ValueError(
+            f"decoder_model_name={decoder_model_name!r} is not the decoder this model was built with: "
+            f"{', '.join(differences)}."
+        )
+
+
 def load_pretrained_decoder(model, decoder_model_name: str, **kwargs) -> None:
     """Put the pretrained decoder's weights into `model` (built from `pretrained_decoder_settings`' config): the LLM
     and its output layer (in 4-bit NF4 when `config.use_qlora`, `load_pretrained_llm`), or Whisper's decoder and
-    `proj_out`. Adds no adapters (`apply_adapter_config` does). `kwargs` go to `from_pretrained` (e.g. `dtype`)."""
+    `proj_out`. A decoder of another shape than the model's `text_config` is refused (`check_same_decoder`). Adds no
+    adapters (`apply_adapter_config` does). `kwargs` go to `from_pretrained` (e.g. `dtype`)."""
     config = model.config
+    check_same_decoder(config.text_config, decoder_model_name)
     if config.decoder_type == "whisper-decoder":
         whisper = WhisperForConditionalGeneration.from_pretrained(**_location(decoder_model_name), **kwargs)
         model.model.decoder.whisper.load_state_dict(whisper.model.decoder.state_dict())
@@ -150,6 +173,7 @@ def load_pretrained_decoder(model, decoder_model_name: str, **kwargs) -> None:
 
 
 __all__ = [
+    "check_same_decoder",
     "load_decoder_tokenizer",
     "is_missing_local_path",
     "llm_prompt_ids",

@@ -227,6 +227,13 @@ def _is_4bit(module: nn.Module) -> bool:
     return type(module).__name__ == "Linear4bit" and type(module).__module__.startswith("bitsandbytes")
 
 
+def llm_base_is_saved(pretrained_model_name_or_path, **download_kwargs) -> bool:
+    """Whether a `save_pretrained` folder holds its LLM's base weights (False: the adapters only, the base loads from
+    `decoder_model_name`); True when its weight names cannot be read (e.g. `pytorch_model.bin`)."""
+    saved = _checkpoint_keys(pretrained_model_name_or_path, **download_kwargs)
+    return saved is None or any(key.startswith(f"{LLM_PREFIX}.") for key in saved)
+
+
 def _checkpoint_keys(pretrained_model_name_or_path, **download_kwargs) -> set[str] | None:
     """The weight names of a `save_pretrained` folder (model.safetensors or its shard index), or None when it has
     neither (e.g. `pytorch_model.bin`)."""
@@ -470,9 +477,7 @@ class MMAVSRLoraMixin:
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         config = model.config
         if model.uses_adapters:
-            saved = _checkpoint_keys(pretrained_model_name_or_path, **kwargs)
-            base_saved = saved is None or any(k.startswith(f"{LLM_PREFIX}.") for k in saved)
-            if not base_saved:
+            if not llm_base_is_saved(pretrained_model_name_or_path, **kwargs):
                 if config.decoder_model_name is None:
                     raise ValueError(
                         f"{pretrained_model_name_or_path}: the folder holds no LLM weights and its config names no "
@@ -485,7 +490,7 @@ class MMAVSRLoraMixin:
                         f"{pretrained_model_name_or_path}: the folder holds the LLM's adapters, not its base weights, "
                         f"which come from decoder_model_name={config.decoder_model_name!r}: not found (from "
                         f"{os.getcwd()}). Pass `decoder_model_name=` (that LLM's GGUF file, folder or Hub id) to "
-                        "from_pretrained."
+                        "from_pretrained (the training script: --decoder-model-name)."
                     )
                 load_pretrained_decoder(model, config.decoder_model_name)
             if config.use_qlora and not model.is_llm_quantized:
@@ -507,6 +512,7 @@ __all__ = [
     "adapters_deferred",
     "can_quantize_4bit",
     "llm_weight_footprint",
+    "llm_base_is_saved",
     "lora_config_for",
     "qlora_compute_dtype",
     "qlora_device",

@@ -4,8 +4,10 @@ script; the seed's `mmavsr-avsr-vit-whisper-llama-qlora` trains and decodes with
 parts are local folders (`--vision-model-name` / `--audio-model-name` / `--decoder-model-name`). Tiny LLMs and
 encoders stand in for SmolLM2, ViT and Whisper (no network); 4-bit QLoRA needs bitsandbytes (the test extra)."""
 
+import json
 import logging
 import math
+import shutil
 
 import pytest
 import torch
@@ -88,6 +90,40 @@ def test_llm_job_recipe_trains_and_decodes_through_the_script(corpus, tmp_path, 
     tokenizer = AutoProcessor.from_pretrained(tmp_path / "asr-llm").tokenizer
     assert tokenizer("PLACE RED")["input_ids"] == tokenizer("place red")["input_ids"]
     assert tokenizer.unk_token_id not in tokenizer("PLACE RED")["input_ids"]
+
+
+def test_a_trained_llm_model_decodes_after_its_llm_moved(corpus, tmp_path):
+    """A QLoRA model saves its adapters, not the LLM's base weights: when the LLM has moved (another machine, a new
+    virtual environment), --pretrained-model-path with --decoder-model-name decodes it as before; without the flag
+    the error names the flag, and an LLM of another shape is refused."""
+    llm = tiny_llm_folder(tmp_path / "llm", lowercase=True)
+    trained = script.main(
+        common_flags(corpus, tmp_path / "asr-llm", "demo-asr-logmel-llm-qlora")
+        + [f"--decoder-model-name={llm}", "--train-file=train.csv", "--test-file=test.csv", "--do_train",
+           "--do_predict", "--max_steps=2", "--generation_num_beams=1", f"--output_json={tmp_path / 'trained.json'}"]
+    )
+    (tmp_path / "llm").rename(tmp_path / "moved")
+
+    def decode(*flags):
+        return script.main(
+            [f"--pretrained-model-path={tmp_path / 'asr-llm'}", f"--root-dir={corpus}", "--test-file=test.csv",
+             f"--output_dir={tmp_path / 'decode'}", "--report_to=none", "--generation_num_beams=1",
+             "--per_device_eval_batch_size=2", f"--output_json={tmp_path / 'decoded.json'}", *flags]
+        )
+
+    with pytest.raises(FileNotFoundError, match=r"not its base weights.*\(the training script: --decoder-model-name\)"):
+        decode()
+    decoded = decode(f"--decoder-model-name={tmp_path / 'moved'}")  # a decoding alone scores its file as "eval"
+    assert decoded["eval_loss"] == trained["test_loss"]  # the same LLM weights under the same adapters
+    hypotheses = [json.loads((tmp_path / name).read_text())[0]["conditions"] for name in ("trained.json", "decoded.json")]
+    assert hypotheses[0] == hypotheses[1]
+
+    other = json.loads((tmp_path / "moved" / "config.json").read_text())
+    shutil.copytree(tmp_path / "moved", tmp_path / "other")
+    (tmp_path / "other" / "config.json").write_text(json.dumps({**other, "num_hidden_layers": 2}))
+    with pytest.raises(ValueError, match=r"is not the decoder this model was built with: num_hidden_layers 2 \(the "
+                       r"model's: 1\)"):
+        decode(f"--decoder-model-name={tmp_path / 'other'}")
 
 
 def test_vit_whisper_llama_qlora_preset_trains_and_decodes_with_local_parts(corpus, tmp_path):
