@@ -238,6 +238,13 @@ class AVSRTrainingArguments(Seq2SeqTrainingArguments):
         default=None,
         metadata={"help": "After training, average the last N checkpoints into OUTPUT_DIR/model_avg_N (auto_avsr)."},
     )
+    projector_lr_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "The decoder's projector (new layers from the encoder's width to an LLM's or Whisper decoder's) "
+            "trains at this multiple of the learning rate; the encoder and the adapters at the learning rate."
+        },
+    )
     # auto_avsr's trainer flags, mapped onto the fields above in __post_init__
     exp_dir: str | None = field(default=None, metadata={"help": "auto_avsr: output_dir is EXP_DIR/EXP_NAME."})
     exp_name: str | None = field(default=None, metadata={"help": "auto_avsr: experiment name."})
@@ -493,6 +500,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         callbacks=[EpochCallback(train_collator)] if train_collator else None,
         max_frames=data_args.max_frames,
         num_buckets=data_args.train_num_buckets,
+        projector_lr_scale=training_args.projector_lr_scale,
     )
     for callback in callbacks or []:
         trainer.add_callback(callback)

@@ -35,7 +35,8 @@ class AVSRSeq2SeqTrainer(Seq2SeqTrainer):
 
     Evaluation batches come from `eval_collator` when it is set (`data_collator` is then the training batches' only:
     evaluation during training reads clean, unaugmented clips), and decode with `gen_kwargs` (e.g. the joint CTC
-    weight) unless `evaluate` is given others."""
+    weight) unless `evaluate` is given others. With `projector_lr_scale`, the decoder's projector (the new layers from
+    the encoder's width to an LLM's or Whisper decoder's) trains at that multiple of the learning rate."""
 
     def __init__(
         self,
@@ -44,9 +45,18 @@ class AVSRSeq2SeqTrainer(Seq2SeqTrainer):
         num_buckets: int = 400,
         eval_collator=None,
         gen_kwargs: dict | None = None,
+        projector_lr_scale: float = 1.0,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        if projector_lr_scale <= 0:
+            raise ValueError(f"projector_lr_scale must be > 0, got {projector_lr_scale}.")
+        if projector_lr_scale != 1.0 and not projector_parameters(self.model):
+            raise ValueError(
+                f"projector_lr_scale {projector_lr_scale}: this model's decoder (decoder_type="
+                f"{self.model.config.decoder_type!r}) has no trainable projector to train at another rate."
+            )
+        self.projector_lr_scale = projector_lr_scale
         for callback in self.callback_handler.callbacks:
             if isinstance(callback, TensorBoardCallback) and callback.logging_dir is None and self.args.output_dir:
                 # transformers picks OUTPUT_DIR/runs/... when training begins: an evaluation-only run would log to
@@ -59,6 +69,22 @@ class AVSRSeq2SeqTrainer(Seq2SeqTrainer):
         self._staging_dir: str | None = None
         # the messages of the clips `ClipReader` skipped in training (each clip once, however many epochs)
         self.skipped_clips: set[str] = set()
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer, its projector parameters moved into groups of their own at `projector_lr_scale`
+        times their group's learning rate (and the same weight decay), before any step."""
+        if self.optimizer is not None or self.projector_lr_scale == 1.0:  # already made, or nothing to move
+            return super().create_optimizer(model)
+        optimizer = super().create_optimizer(model)
+        projector = {id(p) for p in projector_parameters(self.model if model is None else model)}
+        for group in list(optimizer.param_groups):
+            moved = [p for p in group["params"] if id(p) in projector]
+            if not moved:
+                continue
+            group["params"] = [p for p in group["params"] if id(p) not in projector]
+            optimizer.add_param_group({**group, "params": moved, "lr": group["lr"] * self.projector_lr_scale})
+        optimizer.param_groups[:] = [group for group in optimizer.param_groups if group["params"]]
+        return optimizer
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.skipped_clips.update(inputs.pop(SKIPPED_CLIPS, ()))  # not a model input
@@ -187,6 +213,13 @@ class AVSRSeq2SeqTrainer(Seq2SeqTrainer):
         return padded
 
 
+def projector_parameters(model) -> list[torch.nn.Parameter]:
+    """The trainable parameters of the decoder's projector (`model.model.decoder.projector`: encoder states to the
+    width of an LLM or Whisper decoder); none for a decoder without one."""
+    projector = getattr(getattr(getattr(model, "model", None), "decoder", None), "projector", None)
+    return [p for p in projector.parameters() if p.requires_grad] if projector is not None else []
+
+
 class SeededCollator:
     """Training batches whose random crops and augmentations depend only on (seed, epoch, utterances), never on the
     global RNG: a resumed run draws exactly what an uninterrupted run draws, and dropout's RNG stays untouched. Rows
@@ -308,4 +341,5 @@ __all__ = [
     "SigtermCheckpointCallback",
     "check_world_size",
     "end_distributed",
+    "projector_parameters",
 ]

@@ -10,10 +10,12 @@ import pytest
 import torch
 from safetensors import safe_open
 from torch import nn
+from transformers import Seq2SeqTrainingArguments
 
 from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
 from modeling_mmavsr.modeling_mmavsr_decoder_loading import load_decoder_tokenizer
 from modeling_mmavsr.modeling_mmavsr_lora import llm_weight_footprint
+from modeling_mmavsr.trainer_mmavsr import AVSRSeq2SeqTrainer
 
 from .common import make_inputs
 from .test_decoders_pretrained import smollm2_gguf
@@ -80,6 +82,37 @@ def test_conflicting_or_misplaced_options_are_refused():
     for option in ("use_qlora", "use_lora"):
         with pytest.raises(ValueError, match=f"`{option}` adapts an LLM decoder; .*decoder_type='transformer'"):
             MMAVSRConfig(**TINY_ENCODER, **{option: True})
+
+
+@pytest.mark.parametrize("scale", [10.0, 1.0])
+def test_the_projector_trains_at_projector_lr_scale_times_the_rate(tmp_path, scale):
+    """AdamW's first step moves each weight by about the rate of its group (the gradient's sign times it): with
+    `projector_lr_scale` the LLM projector's weights move that many times farther than the adapters'."""
+    torch.manual_seed(0)
+    model = MMAVSRForConditionalGeneration(tiny_config(use_lora=True))
+    before = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+    args = Seq2SeqTrainingArguments(
+        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=1, learning_rate=1e-3, weight_decay=0.0,
+        lr_scheduler_type="constant", report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="no",
+    )
+    batch = {**make_inputs("audio", [6, 4]), "labels": torch.tensor([[5, 6, 2], [7, 2, -100]])}
+    AVSRSeq2SeqTrainer(
+        model=model, args=args, train_dataset=[batch], data_collator=lambda rows: rows[0], projector_lr_scale=scale
+    ).train()
+    moved = {name: (p.detach() - before[name]).abs().max().item() for name, p in model.named_parameters() if name in before}
+    projector = max(step for name, step in moved.items() if name.startswith("model.decoder.projector."))
+    adapters = max(step for name, step in moved.items() if "lora_" in name)
+    assert adapters == pytest.approx(1e-3, rel=0.01)
+    assert projector == pytest.approx(scale * 1e-3, rel=0.01)
+
+
+def test_projector_lr_scale_needs_a_projector(tmp_path):
+    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    model = MMAVSRForConditionalGeneration(MMAVSRConfig(**TINY_ENCODER))  # the Transformer decoder: no projector
+    with pytest.raises(ValueError, match="decoder_type='transformer'\\) has no trainable projector"):
+        AVSRSeq2SeqTrainer(model=model, args=args, projector_lr_scale=10.0)
+    with pytest.raises(ValueError, match="projector_lr_scale must be > 0, got 0"):
+        AVSRSeq2SeqTrainer(model=model, args=args, projector_lr_scale=0.0)
 
 
 def test_qlora_without_bitsandbytes_names_the_extra(monkeypatch):

@@ -287,16 +287,18 @@ def test_a_presets_training_recipe_is_the_default_and_every_flag_overrides_it(tm
     base = ["--root-dir=d", "--train-file=t.csv", f"--output_dir={tmp_path / 'o'}"]
     _, data_args, args = script.parse_args(["--config_name=demo-asr-logmel-llm-qlora"] + base)
     assert (args.learning_rate, args.lr_scheduler_type, args.warmup_steps, args.weight_decay, args.max_grad_norm) == (
-        1e-3, "cosine", 0.2, 0.01, 5.0
+        5e-4, "cosine", 0.2, 0.01, 5.0
     )
+    assert args.projector_lr_scale == 10.0
     assert (args.per_device_train_batch_size, args.num_train_epochs, data_args.time_masking) == (8, 1, False)
     _, data_args, args = script.parse_args(
-        ["--config-name", "demo-avsr-resnet-logmel-llm-qlora", "--lr=5e-4", "--warmup_steps=0", "--max-epochs=3",
-         "--time_masking=true", "--per_device_train_batch_size=2"] + base
+        ["--config-name", "demo-avsr-resnet-logmel-llm-qlora", "--lr=1e-3", "--warmup_steps=0", "--max-epochs=3",
+         "--time_masking=true", "--per_device_train_batch_size=2", "--projector_lr_scale=1"] + base
     )
     assert (args.learning_rate, args.warmup_steps, args.num_train_epochs, args.per_device_train_batch_size) == (
-        5e-4, 0, 3, 2
+        1e-3, 0, 3, 2
     )
+    assert args.projector_lr_scale == 1.0
     assert data_args.time_masking and args.lr_scheduler_type == "cosine"  # the rest of the recipe stays
     (tmp_path / "args.json").write_text(json.dumps(
         {"config_name": "demo-asr-logmel-llm-qlora", "root_dir": "d", "train_file": "t.csv",
