@@ -115,8 +115,10 @@ def test_a_trained_llm_model_decodes_after_its_llm_moved(corpus, tmp_path):
         decode()
     decoded = decode(f"--decoder-model-name={tmp_path / 'moved'}")  # a decoding alone scores its file as "eval"
     assert decoded["eval_loss"] == trained["test_loss"]  # the same LLM weights under the same adapters
-    hypotheses = [json.loads((tmp_path / name).read_text())[0]["conditions"] for name in ("trained.json", "decoded.json")]
-    assert hypotheses[0] == hypotheses[1]
+    trained_texts, decoded_texts = (
+        json.loads((tmp_path / name).read_text())[0]["conditions"] for name in ("trained.json", "decoded.json")
+    )
+    assert decoded_texts == trained_texts
 
     other = json.loads((tmp_path / "moved" / "config.json").read_text())
     shutil.copytree(tmp_path / "moved", tmp_path / "other")

@@ -99,7 +99,8 @@ def test_the_projector_trains_at_projector_lr_scale_times_the_rate(tmp_path, sca
     AVSRSeq2SeqTrainer(
         model=model, args=args, train_dataset=[batch], data_collator=lambda rows: rows[0], projector_lr_scale=scale
     ).train()
-    moved = {name: (p.detach() - before[name]).abs().max().item() for name, p in model.named_parameters() if name in before}
+    moved = {name: (p.detach() - before[name]).abs().max().item() for name, p in model.named_parameters()
+             if name in before}
     projector = max(step for name, step in moved.items() if name.startswith("model.decoder.projector."))
     adapters = max(step for name, step in moved.items() if "lora_" in name)
     assert adapters == pytest.approx(1e-3, rel=0.01)
