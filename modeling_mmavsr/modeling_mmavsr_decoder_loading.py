@@ -134,10 +134,10 @@ def load_pretrained_llm(decoder_model_name: str, load_in_4bit: bool = False, **k
     return AutoModelForCausalLM.from_pretrained(**location, **kwargs)
 
 
-def check_same_decoder(text_config, decoder_model_name: str) -> None:
-    """Refuse a pretrained decoder whose shape differs from `text_config` (the one a model was built and trained
-    with): its weights would not fit the model's projector, adapters or output layer, or would fit by chance."""
-    found = AutoConfig.from_pretrained(**_location(decoder_model_name))
+def check_same_decoder(text_config, found, decoder_model_name: str) -> None:
+    """Refuse a pretrained decoder (of config `found`, loaded from `decoder_model_name`) whose shape differs from
+    `text_config` (the one a model was built and trained with): its weights would not fit the model's projector,
+    adapters or output layer, or would fit by chance."""
     differences = [
         f"{name} {getattr(found, name)} (the model's: {getattr(text_config, name)})"
         for name in DECODER_SHAPE_FIELDS
@@ -156,9 +156,9 @@ def load_pretrained_decoder(model, decoder_model_name: str, **kwargs) -> None:
     `proj_out`. A decoder of another shape than the model's `text_config` is refused (`check_same_decoder`). Adds no
     adapters (`apply_adapter_config` does). `kwargs` go to `from_pretrained` (e.g. `dtype`)."""
     config = model.config
-    check_same_decoder(config.text_config, decoder_model_name)
     if config.decoder_type == "whisper-decoder":
         whisper = WhisperForConditionalGeneration.from_pretrained(**_location(decoder_model_name), **kwargs)
+        check_same_decoder(config.text_config, whisper.config, decoder_model_name)
         model.model.decoder.whisper.load_state_dict(whisper.model.decoder.state_dict())
         model.lm_head.load_state_dict(whisper.proj_out.state_dict())
         return
@@ -167,6 +167,7 @@ def load_pretrained_decoder(model, decoder_model_name: str, **kwargs) -> None:
             f"decoder_type={config.decoder_type!r} has no pretrained weights to load; use 'llm' or 'whisper-decoder'."
         )
     causal_lm = load_pretrained_llm(decoder_model_name, load_in_4bit=config.use_qlora, **kwargs)
+    check_same_decoder(config.text_config, causal_lm.config, decoder_model_name)
     model.model.decoder.language_model = causal_lm.get_decoder()
     model.lm_head = causal_lm.get_output_embeddings()
     model.tie_weights()
