@@ -289,7 +289,7 @@ class MMAVSRGenerationMixin(GenerationMixin):
             kwargs["past_key_values"] = decoder.prefill_cross_attention(
                 encoder_outputs.last_hidden_state, max_length, getattr(self, "cpu_decoding_speedups", True)
             )
-        if kwargs.get("length_penalty") is None and generation_config.length_penalty is None:
+        if num_beams > 1 and kwargs.get("length_penalty") is None and generation_config.length_penalty is None:
             kwargs["length_penalty"] = 0.0  # ESPnet ranks finished beams by their summed score
         processors = LogitsProcessorList(logits_processor or [])
         if ctc_weight > 0:
@@ -307,7 +307,14 @@ class MMAVSRGenerationMixin(GenerationMixin):
                 )
             )
         processors.append(EncoderLengthLogitsProcessor(frame_lengths, eos_token_id, prompt_length))
-        generated = super().generate(encoder_outputs=encoder_outputs, logits_processor=processors, **kwargs)
+        # the mask of what the decoder attends to: the encoder's frames (generate() would otherwise guess one from
+        # the decoder prompt, and warn that it cannot where the pad token is the eos token, as in SmolLM2)
+        generated = super().generate(
+            encoder_outputs=encoder_outputs,
+            attention_mask=encoder_outputs.attention_mask,
+            logits_processor=processors,
+            **kwargs,
+        )
         if config.decoder_type == "llm":
             # like a decoder-only LLM, return the new tokens only: the prompt's tail is ordinary text
             if isinstance(generated, torch.Tensor):

@@ -1,6 +1,7 @@
 """The LLM prefix decoder and the Whisper decoder with tiny random Llama / Whisper configs; LoRA on the CPU path."""
 
 import json
+import logging
 import math
 import warnings
 
@@ -8,6 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from transformers.models.whisper.modeling_whisper import WhisperDecoder
+from transformers.testing_utils import CaptureLogger
+from transformers.utils import logging as hf_logging
 
 from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
 
@@ -192,6 +195,19 @@ def test_overfits_two_samples_until_generate_returns_them(decoder):
             alone = {k: v[row : row + 1, : int(inputs["attention_mask"][row].sum())] for k, v in inputs.items()}
             single = model.generate(**alone, num_beams=num_beams, max_new_tokens=8)
             assert texts(single, PROMPT_LENGTH[decoder]) == [TOKENS[row]]
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_generate_on_a_padded_batch_warns_of_nothing(decoder, num_beams):
+    """generate() gets the mask of the encoder frames the decoder attends to: it does not warn that it cannot infer
+    one where the pad token is the eos token (SmolLM2's, Whisper's), nor of a beam-search flag in a greedy search."""
+    model = build(decoder, text_config=llama_config(pad_token_id=EOS)) if "llm" in decoder else build(decoder)
+    assert model.generation_config.pad_token_id == model.generation_config.eos_token_id == EOS
+    logging.Logger.warning_once.cache_clear()  # transformers warns once per process: an earlier test may have
+    with CaptureLogger(hf_logging.get_logger("transformers")) as captured:
+        model.generate(**make_inputs("audio", FRAMES), num_beams=num_beams, max_new_tokens=4)
+    assert captured.out == ""
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
