@@ -31,7 +31,7 @@ def adapters(model) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters() if "lora_" in name}
 
 
-def trainer(model, output_dir, **options) -> AVSRSeq2SeqTrainer:
+def trainer(model, output_dir, projector_lr_scale=1.0, **options) -> AVSRSeq2SeqTrainer:
     """4 AdamW steps over 4 fixed batches (one a step), a checkpoint every 2."""
     args = Seq2SeqTrainingArguments(
         output_dir=str(output_dir), max_steps=4, save_steps=2, per_device_train_batch_size=1, learning_rate=0.02,
@@ -39,7 +39,8 @@ def trainer(model, output_dir, **options) -> AVSRSeq2SeqTrainer:
         **options,
     )
     return AVSRSeq2SeqTrainer(
-        model=model, args=args, train_dataset=BATCHES, eval_dataset=BATCHES[:1], data_collator=lambda rows: rows[0]
+        model=model, args=args, train_dataset=BATCHES, eval_dataset=BATCHES[:1], data_collator=lambda rows: rows[0],
+        projector_lr_scale=projector_lr_scale,
     )
 
 
@@ -72,19 +73,26 @@ def qlora_model(llm_folder, seed: int = 0) -> MMAVSRForConditionalGeneration:
     )
 
 
-@pytest.mark.parametrize("option", ["use_lora", "use_qlora"])
-def test_a_resumed_run_ends_with_the_adapters_of_an_uninterrupted_one(option, tmp_path, llm_folder):
+@pytest.mark.parametrize("option, projector_lr_scale", [("use_lora", 1.0), ("use_qlora", 1.0), ("use_lora", 10.0)])
+def test_a_resumed_run_ends_with_the_adapters_of_an_uninterrupted_one(
+    option, projector_lr_scale, tmp_path, llm_folder
+):
+    """Also where the projector trains at its own rate: its optimizer groups are rebuilt before the state loads."""
+
     def build(seed):
         return lora_model(seed) if option == "use_lora" else qlora_model(llm_folder, seed)
 
     straight = build(0)
-    trainer(straight, tmp_path / "straight").train()
-    interrupted = trainer(build(0), tmp_path / "resumed")
+    trainer(straight, tmp_path / "straight", projector_lr_scale).train()
+    interrupted = trainer(build(0), tmp_path / "resumed", projector_lr_scale)
     interrupted.add_callback(StopAt(2))
     interrupted.train()
     assert [c.name for c in checkpoint_dirs(tmp_path / "resumed")] == ["checkpoint-2"]
     resumed = build(1)  # other random adapters (and encoder): all of it must come from checkpoint-2
-    trainer(resumed, tmp_path / "resumed").train(resume_from_checkpoint=True)
+    resumed_run = trainer(resumed, tmp_path / "resumed", projector_lr_scale)
+    resumed_run.train(resume_from_checkpoint=True)
+    rates = {group["lr"] for group in resumed_run.optimizer.param_groups}
+    assert rates == {0.02, 0.02 * projector_lr_scale}
     assert resumed.is_llm_quantized == (option == "use_qlora")
     expected, actual = adapters(straight), adapters(resumed)
     assert expected.keys() == actual.keys() and expected
