@@ -10,7 +10,8 @@ given on the command line or as one JSON/YAML file. auto_avsr's flags work as wr
         --pretrained-model-path=exp/vsr/model_avg_10                                   # = auto_avsr's eval.py
 
 Without `--do_train/--do_eval/--do_predict`, the flags choose: a `--train-file` trains (then evaluates `--val-file`
-and `--test-file` when given); otherwise a `--test-file` or `--val-file` is evaluated.
+and `--test-file` when given); otherwise the `--val-file` and/or `--test-file` given are evaluated (`eval_*` and
+`test_*` results).
 
 Rerunning a command resumes its training from the newest complete checkpoint in the output folder. SIGTERM saves a
 checkpoint after the step under way and exits with status 143; checkpoints are written atomically. Launch with
@@ -366,8 +367,9 @@ def parse_args(argv: list[str] | None = None):
             training_args.do_train = True
             training_args.do_eval = data_args.val_file is not None
             training_args.do_predict = data_args.test_file is not None
-        elif data_args.test_file or data_args.val_file:
-            training_args.do_eval = True
+        elif data_args.test_file or data_args.val_file:  # each file under its own name (eval_*, test_*)
+            training_args.do_eval = data_args.val_file is not None
+            training_args.do_predict = data_args.test_file is not None
         elif data_args.dataset_name:
             raise ValueError("--dataset_name: choose the splits' use with --do_train, --do_eval and/or --do_predict.")
         else:

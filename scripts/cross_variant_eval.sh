@@ -28,8 +28,6 @@ for name in ${RUNS:-asr vsr avsr}; do
         --test-file test.csv --output_dir "$out/$name" --decode-snr-target 999999 0 --decode_ctc_weight 0.3 \
         --generation_num_beams 4 --per_device_eval_batch_size 32 --dataloader_num_workers 0 --seed 0 \
         > "$out/$name.log" 2>&1 || { tail -n 30 "$out/$name.log"; exit 1; }
-    # an evaluation-only run names its table after auto_avsr's eval.py (eval_); wer_summary.py reads test_ tables
-    cp "$out/$name/eval_wer_table.json" "$out/$name/test_wer_table.json"
     echo "$name evaluated after $(( $(date +%s) - start )) s"
 done
 python scripts/wer_summary.py "$out" ${RUNS:-asr vsr avsr} | tee "$out/wer_table.md"

@@ -236,12 +236,20 @@ def test_seed_encoder_decoder_and_qlora_flags():
     assert data_args.output_json == "out.json"
 
 
-def test_seed_eval_command_chooses_evaluation():
+@pytest.mark.parametrize(
+    "files, stages",
+    [
+        (["--test-file=test.csv"], (False, False, True)),  # auto_avsr's eval.py: the test split, test_* results
+        (["--val-file=val.csv"], (False, True, False)),
+        (["--val-file=val.csv", "--test-file=test.csv"], (False, True, True)),  # both decoded, neither dropped
+    ],
+)
+def test_seed_eval_command_chooses_evaluation(files, stages):
     model_args, data_args, args = script.parse_args(
         [
             "--modality=audio",
             "--root-dir=data",
-            "--test-file=test.csv",
+            *files,
             "--pretrained-model-path=exp/asr/model_avg_10",
             "--decode-snr-target",
             "999999",
@@ -251,7 +259,7 @@ def test_seed_eval_command_chooses_evaluation():
             "-5",
         ]
     )
-    assert (args.do_train, args.do_eval, args.do_predict) == (False, True, False)
+    assert (args.do_train, args.do_eval, args.do_predict) == stages
     assert model_args.model_name_or_path == "exp/asr/model_avg_10"
     assert data_args.decode_snr_target == [999999, 10, 5, 0, -5]
     assert args.predict_with_generate
@@ -608,11 +616,12 @@ def test_train_average_then_evaluate_like_the_seed(corpus, tmp_path, monkeypatch
     )
     assert list((tmp_path / "eval" / "runs").rglob("events.out.tfevents.*"))
     assert not (tmp_path / "exp" / "runs").exists()
-    table = json.loads((tmp_path / "eval" / "eval_wer_table.json").read_text())
+    table = json.loads((tmp_path / "eval" / "test_wer_table.json").read_text())  # the test file's, named so
     assert [row["condition"] for row in table] == ["clean", "snr0"]
-    plot = imread(tmp_path / "eval" / "eval_wer_table.png")  # the table's plot beside it, a readable PNG
+    plot = imread(tmp_path / "eval" / "test_wer_table.png")  # the table's plot beside it, a readable PNG
     assert plot.ndim == 3 and plot.shape[0] > 100 and plot.shape[1] > 100
-    assert results["eval_clean_loss"] != results["eval_snr0_loss"], (
+    assert not list((tmp_path / "eval").glob("eval_*"))
+    assert results["test_clean_loss"] != results["test_snr0_loss"], (
         "the 0 dB condition was not noisier"
     )
     decoded = json.loads(hypotheses.read_text())[0]["conditions"]
