@@ -204,7 +204,7 @@ def test_generate_on_a_padded_batch_warns_of_nothing(decoder, num_beams):
     one where the pad token is the eos token (SmolLM2's, Whisper's), nor of a beam-search flag in a greedy search."""
     model = build(decoder, text_config=llama_config(pad_token_id=EOS)) if "llm" in decoder else build(decoder)
     assert model.generation_config.pad_token_id == model.generation_config.eos_token_id == EOS
-    logging.Logger.warning_once.cache_clear()  # transformers warns once per process: an earlier test may have
+    logging.Logger.warning_once.cache_clear()  # transformers warns once per process: forget earlier tests' warnings
     with CaptureLogger(hf_logging.get_logger("transformers")) as captured:
         model.generate(**make_inputs("audio", FRAMES), num_beams=num_beams, max_new_tokens=4)
     assert captured.out == ""
