@@ -363,13 +363,10 @@ def parse_args(argv: list[str] | None = None):
     # (an --eval_strategy other than "no" sets do_eval itself: that is evaluation during training, not a stage)
     chosen = training_args.do_eval and training_args.eval_strategy == "no"
     if not (training_args.do_train or chosen or training_args.do_predict):
-        if data_args.train_file:
-            training_args.do_train = True
-            training_args.do_eval = data_args.val_file is not None
-            training_args.do_predict = data_args.test_file is not None
-        elif data_args.test_file or data_args.val_file:  # each file under its own name (eval_*, test_*)
-            training_args.do_eval = data_args.val_file is not None
-            training_args.do_predict = data_args.test_file is not None
+        if data_args.train_file or data_args.val_file or data_args.test_file:  # each file its stage (eval_*, test_*)
+            training_args.do_train = bool(data_args.train_file)
+            training_args.do_eval = bool(data_args.val_file)
+            training_args.do_predict = bool(data_args.test_file)
         elif data_args.dataset_name:
             raise ValueError("--dataset_name: choose the splits' use with --do_train, --do_eval and/or --do_predict.")
         else:
