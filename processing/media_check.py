@@ -88,7 +88,8 @@ def probe_video(item: Any, need_audio: bool = False) -> dict:
         rate = stream.average_rate or stream.base_rate or stream.guessed_rate
         if next(container.decode(video=0), None) is None:
             raise MediaError(f"video {name} holds no decodable frame")
-    return {"fps": float(rate) if rate else 0.0, "frames": int(stream.frames or 0)}
+        # read while the container is open: PyAV >= 18.1.1 refuses any read of a stream of a closed container
+        return {"fps": float(rate) if rate else 0.0, "frames": int(stream.frames or 0)}
 
 
 def probe_audio(item: Any) -> dict:
