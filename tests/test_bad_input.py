@@ -104,6 +104,7 @@ LOADER_MEDIA_CASES = [
 ]
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("name, problem, message", LOADER_MEDIA_CASES, ids=[c[0] for c in LOADER_MEDIA_CASES])
 def test_loader_names_bad_media_or_skips_and_counts_them(media, tokenizer, name, problem, message):
     label_file = _label_file(media, name, [f"d,good.mp4,{FRAMES},{_ids(tokenizer)}\n", f"d,{name}.mp4,10,1234\n"])

@@ -148,6 +148,7 @@ def test_several_bad_files_are_counted_in_the_error(five_clips):
         load_auto_avsr_dataset(root, label_file, num_workers=2)
 
 
+@pytest.mark.smoke
 def test_find_bad_media_reads_a_datasets_dataset_undecoded(five_clips):
     """The package's check on any `datasets.Dataset` with `Video` / `Audio` columns (paths or embedded bytes)."""
     root, label_file = five_clips

@@ -28,6 +28,7 @@ def test_video_round_trip_keeps_frames_and_fps(tmp_path):
     assert np.abs(decoded.astype(int) - frames.astype(int)).mean() < 4
 
 
+@pytest.mark.smoke
 def test_video_with_audio_track_is_h264_and_aac(tmp_path):
     import av
 
@@ -67,6 +68,7 @@ def test_write_video_rejects_bad_frames(tmp_path):
         write_video(tmp_path / "f.mp4", np.zeros((3, 8, 8, 5), dtype=np.uint8))
 
 
+@pytest.mark.smoke
 def test_missing_empty_and_corrupt_video_name_the_file(tmp_path):
     with pytest.raises(MediaError, match="missing.mp4: file not found"):
         read_video(tmp_path / "missing.mp4")
@@ -186,6 +188,7 @@ def test_one_second_at_30_fps_becomes_25_frames_and_16000_samples(tmp_path):
     assert len(fit_audio_to_video(track, len(frames))) == 16000
 
 
+@pytest.mark.smoke
 def test_audio_track_of_a_video_follows_read_audios_rules(tmp_path):
     rate = 44100
     sound = (0.3 * np.sin(2 * np.pi * 300 * np.arange(rate // 2) / rate)).astype(np.float32)

@@ -62,6 +62,7 @@ def load(folder):
     return MMAVSRForConditionalGeneration.from_pretrained(folder).eval(), MMAVSRProcessor.from_pretrained(folder)
 
 
+@pytest.mark.smoke
 def test_asr_pipeline_runs_an_audio_only_model_as_seq2seq(folders, media):
     asr = pipeline("automatic-speech-recognition", model=folders["audio"])
     assert type(asr) is AutomaticSpeechRecognitionPipeline and asr.type == "seq2seq"
@@ -114,6 +115,7 @@ def test_mmavsr_pipeline_merges_overlapping_chunks(folders):
     assert asr({"array": low, "sampling_rate": 8000})["text"] == asr(resample_audio(low, 8000, RATE))["text"]
 
 
+@pytest.mark.smoke
 def test_audio_visual_pipeline_transcribes_an_mp4(folders, media):
     avsr = pipeline("audio-visual-speech-recognition", model=folders["audiovisual"])
     model, processor = load(folders["audiovisual"])

@@ -558,6 +558,7 @@ def test_transfer_flags_and_audio_flags_on_a_video_model_are_refused(corpus, tmp
 # ------------------------------------------------------------------------------------------------ end to end
 
 
+@pytest.mark.smoke
 def test_train_average_then_evaluate_like_the_seed(corpus, tmp_path, monkeypatch):
     """train.py-style training with model_avg_2, then an eval.py-style run of the averaged model at two SNRs."""
     preset = tiny_preset(tmp_path / "p.json", "audiovisual")

@@ -96,6 +96,7 @@ USER_CODE = """
 """
 
 
+@pytest.mark.smoke
 def test_one_import_loads_a_saved_folder_in_a_fresh_process(saved):
     """After only `import modeling_mmavsr`: AutoProcessor, AutoTokenizer, the ASR pipeline on a wav, the
     audio-visual pipeline on an mp4 and the feature-extraction pipeline, each giving what the loaded classes give."""
