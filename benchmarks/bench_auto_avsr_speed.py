@@ -50,7 +50,7 @@ def build_models(modality: str, auto_avsr_path: str | None):
     sys.path.insert(0, auto_avsr_path)
     from espnet.nets.pytorch_backend.e2e_asr_conformer import E2E
 
-    from modeling_mmavsr.convert_auto_avsr_checkpoint import convert_auto_avsr_state_dict
+    from mmavsr_training.convert_auto_avsr_checkpoint import convert_auto_avsr_state_dict
 
     reference = E2E(VOCAB_SIZE, modality)
     config, state_dict = convert_auto_avsr_state_dict(reference.state_dict())

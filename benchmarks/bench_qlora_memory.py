@@ -52,7 +52,7 @@ LLAMA_7B = dict(
 
 def build(mode: str):
     from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
-    from modeling_mmavsr.modeling_mmavsr_lora import quantize_llm_4bit
+    from modeling_mmavsr.modeling_mmavsr_quantization import quantize_llm_4bit
 
     # adapters are added by hand below, once the meta weights are materialised (add_lora then records use_qlora)
     config = MMAVSRConfig(modality="audio", decoder_type="llm", text_config=LLAMA_7B, ctc_weight=0.1,
@@ -163,7 +163,7 @@ def release_freed_memory() -> None:
 def run_cpu_mode(mode: str, gguf: str, steps: int) -> dict:
     """Build the model (`use_qlora` or `use_lora`), train `steps` steps; the figures of this process."""
     from modeling_mmavsr import MMAVSRForConditionalGeneration
-    from modeling_mmavsr.modeling_mmavsr_lora import llm_weight_footprint
+    from modeling_mmavsr.modeling_mmavsr_quantization import llm_weight_footprint
 
     option = {"qlora": "use_qlora", "lora": "use_lora"}[mode]
     start = time.perf_counter()

@@ -52,6 +52,19 @@ def modality_of(vision_encoder: str | None, audio_encoder: str | None) -> str:
     return "video" if vision_encoder else "audio"
 
 
+def take_legacy_decoder(values: dict) -> str | None:
+    """Pops `decoder`, the legacy name of `decoder_type` (configs and presets saved before the rename hold it), from
+    `values` (keyword arguments or a preset's fields) and returns it, or None when absent. Transformers reserves
+    `config.decoder` for a decoder sub-config: anything but a decoder's name is refused."""
+    decoder = values.pop("decoder", None)
+    if decoder is not None and not isinstance(decoder, str):
+        raise ValueError(
+            f"`decoder` is the legacy name of `decoder_type` (one of {', '.join(map(repr, DECODERS))}); got "
+            f"{type(decoder).__name__}: give the decoder's configuration as `text_config`."
+        )
+    return decoder
+
+
 def _check_choice(name: str, value, choices: tuple, allow_none: bool = False):
     if value is None and allow_none:
         return
@@ -283,15 +296,8 @@ class MMAVSRConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
-        decoder = kwargs.pop("decoder", None)
+        decoder = take_legacy_decoder(kwargs)
         if decoder is not None:
-            # the field's legacy name (configs saved before the rename hold "decoder"); Transformers reserves
-            # `config.decoder` for a decoder sub-config
-            if not isinstance(decoder, str):
-                raise ValueError(
-                    f"`decoder` is the legacy name of `decoder_type` (one of {', '.join(map(repr, DECODERS))}); got "
-                    f"{type(decoder).__name__}: give the decoder's configuration as `text_config`."
-                )
             self.decoder_type = decoder
         modality = kwargs.pop("modality", None)
         if modality is not None:
@@ -487,4 +493,4 @@ class MMAVSRConfig(PreTrainedConfig):
 AutoConfig.register(MMAVSRTextConfig.model_type, MMAVSRTextConfig, exist_ok=True)
 
 
-__all__ = ["MMAVSRConfig", "MMAVSRTextConfig", "modality_of"]
+__all__ = ["MMAVSRConfig", "MMAVSRTextConfig", "modality_of", "take_legacy_decoder"]

@@ -4,7 +4,7 @@ refusal into errors that name the weight file and say what is wrong with it:
 
 - a truncated or corrupt `*.safetensors` -> [`CorruptWeightsError`] (an `OSError`), e.g. `model.safetensors holds
   182532 bytes but its header describes 365064 (cut short: an interrupted download or copy?)`;
-- a pickle `*.bin` whose unpickling would call code -> `UnsafeCheckpointError` (`checkpointing_mmavsr`), naming the
+- a pickle `*.bin` whose unpickling would call code -> [`UnsafeCheckpointError`], naming the
   globals it needs (it is never unpickled: torch's `weights_only` loader refused it, this reads its opcodes only);
 - a `*.bin` that is not a readable `torch.save` archive (cut short) -> [`CorruptWeightsError`].
 """
@@ -23,7 +23,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 
-__all__ = ["CorruptWeightsError", "name_unusable_weights", "pickle_problem", "safetensors_problem"]
+__all__ = [
+    "CorruptWeightsError",
+    "UnsafeCheckpointError",
+    "name_unusable_weights",
+    "pickle_problem",
+    "safetensors_problem",
+]
 
 # safetensors' layout: an 8-byte little-endian header length, the JSON header, then the tensors' bytes
 SAFETENSORS_LENGTH_BYTES = 8
@@ -31,6 +37,10 @@ SAFETENSORS_LENGTH_BYTES = 8
 
 class CorruptWeightsError(OSError):
     """A model's weight file is truncated or corrupt; the message names it."""
+
+
+class UnsafeCheckpointError(ValueError):
+    """A weight or checkpoint file needs Python objects beyond tensors and plain containers to be unpickled."""
 
 
 def safetensors_problem(path: str | os.PathLike) -> str | None:
@@ -105,8 +115,6 @@ def name_unusable_weights(name_or_path):
             f"{where}: cannot load the model's weights: the file {problem}. Download or copy it again."
         ) from error
     except pickle.UnpicklingError as error:
-        from .checkpointing_mmavsr import UnsafeCheckpointError
-
         found = _first_problem(name_or_path, "*.bin", pickle_problem)
         if found is None:
             needs = re.search(r"GLOBAL (\S+)", str(error))

@@ -18,7 +18,7 @@ from transformers.modeling_outputs import (
 )
 from transformers.utils import can_return_tuple
 
-from .configuration_mmavsr import MMAVSRConfig, modality_of
+from .configuration_mmavsr import MMAVSRConfig, modality_of, take_legacy_decoder
 from .cpu_decoding_mmavsr import MMAVSRCPUDecodingMixin, MMAVSRLinear
 from .generation_mmavsr import MMAVSRGenerationMixin, as_token_list
 from .loading_checks_mmavsr import name_unusable_weights
@@ -486,8 +486,7 @@ class MMAVSRForConditionalGeneration(
             accepted as the legacy name of `decoder_type`.
         """
         component_kwargs = kwargs.pop("component_kwargs", None) or {}
-        if "decoder" in kwargs:
-            decoder_type = kwargs.pop("decoder")
+        decoder_type = take_legacy_decoder(kwargs) or decoder_type
         # the config records a local part by its absolute path: a saved model that leaves the LLM's weights out
         # (adapters only) reloads them from `decoder_model_name`, from whatever working directory
         vision_model_name, audio_model_name, decoder_model_name = (

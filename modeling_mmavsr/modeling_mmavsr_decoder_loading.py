@@ -11,7 +11,7 @@ from jinja2 import TemplateError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, WhisperForConditionalGeneration
 
 from .configuration_mmavsr import DEFAULT_INSTRUCTIONS
-from .modeling_mmavsr_lora import (
+from .modeling_mmavsr_quantization import (
     qlora_compute_dtype,
     qlora_device,
     qlora_quantization_config,

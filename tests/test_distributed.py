@@ -15,16 +15,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from mmavsr_training.run import main
 from mmavsr_processing.demo_corpus import generate_demo_corpus
 from safetensors.torch import load_file
 from transformers import set_seed
 
-from modeling_mmavsr.builder_mmavsr import build_model
-from modeling_mmavsr.presets import load_preset
+from mmavsr_training.builder import build_model
+from mmavsr_training.presets import load_preset
 
-from .test_training_script import SCRIPT, load_script, tiny_preset
+from .test_training_script import SCRIPT, tiny_preset
 
-script = load_script()
 STEPS = 3  # 8 clips, global batch 4: the third step is in the second (reshuffled) epoch
 
 
@@ -72,10 +72,10 @@ def flags(root, output_dir, batch_size, *extra):
 @pytest.fixture(scope="module")
 def one_process(setup):
     """The references, in this process: batch 2 with 2 accumulation steps, and batch 4."""
-    script.main(
+    main(
         flags(setup, setup / "accumulated", 2, "--gradient_accumulation_steps=2")
     )
-    script.main(flags(setup, setup / "batch4", 4))
+    main(flags(setup, setup / "batch4", 4))
     return {"accumulated": setup / "accumulated", "batch4": setup / "batch4"}
 
 
@@ -149,8 +149,26 @@ def assert_matches_one_process(output_dir, one_process, root):
     assert update.norm() == pytest.approx(update4.norm().item(), rel=0.1)
 
 
-def test_torchrun_two_cpu_processes_match_one_process(setup, one_process):
+# the training script with every processor save recorded (`RANK FOLDER` a line, in $SAVES_LOG)
+RECORDING_SCRIPT = """
+import os, sys
+from mmavsr_processing import MMAVSRProcessor
+save = MMAVSRProcessor.save_pretrained
+def recorded(self, folder, *args, **kwargs):
+    with open(os.environ["SAVES_LOG"], "a") as log:
+        log.write(f"{os.environ.get('RANK', '0')} {folder}\\n")
+    return save(self, folder, *args, **kwargs)
+MMAVSRProcessor.save_pretrained = recorded
+from mmavsr_training.run import cli
+cli()
+"""
+
+
+def test_torchrun_two_cpu_processes_match_one_process(setup, one_process, monkeypatch):
     output_dir = setup / "torchrun"
+    script = setup / "recording_script.py"
+    script.write_text(RECORDING_SCRIPT)
+    monkeypatch.setenv("SAVES_LOG", str(setup / "saves.log"))
     log = run_launcher(
         [
             sys.executable,
@@ -158,7 +176,7 @@ def test_torchrun_two_cpu_processes_match_one_process(setup, one_process):
             "torch.distributed.run",
             "--standalone",
             "--nproc_per_node=2",
-            SCRIPT,
+            script,
         ]
         + flags(setup, output_dir, 2, "--gpus=4", "--num-nodes=1")
     )
@@ -168,6 +186,11 @@ def test_torchrun_two_cpu_processes_match_one_process(setup, one_process):
         in log
     )
     assert "continuing with the launched 2" in log
+    # process 0 alone logs it, and alone writes the processor (checkpoints and the final folder)
+    assert log.count("continuing with the launched 2") == 1
+    saves = [line.split(" ", 1) for line in (setup / "saves.log").read_text().splitlines()]
+    assert saves and {rank for rank, _ in saves} == {"0"}
+    assert str(output_dir) in {folder for _, folder in saves}
     assert "Total train batch size (w. parallel, distributed & accumulation) = 4" in log
     assert_matches_one_process(output_dir, one_process, setup)
 

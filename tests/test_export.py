@@ -16,7 +16,7 @@ from transformers import AutoModel, AutoModelForSpeechSeq2Seq, AutoProcessor, pi
 
 from mmavsr_processing import MMAVSRProcessor, read_video, write_audio, write_video
 from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration, pipeline_mmavsr
-from modeling_mmavsr.export_mmavsr import (
+from mmavsr_training.export import (
     CODE_PACKAGES,
     ExportError,
     code_requirements,
@@ -153,7 +153,7 @@ def test_export_writes_auto_map_custom_pipelines_and_flat_code(exported):
               "tokenization_mmavsr.py", "media_io.py", "mouth_cropping.py"}
     assert needed <= set(code)
     # what no exported class imports stays out
-    assert not {"lrs3.py", "collation.py", "augmentation.py", "demo_corpus.py", "export_mmavsr.py", "presets.py",
+    assert not {"lrs3.py", "collation.py", "augmentation.py", "demo_corpus.py", "export.py", "presets.py",
                 "__init__.py"} & set(code)
     for name in code:
         tree = ast.parse(open(os.path.join(folder, name)).read())

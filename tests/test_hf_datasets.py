@@ -12,6 +12,8 @@ import pytest
 import torch
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 
+from mmavsr_training.run import main
+from mmavsr_training.arguments import parse_args
 from mmavsr_processing import (
     DatasetError,
     MMAVSRDataCollator,
@@ -36,7 +38,7 @@ from modeling_mmavsr import MMAVSRForConditionalGeneration
 
 from .common import tiny_config
 from .test_mouth_cropping import astronaut_clip
-from .test_training_script import load_script, tiny_preset
+from .test_training_script import tiny_preset
 
 
 WORDS = ["BIN", "BLUE", "AT", "NOW", "PLACE", "RED", "WITH", "GREEN"]
@@ -356,36 +358,34 @@ def script_flags(saved, output_dir, preset, *extra):
 def test_script_trains_and_evaluates_from_dataset_name(saved, tmp_path):
     preset = tiny_preset(tmp_path / "p.json", "audiovisual")
     flags = script_flags(saved, tmp_path / "run", preset, "--do_train", "--do_eval", "--max_steps=2")
-    results = load_script().main([*flags, "--max_eval_samples=3"])
+    results = main([*flags, "--max_eval_samples=3"])
     assert results["train_samples"] == 10 and results["eval_samples"] == 3
     assert 0 <= results["eval_wer"] and (tmp_path / "run" / "model.safetensors").is_file()
 
 
 def test_script_streams_and_resumes_the_stream(saved, tmp_path, caplog):
-    script = load_script()
     preset = tiny_preset(tmp_path / "p.json", "video")
     flags = script_flags(saved, tmp_path / "run", preset, "--do_train", "--streaming", "--save_steps=2")
-    results = script.main([*flags, "--max_steps=3"])
+    results = main([*flags, "--max_steps=3"])
     assert "train_samples" not in results and results["train_skipped_clips"] == 0
     assert (tmp_path / "run" / "checkpoint-2" / "stream_state_rank0.json").is_file()
     # the same command with more steps resumes the newest checkpoint, the stream where it stopped
     with caplog.at_level(logging.INFO, logger="mmavsr_processing"):
-        script.main([*flags, "--max_steps=5"])
+        main([*flags, "--max_steps=5"])
     assert "Resuming the stream where" in caplog.text and str(tmp_path / "run" / "checkpoint-3") in caplog.text
     assert json.loads((tmp_path / "run" / "trainer_state.json").read_text())["global_step"] == 5
 
 
 def test_script_refuses_conflicting_data_flags_and_names_a_missing_column(saved, corpus, tmp_path):
-    script = load_script()
     preset = tiny_preset(tmp_path / "p.json", "video")
     with pytest.raises(ValueError, match=r"--dataset_name .* and --root-dir, --train-file: give a dataset or"):
-        script.main(script_flags(saved, tmp_path / "a", preset, "--do_train", f"--root-dir={corpus}",
+        main(script_flags(saved, tmp_path / "a", preset, "--do_train", f"--root-dir={corpus}",
                                  "--train-file=train.csv"))
     with pytest.raises(ValueError, match=r"--streaming streams --dataset_name's training split"):
-        script.main([f"--config_name={preset}", f"--root-dir={corpus}", "--train-file=train.csv", "--streaming",
+        main([f"--config_name={preset}", f"--root-dir={corpus}", "--train-file=train.csv", "--streaming",
                      f"--output_dir={tmp_path / 'b'}", "--report_to=none"])
     with pytest.raises(ValueError, match=r"choose the splits' use with --do_train"):
-        script.parse_args([f"--dataset_name={saved}", f"--output_dir={tmp_path / 'c'}"])
+        parse_args([f"--dataset_name={saved}", f"--output_dir={tmp_path / 'c'}"])
     with pytest.raises(DatasetError, match=r"no video column 'mouth' \(--video_column_name\); the columns are: id "):
-        script.main(script_flags(saved, tmp_path / "d", preset, "--do_train", "--max_steps=1",
+        main(script_flags(saved, tmp_path / "d", preset, "--do_train", "--max_steps=1",
                                  "--video_column_name=mouth"))

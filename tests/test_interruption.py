@@ -13,8 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from modeling_mmavsr import checkpointing_mmavsr as checkpointing
-from modeling_mmavsr.checkpointing_mmavsr import (
+from mmavsr_training.run import main
+from mmavsr_training.arguments import parse_args
+from mmavsr_training import checkpointing
+from mmavsr_training.checkpointing import (
     INCOMPLETE_CHECKPOINTS_DIR,
     INCOMPLETE_MARKER,
     INTERRUPTED_EXIT_CODE,
@@ -24,9 +26,8 @@ from modeling_mmavsr.checkpointing_mmavsr import (
     resume_checkpoint,
 )
 
-from .test_training_script import SCRIPT, common_flags, load_script, tiny_preset, write_tiny_corpus
+from .test_training_script import SCRIPT, common_flags, tiny_preset, write_tiny_corpus
 
-script = load_script()
 MAX_STEPS = 6
 
 
@@ -121,7 +122,7 @@ def sigterm_after_first_step(flags):
 def straight_run(corpus, preset, tmp_path_factory):
     """The uninterrupted reference run."""
     output_dir = tmp_path_factory.mktemp("straight")
-    script.main(training_flags(corpus, output_dir, preset, save_steps=2))
+    main(training_flags(corpus, output_dir, preset, save_steps=2))
     return output_dir
 
 
@@ -154,7 +155,7 @@ def test_sigterm_saves_a_checkpoint_exits_and_the_rerun_resumes(
     )
 
     handler = signal.getsignal(signal.SIGTERM)
-    script.main(flags)  # the same command again: resumes from the SIGTERM checkpoint
+    main(flags)  # the same command again: resumes from the SIGTERM checkpoint
     assert signal.getsignal(signal.SIGTERM) is handler, (
         "SIGTERM's handler outlived training"
     )
@@ -174,7 +175,7 @@ def test_sigterm_in_an_epoch_of_epoch_wise_validation_stops_without_decoding_and
         ]
 
     straight = tmp_path / "straight"
-    script.main(flags(straight))
+    main(flags(straight))
     output_dir = tmp_path / "out"
     returncode, log = sigterm_after_first_step(flags(output_dir))
     assert returncode == INTERRUPTED_EXIT_CODE, log
@@ -183,7 +184,7 @@ def test_sigterm_in_an_epoch_of_epoch_wise_validation_stops_without_decoding_and
     assert "eval_wer" not in log and "Running Evaluation" not in log, log
     assert evaluations(checkpoint) == []
 
-    script.main(flags(output_dir))
+    main(flags(output_dir))
     assert [step for step, _ in evaluations(straight)] == [4, MAX_STEPS]
     assert evaluations(output_dir) == evaluations(straight)
     best = trainer_state(straight)["best_model_checkpoint"]
@@ -193,7 +194,7 @@ def test_sigterm_in_an_epoch_of_epoch_wise_validation_stops_without_decoding_and
 
 KILL_DURING_SAVE = """
 import os, runpy, signal, sys
-from modeling_mmavsr.trainer_mmavsr import AVSRSeq2SeqTrainer
+from mmavsr_training.trainer import AVSRSeq2SeqTrainer
 
 save_rng_state = AVSRSeq2SeqTrainer._save_rng_state
 
@@ -227,7 +228,7 @@ def test_sigkill_during_a_save_leaves_the_last_checkpoint_loadable(
     assert not (half_written / "trainer_state.json").exists()
 
     with caplog.at_level(logging.WARNING, logger=checkpointing.logger.name):
-        script.main(flags)  # the same command again
+        main(flags)  # the same command again
     assert f"Ignoring and deleting {half_written}" in caplog.text
     assert not half_written.exists()
     assert_same_training(output_dir, straight_run)
@@ -266,7 +267,7 @@ def test_half_written_checkpoints_are_skipped_with_a_warning(tmp_path, caplog):
     )
     assert "checkpoint-4:" not in caplog.text
 
-    _, _, args = script.parse_args(
+    _, _, args = parse_args(
         [
             "--modality=video",
             "--train-file=t.csv",

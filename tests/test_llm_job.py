@@ -13,11 +13,12 @@ import pytest
 import torch
 from transformers import AutoProcessor, ViTConfig, ViTModel, WhisperConfig, WhisperModel
 
+from mmavsr_training.run import main
 from modeling_mmavsr import MMAVSRForConditionalGeneration
-from modeling_mmavsr.presets import build_model_from_preset, load_preset
+from mmavsr_training.presets import build_model_from_preset, load_preset
 
 from .test_presets import TINY_TEXT, tiny_inputs, tiny_overrides
-from .test_training_script import common_flags, script, tiny_llm_folder, write_tiny_corpus
+from .test_training_script import common_flags, tiny_llm_folder, write_tiny_corpus
 
 
 pytest.importorskip("bitsandbytes", reason="4-bit QLoRA needs bitsandbytes (pip install 'mmavsr[test]')")
@@ -70,10 +71,10 @@ def test_llm_job_recipe_trains_and_decodes_through_the_script(corpus, tmp_path, 
     """llm_job.sh's asr-llm step on a tiny corpus: the main job's audio preset trains a step, the LLM preset starts
     from it with a local LLM in 4-bit QLoRA, trains a step and prints the clean and 0 dB WER."""
     vocabulary = ["--train_vocabulary_size=40", "--train_vocabulary_type=word"]
-    script.main(common_flags(corpus, tmp_path / "asr", "demo-asr-logmel") + ["--train-file=train.csv", "--max_steps=1"]
+    main(common_flags(corpus, tmp_path / "asr", "demo-asr-logmel") + ["--train-file=train.csv", "--max_steps=1"]
                 + vocabulary)
     caplog.set_level(logging.INFO)
-    results = script.main(
+    results = main(
         common_flags(corpus, tmp_path / "asr-llm", "demo-asr-logmel-llm-qlora")
         + [f"--decoder-model-name={tiny_llm_folder(tmp_path / 'llm', lowercase=True)}", "--init_from_models",
            str(tmp_path / "asr"),
@@ -97,7 +98,7 @@ def test_a_trained_llm_model_decodes_after_its_llm_moved(corpus, tmp_path):
     virtual environment), --pretrained-model-path with --decoder-model-name decodes it as before; without the flag
     the error names the flag, and an LLM of another shape is refused."""
     llm = tiny_llm_folder(tmp_path / "llm", lowercase=True)
-    trained = script.main(
+    trained = main(
         common_flags(corpus, tmp_path / "asr-llm", "demo-asr-logmel-llm-qlora")
         + [f"--decoder-model-name={llm}", "--train-file=train.csv", "--test-file=test.csv", "--do_train",
            "--do_predict", "--max_steps=2", "--generation_num_beams=1", f"--output_json={tmp_path / 'trained.json'}"]
@@ -105,7 +106,7 @@ def test_a_trained_llm_model_decodes_after_its_llm_moved(corpus, tmp_path):
     (tmp_path / "llm").rename(tmp_path / "moved")
 
     def decode(*flags):
-        return script.main(
+        return main(
             [f"--pretrained-model-path={tmp_path / 'asr-llm'}", f"--root-dir={corpus}", "--test-file=test.csv",
              f"--output_dir={tmp_path / 'decode'}", "--report_to=none", "--generation_num_beams=1",
              "--per_device_eval_batch_size=2", f"--output_json={tmp_path / 'decoded.json'}", *flags]
@@ -139,7 +140,7 @@ def test_vit_whisper_llama_qlora_preset_trains_and_decodes_with_local_parts(corp
         decoder_attention_heads=4, decoder_ffn_dim=37, num_mel_bins=80, vocab_size=60, pad_token_id=0,
         bos_token_id=1, eos_token_id=2, decoder_start_token_id=3, begin_suppress_tokens=None, suppress_tokens=None,
     )).save_pretrained(whisper_dir)
-    results = script.main(
+    results = main(
         common_flags(corpus, tmp_path / "out", "mmavsr-avsr-vit-whisper-llama-qlora")
         + [f"--vision-model-name={vit_dir}", f"--audio-model-name={whisper_dir}",
            f"--decoder-model-name={tiny_llm_folder(tmp_path / 'llm')}", "--train-file=train.csv",

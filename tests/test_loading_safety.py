@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 import torch
 
+from mmavsr_training.run import main
 from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
-from modeling_mmavsr import trainer_mmavsr
-from modeling_mmavsr.builder_mmavsr import load_pretrained
-from modeling_mmavsr.checkpointing_mmavsr import UnsafeCheckpointError, refuse_unsafe_pickles
-from modeling_mmavsr.convert_auto_avsr_checkpoint import CheckpointConversionError
+from mmavsr_training import trainer
+from mmavsr_training.builder import load_pretrained
+from mmavsr_training.checkpointing import refuse_unsafe_pickles
+from modeling_mmavsr.loading_checks_mmavsr import UnsafeCheckpointError
+from mmavsr_training.convert_auto_avsr_checkpoint import CheckpointConversionError
 
-from .test_training_script import common_flags, load_script, tiny_preset, write_tiny_corpus
+from .test_training_script import common_flags, tiny_preset, write_tiny_corpus
 
-script = load_script()
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +157,7 @@ def test_resuming_from_a_checkpoint_with_a_payload_is_refused(
         "--train-file=train.csv",
         "--save_steps=1",
     ]
-    script.main(flags + ["--max_steps=1"])
+    main(flags + ["--max_steps=1"])
     checkpoint = output_dir / "checkpoint-1"
     refuse_unsafe_pickles(
         checkpoint
@@ -169,12 +170,12 @@ def test_resuming_from_a_checkpoint_with_a_payload_is_refused(
         UnsafeCheckpointError,
         match=r"checkpoint-1/optimizer.pt: refused to load: .*posix.system",
     ):
-        script.main(flags + ["--max_steps=2"])
+        main(flags + ["--max_steps=2"])
     assert not (output_dir / "checkpoint-2").exists()
 
-    monkeypatch.setattr(trainer_mmavsr, "refuse_unsafe_pickles", lambda folder: None)
+    monkeypatch.setattr(trainer, "refuse_unsafe_pickles", lambda folder: None)
     with pytest.raises(pickle.UnpicklingError, match="posix.system"):
-        script.main(flags + ["--max_steps=2"])
+        main(flags + ["--max_steps=2"])
     assert not (output_dir / "checkpoint-2").exists()
 
 

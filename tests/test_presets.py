@@ -17,7 +17,7 @@ from transformers import (
     WhisperModel,
 )
 
-from modeling_mmavsr.presets import (
+from mmavsr_training.presets import (
     PRESETS_DIR,
     build_model_from_preset,
     build_processor_from_preset,
@@ -226,7 +226,7 @@ def test_bad_presets_raise_clear_errors(tmp_path):
 def test_the_lowercase_tokenizer_setting_lowercases_labels_and_is_saved_with_the_processor(tmp_path):
     from mmavsr_processing import MMAVSRProcessor, MMAVSRTokenizer
 
-    from modeling_mmavsr.builder_mmavsr import processor_from_settings
+    from mmavsr_training.builder import processor_from_settings
 
     values = {"audio_encoder": "resnet1d", "decoder_type": "llm"}
     upper = ["PLACE", "RED"]

@@ -14,8 +14,8 @@ from transformers import Seq2SeqTrainingArguments
 
 from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
 from modeling_mmavsr.modeling_mmavsr_decoder_loading import load_decoder_tokenizer
-from modeling_mmavsr.modeling_mmavsr_lora import llm_weight_footprint
-from modeling_mmavsr.trainer_mmavsr import AVSRSeq2SeqTrainer
+from modeling_mmavsr.modeling_mmavsr_quantization import llm_weight_footprint
+from mmavsr_training.trainer import AVSRSeq2SeqTrainer
 
 from .common import make_inputs
 from .test_decoders_pretrained import smollm2_gguf

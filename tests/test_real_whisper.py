@@ -30,7 +30,7 @@ from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from modeling_mmavsr import MMAVSRForConditionalGeneration
-from modeling_mmavsr.convert_ctranslate2_whisper import (
+from mmavsr_training.convert_ctranslate2_whisper import (
     CTranslate2ConversionError,
     convert_ctranslate2_whisper,
     main as convert_main,

@@ -1,10 +1,10 @@
-"""run_speech_recognition_avsr.py: the seed's command lines, training, evaluation, SNR tables, resume, averaging, and
+"""run_speech_recognition_avsr.py (`mmavsr_training.run.main`): the seed's command lines, training, evaluation, SNR tables, resume, averaging, and
 the options it refuses; the package's builder, checkpointing and evaluation modules it runs on."""
 
 import dataclasses
-import importlib.util
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -14,33 +14,23 @@ import numpy as np
 import pytest
 import torch
 from matplotlib.image import imread
+from mmavsr_training.run import main
+from mmavsr_training.arguments import parse_args
 from mmavsr_processing import MMAVSRTokenizer, write_audio, write_video
 from safetensors.torch import load_file, save_file
 
 from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration, MMAVSRProcessor
-from modeling_mmavsr import builder_mmavsr as builder
-from modeling_mmavsr.checkpointing_mmavsr import average_last_checkpoints, average_state_dicts, checkpoint_dirs
+from mmavsr_training import builder
+from mmavsr_training.checkpointing import average_last_checkpoints, average_state_dicts, checkpoint_dirs
 from modeling_mmavsr.configuration_mmavsr import LEGACY_MODALITIES
-from modeling_mmavsr.presets import PRESETS_DIR, load_preset, load_preset_training
-from modeling_mmavsr.trainer_mmavsr import check_world_size
+from mmavsr_training.presets import PRESETS_DIR, load_preset, load_preset_training
+from mmavsr_training.trainer import check_world_size
 
 from .common import StopAt, word_tokenizer
 
 SCRIPT = Path(__file__).resolve().parent.parent / "run_speech_recognition_avsr.py"
 
 
-def load_script():
-    """The training script as a module, loaded from its file (a script, not an installed module): `main(argv)` and
-    `parse_args(argv)` run what the command line `python run_speech_recognition_avsr.py ARGV` runs."""
-    if "run_speech_recognition_avsr" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("run_speech_recognition_avsr", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # the argument dataclasses resolve their annotations through it
-        spec.loader.exec_module(module)
-    return sys.modules["run_speech_recognition_avsr"]
-
-
-script = load_script()
 
 WORDS = ["BIN", "BLUE", "AT", "NOW", "PLACE", "RED", "WITH", "GREEN"]
 
@@ -125,7 +115,7 @@ def common_flags(corpus, output_dir, preset):
 
 
 def test_seed_train_command_maps_onto_trainer_arguments():
-    model_args, data_args, args = script.parse_args(
+    model_args, data_args, args = parse_args(
         [
             "--exp-dir=exp",
             "--exp-name=vsr",
@@ -175,7 +165,7 @@ def test_seed_train_command_maps_onto_trainer_arguments():
 
 
 def test_seed_encoder_decoder_and_qlora_flags():
-    model_args, data_args, _ = script.parse_args(
+    model_args, data_args, _ = parse_args(
         [
             "--vision-encoder",
             "vit",
@@ -245,7 +235,7 @@ def test_seed_encoder_decoder_and_qlora_flags():
     ],
 )
 def test_seed_eval_command_chooses_evaluation(files, stages):
-    model_args, data_args, args = script.parse_args(
+    model_args, data_args, args = parse_args(
         [
             "--modality=audio",
             "--root-dir=data",
@@ -279,7 +269,7 @@ def test_arguments_from_json_and_yaml(tmp_path):
         "\n".join(f"{k}: {json.dumps(v)}" for k, v in values.items())
     )
     for name in ("args.json", "args.yaml"):
-        model_args, data_args, args = script.parse_args([str(tmp_path / name)])
+        model_args, data_args, args = parse_args([str(tmp_path / name)])
         assert (model_args.modality, args.num_train_epochs, args.do_train) == (
             "video",
             3,
@@ -293,13 +283,13 @@ def test_a_presets_training_recipe_is_the_default_and_every_flag_overrides_it(tm
     on the command line and in an argument file, and each flag given overrides its field; presets without one keep
     the Trainer's defaults."""
     base = ["--root-dir=d", "--train-file=t.csv", f"--output_dir={tmp_path / 'o'}"]
-    _, data_args, args = script.parse_args(["--config_name=demo-asr-logmel-llm-qlora"] + base)
+    _, data_args, args = parse_args(["--config_name=demo-asr-logmel-llm-qlora"] + base)
     assert (args.learning_rate, args.lr_scheduler_type, args.warmup_steps, args.weight_decay, args.max_grad_norm) == (
         5e-4, "cosine", 0.2, 0.01, 5.0
     )
     assert args.projector_lr_scale == 10.0
     assert (args.per_device_train_batch_size, args.num_train_epochs, data_args.time_masking) == (8, 1, False)
-    _, data_args, args = script.parse_args(
+    _, data_args, args = parse_args(
         ["--config-name", "demo-avsr-resnet-logmel-llm-qlora", "--lr=1e-3", "--warmup_steps=0", "--max-epochs=3",
          "--time_masking=true", "--per_device_train_batch_size=2", "--projector_lr_scale=1"] + base
     )
@@ -312,18 +302,18 @@ def test_a_presets_training_recipe_is_the_default_and_every_flag_overrides_it(tm
         {"config_name": "demo-asr-logmel-llm-qlora", "root_dir": "d", "train_file": "t.csv",
          "output_dir": str(tmp_path / "o"), "learning_rate": 2e-4}
     ))
-    _, data_args, args = script.parse_args([str(tmp_path / "args.json")])
+    _, data_args, args = parse_args([str(tmp_path / "args.json")])
     assert (args.learning_rate, args.warmup_steps, data_args.time_masking) == (2e-4, 0.2, False)
-    _, data_args, args = script.parse_args(["--config_name=demo-asr-resnet1d"] + base)
+    _, data_args, args = parse_args(["--config_name=demo-asr-resnet1d"] + base)
     assert (args.learning_rate, args.warmup_steps, data_args.time_masking) == (5e-5, 0, True)
 
 
 def test_help_with_a_preset_shows_its_recipe_as_the_defaults(capsys):
     with pytest.raises(SystemExit):
-        script.parse_args(["--config_name", "demo-vsr-resnet", "--help"])
+        parse_args(["--config_name", "demo-vsr-resnet", "--help"])
     with_preset = " ".join(capsys.readouterr().out.split())
     with pytest.raises(SystemExit):
-        script.parse_args(["--help"])
+        parse_args(["--help"])
     without = " ".join(capsys.readouterr().out.split())
     epochs = "Total number of training epochs to perform. (default: {})"
     assert epochs.format(load_preset_training("demo-vsr-resnet")["num_train_epochs"]) in with_preset
@@ -376,24 +366,24 @@ def test_a_training_recipe_naming_no_argument_is_refused(tmp_path):
     preset["training"]["learning_rat"] = 1e-3
     (tmp_path / "typo.json").write_text(json.dumps(preset))
     with pytest.raises(ValueError, match=r"typo.json'.*\['learning_rat'\].*no data or training arguments"):
-        script.parse_args([f"--config_name={tmp_path / 'typo.json'}", "--root-dir=d", "--train-file=t.csv"])
+        parse_args([f"--config_name={tmp_path / 'typo.json'}", "--root-dir=d", "--train-file=t.csv"])
     preset["training"] = [1e-3]
     (tmp_path / "list.json").write_text(json.dumps(preset))
     with pytest.raises(ValueError, match="'training' is a JSON object"):
-        script.parse_args([f"--config_name={tmp_path / 'list.json'}", "--root-dir=d", "--train-file=t.csv"])
+        parse_args([f"--config_name={tmp_path / 'list.json'}", "--root-dir=d", "--train-file=t.csv"])
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ValueError, match="list.yaml: an object of argument names"):
-        script.parse_args([str(tmp_path / "list.yaml")])
+        parse_args([str(tmp_path / "list.yaml")])
     (tmp_path / "broken.json").write_text('{"root_dir": "d",')
     with pytest.raises(ValueError, match=r"broken.json: not valid JSON \(Expecting"):
-        script.parse_args([str(tmp_path / "broken.json")])
+        parse_args([str(tmp_path / "broken.json")])
 
 
 def test_modality_and_flag_conflicts_are_refused():
     with pytest.raises(ValueError, match="--modality video has no use for --audio-encoder"):
         builder.build_model({"modality": "video", "audio_encoder": "resnet1d"})
     with pytest.raises(ValueError, match="--output_dir .* disagree"):
-        script.parse_args(
+        parse_args(
             [
                 "--exp-dir",
                 "e",
@@ -406,13 +396,13 @@ def test_modality_and_flag_conflicts_are_refused():
             ]
         )
     with pytest.raises(ValueError, match="Nothing to do"):
-        script.parse_args(["--modality", "video"])
+        parse_args(["--modality", "video"])
     with pytest.raises(ValueError, match="an LLM decoder"):
         builder.build_model({"modality": "video", "use_qlora": True})
 
 
 def test_qlora_flags_reach_the_config():
-    model_args = script.parse_args(
+    model_args = parse_args(
         [
             "--modality",
             "video",
@@ -430,7 +420,7 @@ def test_qlora_flags_reach_the_config():
     assert "qlora_alpha" not in overrides  # the config's default
     # --use-lora: LoRA over the full-precision LLM (the config's `use_lora`), the same rank flags
     flags = ["--modality=audio", "--decoder=llm", "--use-lora", "--qlora-alpha=8", "--test-file=t"]
-    model_args = script.parse_args(flags)[0]
+    model_args = parse_args(flags)[0]
     overrides = builder.config_overrides(dataclasses.asdict(model_args))
     assert (overrides["use_lora"], overrides["qlora_alpha"], "use_qlora" in overrides) == (True, 8, False)
     assert MMAVSRConfig(**{**overrides, "text_config": {"model_type": "llama"}}).use_lora
@@ -438,21 +428,21 @@ def test_qlora_flags_reach_the_config():
 
 def test_world_size_flags_that_disagree_with_the_launcher_warn(caplog, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    _, _, args = script.parse_args(
+    _, _, args = parse_args(
         ["--modality", "video", "--test-file", "t", "--gpus", "8", "--num-nodes", "4"]
     )
-    with caplog.at_level(logging.WARNING, logger="modeling_mmavsr.trainer_mmavsr"):
+    with caplog.at_level(logging.WARNING, logger="mmavsr_training.trainer"):
         check_world_size(args)
     assert "launched with 1 process(es) on 1 machine(s)" in caplog.text
     assert "torchrun --nnodes 4 --nproc_per_node 8" in caplog.text
     caplog.clear()
-    _, _, args = script.parse_args(
+    _, _, args = parse_args(
         ["--modality", "video", "--test-file", "t", "--gpus", "1", "--num-nodes", "1"]
     )
-    with caplog.at_level(logging.WARNING, logger="modeling_mmavsr.trainer_mmavsr"):
+    with caplog.at_level(logging.WARNING, logger="mmavsr_training.trainer"):
         check_world_size(args)
     # (other records may appear: an earlier test's run of the script can leave transformers logging at INFO)
-    assert not [record for record in caplog.records if record.name == "modeling_mmavsr.trainer_mmavsr"]
+    assert not [record for record in caplog.records if record.name == "mmavsr_training.trainer"]
 
 
 # ------------------------------------------------------------------------------------------------ clear errors
@@ -464,20 +454,20 @@ def test_missing_files_and_folders_give_clear_errors(corpus, tmp_path):
     with pytest.raises(
         FileNotFoundError, match="--root-dir .*nowhere: no such directory"
     ):
-        script.main(
+        main(
             flags + [f"--root-dir={tmp_path / 'nowhere'}", "--test-file=test.csv"]
         )
     with pytest.raises(FileNotFoundError, match="--test-file missing.csv: not found"):
-        script.main(flags + ["--test-file=missing.csv"])
+        main(flags + ["--test-file=missing.csv"])
     with pytest.raises(
         FileNotFoundError, match="--pretrained-model-path .*absent: no such model"
     ):
-        script.main(
+        main(
             flags
             + ["--test-file=test.csv", f"--pretrained-model-path={tmp_path / 'absent'}"]
         )
     with pytest.raises(FileNotFoundError, match="--config_name 'no-such-preset'"):
-        script.main(
+        main(
             [
                 "--config_name=no-such-preset",
                 f"--root-dir={corpus}",
@@ -487,7 +477,7 @@ def test_missing_files_and_folders_give_clear_errors(corpus, tmp_path):
     with pytest.raises(
         FileNotFoundError, match="--noise-file .*none.wav: no such file"
     ):
-        script.main(
+        main(
             flags[1:]
             + [
                 f"--config_name={tiny_preset(tmp_path / 'a.json', 'audio')}",
@@ -528,7 +518,7 @@ def test_flags_that_disagree_with_a_saved_model_are_refused_before_loading(tmp_p
     }
     for flag, message in refused.items():
         with pytest.raises(ValueError, match=message):
-            script.main(flags + [flag])
+            main(flags + [flag])
     # the same choices that agree with the checkpoint pass; --ctc-weight and --unfreeze-* are honoured
     loaded = builder.load_pretrained(
         audio, {"modality": "audio", "audio_encoder": "resnet1d", "decoder": "transformer", "ctc_weight": 0.5,
@@ -537,16 +527,32 @@ def test_flags_that_disagree_with_a_saved_model_are_refused_before_loading(tmp_p
     assert (loaded.config.ctc_weight, loaded.config.freeze_audio_encoder) == (0.5, False)
 
 
+def test_flags_that_disagree_are_a_usage_error_on_the_command_line(tmp_path):
+    """As argparse refuses a bad command line: one line on stderr, `PROG: error: ...`, exit status 2, no traceback."""
+    audio = save_tiny_model(tmp_path / "audio", "audio")
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), f"--pretrained-model-path={audio}", f"--root-dir={tmp_path}",
+         "--test-file=test.csv", "--modality=video"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert lines == [f"run_speech_recognition_avsr.py: error: --modality video disagrees with the checkpoint at "
+                     f"{audio} (audio); drop the flag, or start a new model from its weights with --init_from_models or "
+                     "--transfer-frontend."]
+    assert "Traceback" not in done.stderr
+
+
 def test_transfer_flags_and_audio_flags_on_a_video_model_are_refused(corpus, tmp_path):
     video = save_tiny_model(tmp_path / "video", "video")
     with pytest.raises(ValueError, match="--transfer-frontend copies the frontends, --transfer-encoder the whole"):
-        script.main([f"--pretrained-model-path={video}", "--transfer-frontend", "--transfer-encoder",
+        main([f"--pretrained-model-path={video}", "--transfer-frontend", "--transfer-encoder",
                      f"--root-dir={tmp_path / 'nowhere'}", "--train-file=train.csv"])
     flags = common_flags(corpus, tmp_path / "out", tiny_preset(tmp_path / "p.json", "video"))
     with pytest.raises(ValueError, match="--train-snr 0 999999: noise is added to the audio, and this video model"):
-        script.main(flags + ["--train-file=train.csv", "--train-snr", "0", "999999"])
+        main(flags + ["--train-file=train.csv", "--train-snr", "0", "999999"])
     with pytest.raises(ValueError, match="--noise-file .*noise.wav: noise is added to the audio, and this video"):
-        script.main(flags + ["--test-file=test.csv", f"--noise-file={tmp_path / 'noise.wav'}"])
+        main(flags + ["--test-file=test.csv", f"--noise-file={tmp_path / 'noise.wav'}"])
     assert not (tmp_path / "out").exists(), "a refused run must not start training"
     # the same flags on a model with audio are taken
     for modality in ("audio", "audiovisual"):
@@ -563,7 +569,7 @@ def test_train_average_then_evaluate_like_the_seed(corpus, tmp_path, monkeypatch
     """train.py-style training with model_avg_2, then an eval.py-style run of the averaged model at two SNRs."""
     preset = tiny_preset(tmp_path / "p.json", "audiovisual")
     out = tmp_path / "exp" / "av"
-    results = script.main(
+    results = main(
         [
             f"--config_name={preset}",
             f"--root-dir={corpus}",
@@ -601,7 +607,7 @@ def test_train_average_then_evaluate_like_the_seed(corpus, tmp_path, monkeypatch
     # TensorBoard logs go to its output folder, not to ./runs where it was started
     monkeypatch.chdir(tmp_path / "exp")
     hypotheses = tmp_path / "hyp.json"
-    results = script.main(
+    results = main(
         [
             "--modality=audiovisual",
             f"--root-dir={corpus}",
@@ -640,7 +646,7 @@ def test_video_only_decoding_through_the_trainer(corpus, tmp_path, capsys):
     """Seq2SeqTrainer.prediction_step hands video-only batches (no input_features) to generate(); a word vocabulary
     trained on the transcripts replaces auto_avsr's and is saved with the model."""
     preset = tiny_preset(tmp_path / "p.json", "video")
-    results = script.main(
+    results = main(
         common_flags(corpus, tmp_path / "out", preset)
         + [
             "--train-file=train.csv",
@@ -698,14 +704,14 @@ def test_llm_decoder_trains_its_ctc_head_and_decodes_through_the_script(corpus, 
         **{k: v for k, v in preset.items() if k != "processor"}
     ).ctc_head.ctc_lo.weight.detach().clone()
     decoding = ["--decode_ctc_weight=0.4"] if ctc_vocabulary == "decoder" else []
-    results = script.main(
+    results = main(
         common_flags(corpus, tmp_path / "out", str(tmp_path / "p.json"))
         + ["--train-file=train.csv", "--test-file=test.csv", "--do_train", "--do_predict", "--max_steps=2"]
         + decoding
     )
     assert np.isfinite(results["test_wer"]) and np.isfinite(results["train_loss"])
     with pytest.raises(ValueError, match="writes with its own tokenizer"):
-        script.main(
+        main(
             common_flags(corpus, tmp_path / "out2", str(tmp_path / "p.json"))
             + ["--train-file=train.csv", "--max_steps=1", "--train_vocabulary_size=20"]
         )
@@ -724,7 +730,7 @@ def test_audio_visual_model_starts_from_an_audio_and_a_video_model(corpus, tmp_p
     vocabulary = ["--train_vocabulary_size=40", "--train_vocabulary_type=word"]
     for modality in ("audio", "video"):
         preset = tiny_preset(tmp_path / f"{modality}.json", modality)
-        script.main(
+        main(
             common_flags(corpus, tmp_path / modality, preset) + ["--train-file=train.csv", "--max_steps=1"] + vocabulary
         )
     audio, video = (MMAVSRForConditionalGeneration.from_pretrained(tmp_path / m).state_dict() for m in ("audio", "video"))
@@ -758,11 +764,11 @@ def test_audio_visual_model_starts_from_an_audio_and_a_video_model(corpus, tmp_p
     # through the script: the audio-visual run starts from both and trains
     caplog.clear()
     with caplog.at_level(logging.INFO, logger=builder.logger.name):
-        results = script.main(flags + ["--train-file=train.csv", "--max_steps=1", "--init_from_models", *sources] + vocabulary)
+        results = main(flags + ["--train-file=train.csv", "--max_steps=1", "--init_from_models", *sources] + vocabulary)
     assert np.isfinite(results["train_loss"])
     assert "--init_from_models: new: model.encoder.fusion" in caplog.text
     with pytest.raises(ValueError, match="use one or the other"):
-        script.main(flags + ["--init_from_models", *sources, f"--pretrained-model-path={sources[0]}", "--test-file=test.csv"])
+        main(flags + ["--init_from_models", *sources, f"--pretrained-model-path={sources[0]}", "--test-file=test.csv"])
 
 
 def test_validation_wer_during_training_keeps_the_best_checkpoint(corpus, tmp_path):
@@ -775,9 +781,9 @@ def test_validation_wer_during_training_keeps_the_best_checkpoint(corpus, tmp_pa
         "--metric_for_best_model=wer", "--load_best_model_at_end", "--learning_rate=0.01", "--decode_ctc_weight=0.3",
     ]
     with pytest.raises(ValueError, match="--eval_strategy steps evaluates the model during training on the validation"):
-        script.main(flags + ["--test-file=test.csv"])
+        main(flags + ["--test-file=test.csv"])
     assert not out.exists()
-    results = script.main(flags + ["--val-file=test.csv"])
+    results = main(flags + ["--val-file=test.csv"])
     state = json.loads((out / "trainer_state.json").read_text())
     wers = {entry["step"]: entry["eval_wer"] for entry in state["log_history"] if "eval_wer" in entry}
     assert sorted(wers) == [1, 2, 3]
@@ -814,7 +820,7 @@ def test_resumed_run_ends_where_an_uninterrupted_run_ends(corpus, tmp_path):
             "--learning_rate=0.003",
             "--warmup_steps=2",
         ]
-        script.main(flags, callbacks=callbacks)
+        main(flags, callbacks=callbacks)
 
     run(tmp_path / "straight")
     run(tmp_path / "resumed", callbacks=[StopAt(3)])
@@ -902,7 +908,7 @@ def test_batches_are_pinned_only_where_an_accelerator_is_or_when_asked(monkeypat
     flags = ["--modality", "video", "--test-file", "t"]
     for present in (False, True):
         monkeypatch.setattr(torch.accelerator, "is_available", lambda present=present: present)
-        assert script.parse_args(flags)[2].dataloader_pin_memory is present
-    assert script.parse_args(flags + ["--use_cpu"])[2].dataloader_pin_memory is False
+        assert parse_args(flags)[2].dataloader_pin_memory is present
+    assert parse_args(flags + ["--use_cpu"])[2].dataloader_pin_memory is False
     for value in (False, True):
-        assert script.parse_args(flags + ["--dataloader_pin_memory", str(value).lower()])[2].dataloader_pin_memory is value
+        assert parse_args(flags + ["--dataloader_pin_memory", str(value).lower()])[2].dataloader_pin_memory is value

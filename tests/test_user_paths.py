@@ -21,7 +21,7 @@ from transformers import pipeline
 
 from mmavsr_processing import MMAVSRProcessor, read_audio, write_audio, write_video
 from modeling_mmavsr import MMAVSRForConditionalGeneration
-from modeling_mmavsr.presets import build_model_from_preset, load_preset_training
+from mmavsr_training.presets import build_model_from_preset, load_preset_training
 
 from .common import tiny_config
 
@@ -156,7 +156,7 @@ WHEEL_USER_CODE = """
     import json, sys
 
     import modeling_mmavsr
-    from modeling_mmavsr.presets import PRESETS_DIR, build_model_from_preset, load_preset_training, preset_names
+    from mmavsr_training.presets import PRESETS_DIR, build_model_from_preset, load_preset_training, preset_names
 
     model = build_model_from_preset("mmavsr-vsr-resnet-transformer", pretrained=False, **json.loads(sys.argv[1]))
     print(json.dumps({
@@ -214,7 +214,7 @@ def test_the_wheel_carries_the_presets(tmp_path):
 
     got = run_user_code(WHEEL_USER_CODE, cwd, python, json.dumps(TINY_SIZES))
     assert Path(got["package"]).is_relative_to(site_packages), got["package"]
-    assert Path(got["presets_dir"]) == site_packages / "modeling_mmavsr" / "hub_configs"
+    assert Path(got["presets_dir"]) == site_packages / "mmavsr_training" / "hub_configs"
     assert got["editable_finder"] == []
     # every preset of the source tree the wheel was built from
     assert set(got["presets"]) == {path.stem for path in (source / "hub_configs").glob("*.json")}

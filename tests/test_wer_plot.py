@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from modeling_mmavsr.evaluation_mmavsr import plot_wer_tables
+from mmavsr_training.evaluation import plot_wer_tables
 
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,6 +1,6 @@
 """Convert an auto_avsr checkpoint (mpc001/auto_avsr, `.pth`) into an MMAVSR `save_pretrained` folder.
 
-    python -m modeling_mmavsr.convert_auto_avsr_checkpoint --checkpoint vsr_trlrs3_base.pth --output-dir mmavsr-vsr
+    python -m mmavsr_training.convert_auto_avsr_checkpoint --checkpoint vsr_trlrs3_base.pth --output-dir mmavsr-vsr
 
 Accepts the released VSR (video) and ASR (audio) models and smaller models trained with auto_avsr's classes: every
 size is read from the tensor shapes (frontend channels and blocks per stage, Conformer width, feed-forward size,
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from .configuration_mmavsr import MMAVSRConfig
-from .modeling_mmavsr import MMAVSRForConditionalGeneration
+from modeling_mmavsr.configuration_mmavsr import MMAVSRConfig
+from modeling_mmavsr.modeling_mmavsr import MMAVSRForConditionalGeneration
 
 # auto_avsr key -> MMAVSR key, in order; `{frontend}` is `vision_frontend` or `audio_frontend`
 KEY_RENAMES = (

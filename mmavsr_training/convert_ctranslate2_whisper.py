@@ -1,6 +1,6 @@
 """Convert a CTranslate2 Whisper model (faster-whisper's format) into a `WhisperForConditionalGeneration` folder.
 
-    python -m modeling_mmavsr.convert_ctranslate2_whisper --model-dir whisper-base-ct2 --output-dir whisper-base
+    python -m mmavsr_training.convert_ctranslate2_whisper --model-dir whisper-base-ct2 --output-dir whisper-base
 
 The CTranslate2 folder holds `model.bin` (CTranslate2's binary format: a header, then named tensors and aliases),
 `tokenizer.json` and `config.json` (language ids, suppressed tokens, alignment heads). The output folder is what

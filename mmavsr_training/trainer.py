@@ -23,7 +23,7 @@ from transformers.integrations.integration_utils import default_logdir
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from .checkpointing_mmavsr import INCOMPLETE_CHECKPOINTS_DIR, refuse_unsafe_pickles
+from .checkpointing import INCOMPLETE_CHECKPOINTS_DIR, refuse_unsafe_pickles
 
 
 logger = logging.getLogger(__name__)

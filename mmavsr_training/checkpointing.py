@@ -1,7 +1,7 @@
 """Training checkpoints: which `checkpoint-STEP` folders are complete, which one a run resumes from, refusing pickled
 code before resuming, and averaging the last N checkpoints into `model_avg_N` (auto_avsr's `--average_checkpoints`).
 
-Saves are made atomic by `AVSRSeq2SeqTrainer` (`trainer_mmavsr.py`): a checkpoint is written under
+Saves are made atomic by `AVSRSeq2SeqTrainer` (`trainer.py`): a checkpoint is written under
 `OUTPUT_DIR/.incomplete_checkpoints` and renamed into `OUTPUT_DIR` once complete.
 """
 
@@ -22,6 +22,8 @@ from transformers.trainer import OPTIMIZER_NAME, SCALER_NAME, SCHEDULER_NAME, TR
 from transformers.trainer_pt_utils import safe_globals
 from transformers.utils import ADAPTER_SAFE_WEIGHTS_NAME
 
+from modeling_mmavsr.loading_checks_mmavsr import UnsafeCheckpointError
+
 logger = logging.getLogger(__name__)
 
 # checkpoints are written under OUTPUT_DIR/INCOMPLETE_CHECKPOINTS_DIR and renamed into OUTPUT_DIR once complete
@@ -33,10 +35,6 @@ INCOMPLETE_MARKER = "checkpoint-is-incomplete.txt"
 INTERRUPTED_EXIT_CODE = 128 + signal.SIGTERM
 # the pickle-based files the Trainer reads back when resuming (with `torch.load(weights_only=True)`)
 RESUMED_PICKLE_FILES = (OPTIMIZER_NAME, SCHEDULER_NAME, SCALER_NAME, "rng_state*.pth")
-
-
-class UnsafeCheckpointError(ValueError):
-    """A checkpoint file needs Python objects beyond tensors and plain containers to be unpickled."""
 
 
 def checkpoint_dirs(output_dir: str | os.PathLike) -> list[Path]:
@@ -172,7 +170,6 @@ __all__ = [
     "INCOMPLETE_CHECKPOINTS_DIR",
     "INCOMPLETE_MARKER",
     "INTERRUPTED_EXIT_CODE",
-    "UnsafeCheckpointError",
     "average_last_checkpoints",
     "average_state_dicts",
     "checkpoint_dirs",

@@ -1,7 +1,7 @@
 """Export an MMAVSR model for the Hub: weights, processor, the code files for `trust_remote_code`, a model card.
 
 ```bash
-python -m modeling_mmavsr.export_mmavsr --model DIR --output-dir OUT [--metrics FILE ...] \
+python -m mmavsr_training.export --model DIR --output-dir OUT [--metrics FILE ...] \
     [--push-to-hub USER/REPO --token hf_...]
 ```
 
@@ -29,13 +29,16 @@ from transformers import AutoConfig, AutoModelForSpeechSeq2Seq
 
 from mmavsr_processing.media_constants import SAMPLING_RATE
 
-from .configuration_mmavsr import MMAVSRConfig
-from .modeling_mmavsr import MMAVSRForConditionalGeneration, MMAVSRModel
-from .pipeline_mmavsr import AUDIO_VISUAL_TASK, MMAVSRSpeechRecognitionPipeline, custom_pipelines_entry
+from modeling_mmavsr.configuration_mmavsr import MMAVSRConfig
+from modeling_mmavsr.modeling_mmavsr import MMAVSRForConditionalGeneration, MMAVSRModel
+from modeling_mmavsr.pipeline_feature_extraction_mmavsr import MMAVSRFeatureExtractionPipeline
+from modeling_mmavsr.pipeline_mmavsr import AUDIO_VISUAL_TASK, MMAVSRSpeechRecognitionPipeline, custom_pipelines_entry
 
 
 # the import names of the two packages whose modules an export copies flat, and their source folders
 CODE_PACKAGES = ("modeling_mmavsr", "mmavsr_processing")
+# the training home: what an exported file must never import (it is not shipped)
+NEVER_EXPORTED = ("mmavsr_training",)
 RESULT_FILES = ("all_results.json", "eval_results.json", "test_results.json")
 WER_TABLE_SUFFIX = "_wer_table.json"
 
@@ -59,6 +62,14 @@ def _imported_modules(path: Path) -> list[tuple[int, str, str]]:
     own_package = next((p for p in CODE_PACKAGES if _package_dir(p) == path.parent), None)
     found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and node.level == 0:
+            names = [node.module or ""]
+        if any(name.split(".")[0] in NEVER_EXPORTED for name in names):
+            raise ExportError(
+                f"{path}:{node.lineno}: imports the training package {names[0].split('.')[0]}, which an export does "
+                "not carry: model and processing code must not depend on training code."
+            )
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.split(".")[0] in CODE_PACKAGES:
@@ -381,7 +392,7 @@ def export_model(
         model.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
     entry_files = [_module_file(cls) for cls, _ in registrations]
-    entry_files += [_module_file(MMAVSRModel), _module_file(MMAVSRSpeechRecognitionPipeline)]
+    entry_files += [_module_file(cls) for cls in (MMAVSRModel, MMAVSRSpeechRecognitionPipeline, MMAVSRFeatureExtractionPipeline)]
     write_code_files(entry_files, output_dir)
     requirements = code_requirements(output_dir)
     card = model_card(model, repo_id or output_dir.name, metrics, requirements=requirements, license=license)
@@ -420,7 +431,7 @@ def main(argv: list[str] | None = None) -> Path:
             args.model, args.output_dir, args.processor, args.metrics, args.push_to_hub, args.license, args.overwrite
         )
     except (ExportError, FileNotFoundError) as error:
-        parser.exit(1, f"export_mmavsr: error: {error}\n")
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
     print(f"Exported {args.model} to {output_dir}")
     if args.push_to_hub:
         print(f"Pushed to {args.push_to_hub}: {push_to_hub(output_dir, args.push_to_hub, args.token, args.private)}")

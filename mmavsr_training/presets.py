@@ -2,24 +2,25 @@
 
 A preset holds `MMAVSRConfig` fields (the `*_model_name` fields name the Hub checkpoints of its pretrained parts), an
 optional `processor` key with the keyword arguments of the video processor and the feature extractor, and the
-tokenizer's settings (`builder_mmavsr.apply_tokenizer_settings`):
+tokenizer's settings (`builder.apply_tokenizer_settings`):
 `{"video_processor": {...}, "feature_extractor": {...}, "tokenizer": {"lowercase": true}}`, and an optional `training`
 key: the training recipe measured for the model, as defaults of the training script's arguments
 (`{"learning_rate": 1e-3, "warmup_steps": 0.2, ...}`; its command-line flags override them). The training script reads
-the same files (`--config_name NAME`); the models and processors are built by `builder_mmavsr.py`, for both.
+the same files (`--config_name NAME`); the models and processors are built by `builder.py`, for both.
 """
 
 import json
 from importlib.resources import files
 from pathlib import Path
 
-from .builder_mmavsr import model_from_values, processor_from_settings
-from .modeling_mmavsr import MMAVSRForConditionalGeneration
+from .builder import model_from_values, processor_from_settings
+from modeling_mmavsr.configuration_mmavsr import take_legacy_decoder
+from modeling_mmavsr.modeling_mmavsr import MMAVSRForConditionalGeneration
 
 
-# the presets' folder: `hub_configs/` of the repository, installed as the data package `modeling_mmavsr.hub_configs`
+# the presets' folder: `hub_configs/` of the repository, installed as the data package `mmavsr_training.hub_configs`
 # (setup.cfg maps it; the wheel and the editable install both carry it)
-PRESETS_DIR = Path(files("modeling_mmavsr.hub_configs"))
+PRESETS_DIR = Path(files("mmavsr_training.hub_configs"))
 # keys a config.json carries that are no configuration fields
 _SAVED_ONLY_KEYS = (
     "architectures", "auto_map", "custom_pipelines", "transformers_version", "model_type", "dtype", "_name_or_path"
@@ -61,8 +62,9 @@ def load_preset(name: str) -> tuple[dict, dict]:
     path, values, _ = _read_preset(name)
     for key in _SAVED_ONLY_KEYS:
         values.pop(key, None)
-    if "decoder" in values:  # the legacy name of `decoder_type`
-        values["decoder_type"] = values.pop("decoder")
+    legacy = take_legacy_decoder(values)
+    if legacy is not None:
+        values["decoder_type"] = legacy
     processor = values.pop("processor", {})
     unknown = sorted(set(processor) - {"video_processor", "feature_extractor", "tokenizer"})
     if unknown:
@@ -89,8 +91,9 @@ def build_model_from_preset(name: str, pretrained: bool = True, **overrides) -> 
     `vision_config` / `audio_config` / `text_config` in `overrides` (the LLM decoder needs its `text_config`).
     """
     values, _ = load_preset(name)
-    if "decoder" in overrides:  # the legacy name of `decoder_type`
-        overrides["decoder_type"] = overrides.pop("decoder")
+    legacy = take_legacy_decoder(overrides)
+    if legacy is not None:
+        overrides["decoder_type"] = legacy
     values.update(overrides)
     return model_from_values(values, pretrained=pretrained)
 

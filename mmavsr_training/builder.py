@@ -16,15 +16,20 @@ from mmavsr_processing import MMAVSRFeatureExtractor, MMAVSRProcessor, MMAVSRTok
 from tokenizers import normalizers
 from transformers import AutoTokenizer, WhisperConfig
 
-from .checkpointing_mmavsr import UnsafeCheckpointError
-from .configuration_mmavsr import AUTO_AVSR_VOCAB_SIZE, LEGACY_MODALITIES, MMAVSRConfig
+from modeling_mmavsr.loading_checks_mmavsr import UnsafeCheckpointError
+from modeling_mmavsr.configuration_mmavsr import AUTO_AVSR_VOCAB_SIZE, LEGACY_MODALITIES, MMAVSRConfig
 from .convert_auto_avsr_checkpoint import convert_auto_avsr_state_dict, load_auto_avsr_checkpoint
-from .modeling_mmavsr import MMAVSRForConditionalGeneration
-from .modeling_mmavsr_decoder_loading import load_decoder_tokenizer
-from .modeling_mmavsr_lora import llm_base_is_saved
+from modeling_mmavsr.modeling_mmavsr import MMAVSRForConditionalGeneration
+from modeling_mmavsr.modeling_mmavsr_decoder_loading import load_decoder_tokenizer
+from modeling_mmavsr.modeling_mmavsr_lora import llm_base_is_saved
 
 
 logger = logging.getLogger(__name__)
+
+
+class UsageError(ValueError):
+    """Command-line choices that cannot all be honoured (flags that contradict each other or a saved model): the
+    training script's command line reports it as a usage error, one line and exit status 2, as argparse does."""
 
 # weights sized by the vocabulary: taken by `init_from_models` only from a model with the same tokenizer
 VOCABULARY_WEIGHTS = ("model.decoder.embed_tokens.", "lm_head.", "ctc_head.")
@@ -77,7 +82,7 @@ def config_overrides(choices: Mapping, base: Mapping | None = None) -> dict:
         audio = (audio or wanted_audio) if wanted_audio else None
         for field, allowed in (("vision_encoder", wanted_vision), ("audio_encoder", wanted_audio)):
             if choices.get(field) is not None and allowed is None:
-                raise ValueError(f"--modality {modality} has no use for {flag(field)} {choices[field]}.")
+                raise UsageError(f"--modality {modality} has no use for {flag(field)} {choices[field]}.")
     vision = choices.get("vision_encoder") or vision
     audio = choices.get("audio_encoder") or audio
     if modality is not None or choices.get("vision_encoder") or choices.get("audio_encoder"):
@@ -103,13 +108,13 @@ def checkpoint_overrides(config: MMAVSRConfig, choices: Mapping, path: str) -> d
     architecture (modality, encoders, decoder, fusion, pretrained parts, adapters) or of a new model (preset, new
     vocabulary) that disagrees with the saved one is refused, naming the flag and the checkpoint's value."""
     if choices.get("config_name"):
-        raise ValueError(
+        raise UsageError(
             f"--config_name {choices['config_name']} builds a new model, --pretrained-model-path {path} loads a saved "
             "one: give one of them (to start a new model from saved weights: --init_from_models or "
             "--transfer-frontend/--transfer-encoder)."
         )
     if choices.get("train_vocabulary_size"):
-        raise ValueError(
+        raise UsageError(
             f"--train_vocabulary_size trains a new vocabulary, but the model at {path} decodes into its own: drop the "
             "flag, or start a new model from its weights with --init_from_models."
         )
@@ -124,7 +129,7 @@ def checkpoint_overrides(config: MMAVSRConfig, choices: Mapping, path: str) -> d
             continue
         if field == "fusion_type" and config.modality != "audiovisual":
             saved = f"{config.modality}-only: no fusion"
-        raise ValueError(
+        raise UsageError(
             f"{flag(field)} {wanted} disagrees with the checkpoint at {path} ({saved}); {NEW_MODEL_ADVICE}."
         )
     adapters = _adapter_overrides(choices)
@@ -136,7 +141,7 @@ def checkpoint_overrides(config: MMAVSRConfig, choices: Mapping, path: str) -> d
         if saved != wanted:
             shown = ", ".join(f"{name}={value}" for name, value in saved.items())
             asked = ", ".join(f"{name}={value}" for name, value in wanted.items())
-            raise ValueError(
+            raise UsageError(
                 f"{flag(field)} (with {asked}) disagrees with the checkpoint at {path} ({shown}); {NEW_MODEL_ADVICE}."
             )
     return config_overrides({name: choices.get(name) for name in honoured})
@@ -180,23 +185,23 @@ def check_model_choices(choices: Mapping) -> None:
     model's config is checked against the choices too (`checkpoint_overrides`)."""
     path = choices.get("model_name_or_path")
     if choices.get("transfer_frontend") and choices.get("transfer_encoder"):
-        raise ValueError(
+        raise UsageError(
             "--transfer-frontend copies the frontends, --transfer-encoder the whole encoder (frontends included): "
             "give one of them."
         )
     for field in ("qlora_r", "qlora_alpha"):
         if choices.get(field) is not None and not any(choices.get(name) for name in ADAPTER_CHOICES):
-            raise ValueError(
+            raise UsageError(
                 f"{flag(field)} {choices[field]} sets the LoRA adapters of --use-qlora or --use-lora: give one."
             )
     transfer = choices.get("transfer_frontend") or choices.get("transfer_encoder")
     if choices.get("init_from_models") and (path or transfer):
-        raise ValueError(
+        raise UsageError(
             "--init_from_models starts a new model from saved ones; --pretrained-model-path (and "
             "--transfer-frontend/--transfer-encoder) load one: use one or the other."
         )
     if transfer and not path:
-        raise ValueError("--transfer-frontend/--transfer-encoder need --pretrained-model-path.")
+        raise UsageError("--transfer-frontend/--transfer-encoder need --pretrained-model-path.")
     if path and not transfer and Path(path, "config.json").is_file():
         checkpoint_overrides(MMAVSRConfig.from_pretrained(path), choices, path)
 

@@ -1,0 +1,69 @@
+"""The one boundary of the layout: the flat model folder ships to the Hub whole, the training home never does, and the
+model and data packages never import training or command-line code."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import modeling_mmavsr
+import mmavsr_processing
+from mmavsr_training.export import ExportError, export_model, find_code_files
+from modeling_mmavsr import MMAVSRForConditionalGeneration, MMAVSRProcessor
+
+from .common import tiny_config
+
+
+MODEL_DIR = Path(modeling_mmavsr.__file__).parent
+PROCESSING_DIR = Path(mmavsr_processing.__file__).parent
+# what code that ships or reads data must not import: the training home and command-line parsing
+TRAINING_OR_CLI = ("mmavsr_training", "argparse", "run_speech_recognition_avsr")
+CLI_NAMES = ("HfArgumentParser", "ArgumentParser")
+AUTO_AVSR_TEXT = dict(vocab_size=5049, bos_token_id=5048, eos_token_id=5048, decoder_start_token_id=5048)
+
+
+def imported_names(path: Path) -> list[tuple[int, str]]:
+    """`(line, name)` of every absolute import and every imported name in a file, inside functions too."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            found.append((node.lineno, node.module or ""))
+            found += [(node.lineno, alias.name) for alias in node.names]
+    return found
+
+
+def test_every_module_of_the_model_folder_ships_with_an_export(tmp_path):
+    model = MMAVSRForConditionalGeneration(tiny_config("audio", text_config=AUTO_AVSR_TEXT))
+    model.save_pretrained(tmp_path / "model")
+    MMAVSRProcessor.from_auto_avsr().save_pretrained(tmp_path / "model")
+    exported = export_model(tmp_path / "model", tmp_path / "export")
+    shipped = {path.name for path in exported.glob("*.py")}
+    modules = {path.name for path in MODEL_DIR.glob("*.py")} - {"__init__.py"}
+    assert modules, MODEL_DIR
+    assert modules - shipped == set(), "modules of modeling_mmavsr/ that an export does not carry"
+
+
+def offending_imports(folder: Path, forbidden: tuple[str, ...], names: tuple[str, ...] = ()) -> list[str]:
+    return [
+        f"{path.name}:{line} imports {name}"
+        for path in sorted(folder.glob("*.py"))
+        for line, name in imported_names(path)
+        if name.split(".")[0] in forbidden or name in names
+    ]
+
+
+def test_model_code_never_imports_training_or_cli_code():
+    assert offending_imports(MODEL_DIR, TRAINING_OR_CLI, CLI_NAMES) == []
+
+
+def test_data_code_never_imports_training_code():
+    assert offending_imports(PROCESSING_DIR, ("mmavsr_training", "run_speech_recognition_avsr")) == []
+
+
+def test_the_exporter_refuses_code_that_imports_the_training_home(tmp_path):
+    module = tmp_path / "modeling_extra.py"
+    module.write_text("def build():\n    from mmavsr_training.builder import build_model\n    return build_model\n")
+    with pytest.raises(ExportError, match=r"modeling_extra.py:2: imports the training package mmavsr_training"):
+        find_code_files([module])
