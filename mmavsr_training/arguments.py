@@ -20,7 +20,7 @@ from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 from mmavsr_processing import CLEAN_SNR
 
 from .builder import UsageError
-from .presets import load_preset_training
+from .presets import read_preset
 
 
 @dataclass
@@ -275,15 +275,21 @@ def read_argument_file(path: str) -> dict:
     return values
 
 
+def load_config_name(config_name: str) -> tuple[dict, dict, dict]:
+    """`(config fields, processor settings, training recipe)` of `--config_name`'s preset (a name from
+    hub_configs/ or a JSON file); a missing one is named after the flag."""
+    try:
+        return read_preset(config_name)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"--config_name {config_name!r}: {error}") from None
+
+
 def preset_recipe(config_name: str | None) -> dict:
     """The training recipe of `--config_name`'s preset (its `training` key): defaults of the data and training
     arguments. A recipe key that is neither is refused, naming the preset and the key."""
     if not config_name:
         return {}
-    try:
-        recipe = load_preset_training(config_name)
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"--config_name {config_name!r}: {error}") from None
+    recipe = load_config_name(config_name)[2]
     names = {field.name for cls in (DataTrainingArguments, AVSRTrainingArguments) for field in dataclasses.fields(cls)}
     unknown = sorted(set(recipe) - names)
     if unknown:

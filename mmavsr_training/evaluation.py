@@ -4,6 +4,7 @@ plot against the SNR (`plot_wer_tables`)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -126,4 +127,22 @@ def plot_wer_tables(tables: Mapping[str, list[dict]], path: str | Path, title: s
     return path
 
 
-__all__ = ["WERMetric", "corpus_wer", "evaluate_at_snrs", "format_wer_table", "plot_wer_tables", "snr_label"]
+def write_wer_table(rows: list[dict], output_dir: str | Path, prefix: str, model_name: str) -> tuple[Path, Path]:
+    """`PREFIX_wer_table.json` (the rows of `evaluate_at_snrs`) and its plot `PREFIX_wer_table.png` (one line named
+    `model_name`) in `output_dir`; returns both paths."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    table = output_dir / f"{prefix}_wer_table.json"
+    table.write_text(json.dumps(rows, indent=2))
+    return table, plot_wer_tables({model_name: rows}, output_dir / f"{prefix}_wer_table.png")
+
+
+__all__ = [
+    "WERMetric",
+    "corpus_wer",
+    "evaluate_at_snrs",
+    "format_wer_table",
+    "plot_wer_tables",
+    "snr_label",
+    "write_wer_table",
+]

@@ -57,9 +57,9 @@ def _read_preset(name: str) -> tuple[Path, dict, dict]:
     return path, values, training
 
 
-def load_preset(name: str) -> tuple[dict, dict]:
-    """`(config fields, processor settings)` of a preset."""
-    path, values, _ = _read_preset(name)
+def read_preset(name: str) -> tuple[dict, dict, dict]:
+    """`(config fields, processor settings, training recipe)` of a preset, from one read of its file."""
+    path, values, training = _read_preset(name)
     for key in _SAVED_ONLY_KEYS:
         values.pop(key, None)
     legacy = take_legacy_decoder(values)
@@ -72,6 +72,12 @@ def load_preset(name: str) -> tuple[dict, dict]:
             f"{path}: unknown processor settings {unknown}; use 'video_processor', 'feature_extractor' and "
             "'tokenizer'."
         )
+    return values, processor, training
+
+
+def load_preset(name: str) -> tuple[dict, dict]:
+    """`(config fields, processor settings)` of a preset."""
+    values, processor, _ = read_preset(name)
     return values, processor
 
 
@@ -118,6 +124,7 @@ __all__ = [
     "preset_path",
     "load_preset",
     "load_preset_training",
+    "read_preset",
     "build_model_from_preset",
     "build_processor_from_preset",
 ]

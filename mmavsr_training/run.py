@@ -18,13 +18,12 @@ from transformers import TrainerCallback, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from mmavsr_processing import MMAVSRTokenizer
-from mmavsr_processing.augmentation import refuse_unused_audio_flags, training_augmentations
+from mmavsr_processing.augmentation import training_augmentations
 from mmavsr_processing.collation import MMAVSRDataCollator
-from mmavsr_processing.hf_datasets import check_dataset_flags, load_dataset_splits, training_clips
-from mmavsr_processing.label_files import INDEX_COLUMN, load_label_splits, noise_for_run, read_files_directly
+from mmavsr_processing.label_files import INDEX_COLUMN, read_files_directly
 from mmavsr_processing.stream_resume import StreamingStateCallback, restore_streaming_state
 
-from .arguments import parse_args
+from .arguments import load_config_name, parse_args
 from .builder import (
     UsageError,
     build_model,
@@ -34,14 +33,21 @@ from .builder import (
     modalities_of,
     separate_ctc_tokenizer,
 )
+from .data import (
+    check_dataset_flags,
+    load_dataset_splits,
+    load_label_splits,
+    noise_for_run,
+    refuse_unused_audio_flags,
+    training_clips,
+)
 from .checkpointing import (
     INTERRUPTED_EXIT_CODE,
     average_last_checkpoints,
     discard_incomplete_checkpoints,
     resume_checkpoint,
 )
-from .evaluation import WERMetric, evaluate_at_snrs, format_wer_table, plot_wer_tables
-from .presets import load_preset
+from .evaluation import WERMetric, evaluate_at_snrs, format_wer_table, write_wer_table
 from .trainer import (
     AVSRSeq2SeqTrainer,
     EpochCallback,
@@ -72,8 +78,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     if training_args.log_level == "passive":
         level = logging.INFO if training_args.should_log else logging.ERROR  # the other processes: errors only
     for package in ("mmavsr_training", "modeling_mmavsr", "mmavsr_processing"):
-        library_logger = logging.getLogger(package)
-        library_logger.setLevel(level)
+        logging.getLogger(package).setLevel(level)
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
     check_world_size(training_args)
@@ -121,10 +126,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         )
     preset, settings = {}, {}
     if model_args.config_name:
-        try:
-            preset, settings = load_preset(model_args.config_name)
-        except FileNotFoundError as error:
-            raise FileNotFoundError(f"--config_name {model_args.config_name!r}: {error}") from None
+        preset, settings, _ = load_config_name(model_args.config_name)
     model = build_model(model_choices, preset, tokenizer)
     config = model.config
     processor = build_processor(
@@ -194,11 +196,8 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
             restore_streaming_state(train_dataset, last_checkpoint, training_args)
         sigterm = SigtermCheckpointCallback()
         trainer.add_callback(sigterm)
-        sigterm.install()
-        try:
+        with sigterm.installed():  # only during training: a SIGTERM later (final save, evaluation) ends the process
             train_result = trainer.train(resume_from_checkpoint=last_checkpoint)
-        finally:  # SIGTERM after training (final save, evaluation) ends the process as usual
-            sigterm.restore()
         if sigterm.stopped_at_step is not None:
             checkpoint = Path(training_args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{sigterm.stopped_at_step}"
             logger.warning(f"Stopped by SIGTERM after step {sigterm.stopped_at_step}: {checkpoint} is saved. Run the "
@@ -237,9 +236,7 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
         results.update(metrics)
         if trainer.is_world_process_zero():
             print(format_wer_table(rows, f"WER of {config.modality} on {len(dataset)} utterances ({prefix})"))
-            Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
-            (Path(training_args.output_dir) / f"{prefix}_wer_table.json").write_text(json.dumps(rows, indent=2))
-            plot_wer_tables({config.modality: rows}, Path(training_args.output_dir) / f"{prefix}_wer_table.png")
+            write_wer_table(rows, training_args.output_dir, prefix, config.modality)
         decoded.append({"split": prefix, "conditions": utterances})
 
     # 10. Every utterance's hypothesis

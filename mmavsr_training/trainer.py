@@ -4,12 +4,14 @@ handling (save a checkpoint after the step under way, then stop)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import shutil
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -257,7 +259,7 @@ class EpochCallback(TrainerCallback):
 class SigtermCheckpointCallback(TrainerCallback):
     """On SIGTERM (preemption, `scancel`, `kill`): finish the optimizer step under way, save checkpoint-STEP and stop
     training, every process at the same step. A second SIGTERM ends the process at once (the atomic saves keep the
-    newest complete checkpoint loadable). The handler is in place between `install()` and `restore()`."""
+    newest complete checkpoint loadable). The handler is in place inside `with callback.installed():`."""
 
     def __init__(self):
         self.received = False
@@ -280,6 +282,16 @@ class SigtermCheckpointCallback(TrainerCallback):
         if self._previous_handler is not None:
             signal.signal(signal.SIGTERM, self._previous_handler)
             self._previous_handler = None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[SigtermCheckpointCallback]:
+        """The handler in place for the duration of the block (training), the previous one restored after it (a
+        SIGTERM during the final save or evaluation ends the process as usual)."""
+        self.install()
+        try:
+            yield self
+        finally:
+            self.restore()
 
     def _anyone_received(self, args) -> bool:
         """Whether any process got SIGTERM (processes may see it at different steps: they agree on one)."""

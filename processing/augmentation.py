@@ -18,7 +18,6 @@ __all__ = [
     "TimeMask",
     "AddNoise",
     "make_babble",
-    "refuse_unused_audio_flags",
     "snr_db",
     "training_augmentations",
 ]
@@ -179,16 +178,3 @@ def training_augmentations(
     return {modality: augmentations or None for modality, augmentations in masks.items()}
 
 
-def refuse_unused_audio_flags(data_args, modality: str) -> None:
-    """Noise is added to the audio: on a model without audio, the training script's --train-snr and --noise-file
-    (`data_args`: its `DataTrainingArguments`) are refused, and noisy --decode-snr-target conditions warn (each decodes
-    the same video, so the table repeats the clean WER)."""
-    for flag, value in (("--train-snr", data_args.train_snr), ("--noise-file", data_args.noise_file)):
-        if value:
-            shown = " ".join(f"{v:g}" for v in value) if isinstance(value, list) else value
-            raise ValueError(f"{flag} {shown}: noise is added to the audio, and this {modality} model reads none; "
-                             "drop the flag.")
-    noisy = [f"{snr:g}" for snr in data_args.decode_snr_target if snr < CLEAN_SNR]
-    if noisy:
-        logger.warning(f"--decode-snr-target {' '.join(noisy)}: this {modality} model reads no audio, so the noise "
-                       "changes nothing; every condition decodes the same clean video.")

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from datasets.distributed import split_dataset_by_node
 
-from .collation import SKIPPED_CLIPS, ClipReader, read_clip
+from .collation import SKIPPED_CLIPS, read_clip
 from .lrs3 import DatasetError, load_auto_avsr_dataset
+from .media_check import without_decoding
 from .media_constants import SAMPLING_RATE, VIDEO_FPS
-from .media_check import check_dataset_media
 from .media_io import VIDEO_SUFFIXES
 
 
@@ -41,15 +41,12 @@ __all__ = [
     "add_num_frames",
     "auto_avsr_to_dataset",
     "check_columns",
-    "check_dataset_flags",
     "clip_frames",
     "export_auto_avsr_dataset",
     "load_avsr_dataset",
     "load_avsr_splits",
-    "load_dataset_splits",
     "shard_stream",
     "streaming_dataloader",
-    "training_clips",
 ]
 
 logger = logging.getLogger(__name__)
@@ -230,10 +227,8 @@ def load_avsr_dataset(
     if isinstance(dataset, datasets.Dataset):
         # the collator reads files directly (soundfile / PyAV, faster than a torchcodec decoder per row); embedded
         # media stay decoded by datasets (torchcodec decoders, which the collator reads too)
-        for column in ("video", "audio"):
-            feature = dataset.features.get(column)
-            if isinstance(feature, (datasets.Video, datasets.Audio)) and _paths_only(dataset, column):
-                dataset = dataset.cast_column(column, _undecoded(feature))
+        media = [c for c in ("video", "audio") if isinstance(dataset.features.get(c), (datasets.Video, datasets.Audio))]
+        dataset = without_decoding(dataset, [column for column in media if _paths_only(dataset, column)])
     return dataset
 
 
@@ -277,68 +272,6 @@ def load_avsr_splits(
         loaded[stage] = dataset
     return loaded
 
-
-def check_dataset_flags(data_args) -> None:
-    """The training script's data flags (`data_args`, its `DataTrainingArguments`): --dataset_name replaces the label
-    files; --streaming streams it (and only it), and is refused with --cache_clips."""
-    label_flags = [flag for flag, value in (("--root-dir", data_args.root_dir), ("--train-file", data_args.train_file),
-                   ("--val-file", data_args.val_file), ("--test-file", data_args.test_file)) if value]
-    if data_args.dataset_name and label_flags:
-        raise ValueError(f"--dataset_name {data_args.dataset_name} and {', '.join(label_flags)}: give a dataset or "
-                         "auto_avsr's label files, not both.")
-    if data_args.streaming and not data_args.dataset_name:
-        raise ValueError("--streaming streams --dataset_name's training split; label files (--train-file) are read "
-                         "whole. Give --dataset_name (e.g. a folder written by prepare --save-to-disk).")
-    if data_args.streaming and data_args.cache_clips:
-        raise ValueError("--cache_clips keeps a map-style training set's clips in memory; a stream (--streaming) "
-                         "is read once per pass: drop one of them.")
-
-
-def load_dataset_splits(
-    data_args, training_args, modalities: Sequence[str], stages: Sequence[str] | None = None, index_column: str = ""
-) -> dict[str, datasets.Dataset | datasets.IterableDataset]:
-    """The training script's --dataset_name splits (`data_args`: its `DataTrainingArguments`) for the run's stages
-    (train, eval, test; by default those `training_args` does), with the columns `modalities` need; the training
-    split streamed with --streaming, evaluation splits always map-style (their length is the WER's). Every clip of a
-    map-style split is opened first ([`check_dataset_media`]) unless --skip_media_check (evaluation splits are
-    opened all the same with --skip_bad_files); `index_column` numbers the rows."""
-    names = {"train": data_args.train_split_name, "eval": data_args.eval_split_name, "test": data_args.test_split_name}
-    if stages is None:
-        chosen = {"train": training_args.do_train, "eval": training_args.do_eval, "test": training_args.do_predict}
-        stages = [stage for stage, wanted in chosen.items() if wanted]
-    splits = load_avsr_splits(
-        data_args.dataset_name,
-        data_args.dataset_config_name,
-        {stage: names[stage] for stage in stages},
-        modalities=modalities,
-        video_column=data_args.video_column_name,
-        audio_column=data_args.audio_column_name,
-        text_column=data_args.text_column_name,
-        streaming=["train"] if data_args.streaming else [],
-        limits={"train": data_args.max_train_samples, "eval": data_args.max_eval_samples,
-                "test": data_args.max_eval_samples},
-        index_column=index_column or None,
-    )
-    # every clip's media is opened before the first step, as for label files (a streamed split as it is read)
-    for stage, split in splits.items():
-        if isinstance(split, datasets.Dataset) and (
-            not data_args.skip_media_check or (data_args.skip_bad_files and stage != "train")
-        ):
-            splits[stage] = check_dataset_media(
-                split,
-                {kind: kind for kind in modalities},
-                skip_bad_files=data_args.skip_bad_files,
-                source=f"--dataset_name {data_args.dataset_name} ({names[stage]} split)",
-            )
-    if data_args.max_frames and isinstance(splits.get("train"), datasets.Dataset):
-        splits["train"] = add_num_frames(splits["train"])  # lengths for the --max-frames sampler
-    return splits
-
-
-def _undecoded(feature):
-    if isinstance(feature, datasets.Audio):
-        return datasets.Audio(sampling_rate=feature.sampling_rate, decode=False)
-    return datasets.Video(decode=False)
 
 
 # ------------------------------------------------------------------------------------------------------- clip length
@@ -566,24 +499,6 @@ class MaxFramesStreamBatcher(torch.utils.data.IterableDataset):
                     yield out
             buffer, skip = buffer + 1, 0
 
-
-def training_clips(split, processor, modalities, data_args, training_args, index_column: str | None = None):
-    """The training script's training set (`data_args`: its `DataTrainingArguments`): a streamed split (--streaming)
-    as a [`MaxFramesStreamBatcher`] over this process's shards (batches of --max-frames frames, or of
-    --per_device_train_batch_size clips); a map-style split as a `collation.ClipReader` (--cache_clips). Media are
-    read in the DataLoader: an unusable clip raises naming its file, or with --skip-bad-files is skipped and counted,
-    the next clip taking its place."""
-    if data_args.streaming:
-        return MaxFramesStreamBatcher(
-            shard_stream(split, training_args.process_index, training_args.world_size, seed=training_args.seed),
-            max_frames=data_args.max_frames,
-            batch_size=None if data_args.max_frames else training_args.per_device_train_batch_size,
-            seed=training_args.seed, processor=processor, modalities=modalities,
-            skip_bad_files=data_args.skip_bad_files, index_column=index_column,
-        )
-    return ClipReader(
-        split, processor, modalities, skip_bad_files=data_args.skip_bad_files, cache=data_args.cache_clips
-    )
 
 
 def streaming_dataloader(batcher: MaxFramesStreamBatcher, collate_fn, args) -> torch.utils.data.DataLoader:

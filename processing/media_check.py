@@ -30,7 +30,15 @@ from .media_io import MediaError, open_container
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BadMedia", "check_dataset_media", "describe_bad_media", "find_bad_media", "probe_audio", "probe_video"]
+__all__ = [
+    "BadMedia",
+    "check_dataset_media",
+    "describe_bad_media",
+    "find_bad_media",
+    "probe_audio",
+    "probe_video",
+    "without_decoding",
+]
 
 # the samples read from the start of an audio file (0.1 s at 16 kHz): a header that promises samples it lacks fails
 AUDIO_PROBE_SAMPLES = 1600
@@ -128,7 +136,10 @@ def _media_columns(dataset: datasets.Dataset) -> dict[str, str]:
     }
 
 
-def _undecoded(dataset: datasets.Dataset, columns: dict[str, str]) -> datasets.Dataset:
+def without_decoding(dataset: datasets.Dataset, columns: Sequence[str]) -> datasets.Dataset:
+    """`dataset` with its `columns` that are decoding `Audio` / `Video` columns cast to `decode=False` (paths or
+    embedded bytes; the sampling rate kept): the one place where the data side stops `datasets` from decoding media,
+    for the media checks and for the collator, which reads the files itself."""
     for name in columns:
         feature = dataset.features.get(name)
         if isinstance(feature, datasets.Audio) and feature.decode:
@@ -187,7 +198,7 @@ def find_bad_media(
         features = _media_columns(dataset) if is_dataset else {}
         columns = {name: features.get(name, "video" if "video" in name else "audio") for name in columns}
     if is_dataset:
-        dataset = _undecoded(dataset, columns).select_columns(list(columns))
+        dataset = without_decoding(dataset, list(columns)).select_columns(list(columns))
     check = check or _row_checker(columns)
 
     def run(index: int) -> BadMedia | None:
