@@ -26,7 +26,7 @@ from .modeling_mmavsr_audio import AUDIO_ENCODER_CLASSES, AUDIO_INPUTS
 from .modeling_mmavsr_conformer import MMAVSRConformerEncoder, MMAVSRRelPositionAttention
 from .modeling_mmavsr_decoder_loading import load_pretrained_decoder, pretrained_decoder_settings
 from .modeling_mmavsr_decoders import DECODER_CLASSES, MMAVSRCTCHead
-from .modeling_mmavsr_features import MMAVSRFeatureExtractionMixin
+from .modeling_mmavsr_features import MMAVSREncoderFeaturesMixin
 from .modeling_mmavsr_lora import MMAVSRLoraMixin, adapters_deferred
 from .modeling_mmavsr_fusion import FUSION_CLASSES, MMAVSRProjector, align_streams, lengths_to_mask
 from .modeling_mmavsr_vision import VISION_ENCODER_CLASSES
@@ -255,7 +255,7 @@ def _as_encoder_output(encoder_outputs) -> "MMAVSREncoderOutput":
     )
 
 
-class MMAVSRModel(MMAVSRFeatureExtractionMixin, MMAVSRPreTrainedModel):
+class MMAVSRModel(MMAVSREncoderFeaturesMixin, MMAVSRPreTrainedModel):
     """The encoder and the attention decoder, returning decoder states (no output heads)."""
 
     def __init__(self, config: MMAVSRConfig):
@@ -412,7 +412,7 @@ def ctc_loss(
 
 
 class MMAVSRForConditionalGeneration(
-    MMAVSRFeatureExtractionMixin, MMAVSRLoraMixin, MMAVSRCPUDecodingMixin, MMAVSRGenerationMixin, MMAVSRPreTrainedModel
+    MMAVSREncoderFeaturesMixin, MMAVSRLoraMixin, MMAVSRCPUDecodingMixin, MMAVSRGenerationMixin, MMAVSRPreTrainedModel
 ):
     """MMAVSR with the decoder's output layer and a CTC head; trained with ctc_weight * CTC + (1 - ctc_weight) * CE."""
 

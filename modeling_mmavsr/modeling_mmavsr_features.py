@@ -45,7 +45,7 @@ def _stream_output(features: torch.Tensor, mask: torch.Tensor | None) -> MMAVSRE
     return MMAVSREncoderFeatures(features=features, attention_mask=mask, lengths=mask.sum(-1))
 
 
-class MMAVSRFeatureExtractionMixin:
+class MMAVSREncoderFeaturesMixin:
     """`get_encoder_features()` for the models that hold an `MMAVSREncoder` (`get_encoder()`)."""
 
     def get_encoder_features(
@@ -104,4 +104,4 @@ class MMAVSRFeatureExtractionMixin:
         return output
 
 
-__all__ = ["FEATURE_LAYERS", "MMAVSREncoderFeatures", "MMAVSRFeatureExtractionMixin"]
+__all__ = ["FEATURE_LAYERS", "MMAVSREncoderFeatures", "MMAVSREncoderFeaturesMixin"]
