@@ -45,6 +45,7 @@ from mmavsr_processing.media_io import (
     read_video,
     resample_audio,
     resample_frames,
+    read_audio_can_read,
 )
 
 
@@ -158,6 +159,9 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
     `[{"text", "timestamp": (start, end)}]` in seconds, one per segment (neighbouring windows' overlap split in the
     middle). `progress=True` shows a bar over the recording's seconds.
 
+    `int8=True` (at construction) quantizes the model's linear layers to int8 in place (dynamic quantization, on a
+    CPU; `model.quantize_int8()`): faster decoding, with transcripts that may differ slightly from fp32.
+
     Generation follows the model's generation config (e.g. `num_beams`, `ctc_weight`); what it leaves unset gets the
     ASR pipeline's defaults (`num_beams=5`, `max_new_tokens=256`); every `generate` argument may be passed at
     construction or per call.
@@ -165,7 +169,16 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
 
     _load_video_processor = None  # loaded when the model folder has one (audio-only models need none)
 
-    def __init__(self, model, feature_extractor=None, tokenizer=None, video_processor=None, mouth_cropper=None, **kwargs):
+    def __init__(
+        self,
+        model,
+        feature_extractor=None,
+        tokenizer=None,
+        video_processor=None,
+        mouth_cropper=None,
+        int8: bool = False,
+        **kwargs,
+    ):
         register_speech_seq2seq()
         processor = kwargs.get("processor")
         if processor is not None:
@@ -178,6 +191,10 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         if self.type != "seq2seq":
             raise ValueError(f"{type(self).__name__} runs MMAVSR models; got {type(self.model).__name__}.")
         self.mouth_cropper = mouth_cropper
+        if int8 not in (True, False):
+            raise ValueError(f"int8 must be True or False, got {int8!r}.")
+        if int8 and not getattr(self.model, "is_int8_quantized", False):
+            self.model.quantize_int8()  # in place: the pipeline's model decodes with int8 linear layers
         self._speech_detector = None  # silero-vad, loaded on first use
 
     def _sanitize_parameters(
@@ -228,13 +245,8 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         return self.feature_extractor.sampling_rate if self.feature_extractor is not None else SAMPLING_RATE
 
     def _read_audio_input(self, inputs):
-        """Audio files and dicts at another rate become waves at the feature extractor's rate; the rest is left to
-        the ASR pipeline (arrays, bytes, URLs, torchcodec decoders)."""
-        if isinstance(inputs, os.PathLike) or (isinstance(inputs, str) and not inputs.startswith(("http://", "https://"))):
-            wave = read_audio(inputs, sampling_rate=self._sampling_rate, resample=True, mono=True)
-            if wave.size == 0:
-                raise MediaError(f"{inputs}: the audio file holds no sample")
-            return wave
+        """Dicts at another rate become waves at the feature extractor's rate; the rest is left as it is (arrays, and
+        bytes, URLs, torchcodec decoders for the ASR pipeline; files are read through `Recording`)."""
         if isinstance(inputs, dict) and inputs.get("sampling_rate") not in (None, self._sampling_rate):
             inputs = dict(inputs)
             wave = inputs.pop("raw", None)
@@ -354,8 +366,10 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
             yield {**self._preprocess_video(inputs, crop_mouth), **meta}
         elif mode == "off":
             wave = recording.audio
-            if isinstance(wave, str):
+            if isinstance(wave, str) and read_audio_can_read(wave):
                 wave = read_audio(wave, sampling_rate=self._sampling_rate, resample=True, mono=True)
+            elif isinstance(wave, str):  # a container libsndfile does not read (mp3, m4a, a video's track): FFmpeg
+                wave = np.concatenate(list(recording.audio_blocks()))
             yield {"is_last": True, **self._features(recording.name, None, wave, crop_mouth), **meta}
         else:
             window_s = chunk_length_s or max_segment_s

@@ -55,6 +55,7 @@ __all__ = [
     "resample_audio",
     "resample_frames",
     "same_frame_rate",
+    "read_audio_can_read",
     "write_audio",
     "write_video",
 ]
@@ -273,6 +274,13 @@ def _soundfile_info(path: Path):
         return sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError):
         return None
+
+
+def read_audio_can_read(path: str | os.PathLike) -> bool:
+    """Whether [`read_audio`] reads the file: libsndfile knows its format, or it is a video container (FFmpeg).
+    Other containers (mp3 on old libsndfile, m4a, opus in webm, ...) are read by [`iter_audio_blocks`]."""
+    path = Path(path)
+    return path.suffix.lower() in VIDEO_SUFFIXES or (path.is_file() and _soundfile_info(path) is not None)
 
 
 def probe_media(path: str | os.PathLike) -> MediaInfo:

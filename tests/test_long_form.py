@@ -3,6 +3,8 @@ cut at pauses (silero-vad) or in overlapping windows, decoded in batches, and jo
 timestamps are those of the true clips; files are read in pieces; a recording too long for a model is refused, never
 truncated."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -196,3 +198,69 @@ def test_too_long_for_the_model_is_refused_never_truncated(models, recording, tm
         asr(paths["wav"], segmentation="pauses")
     with pytest.raises(ValueError, match="no word or character timestamps"):
         asr(paths["wav"], return_timestamps="word")
+
+
+def test_transcribe_command_writes_subtitles_and_names_each_unreadable_input(models, recording, tmp_path, capsys):
+    from importlib.metadata import entry_points
+
+    from mmavsr_processing.subtitles import format_timestamp
+    from modeling_mmavsr.transcribe_mmavsr import console_main, main
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "mmavsr-transcribe"]
+    assert script.load() is console_main
+    long, paths = recording
+    folder, _ = models["audiovisual"]
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    inputs = [paths["mp4"], str(tmp_path / "missing.wav"), str(tmp_path / "broken.mp4"), paths["silent"]]
+    status = main([*inputs, "--model", folder, "--max-segment-s", str(SEGMENT_S), "--max-new-tokens", "4",
+                   "--num-beams", "1", "--output-dir", str(tmp_path / "out"), "--no-progress"])
+    errors = capsys.readouterr().err.splitlines()
+    assert status == 1
+    problems = [line for line in errors if line.startswith("mmavsr-transcribe: ")]
+    assert len(problems) == 3  # one line for each input it could not transcribe, in order
+    assert problems[0] == f"mmavsr-transcribe: {tmp_path / 'missing.wav'}: file not found"
+    assert problems[1].startswith(f"mmavsr-transcribe: {tmp_path / 'broken.mp4'}: cannot decode")
+    assert problems[2] == (
+        f"mmavsr-transcribe: {paths['silent']}: this audiovisual model needs the audio track, but the video has none "
+        "(give {'video': ..., 'audio': wave, 'sampling_rate': rate})."
+    )
+    srt = (tmp_path / "out/long.srt").read_text()
+    cues = srt.strip().split("\n\n")
+    assert len(cues) == len(long.clips)
+    for number, (cue, (start, end, _)) in enumerate(zip(cues, long.clips), start=1):
+        index, times, text = cue.split("\n")
+        assert index == str(number) and text.strip()
+        first, last = times.split(" --> ")
+        assert abs(_seconds(first) - start) < 0.5 and abs(_seconds(last) - end) < 0.5
+    assert format_timestamp(3725.5) == "01:02:05,500" and format_timestamp(0.0421, ".") == "00:00:00.042"
+    # the same recording as a vtt and a json beside it, in int8
+    assert main([paths["mp4"], "--model", folder, "--max-segment-s", str(SEGMENT_S), "--max-new-tokens", "4",
+                 "--output-format", "vtt", "--int8", "--no-progress"]) == 0
+    vtt = (Path(paths["mp4"]).with_suffix(".vtt")).read_text()
+    assert vtt.startswith("WEBVTT\n\n") and vtt.count(" --> ") == len(long.clips)
+
+
+def _seconds(stamp: str) -> float:
+    hours, minutes, seconds = stamp.replace(",", ".").split(":")
+    return 3600 * int(hours) + 60 * int(minutes) + float(seconds)
+
+
+def test_int8_quantizes_every_linear_layer_and_stays_close_to_fp32(models, recording):
+    long, _ = recording
+    folder, model = models["audio"]
+    processor = MMAVSRProcessor.from_pretrained(folder)
+    inputs = processor(audio=[long.wave[: 3 * RATE]], sampling_rate=RATE)
+    with torch.no_grad():
+        expected = model(**inputs, decoder_input_ids=torch.tensor([[5048, 7, 9]])).logits
+    asr = pipeline("audio-visual-speech-recognition", model=folder, int8=True, **GENERATE)
+    quantized = asr.model
+    assert quantized.is_int8_quantized and not any(isinstance(m, torch.nn.Linear) for m in quantized.modules())
+    int8_layers = [m for m in quantized.modules() if type(m).__name__ == "Linear" and hasattr(m, "_packed_params")]
+    assert len(int8_layers) == sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    with torch.no_grad():
+        logits = quantized(**inputs, decoder_input_ids=torch.tensor([[5048, 7, 9]])).logits
+    assert not torch.equal(logits, expected)  # int8, not the fp32 product
+    assert torch.nn.functional.cosine_similarity(logits.flatten(), expected.flatten(), dim=0) > 0.99
+    assert isinstance(asr(long.wave[: 3 * RATE])["text"], str)
+    with pytest.raises(ValueError, match="int8 must be True or False"):
+        pipeline("audio-visual-speech-recognition", model=folder, int8="yes")
