@@ -12,7 +12,8 @@ dynamically quantized int8 one (weights int8 per tensor, activations quantized o
 up): faster and smaller on a CPU, with hypotheses that can differ from fp32 (`benchmarks/bench_auto_avsr_speed.py
 --int8` and `benchmarks/bench_long_form.py` measure speed, `benchmarks/long_form_wer.py --int8` the WER).
 
-Each of the exact speed-ups gives the same hypotheses as the plain path (`benchmarks/bench_auto_avsr_speed.py` measures what they gain).
+Each of the exact speed-ups gives the same hypotheses as the plain path (`benchmarks/bench_auto_avsr_speed.py`
+measures what they gain).
 All are on by default; `model.set_cpu_decoding_speedups(False)` turns them off (the plain `nn.Linear` product,
 `DynamicLayer`, Transformers' own beam step), e.g. to rule them out when something looks wrong. The switch is a
 property of the loaded model, not of its configuration: it is not saved.

@@ -379,8 +379,12 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
                     raise ValueError(f"windows overlap by the same stride on both sides, got {stride_s}.")
                 stride_s = stride_s[0]
             if limit is not None and window_s > limit:
-                raise ValueError(f"chunk_length_s={window_s:g} is longer than this model takes in one piece ({limit:g} s).")
-            yield from self._segments(recording, mode, window_s, stride_s, max_segment_s, min_pause_s, crop_mouth, progress)
+                raise ValueError(
+                    f"chunk_length_s={window_s:g} is longer than this model takes in one piece ({limit:g} s)."
+                )
+            yield from self._segments(
+                recording, mode, window_s, stride_s, max_segment_s, min_pause_s, crop_mouth, progress
+            )
 
     def _max_piece_seconds(self) -> float | None:
         """The longest input the model takes in one piece: the log-mel window of a Whisper-style audio encoder;
@@ -435,7 +439,9 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
     def _segmentation_mode(self, recording, segmentation, chunk_length_s, max_segment_s, limit) -> str:
         if chunk_length_s:
             if segmentation not in ("auto", "windows"):
-                raise ValueError(f"chunk_length_s cuts fixed windows; it does not go with segmentation={segmentation!r}.")
+                raise ValueError(
+                    f"chunk_length_s cuts fixed windows; it does not go with segmentation={segmentation!r}."
+                )
             return "windows"
         if segmentation == "auto":
             if recording.duration <= max_segment_s:
@@ -593,7 +599,8 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
                 ids = ids[overlap_start(merged, ids) :]  # what the previous window already said
             merged.extend(ids)
             start, end = output["segment"]
-            chunks.append({"text": self.tokenizer.decode(ids, skip_special_tokens=True).strip(), "timestamp": (start, end)})
+            text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            chunks.append({"text": text, "timestamp": (start, end)})
         result = {"text": self.tokenizer.decode(merged, skip_special_tokens=True)}
         if return_timestamps:
             result["chunks"] = chunks
@@ -610,7 +617,9 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         from transformers.pipelines.pt_utils import PipelineChunkIterator, PipelineIterator, PipelinePackIterator
 
         dataset = PipelineChunkIterator(inputs, self.preprocess, preprocess_params)
-        loader = DataLoader(dataset, num_workers=min(num_workers, 1), batch_size=batch_size, collate_fn=collate_segments)
+        loader = DataLoader(
+            dataset, num_workers=min(num_workers, 1), batch_size=batch_size, collate_fn=collate_segments
+        )
         model_iterator = PipelinePackIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
         return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
 

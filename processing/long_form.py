@@ -79,7 +79,8 @@ class Recording:
         audio_source = str(path) if audio and info.audio_duration is not None else None
         duration = info.video_duration if video_source is not None else info.audio_duration
         audio_duration = info.audio_duration if audio_source is not None else None
-        return cls(str(path), float(duration or info.duration), audio_source, video_source, sampling_rate, audio_duration)
+        duration = float(duration or info.duration)
+        return cls(str(path), duration, audio_source, video_source, sampling_rate, audio_duration)
 
     @property
     def has_audio(self) -> bool:

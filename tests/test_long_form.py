@@ -192,7 +192,7 @@ def test_too_long_for_the_model_is_refused_never_truncated(models, recording, tm
         extractor(long.wave)
     processor = MMAVSRProcessor.from_auto_avsr(feature_type="log-mel", chunk_length=10)
     asr = pipeline("audio-visual-speech-recognition", model=folder, feature_extractor=processor.feature_extractor)
-    with pytest.raises(ValueError, match=r"long.wav: lasts 1\d\.\d s, longer than this model takes in one piece \(10 s"):
+    with pytest.raises(ValueError, match=r"long.wav: lasts 1\d\.\d s, longer than this model takes in one piece \(10"):
         asr(paths["wav"], segmentation="off")
     with pytest.raises(ValueError, match="segmentation must be one of"):
         asr(paths["wav"], segmentation="pauses")
