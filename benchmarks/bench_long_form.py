@@ -95,7 +95,7 @@ def prepare(args) -> tuple[dict, dict]:
     """The model folders and, for each length, the recording files and their duration."""
     from mmavsr_processing import write_audio, write_video
     from mmavsr_processing.demo_corpus import generate_demo_corpus, long_recording
-    from modeling_mmavsr.presets import build_model_from_preset, build_processor_from_preset
+    from mmavsr_training.presets import build_model_from_preset, build_processor_from_preset
 
     work = Path(args.work_dir)
     labels = generate_demo_corpus(work / "corpus", num_clips=args.num_clips, split_fractions=(0, 0, 1),

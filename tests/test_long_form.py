@@ -204,7 +204,7 @@ def test_transcribe_command_writes_subtitles_and_names_each_unreadable_input(mod
     from importlib.metadata import entry_points
 
     from mmavsr_processing.subtitles import format_timestamp
-    from modeling_mmavsr.transcribe_mmavsr import console_main, main
+    from mmavsr_training.transcribe import console_main, main
 
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "mmavsr-transcribe"]
     assert script.load() is console_main

@@ -9,7 +9,7 @@ Each input (any container FFmpeg reads: mp4, mkv, webm, mov, wav, flac, mp3, m4a
 `audio-visual-speech-recognition` pipeline with segment timestamps: recordings longer than `--max-segment-s` are cut at
 pauses (or in windows when silent) and decoded `--batch-size` segments at a time. `<stem>.<format>` is written next to
 the input (or into `--output-dir`). An input that cannot be read or transcribed gets one line on stderr naming it and
-the problem; the others go on, and the command exits with status 1. Not part of an exported model folder.
+the problem; the others go on, and the command exits with status 1.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
     from transformers import pipeline
 
-    from .pipeline_mmavsr import AUDIO_VISUAL_TASK  # importing the package registered the task
+    from modeling_mmavsr.pipeline_mmavsr import AUDIO_VISUAL_TASK  # importing modeling_mmavsr registers the task
 
     try:
         transcriber = pipeline(AUDIO_VISUAL_TASK, model=args.model, device=torch.device(args.device), int8=args.int8)
