@@ -14,6 +14,7 @@ processing modules are imported inside the functions that need them (an exported
 relative ones); `mmavsr_processing` never imports this package.
 """
 
+import logging
 import os
 from pathlib import Path
 
@@ -55,6 +56,7 @@ MODEL_TYPE = "mmavsr"
 MODEL_CLASS_NAME = "MMAVSRForConditionalGeneration"
 # frames no larger than this on both sides are taken as mouth ROIs already (auto_avsr's are 96x96)
 MOUTH_ROI_MAX_SIZE = 128
+logger = logging.getLogger(__name__)
 MODEL_INPUT_NAMES = ("input_features", "attention_mask", "pixel_values_videos", "video_attention_mask")
 SEGMENTATION_MODES = ("auto", "vad", "windows", "off")
 
@@ -496,6 +498,7 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
             ranges = fixed_windows(total, int(round(window_s * per_second)), overlap)
         skip = not ranges  # no speech: one short piece is decoded, its text dropped (an empty transcript)
         if skip:
+            logger.warning("%s: the speech detector found no speech; the transcript is empty", recording.name)
             ranges = [(0, min(total, per_second))]
         frames = cut_ranges(recording.video_blocks(), ranges) if recording.has_video else None
         unit = SAMPLES_PER_FRAME if recording.has_video else 1

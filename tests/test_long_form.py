@@ -264,3 +264,13 @@ def test_int8_quantizes_every_linear_layer_and_stays_close_to_fp32(models, recor
     assert isinstance(asr(long.wave[: 3 * RATE])["text"], str)
     with pytest.raises(ValueError, match="int8 must be True or False"):
         pipeline("audio-visual-speech-recognition", model=folder, int8="yes")
+
+
+def test_a_recording_without_speech_gives_an_empty_transcript_and_says_so(models, caplog):
+    folder, _ = models["audio"]
+    asr = pipeline("audio-visual-speech-recognition", model=folder, **GENERATE)
+    silence = np.zeros(8 * RATE, np.float32)
+    with caplog.at_level("WARNING", logger="modeling_mmavsr.pipeline_mmavsr"):
+        result = asr(silence, segmentation="vad", return_timestamps=True)
+    assert result == {"text": "", "chunks": []}
+    assert "audio input: the speech detector found no speech; the transcript is empty" in caplog.text
