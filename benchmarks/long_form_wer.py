@@ -32,6 +32,7 @@ def parse_args():
     parser.add_argument("--minutes", type=float, default=10.0, help="length of the long recording (default 10)")
     parser.add_argument("--int8", action="store_true", help="also decode with int8 linear layers")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, help="tokens per piece at most (default: the model's)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work-dir", default="long_form_wer")
     return parser.parse_args()
@@ -85,7 +86,10 @@ def main() -> None:
         folder = Path(args.models_dir) / name
         clip_wer = {}
         for precision in ("fp32", "int8") if args.int8 else ("fp32",):
-            transcriber = pipeline("audio-visual-speech-recognition", model=str(folder), int8=precision == "int8")
+            generate = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
+            transcriber = pipeline(
+                "audio-visual-speech-recognition", model=str(folder), int8=precision == "int8", **generate
+            )
             config = transcriber.model.config
             reads_video, reads_audio = config.vision_encoder is not None, config.audio_encoder is not None
             clips = clip_inputs(corpus, labels, reads_video, reads_audio)
