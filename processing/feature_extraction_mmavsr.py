@@ -226,7 +226,7 @@ class MMAVSRFeatureExtractor(SequenceFeatureExtractor):
                 raise ValueError(
                     f"audio item {index} lasts {wave.shape[-1] / self.sampling_rate:.2f} s, longer than the "
                     f"{self.chunk_length} s log-mel window (`chunk_length`); it is never truncated: cut it into "
-                    "segments (the pipelines and mmavsr-transcribe do)"
+                    "segments (the audio-visual-speech-recognition pipeline and mmavsr-transcribe do)"
                 )
         longest = max(wave.shape[-1] for wave in waves)
         padding = {"padding": "max_length" if self.pad_to_whisper_window else "longest"}

@@ -194,6 +194,10 @@ def test_too_long_for_the_model_is_refused_never_truncated(models, recording, tm
     asr = pipeline("audio-visual-speech-recognition", model=folder, feature_extractor=processor.feature_extractor)
     with pytest.raises(ValueError, match=r"long.wav: lasts 1\d\.\d s, longer than this model takes in one piece \(10"):
         asr(paths["wav"], segmentation="off")
+    # Transformers' own ASR pipeline has no segments: it refuses, where it used to keep the first window only
+    plain = pipeline("automatic-speech-recognition", model=folder, feature_extractor=processor.feature_extractor)
+    with pytest.raises(ValueError, match="longer than the 10 s log-mel window .* never truncated"):
+        plain(long.wave)
     with pytest.raises(ValueError, match="segmentation must be one of"):
         asr(paths["wav"], segmentation="pauses")
     with pytest.raises(ValueError, match="no word or character timestamps"):
