@@ -1,6 +1,6 @@
 """Decoding and training speed of MMAVSR against auto_avsr's own implementation, with the same weights.
 
-    python benchmarks/bench_auto_avsr_speed.py [--auto-avsr PATH] [--modality video|audio] [--beam 40]
+    python benchmarks/bench_auto_avsr_speed.py [--auto-avsr PATH] [--modality video|audio] [--beam 40] [--int8]
 
 Decoding: one utterance of `--seconds` on the full released architecture, beam `--beam`, CTC weight `--ctc-weight`,
 `--threads` CPU threads, timed after one untimed warm-up decode on each side. Training: forward + backward of a batch
@@ -9,10 +9,13 @@ drifts: alternating exposes both to the same drift), and the medians are compare
 mpc001/auto_avsr; it is imported from there at run time, never copied), auto_avsr's model gets random weights that are
 converted into an MMAVSR model, both sides run, and the script prints both timings and whether the best hypotheses
 agree. Without it, only MMAVSR runs. Weights are random, so hypotheses tend to run to the length limit: the worst case
-for decoding time.
+for decoding time. With `--int8`, a copy of the MMAVSR model with int8 linear layers (`model.quantize_int8()`, dynamic
+quantization) is timed too, against auto_avsr (fp32) and against the fp32 MMAVSR model, and the script says whether
+its hypothesis is the fp32 one.
 """
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -38,6 +41,7 @@ def parse_args():
     parser.add_argument("--batch", type=int, default=4, help="utterances per training batch")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each side; medians are compared")
+    parser.add_argument("--int8", action="store_true", help="also time decoding with int8 linear layers")
     parser.add_argument("--skip-decoding", action="store_true")
     parser.add_argument("--skip-training", action="store_true")
     return parser.parse_args()
@@ -82,7 +86,7 @@ def format_runs(times: list[float]) -> str:
 
 def compare(what: str, ours, theirs, repeats: int, unit: str = ""):
     """Time `ours` and `theirs` (None: ours only) `repeats` times each, taking turns; print medians; return the last
-    results of both."""
+    results of both and the median of ours."""
     ours_times, theirs_times, results = [], [], (None, None)
     for _ in range(repeats):
         ours_result, seconds = timed(ours)
@@ -98,7 +102,7 @@ def compare(what: str, ours, theirs, repeats: int, unit: str = ""):
         ratio = statistics.median(theirs_times) / statistics.median(ours_times)
         pairwise = " / ".join(f"{t / o:.2f}" for o, t in zip(ours_times, theirs_times))
         print(f"{what}  speed-up  : {ratio:8.2f} x  (run by run: {pairwise})")
-    return results
+    return (*results, statistics.median(ours_times))
 
 
 def decode_reference(reference, modality, x, beam, ctc_weight):
@@ -160,9 +164,20 @@ def main():
             decode()  # warm-up, as for training below
             if decode_theirs is not None:
                 decode_theirs()
-            ours, theirs = compare("decoding", decode, decode_theirs, args.repeats, f" for {frames} frames")
+            unit = f" for {frames} frames"
+            ours, theirs, fp32_seconds = compare("decoding", decode, decode_theirs, args.repeats, unit)
         agreement = "" if theirs is None else f", same as auto_avsr's: {ours == theirs}"
         print(f"decoding  hypothesis: {len(ours)} tokens{agreement}")
+        if args.int8:
+            int8_model = copy.deepcopy(model)
+            layers = int8_model.quantize_int8()
+            decode_int8 = partial(decode_ours, int8_model, args.modality, x, args.beam, args.ctc_weight)
+            with torch.inference_mode():
+                decode_int8()
+                int8, theirs, int8_seconds = compare("decoding int8", decode_int8, decode_theirs, args.repeats, unit)
+            print(f"decoding int8: {layers} linear layers in int8, {fp32_seconds / int8_seconds:.2f}x the fp32 MMAVSR "
+                  f"speed; hypothesis {len(int8)} tokens, same as fp32: {int8 == ours}"
+                  + ("" if theirs is None else f", same as auto_avsr's: {int8 == theirs}"))
 
     if not args.skip_training:
         x, _ = make_batch(args.modality, args.seconds, args.batch)

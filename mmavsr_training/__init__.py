@@ -10,6 +10,7 @@ project's command-line wording. It is never exported to the Hub: an exported mod
 - `presets`: the named presets of `hub_configs/` (installed as `mmavsr_training.hub_configs`);
 - `trainer`, `checkpointing`, `evaluation`: the Trainer, resuming and averaging checkpoints, WER and SNR tables;
 - `convert_auto_avsr_checkpoint`, `convert_ctranslate2_whisper`, `export`: converters and the Hub export.
+- `transcribe`: the `mmavsr-transcribe` command (recordings of any length to subtitles).
 
 The dependency goes one way: this package imports `modeling_mmavsr` and `mmavsr_processing`, which never import it.
 """

@@ -7,11 +7,19 @@
 - `MMAVSRCPUDecodingMixin._get_top_k_continuations`: the beam step's top-k in two exact stages (`top_k_over_beams`),
   overriding `GenerationMixin`'s private method.
 
-Each gives the same hypotheses as the plain path (`benchmarks/bench_auto_avsr_speed.py` measures what they gain).
+Opt-in and not exact: `model.quantize_int8()` (`quantize_linear_int8`) replaces every linear layer by PyTorch's
+dynamically quantized int8 one (weights int8 per tensor, activations quantized on the fly; fbgemm kernels, AVX2 and
+up): faster and smaller on a CPU, with hypotheses that can differ from fp32 (`benchmarks/bench_auto_avsr_speed.py
+--int8` and `benchmarks/bench_long_form.py` measure speed, `benchmarks/long_form_wer.py --int8` the WER).
+
+Each of the exact speed-ups gives the same hypotheses as the plain path (`benchmarks/bench_auto_avsr_speed.py`
+measures what they gain).
 All are on by default; `model.set_cpu_decoding_speedups(False)` turns them off (the plain `nn.Linear` product,
 `DynamicLayer`, Transformers' own beam step), e.g. to rule them out when something looks wrong. The switch is a
 property of the loaded model, not of its configuration: it is not saved.
 """
+
+import warnings
 
 import torch
 from torch import nn
@@ -184,11 +192,40 @@ def top_k_over_beams(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.
     return values, ids.view(batch, -1).gather(1, positions)
 
 
+def quantize_linear_int8(model: nn.Module) -> int:
+    """Replace every `nn.Linear` of `model` (subclasses such as `MMAVSRLinear` included) by a dynamically quantized
+    int8 linear layer (`torch.ao.nn.quantized.dynamic.Linear`), in place, for inference on a CPU. Returns how many
+    layers were replaced. The model cannot be trained or saved afterwards: quantize a loaded copy."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+    from torch.ao.quantization import default_dynamic_qconfig
+
+    if any(parameter.device.type != "cpu" for parameter in model.parameters()):
+        raise ValueError("int8 dynamic quantization runs on the CPU; the model is on another device.")
+    engines = torch.backends.quantized.supported_engines
+    if "fbgemm" not in engines and "x86" not in engines:
+        raise RuntimeError(f"this torch build has no x86 int8 kernels (its quantized engines: {engines}).")
+    replaced = 0
+    with warnings.catch_warnings():
+        # torch 2.14 marks its quantized tensors as deprecated; the dynamic int8 linear layer still runs on them
+        warnings.filterwarnings("ignore", ".*quantized tensor creation functions.*deprecated", UserWarning)
+        for module in list(model.modules()):
+            for name, child in list(module.named_children()):
+                if not isinstance(child, nn.Linear):
+                    continue
+                plain = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
+                plain.weight, plain.bias = child.weight, child.bias
+                plain.qconfig = default_dynamic_qconfig
+                setattr(module, name, DynamicInt8Linear.from_float(plain))
+                replaced += 1
+    return replaced
+
+
 class MMAVSRCPUDecodingMixin:
     """The switch of the speed-ups (`set_cpu_decoding_speedups`) and the beam step's two-stage top-k; a model class
     lists it before its `GenerationMixin`."""
 
     cpu_decoding_speedups: bool = True
+    is_int8_quantized: bool = False  # set by `quantize_int8`
 
     def set_cpu_decoding_speedups(self, enabled: bool = True) -> None:
         """Turn the CPU decoding speed-ups on (the default) or off: `MMAVSRLinear`'s packed weights, the appending
@@ -198,6 +235,13 @@ class MMAVSRCPUDecodingMixin:
         for module in self.modules():
             if isinstance(module, MMAVSRLinear):
                 module.set_packing(self.cpu_decoding_speedups)
+
+    def quantize_int8(self) -> int:
+        """int8 dynamic quantization of every linear layer, in place, for faster decoding on a CPU (opt-in, not
+        exact; see `quantize_linear_int8`). Returns how many layers were replaced."""
+        replaced = quantize_linear_int8(self)
+        self.is_int8_quantized = True
+        return replaced
 
     def _get_top_k_continuations(
         self,
@@ -248,4 +292,5 @@ __all__ = [
     "MMAVSRCPUDecodingMixin",
     "self_attention_cache_layers",
     "top_k_over_beams",
+    "quantize_linear_int8",
 ]

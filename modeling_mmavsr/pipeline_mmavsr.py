@@ -14,6 +14,7 @@ processing modules are imported inside the functions that need them (an exported
 relative ones); `mmavsr_processing` never imports this package.
 """
 
+import logging
 import os
 from pathlib import Path
 
@@ -24,7 +25,18 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_SPEECH_SEQ_2_SEQ_MA
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.automatic_speech_recognition import AutomaticSpeechRecognitionPipeline
 
-from mmavsr_processing.media_constants import SAMPLING_RATE, VIDEO_FPS
+from mmavsr_processing.long_form import (
+    DEFAULT_MAX_SEGMENT_S,
+    DEFAULT_MIN_PAUSE_S,
+    Recording,
+    SpeechDetector,
+    cut_ranges,
+    fixed_windows,
+    frame_aligned,
+    overlap_start,
+    speech_segments,
+)
+from mmavsr_processing.media_constants import SAMPLES_PER_FRAME, SAMPLING_RATE, VIDEO_FPS
 from mmavsr_processing.media_io import (
     VIDEO_SUFFIXES,
     MediaError,
@@ -34,6 +46,7 @@ from mmavsr_processing.media_io import (
     read_video,
     resample_audio,
     resample_frames,
+    read_audio_can_read,
 )
 
 
@@ -43,7 +56,31 @@ MODEL_TYPE = "mmavsr"
 MODEL_CLASS_NAME = "MMAVSRForConditionalGeneration"
 # frames no larger than this on both sides are taken as mouth ROIs already (auto_avsr's are 96x96)
 MOUTH_ROI_MAX_SIZE = 128
+logger = logging.getLogger(__name__)
 MODEL_INPUT_NAMES = ("input_features", "attention_mask", "pixel_values_videos", "video_attention_mask")
+SEGMENTATION_MODES = ("auto", "vad", "windows", "off")
+
+
+def collate_segments(items: list[dict]) -> dict:
+    """A batch of the pipeline's segments: tensors zero-padded along time (axis 1 of videos `(1, T, C, H, W)`, the
+    last axis of waves, log-mels and masks) and stacked; other values listed."""
+    keys = set(items[0])
+    if any(set(item) != keys for item in items):
+        raise ValueError(f"segments with different inputs cannot be batched: {[sorted(item) for item in items]}")
+    batch = {}
+    for key in keys:
+        values = [item[key] for item in items]
+        if not isinstance(values[0], torch.Tensor):
+            batch[key] = values
+            continue
+        axis = 1 if values[0].dim() == 5 else values[0].dim() - 1
+        longest = max(value.shape[axis] for value in values)
+        padded = []
+        for value in values:
+            widths = [0, 0] * (value.dim() - 1 - axis) + [0, longest - value.shape[axis]]
+            padded.append(torch.nn.functional.pad(value, widths))
+        batch[key] = torch.cat(padded, dim=0)
+    return batch
 
 
 def register_speech_seq2seq() -> None:
@@ -107,9 +144,25 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
     `MediaError` naming the file. Frames larger than 128x128 pixels are taken as full faces and the mouth is
     cropped by `mouth_cropper` (default: `mmavsr_processing.mouth_cropping.MouthCropper()`, built on first use); frames
     of at most 128x128 are taken as mouth ROIs already. `crop_mouth=True` / `False` (at construction or per call)
-    forces either way. Long audio is transcribed in chunks with `chunk_length_s` (and `stride_length_s`, default a
-    sixth of a chunk on each side); overlapping chunks are merged on their longest common token run. Videos are
-    transcribed whole.
+    forces either way.
+
+    Recordings of any length (audio, video, both) are transcribed whole, never cut; `segmentation` says how:
+        - `"auto"` (default): a recording of at most `max_segment_s` (20 s) goes to the model in one piece; a longer
+          one is cut at pauses when it has sound (`"vad"`), in overlapping windows when it has none (`"windows"`);
+        - `"vad"`: speech regions found by silero-vad on the sound (also for a lip-reading model, when the video has
+          sound), split at pauses of at least `min_pause_s` (0.2 s) and again at their longest pause when longer
+          than `max_segment_s`; silence between them is not transcribed;
+        - `"windows"`: windows of `chunk_length_s` (default `max_segment_s`) overlapping by `stride_length_s` on each
+          side (default a sixth of a window); the transcripts of neighbouring windows are joined where they repeat
+          each other (`long_form.overlap_start`). Giving `chunk_length_s` chooses this mode;
+        - `"off"`: one piece; a recording longer than the model takes (a log-mel model's 30 s window) raises.
+    Files are read in pieces (`long_form.Recording`), segments are featurised one by one and decoded `batch_size` at a
+    time, so memory does not grow with the recording. `return_timestamps=True` adds `chunks`:
+    `[{"text", "timestamp": (start, end)}]` in seconds, one per segment (neighbouring windows' overlap split in the
+    middle). `progress=True` shows a bar over the recording's seconds.
+
+    `int8=True` (at construction) quantizes the model's linear layers to int8 in place (dynamic quantization, on a
+    CPU; `model.quantize_int8()`): faster decoding, with transcripts that may differ slightly from fp32.
 
     Generation follows the model's generation config (e.g. `num_beams`, `ctc_weight`); what it leaves unset gets the
     ASR pipeline's defaults (`num_beams=5`, `max_new_tokens=256`); every `generate` argument may be passed at
@@ -118,7 +171,16 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
 
     _load_video_processor = None  # loaded when the model folder has one (audio-only models need none)
 
-    def __init__(self, model, feature_extractor=None, tokenizer=None, video_processor=None, mouth_cropper=None, **kwargs):
+    def __init__(
+        self,
+        model,
+        feature_extractor=None,
+        tokenizer=None,
+        video_processor=None,
+        mouth_cropper=None,
+        int8: bool = False,
+        **kwargs,
+    ):
         register_speech_seq2seq()
         processor = kwargs.get("processor")
         if processor is not None:
@@ -131,13 +193,47 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         if self.type != "seq2seq":
             raise ValueError(f"{type(self).__name__} runs MMAVSR models; got {type(self.model).__name__}.")
         self.mouth_cropper = mouth_cropper
+        if int8 not in (True, False):
+            raise ValueError(f"int8 must be True or False, got {int8!r}.")
+        if int8 and not getattr(self.model, "is_int8_quantized", False):
+            self.model.quantize_int8()  # in place: the pipeline's model decodes with int8 linear layers
+        self._speech_detector = None  # silero-vad, loaded on first use
 
-    def _sanitize_parameters(self, crop_mouth=None, **kwargs):
+    def _sanitize_parameters(
+        self,
+        crop_mouth=None,
+        segmentation=None,
+        max_segment_s=None,
+        min_pause_s=None,
+        progress=None,
+        return_timestamps=None,
+        **kwargs,
+    ):
+        if kwargs.get("chunk_length_s"):
+            kwargs.setdefault("ignore_warning", True)  # windows are joined here, not as the ASR pipeline warns of
         preprocess_params, forward_params, postprocess_params = super()._sanitize_parameters(**kwargs)
         if crop_mouth is not None:
             if crop_mouth not in (True, False):
                 raise ValueError(f"crop_mouth must be True, False or None (decide by frame size), got {crop_mouth!r}.")
             preprocess_params["crop_mouth"] = crop_mouth
+        if segmentation is not None:
+            if segmentation not in SEGMENTATION_MODES:
+                raise ValueError(f"segmentation must be one of {SEGMENTATION_MODES}, got {segmentation!r}.")
+            preprocess_params["segmentation"] = segmentation
+        for name, value in (("max_segment_s", max_segment_s), ("min_pause_s", min_pause_s)):
+            if value is not None:
+                if not isinstance(value, (int, float)) or value <= 0:
+                    raise ValueError(f"{name} must be a positive number of seconds, got {value!r}.")
+                preprocess_params[name] = float(value)
+        if progress is not None:
+            preprocess_params["progress"] = bool(progress)
+        if return_timestamps is not None:
+            if return_timestamps not in (True, False):
+                raise ValueError(
+                    "return_timestamps=True gives the (start, end) of each segment in seconds; MMAVSR models have no "
+                    f"word or character timestamps (got {return_timestamps!r})."
+                )
+            postprocess_params["return_timestamps"] = return_timestamps
         return preprocess_params, forward_params, postprocess_params
 
     # -- inputs -------------------------------------------------------------------------------------------------
@@ -151,13 +247,8 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         return self.feature_extractor.sampling_rate if self.feature_extractor is not None else SAMPLING_RATE
 
     def _read_audio_input(self, inputs):
-        """Audio files and dicts at another rate become waves at the feature extractor's rate; the rest is left to
-        the ASR pipeline (arrays, bytes, URLs, torchcodec decoders)."""
-        if isinstance(inputs, os.PathLike) or (isinstance(inputs, str) and not inputs.startswith(("http://", "https://"))):
-            wave = read_audio(inputs, sampling_rate=self._sampling_rate, resample=True, mono=True)
-            if wave.size == 0:
-                raise MediaError(f"{inputs}: the audio file holds no sample")
-            return wave
+        """Dicts at another rate become waves at the feature extractor's rate; the rest is left as it is (arrays, and
+        bytes, URLs, torchcodec decoders for the ASR pipeline; files are read through `Recording`)."""
         if isinstance(inputs, dict) and inputs.get("sampling_rate") not in (None, self._sampling_rate):
             inputs = dict(inputs)
             wave = inputs.pop("raw", None)
@@ -210,10 +301,9 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
     def _audio_of_video(self, inputs):
         """The audio of a video input, for an audio-only model: a file's audio track, or a dict's `audio`."""
         if isinstance(inputs, (str, os.PathLike)):
-            track = read_audio_track(inputs, self._sampling_rate)
-            if track is None:
+            if Recording.from_file(inputs, self._sampling_rate, video=False).audio is None:
                 raise ValueError(f"{inputs}: this audio-only model needs sound, but the video has no audio track.")
-            return track
+            return str(inputs)  # read in pieces, or whole for a short video (`read_audio` reads the track)
         if isinstance(inputs, dict) and inputs.get("audio") is not None:
             audio = inputs["audio"]
             if isinstance(audio, (str, os.PathLike)):
@@ -245,45 +335,213 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         except ValueError as error:  # NoFaceError included
             raise type(error)(f"{source}: {error} (pass crop_mouth=False if the frames are mouth ROIs)") from error
 
-    def preprocess(self, inputs, chunk_length_s=0, stride_length_s=None, crop_mouth=None):
+    def preprocess(
+        self,
+        inputs,
+        chunk_length_s=0,
+        stride_length_s=None,
+        crop_mouth=None,
+        segmentation="auto",
+        max_segment_s=DEFAULT_MAX_SEGMENT_S,
+        min_pause_s=DEFAULT_MIN_PAUSE_S,
+        progress=False,
+    ):
         config = self._config
-        if is_video_input(inputs) and config.vision_encoder is None:
+        reads_video = config.vision_encoder is not None
+        if is_video_input(inputs) and not reads_video:
             inputs = self._audio_of_video(inputs)  # an audio-only model reads the sound of a video
-        elif is_video_input(inputs):
-            if chunk_length_s:
-                raise ValueError("chunk_length_s splits audio; videos are transcribed whole.")
-            yield self._preprocess_video(inputs, crop_mouth)
-            return
-        elif config.vision_encoder is not None:
+        elif not is_video_input(inputs) and reads_video:
             raise ValueError(
                 f"This {config.modality} model reads the lips: give a video (a file such as clip.mp4, frames "
                 "(T, H, W, 3), or {'video': ..., 'audio': ...}), not audio alone."
             )
-        yield from super().preprocess(self._read_audio_input(inputs), chunk_length_s, stride_length_s)
+        recording = self._recording(inputs, reads_video)
+        if recording is None:  # bytes, URLs, decoders: read by the ASR pipeline, in one piece
+            yield from super().preprocess(inputs, chunk_length_s, stride_length_s)
+            return
+        limit = self._max_piece_seconds()
+        if limit is not None:
+            max_segment_s = min(max_segment_s, limit)
+        mode = self._segmentation_mode(recording, segmentation, chunk_length_s, max_segment_s, limit)
+        meta = {"segment": (0.0, round(recording.duration, 3)), "overlap": False, "skip": False}
+        if mode == "off" and reads_video:
+            yield {**self._preprocess_video(inputs, crop_mouth), **meta}
+        elif mode == "off":
+            wave = recording.audio
+            if isinstance(wave, str) and read_audio_can_read(wave):
+                wave = read_audio(wave, sampling_rate=self._sampling_rate, resample=True, mono=True)
+            elif isinstance(wave, str):  # a container libsndfile does not read (mp3, m4a, a video's track): FFmpeg
+                wave = np.concatenate(list(recording.audio_blocks()))
+            yield {"is_last": True, **self._features(recording.name, None, wave, crop_mouth), **meta}
+        else:
+            window_s = chunk_length_s or max_segment_s
+            stride_s = window_s / 6 if stride_length_s is None else stride_length_s
+            if isinstance(stride_s, (list, tuple)):
+                if len(set(stride_s)) != 1:
+                    raise ValueError(f"windows overlap by the same stride on both sides, got {stride_s}.")
+                stride_s = stride_s[0]
+            if limit is not None and window_s > limit:
+                raise ValueError(
+                    f"chunk_length_s={window_s:g} is longer than this model takes in one piece ({limit:g} s)."
+                )
+            yield from self._segments(
+                recording, mode, window_s, stride_s, max_segment_s, min_pause_s, crop_mouth, progress
+            )
 
-    def _preprocess_video(self, inputs, crop_mouth: bool | None) -> dict:
+    def _max_piece_seconds(self) -> float | None:
+        """The longest input the model takes in one piece: the log-mel window of a Whisper-style audio encoder;
+        None when the model takes any length."""
+        extractor = self.feature_extractor
+        if self._config.audio_encoder is not None and getattr(extractor, "feature_type", None) == "log-mel":
+            return float(extractor.chunk_length)
+        return None
+
+    def _recording(self, inputs, reads_video: bool) -> Recording | None:
+        """The recording of an input (its video when `reads_video`, else its sound), with its duration; files are
+        only probed. None for inputs the ASR pipeline reads itself (bytes, URLs, decoders)."""
+        rate = self._sampling_rate
+        if not reads_video:
+            if isinstance(inputs, (str, os.PathLike)) and not str(inputs).startswith(("http://", "https://")):
+                return Recording.from_file(inputs, rate, video=False)
+            wave = self._read_audio_input(inputs)
+            if isinstance(wave, dict) and set(wave) <= {"raw", "array", "sampling_rate", "path"}:
+                wave = wave.get("raw", wave.get("array"))
+            if isinstance(wave, torch.Tensor):
+                wave = wave.cpu().numpy()
+            if not isinstance(wave, np.ndarray) or wave.ndim != 1:
+                return None
+            wave = wave.astype(np.float32, copy=False)
+            return Recording("audio input", len(wave) / rate, audio=wave, sampling_rate=rate)
+        audio = None
+        video, fps = (inputs["video"], inputs.get("fps")) if isinstance(inputs, dict) else (inputs, None)
+        if isinstance(inputs, dict):
+            audio = inputs.get("audio", inputs.get("array", inputs.get("raw")))
+            if isinstance(audio, (str, os.PathLike)):
+                audio = str(audio)
+            elif audio is not None:
+                audio = np.asarray(audio.cpu().numpy() if isinstance(audio, torch.Tensor) else audio, np.float32)
+                audio = resample_audio(audio, inputs.get("sampling_rate", rate), rate)
+        if isinstance(video, (str, os.PathLike)):
+            recording = Recording.from_file(video, rate, audio=audio is None)
+            if recording.video is None:
+                raise MediaError(f"{video}: no video stream")
+        else:
+            frames = video.cpu().numpy() if isinstance(video, torch.Tensor) else np.asarray(video)
+            if frames.ndim not in (3, 4) or len(frames) == 0 or frames.dtype != np.uint8:
+                return Recording("video input", 0.0)  # the one-piece path names what is wrong
+            frames = resample_frames(frames, fps or VIDEO_FPS, source="video input")
+            recording = Recording("video input", len(frames) / VIDEO_FPS, video=frames, sampling_rate=rate)
+        if audio is not None:
+            recording.audio = audio
+            recording.audio_duration = (
+                Recording.from_file(audio, rate, video=False).duration if isinstance(audio, str) else len(audio) / rate
+            )
+        return recording
+
+    def _segmentation_mode(self, recording, segmentation, chunk_length_s, max_segment_s, limit) -> str:
+        if chunk_length_s:
+            if segmentation not in ("auto", "windows"):
+                raise ValueError(
+                    f"chunk_length_s cuts fixed windows; it does not go with segmentation={segmentation!r}."
+                )
+            return "windows"
+        if segmentation == "auto":
+            if recording.duration <= max_segment_s:
+                return "off"
+            return "vad" if recording.has_audio else "windows"
+        if segmentation == "vad" and not recording.has_audio:
+            raise ValueError(
+                f"{recording.name}: segmentation='vad' finds the pauses in the sound, and there is none; use "
+                "segmentation='windows'."
+            )
+        if segmentation == "off" and limit is not None and recording.duration > limit:
+            raise ValueError(
+                f"{recording.name}: lasts {recording.duration:.1f} s, longer than this model takes in one piece "
+                f"({limit:g} s, its log-mel window); it is never truncated: leave segmentation='auto', or choose "
+                "'vad' or 'windows', to transcribe it in segments."
+            )
+        return segmentation
+
+    def _segments(self, recording, mode, window_s, stride_s, max_segment_s, min_pause_s, crop_mouth, progress):
+        """The model inputs of each segment of a long recording, read in pieces (see the class docstring)."""
+        from tqdm.auto import tqdm
+
         from mmavsr_processing.processing_mmavsr import AV_DURATION_TOLERANCE, check_av_durations
 
-        config = self._config
-        source, frames, fps, audio = self._read_video_input(inputs)
-        frames = resample_frames(frames, fps, source=source)
-        if self.video_processor is None:
+        config, rate = self._config, self._sampling_rate
+        needs_audio = config.audio_encoder is not None
+        if needs_audio and not recording.has_audio:
             raise ValueError(
-                f"{source}: the pipeline has no video processor; save the MMAVSRProcessor with the model, or pass "
-                "video_processor= (or processor=)."
+                f"{recording.name}: this {config.modality} model needs the audio track, but the video has none "
+                "(give {'video': ..., 'audio': wave, 'sampling_rate': rate})."
             )
-        frames = self._crop_mouth(source, frames, crop_mouth)
-        model_inputs = dict(self.video_processor(frames, return_tensors="pt"))
-        if config.audio_encoder is not None:
-            if audio is None:
+        if needs_audio and recording.has_video:
+            check_av_durations(recording.duration, recording.audio_duration, recording.name, AV_DURATION_TOLERANCE)
+        per_second = VIDEO_FPS if recording.has_video else rate  # the timeline: video frames, or audio samples
+        total = int(round(recording.duration * per_second))
+        if mode == "vad":
+            counted = [0]
+
+            def counting(blocks):
+                for block in blocks:
+                    counted[0] += len(block)
+                    yield block
+
+            if self._speech_detector is None:
+                self._speech_detector = SpeechDetector()
+            probabilities = self._speech_detector.probabilities(counting(recording.audio_blocks()), rate)
+            speech = speech_segments(probabilities, counted[0], max_segment_s, min_pause_s, sampling_rate=rate)
+            ranges = frame_aligned(speech, total) if recording.has_video else speech
+            overlap = 0
+        else:
+            overlap = int(round(stride_s * per_second))
+            ranges = fixed_windows(total, int(round(window_s * per_second)), overlap)
+        skip = not ranges  # no speech: one short piece is decoded, its text dropped (an empty transcript)
+        if skip:
+            logger.warning("%s: the speech detector found no speech; the transcript is empty", recording.name)
+            ranges = [(0, min(total, per_second))]
+        frames = cut_ranges(recording.video_blocks(), ranges) if recording.has_video else None
+        unit = SAMPLES_PER_FRAME if recording.has_video else 1
+        audio = cut_ranges(recording.audio_blocks(), [(a * unit, b * unit) for a, b in ranges]) if needs_audio else None
+        bar = tqdm(total=round(recording.duration, 1), unit="s", desc=recording.name, disable=not progress)
+        done = 0.0
+        try:
+            for index, (start, stop) in enumerate(ranges):
+                piece = next(frames) if frames is not None else None
+                wave = next(audio) if audio is not None else None
+                if piece is not None and len(piece) == 0:
+                    raise MediaError(f"{recording.name}: no frame from {start / per_second:.2f} s on")
+                if wave is not None and piece is not None:
+                    wave = fit_audio_to_video(wave, len(piece), rate)
+                first, last = index == 0, index == len(ranges) - 1
+                # neighbouring windows share 2 * overlap: each takes the half on its side
+                begin = start + (overlap if not first else 0)
+                end = stop - (overlap if not last else 0)
+                meta = {
+                    "segment": (round(begin / per_second, 3), round(end / per_second, 3)),
+                    "overlap": bool(overlap) and not first,
+                    "skip": skip,
+                }
+                yield {"is_last": last, **self._features(recording.name, piece, wave, crop_mouth), **meta}
+                bar.update(round(min(end / per_second, recording.duration) - done, 1))
+                done = round(min(end / per_second, recording.duration), 1)
+        finally:
+            bar.close()
+
+    def _features(self, source: str, frames: np.ndarray | None, audio: np.ndarray | None, crop_mouth) -> dict:
+        """The model inputs of frames at 25 fps (mouth cropped when needed) and/or a wave at the extractor's rate."""
+        model_inputs = {}
+        if frames is not None:
+            if self.video_processor is None:
                 raise ValueError(
-                    f"{source}: this {config.modality} model needs the audio track, but the video has none "
-                    "(give {'video': ..., 'audio': wave, 'sampling_rate': rate})."
+                    f"{source}: the pipeline has no video processor; save the MMAVSRProcessor with the model, or pass "
+                    "video_processor= (or processor=)."
                 )
-            check_av_durations(
-                len(frames) / VIDEO_FPS, len(audio) / self._sampling_rate, source, AV_DURATION_TOLERANCE
-            )
-            audio = fit_audio_to_video(audio, len(frames), self._sampling_rate)
+            frames = self._crop_mouth(source, frames, crop_mouth)
+            model_inputs.update(self.video_processor(frames, return_tensors="pt"))
+        if audio is not None:
+            if len(audio) == 0:
+                raise MediaError(f"{source}: the audio holds no sample")
             model_inputs.update(
                 self.feature_extractor(
                     audio, sampling_rate=self._sampling_rate, return_tensors="pt", return_attention_mask=True
@@ -293,7 +551,27 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
             model_inputs = {
                 key: value.to(self.dtype) if value.is_floating_point() else value for key, value in model_inputs.items()
             }
-        return {"is_last": True, **model_inputs}
+        return model_inputs
+
+    def _preprocess_video(self, inputs, crop_mouth: bool | None) -> dict:
+        from mmavsr_processing.processing_mmavsr import AV_DURATION_TOLERANCE, check_av_durations
+
+        config = self._config
+        source, frames, fps, audio = self._read_video_input(inputs)
+        frames = resample_frames(frames, fps, source=source)
+        if config.audio_encoder is None:
+            audio = None
+        elif audio is None:
+            raise ValueError(
+                f"{source}: this {config.modality} model needs the audio track, but the video has none "
+                "(give {'video': ..., 'audio': wave, 'sampling_rate': rate})."
+            )
+        else:
+            check_av_durations(
+                len(frames) / VIDEO_FPS, len(audio) / self._sampling_rate, source, AV_DURATION_TOLERANCE
+            )
+            audio = fit_audio_to_video(audio, len(frames), self._sampling_rate)
+        return {"is_last": True, **self._features(source, frames, audio, crop_mouth)}
 
     # -- model and outputs --------------------------------------------------------------------------------------
 
@@ -307,7 +585,46 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         output = {"is_last": is_last, "tokens": tokens}
         if stride is not None:
             output["stride"] = stride  # kept for `postprocess` to merge overlapping chunks
-        return {**output, **model_inputs}
+        return {**output, **model_inputs}  # the segment's times, overlap and skip flags included
+
+    def postprocess(self, model_outputs, decoder_kwargs=None, return_timestamps=None, return_language=None):
+        if not any("segment" in output for output in model_outputs):
+            if return_timestamps:
+                raise ValueError("return_timestamps needs an input the pipeline reads itself (a file, an array).")
+            return super().postprocess(model_outputs, decoder_kwargs, None, return_language)
+        special = set(self.tokenizer.all_special_ids)
+        merged, chunks = [], []
+        for output in model_outputs:
+            if output["skip"]:
+                continue
+            ids = [token for token in output["tokens"][0].tolist() if token not in special]
+            if output["overlap"]:
+                ids = ids[overlap_start(merged, ids) :]  # what the previous window already said
+            merged.extend(ids)
+            start, end = output["segment"]
+            text = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+            chunks.append({"text": text, "timestamp": (start, end)})
+        result = {"text": self.tokenizer.decode(merged, skip_special_tokens=True)}
+        if return_timestamps:
+            result["chunks"] = chunks
+        return result
+
+    def get_iterator(self, inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params):
+        """As `ChunkPipeline.get_iterator`, with segments of different lengths padded into a batch
+        ([`collate_segments`]: Transformers' collation pads waves only)."""
+        if batch_size == 1:
+            return super().get_iterator(
+                inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
+            )
+        from torch.utils.data import DataLoader
+        from transformers.pipelines.pt_utils import PipelineChunkIterator, PipelineIterator, PipelinePackIterator
+
+        dataset = PipelineChunkIterator(inputs, self.preprocess, preprocess_params)
+        loader = DataLoader(
+            dataset, num_workers=min(num_workers, 1), batch_size=batch_size, collate_fn=collate_segments
+        )
+        model_iterator = PipelinePackIterator(loader, self.forward, forward_params, loader_batch_size=batch_size)
+        return PipelineIterator(model_iterator, self.postprocess, postprocess_params)
 
 
 __all__ = [
@@ -316,4 +633,5 @@ __all__ = [
     "register_speech_seq2seq",
     "register_pipelines",
     "custom_pipelines_entry",
+    "collate_segments",
 ]

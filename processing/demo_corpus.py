@@ -254,6 +254,49 @@ def generate_demo_corpus(
     return label_files
 
 
+@dataclass
+class LongRecording:
+    """Demo clips in a row with pauses between them: frames `(T, 96, 96, 3)` at 25 fps, the 16 kHz wave (640 samples
+    a frame), and each clip's `(start s, end s, text)`."""
+
+    frames: np.ndarray
+    wave: np.ndarray
+    clips: list[tuple[float, float, str]]
+
+    @property
+    def duration(self) -> float:
+        return len(self.frames) / FPS
+
+
+def long_recording(corpus_dir: str | os.PathLike, label_file: str | os.PathLike, seed: int = 0,
+                   min_gap_s: float = 0.3, max_gap_s: float = 1.0, min_duration_s: float = 0.0) -> LongRecording:
+    """The clips of a label file of the demo corpus (`generate_demo_corpus`) one after another, each after a pause of
+    `min_gap_s` to `max_gap_s` seconds (drawn from `seed`; the mouth rests, the sound is silent), the list repeated
+    until the recording lasts `min_duration_s`: a long recording whose true clip boundaries are known."""
+    from .media_io import read_audio, read_video
+    from .tokenization_mmavsr import MMAVSRTokenizer
+
+    tokenizer = MMAVSRTokenizer.from_auto_avsr()
+    rows = [line.split(",") for line in Path(label_file).read_text().splitlines() if line]
+    if not rows:
+        raise ValueError(f"{label_file}: no clip")
+    rng = np.random.default_rng(seed)
+    frames, waves, clips, position = [], [], [], 0
+    while not clips or position < min_duration_s * FPS:
+        for row in rows:
+            video = Path(corpus_dir) / DATASET_NAME / row[1]
+            clip, _ = read_video(video)
+            wave = fit_audio_to_video(read_audio(video.with_suffix(".wav")), len(clip))
+            gap = int(round(rng.uniform(min_gap_s, max_gap_s) * FPS))
+            frames += [np.repeat(clip[:1], gap, axis=0), clip]
+            waves += [np.zeros(gap * SAMPLES_PER_FRAME, np.float32), wave]
+            position += gap
+            text = tokenizer.decode([int(token) for token in row[3].split()], skip_special_tokens=True)
+            clips.append((position / FPS, (position + len(clip)) / FPS, text))
+            position += len(clip)
+    return LongRecording(np.concatenate(frames), np.concatenate(waves), clips)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m mmavsr_processing.demo_corpus",

@@ -73,8 +73,8 @@ class MMAVSRFeatureExtractor(SequenceFeatureExtractor):
       `input_features` `(B, S)`, `attention_mask` `(B, S)`.
     - `feature_type="log-mel"` (Whisper encoder): exactly `WhisperFeatureExtractor`'s log-mel with `num_mel_bins`
       bins. `input_features` `(B, num_mel_bins, frames)`, `attention_mask` `(B, frames)`, 100 frames per second.
-      Padded to the longest clip, or to the 30 s Whisper window when `pad_to_whisper_window=True`; clips longer than
-      `chunk_length` seconds are truncated.
+      Padded to the longest clip, or to the 30 s Whisper window when `pad_to_whisper_window=True`; a clip longer than
+      `chunk_length` seconds raises a ValueError (never truncated: the pipelines cut recordings into segments).
 
     Inputs may be arrays, lists, torch tensors, `{"array", "sampling_rate"}` dicts, torchcodec `AudioDecoder`s or
     file paths. A sampling rate other than `sampling_rate` raises a ValueError naming both rates unless
@@ -219,6 +219,14 @@ class MMAVSRFeatureExtractor(SequenceFeatureExtractor):
                 raise ValueError(
                     f"audio item {index} has {wave.shape[-1]} samples, less than one log-mel frame ({self.hop_length} "
                     f"samples, {1000 * self.hop_length / self.sampling_rate:g} ms)"
+                )
+        window = self.chunk_length * self.sampling_rate
+        for index, wave in enumerate(waves):
+            if wave.shape[-1] > window:
+                raise ValueError(
+                    f"audio item {index} lasts {wave.shape[-1] / self.sampling_rate:.2f} s, longer than the "
+                    f"{self.chunk_length} s log-mel window (`chunk_length`); it is never truncated: cut it into "
+                    "segments (the audio-visual-speech-recognition pipeline and mmavsr-transcribe do)"
                 )
         longest = max(wave.shape[-1] for wave in waves)
         padding = {"padding": "max_length" if self.pad_to_whisper_window else "longest"}

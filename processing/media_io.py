@@ -5,6 +5,9 @@ samples everywhere.
 
 - reading: [`read_video`] (frames and frame rate), [`read_audio`] (a wav/flac file, or the audio track of a video
   container), [`read_audio_track`] (a video's audio track, converted), [`count_frames`];
+- reading in pieces, for recordings of any length: [`probe_media`] (durations and streams, nothing decoded),
+  [`iter_audio_blocks`] (the sound, converted, block by block), [`iter_video_frames`] (the frames at 25 fps, block by
+  block, by the rule of `resample_frames`);
 - conversion: [`resample_frames`] (any frame rate to 25 fps, by nearest timestamp: the one rule),
   [`resample_audio`], [`fit_audio_to_video`] (audio cut or zero-padded to the video's duration);
 - writing: [`write_video`] (H.264 mp4, optionally with an AAC track), [`write_audio`] (16-bit wav).
@@ -16,9 +19,11 @@ raises [`MediaError`] with a message that names the path and the problem.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -38,14 +43,19 @@ __all__ = [
     "VIDEO_FPS",
     "VIDEO_SUFFIXES",
     "count_frames",
+    "MediaInfo",
     "fit_audio_to_video",
+    "iter_audio_blocks",
+    "iter_video_frames",
     "open_container",
+    "probe_media",
     "read_audio",
     "read_audio_track",
     "read_video",
     "resample_audio",
     "resample_frames",
     "same_frame_rate",
+    "read_audio_can_read",
     "write_audio",
     "write_video",
 ]
@@ -240,6 +250,144 @@ def count_frames(path: str | os.PathLike) -> int:
         return stream.frames or sum(1 for _ in container.decode(stream))
 
 
+@dataclass(frozen=True)
+class MediaInfo:
+    """What a media file holds, read from its headers (nothing decoded): durations in seconds, None for a stream
+    the file does not have."""
+
+    path: str
+    duration: float
+    video_duration: float | None = None
+    fps: float | None = None
+    audio_duration: float | None = None
+
+
+def _stream_seconds(stream) -> float | None:
+    if stream is None or not stream.duration or stream.time_base is None:
+        return None
+    return float(stream.duration * stream.time_base)
+
+
+def _soundfile_info(path: Path):
+    """soundfile's header of an audio file, or None when libsndfile does not read the format (FFmpeg then does)."""
+    try:
+        return sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError):
+        return None
+
+
+def read_audio_can_read(path: str | os.PathLike) -> bool:
+    """Whether [`read_audio`] reads the file: libsndfile knows its format, or it is a video container (FFmpeg).
+    Other containers (mp3 on old libsndfile, m4a, opus in webm, ...) are read by [`iter_audio_blocks`]."""
+    path = Path(path)
+    return path.suffix.lower() in VIDEO_SUFFIXES or (path.is_file() and _soundfile_info(path) is not None)
+
+
+def probe_media(path: str | os.PathLike) -> MediaInfo:
+    """The streams and durations of an audio or video file, from its headers.
+
+    Raises:
+        MediaError: missing, empty or unreadable file, or one with neither sound nor video; the message names it.
+    """
+    path = _check_readable(path)
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        info = _soundfile_info(path)
+        if info is not None:
+            seconds = info.frames / info.samplerate
+            return MediaInfo(str(path), seconds, audio_duration=seconds)
+    with _open_container(path, "the file") as container:
+        video = container.streams.video[0] if container.streams.video else None
+        audio = container.streams.audio[0] if container.streams.audio else None
+        if video is None and audio is None:
+            raise MediaError(f"{path}: no audio or video stream")
+        whole = container.duration / av.time_base if container.duration else None
+        fps = video_seconds = None
+        if video is not None:
+            rate = video.average_rate or video.base_rate or video.guessed_rate
+            fps = float(rate) if rate else 0.0
+            video_seconds = video.frames / fps if video.frames and fps else _stream_seconds(video) or whole
+        audio_seconds = (_stream_seconds(audio) or whole) if audio is not None else None
+    seconds = [s for s in (video_seconds, audio_seconds, whole) if s]
+    if not seconds:
+        raise MediaError(f"{path}: the file does not say how long it lasts")
+    return MediaInfo(str(path), max(seconds), video_seconds, fps, audio_seconds)
+
+
+def iter_audio_blocks(
+    path: str | os.PathLike, sampling_rate: int = SAMPLING_RATE, block_seconds: float = 30.0
+) -> Iterator[np.ndarray]:
+    """The sound of an audio or video file as float32 mono blocks of `block_seconds` (the last one shorter) at
+    `sampling_rate`: channels averaged (soundfile) or mixed down and resampled (FFmpeg), read piece by piece.
+
+    Raises:
+        MediaError: missing, empty or unreadable file, or no sound; the message names it.
+    """
+    path = _check_readable(path)
+    block = max(1, int(round(block_seconds * sampling_rate)))
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        info = _soundfile_info(path)
+        if info is not None and info.samplerate == sampling_rate:
+            try:
+                for piece in sf.blocks(str(path), blocksize=block, dtype="float32", always_2d=True):
+                    yield np.ascontiguousarray(piece.mean(axis=1) if piece.shape[1] > 1 else piece[:, 0])
+            except (sf.LibsndfileError, RuntimeError) as error:
+                raise MediaError(f"{path}: cannot read audio ({error})") from error
+            return
+    pieces, held = [], 0
+    with _open_container(path, "the audio") as container:
+        if not container.streams.audio:
+            raise MediaError(f"{path}: the file has no audio track")
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=int(sampling_rate))
+        frames = container.decode(container.streams.audio[0])
+        for frame in itertools.chain(frames, [None]):
+            for out in resampler.resample(frame):
+                pieces.append(out.to_ndarray().reshape(-1))
+                held += len(pieces[-1])
+            while held >= block or (frame is None and held):
+                data = np.concatenate(pieces).astype(np.float32)
+                yield data[:block]
+                pieces, held = [data[block:]], len(data) - min(block, len(data))
+
+
+def iter_video_frames(
+    path: str | os.PathLike, target_fps: float = VIDEO_FPS, block_frames: int = 250
+) -> Iterator[np.ndarray]:
+    """The frames of a video file brought to `target_fps` (the rule of [`resample_frames`]), as uint8 RGB blocks
+    `(n, H, W, 3)` of at most `block_frames`, decoded frame by frame: what [`read_video`] + [`resample_frames`] give,
+    never all in memory.
+
+    Raises:
+        MediaError: missing, empty or corrupt file, no video stream, unknown frame rate, no frame; names the file.
+    """
+    path = _check_readable(path)
+    with _open_container(path, "video") as container:
+        stream = _video_stream(container, path)
+        rate = stream.average_rate or stream.base_rate or stream.guessed_rate
+        fps = float(rate) if rate else 0.0
+        if not fps or not math.isfinite(fps):
+            raise MediaError(f"{path}: unknown frame rate ({fps!r}); cannot bring the video to {target_fps:g} fps")
+        pending: list[np.ndarray] = []
+        emitted = decoded = 0
+        image = None
+        for frame in container.decode(stream):
+            image = frame.to_ndarray(format="rgb24")
+            # output frames whose nearest source frame is this one (none when frames are dropped, several when repeated)
+            while nearest_source_frames(emitted, emitted + 1, fps, target_fps)[0] <= decoded:
+                pending.append(image)
+                emitted += 1
+            decoded += 1
+            if len(pending) > block_frames + 1:  # one frame held back: the count is known only at the end
+                yield np.stack(pending[:block_frames])
+                pending = pending[block_frames:]
+    if image is None:
+        raise MediaError(f"{path}: video stream holds no decodable frame (truncated or corrupt file?)")
+    count = resampled_frame_count(decoded, fps, target_fps)
+    pending.extend([image] * max(0, count - emitted))  # the last frame repeated, as `resample_frames` clamps
+    pending = pending[: len(pending) - max(0, emitted - count)]
+    for start in range(0, len(pending), block_frames):
+        yield np.stack(pending[start : start + block_frames])
+
+
 def resample_frames(
     frames: np.ndarray, fps: float, target_fps: float = VIDEO_FPS, source: str | os.PathLike = "video"
 ) -> np.ndarray:
@@ -269,9 +417,19 @@ def resample_frames(
         raise MediaError(f"{source}: the video has no frame")
     if fps == target_fps:
         return frames
-    count = max(1, math.floor(len(frames) * target_fps / fps + 0.5))
-    indices = np.floor(np.arange(count) * fps / target_fps + 0.5).astype(np.int64)
-    return frames[np.minimum(indices, len(frames) - 1)]
+    count = resampled_frame_count(len(frames), fps, target_fps)
+    return frames[np.minimum(nearest_source_frames(0, count, fps, target_fps), len(frames) - 1)]
+
+
+def resampled_frame_count(num_frames: int, fps: float, target_fps: float = VIDEO_FPS) -> int:
+    """How many frames `num_frames` at `fps` give at `target_fps` (`resample_frames`' rule: rounded half up, >= 1)."""
+    return max(1, math.floor(num_frames * target_fps / fps + 0.5))
+
+
+def nearest_source_frames(start: int, stop: int, fps: float, target_fps: float = VIDEO_FPS) -> np.ndarray:
+    """The source frame index of output frames `start..stop-1` (`resample_frames`' rule, before clamping to the last
+    source frame): `floor(k * fps / target_fps + 1/2)`."""
+    return np.floor(np.arange(start, stop) * fps / target_fps + 0.5).astype(np.int64)
 
 
 def fit_audio_to_video(

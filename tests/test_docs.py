@@ -5,11 +5,15 @@ The process runs with `python -I` (no PYTHONPATH, no user site, neither the chec
 `sys.path`) and executes the blocks in a fresh namespace: a block sees only the imports it and the file's earlier
 blocks show, and the package only as installed.
 
-Which blocks run, by the fence's info string:
-- ```python            runs;
-- ```python no-run     does not (the guide says why: a GPU, the Hub, placeholder paths);
-- ```bash run          runs with bash -e (commands a later Python block needs, such as a preparation CLI call);
-- anything else (```bash, ```yaml, ...) does not.
+Which blocks run, by the fence's info string: every ```python and ```bash block (bash with -euo pipefail), unless
+its info string names why it cannot run here with one of `SKIP_MARKERS`:
+- `gpu`: it needs a CUDA GPU;
+- `hub`: it needs the Hugging Face Hub (downloads, uploads, a Hub repository);
+- `data`: it needs data or a checkpoint that the guide does not make (LRS3, a released .pth, placeholder paths);
+- `long`: it runs longer than this test allows (the main job, a full training);
+- `install`: it changes the environment (pip, apt).
+e.g. ```bash gpu or ```python hub. Any other word after the language fails the test, so that no block is left out
+without saying why. Other languages (```yaml, ```text, ...) are not code to run.
 A failure names the file and the line: blocks are compiled with the file's path and their own line numbers. The
 files run two at a time (each in its own process, single-threaded), started together on first use.
 """
@@ -30,9 +34,12 @@ DOCS = REPO / "docs"
 FENCE = re.compile(r"^```(?P<info>[^\n]*)\n(?P<code>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 # guides that must hold runnable code (a renamed or emptied guide fails here rather than silently running nothing)
 RUNNABLE_GUIDES = (
-    "README", "architecture", "datasets", "feature_extraction", "fusion", "inference", "mouth_cropping", "qlora"
+    "README", "architecture", "datasets", "feature_extraction", "fusion", "inference", "mouth_cropping", "qlora",
+    "transcribe",
 )
 TIMEOUT = 600
+RUN_LANGUAGES = ("python", "bash")
+SKIP_MARKERS = ("gpu", "hub", "data", "long", "install")
 PARALLEL_GUIDES = min(2, os.cpu_count() or 1)
 
 RUNNER = """
@@ -61,11 +68,21 @@ def code_blocks(path: Path) -> list[dict]:
     for match in FENCE.finditer(text):
         words = match.group("info").split()
         language, flags = (words[0], words[1:]) if words else ("", [])
-        runs = (language == "python" and "no-run" not in flags) or (language == "bash" and "run" in flags)
-        if runs:
+        if language in RUN_LANGUAGES and not set(flags) & set(SKIP_MARKERS):
             line = text.count("\n", 0, match.start("code")) + 1
             blocks.append({"language": language, "line": line, "code": match.group("code"), "path": str(path)})
     return blocks
+
+
+def unexplained_flags(path: Path) -> list[str]:
+    """`file:line: info` of each python/bash block whose info string holds a word that is not a skip marker."""
+    text = path.read_text()
+    found = []
+    for match in FENCE.finditer(text):
+        words = match.group("info").split()
+        if words and words[0] in RUN_LANGUAGES and set(words[1:]) - set(SKIP_MARKERS):
+            found.append(f"{path.name}:{text.count(chr(10), 0, match.start()) + 1}: {match.group('info').strip()}")
+    return found
 
 
 def run_guide(path: Path, folder: Path) -> subprocess.CompletedProcess:
@@ -94,7 +111,12 @@ def run_guide(path: Path, folder: Path) -> subprocess.CompletedProcess:
     )
 
 
-GUIDES = [path for path in (REPO / "README.md", *sorted(DOCS.glob("*.md"))) if code_blocks(path)]
+ALL_GUIDES = (REPO / "README.md", *sorted(DOCS.glob("*.md")))
+GUIDES = [path for path in ALL_GUIDES if code_blocks(path)]
+
+
+def test_every_block_left_out_says_why():
+    assert [flag for path in ALL_GUIDES for flag in unexplained_flags(path)] == []
 
 
 def test_the_runnable_guides_are_found():
@@ -104,12 +126,16 @@ def test_the_runnable_guides_are_found():
 def test_block_selection_and_error_locations(tmp_path):
     guide = tmp_path / "guide.md"
     guide.write_text(
-        "# A guide\n\n```python\nx = 1\n```\n\n```python no-run\nimport cuda_only\n```\n\n"
-        "```bash\npip install something\n```\n\n```bash run\necho $((1 + 1)) > two.txt\n```\n\n"
-        "Then:\n\n```python\nassert open('two.txt').read() == '2\\n'\n\n\nraise RuntimeError(x)\n```\n"
+        "# A guide\n\n```python\nx = 1\n```\n\n```python gpu\nimport cuda_only\n```\n\n"
+        "```bash install\npip install something\n```\n\n```bash\necho $((1 + 1)) > two.txt\n```\n\n"
+        "Then:\n\n```python\nassert open('two.txt').read() == '2\\n'\n\n\nraise RuntimeError(x)\n```\n\n"
+        "```yaml\nnot: code\n```\n"
     )
     blocks = code_blocks(guide)
     assert [(b["language"], b["line"]) for b in blocks] == [("python", 4), ("bash", 16), ("python", 22)]
+    assert unexplained_flags(guide) == []
+    (tmp_path / "vague.md").write_text("```bash no-run\nexit 1\n```\n\n```python hub\nimport x\n```\n")
+    assert unexplained_flags(tmp_path / "vague.md") == ["vague.md:1: bash no-run"]
     result = run_guide(guide, tmp_path / "run")
     # the bash block ran before the last Python block, which fails at its own line of the guide
     assert result.returncode != 0

@@ -146,8 +146,8 @@ def test_video_only_model_takes_silent_videos_and_av_model_asks_for_sound(folder
         avsr(media["silent"])
     with pytest.raises(ValueError, match="reads the lips: give a video"):
         avsr(media["wave"])
-    with pytest.raises(ValueError, match="videos are transcribed whole"):
-        avsr(media["mp4"], chunk_length_s=1.0)
+    with pytest.raises(ValueError, match="chunk_length_s cuts fixed windows; it does not go with segmentation='vad'"):
+        avsr(media["mp4"], chunk_length_s=1.0, segmentation="vad")
     with pytest.raises(ValueError, match="crop_mouth must be True, False or None"):
         avsr(media["mp4"], crop_mouth="yes")
 
