@@ -105,8 +105,10 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
     `processing_mmavsr.AV_DURATION_TOLERANCE` (0.5 s): then a ValueError names the video. Audio files at another
     sampling rate are resampled and several channels averaged. Missing, empty, corrupt or truncated files raise a
     `MediaError` naming the file. Frames larger than 128x128 pixels are taken as full faces and the mouth is
-    cropped by `mouth_cropper` (default: `mmavsr_processing.mouth_cropping.MouthCropper()`, built on first use); frames
-    of at most 128x128 are taken as mouth ROIs already. `crop_mouth=True` / `False` (at construction or per call)
+    cropped by `mouth_cropper` (default: `mmavsr_processing.mouth_cropping.MouthCropper(detector=mouth_detector)`,
+    built on first use: `mouth_detector="mediapipe"` crops as auto_avsr's preparation, the default when the `crop`
+    extra is installed; `"haar"` uses OpenCV's Haar cascades, the fallback); frames of at most 128x128 are taken as
+    mouth ROIs already. `crop_mouth=True` / `False` (at construction or per call)
     forces either way. Long audio is transcribed in chunks with `chunk_length_s` (and `stride_length_s`, default a
     sixth of a chunk on each side); overlapping chunks are merged on their longest common token run. Videos are
     transcribed whole.
@@ -118,7 +120,16 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
 
     _load_video_processor = None  # loaded when the model folder has one (audio-only models need none)
 
-    def __init__(self, model, feature_extractor=None, tokenizer=None, video_processor=None, mouth_cropper=None, **kwargs):
+    def __init__(
+        self,
+        model,
+        feature_extractor=None,
+        tokenizer=None,
+        video_processor=None,
+        mouth_cropper=None,
+        mouth_detector=None,
+        **kwargs,
+    ):
         register_speech_seq2seq()
         processor = kwargs.get("processor")
         if processor is not None:
@@ -130,7 +141,12 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         )
         if self.type != "seq2seq":
             raise ValueError(f"{type(self).__name__} runs MMAVSR models; got {type(self.model).__name__}.")
+        if mouth_cropper is not None and mouth_detector is not None:
+            raise ValueError("give mouth_cropper or mouth_detector, not both (the cropper has its own detector).")
+        if mouth_detector not in (None, "mediapipe", "haar"):
+            raise ValueError(f"mouth_detector must be 'mediapipe', 'haar' or None, got {mouth_detector!r}.")
         self.mouth_cropper = mouth_cropper
+        self.mouth_detector = mouth_detector
 
     def _sanitize_parameters(self, crop_mouth=None, **kwargs):
         preprocess_params, forward_params, postprocess_params = super()._sanitize_parameters(**kwargs)
@@ -239,7 +255,7 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
                     f"mmavsr_processing.mouth_cropping ({error}); pass crop_mouth=False for mouth ROIs, or a "
                     "mouth_cropper."
                 ) from error
-            self.mouth_cropper = MouthCropper()
+            self.mouth_cropper = MouthCropper(detector=self.mouth_detector)
         try:
             return self.mouth_cropper(frames)
         except ValueError as error:  # NoFaceError included
