@@ -99,8 +99,9 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         - audio, as for [`AutomaticSpeechRecognitionPipeline`]: a file path (read with soundfile, resampled), an array
           at the feature extractor's rate, or `{"array"/"raw": wave, "sampling_rate": rate}` (resampled here).
 
-    Videos at another frame rate are brought to 25 fps by nearest timestamp (`media_io.resample_frames`, the rule
-    `prepare` applies too: frames repeated or dropped, never blended); the audio track is cut or zero-padded to the
+    Videos at another frame rate, constant or variable, are brought to 25 fps by nearest timestamp
+    (`media_io.resample_frames`, the rule `prepare` applies too: frames repeated or dropped, never blended) and turned
+    upright as their container's rotation says; the audio track is cut or zero-padded to the
     video's duration (640 samples a frame, `media_io.fit_audio_to_video`), unless the two differ by more than
     `processing_mmavsr.AV_DURATION_TOLERANCE` (0.5 s): then a ValueError names the video. Audio files at another
     sampling rate are resampled and several channels averaged. Missing, empty, corrupt or truncated files raise a
@@ -207,8 +208,10 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
             video, fps = inputs, None
         if isinstance(video, (str, os.PathLike)):
             source = str(video)
-            frames, file_fps = read_video(video)
-            fps = fps or file_fps  # 0 when the file does not say: `resample_frames` names the file
+            if fps:  # the caller's rate overrides the file's
+                frames, _ = read_video(video)
+            else:  # by the frames' own timestamps: variable frame rates too (0 fps: `read_video` names the file)
+                frames, fps = read_video(video, target_fps=VIDEO_FPS)
             if audio is None and self._config.audio_encoder is not None:
                 audio = read_audio_track(video, self._sampling_rate)
         else:

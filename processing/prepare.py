@@ -17,8 +17,9 @@ For every video under `--input-dir` (searched recursively; .mp4 .m4v .mov .avi .
 
 Transcripts come from the `.txt` beside each video (LRS3's `Text:  THE WORDS` first line, or else the whole file is
 the text), or from a `--transcripts` CSV of `path,text` rows (`path` relative to `--input-dir`; a `path,text` header
-row is allowed). Videos at any frame rate and audio at any sampling rate are resampled (frames by nearest timestamp,
-the rule of `media_io.resample_frames` that the inference pipeline applies too). A rerun skips the clips already
+row is allowed). Videos at any frame rate, constant or variable, and audio at any sampling rate are resampled (frames
+by nearest timestamp, the rule of `media_io.resample_frames` that the inference pipeline applies too); a container's
+rotation is applied. A rerun skips the clips already
 written (files are written under a temporary name and renamed, so an interrupted run leaves no half-written clip)
 and rewrites the label file. A bad clip (unreadable media, no face, no
 transcript, a face too close to the edge for the crop) stops the run with an error that names it, or with
@@ -48,7 +49,6 @@ from .media_io import (
     read_audio,
     read_audio_track,
     read_video,
-    resample_frames,
     write_audio,
     write_video,
 )
@@ -166,8 +166,7 @@ def _prepare_clip(clip: _Clip, target: Path) -> tuple[int | None, str | None, st
     `(None, reason, kind)` for a clip that cannot be prepared (any error on it: a damaged file can fail in many
     places; `kind` is one of `REJECTION_KINDS`)."""
     try:
-        frames, fps = read_video(clip.source)
-        frames = resample_frames(frames, fps, source=clip.source)
+        frames, _ = read_video(clip.source, target_fps=VIDEO_FPS)  # any frame rate, constant or variable
         wave = read_audio_track(clip.source)
         if wave is None:
             beside = [clip.source.with_suffix(suffix) for suffix in AUDIO_SUFFIXES]
