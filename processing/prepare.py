@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import multiprocessing
 import os
 import sys
 from collections import Counter
@@ -161,6 +162,17 @@ def _init_worker(detector: str, detection_stride: int):
     _cropper = MouthCropper(detector=detector, detection_stride=detection_stride)
 
 
+def _pool_context():
+    """The platform's default start method, unless this process has loaded mediapipe, whose state does not survive a
+    fork (the children crashed in malloc, even with every detector closed): then the workers are forked from a fresh
+    server process that imports this module once (seconds, the first time in a process)."""
+    if "mediapipe" not in sys.modules:
+        return multiprocessing.get_context()
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
 def _prepare_clip(clip: _Clip, target: Path) -> tuple[int | None, str | None, str | None]:
     """Writes one clip's mouth video `target.mp4` and `target.wav`; returns `(num_frames, None, None)`, or
     `(None, reason, kind)` for a clip that cannot be prepared (any error on it: a damaged file can fail in many
@@ -267,7 +279,10 @@ def prepare_dataset(
     progress = tqdm(total=len(todo), desc=f"{dataset}/{split}", unit="clip", disable=not todo)
     if num_workers > 1 and len(todo) > 1:
         pool = ProcessPoolExecutor(
-            min(num_workers, len(todo)), initializer=_init_worker, initargs=(detector, detection_stride)
+            min(num_workers, len(todo)),
+            mp_context=_pool_context(),
+            initializer=_init_worker,
+            initargs=(detector, detection_stride),
         )
         results = pool.map(_prepare_clip, todo, [clip_dir / clip.relative for clip in todo])
     else:

@@ -166,3 +166,16 @@ def test_module_runs_as_a_script(tmp_path, monkeypatch, capsys):
         runpy.run_module("mmavsr_processing.prepare", run_name="__main__")
     assert exit_info.value.code == 1
     assert f"error: input dir {tmp_path / 'nowhere'} is not a directory" in capsys.readouterr().err
+
+
+def test_workers_after_mediapipe_ran_in_this_process(raw, tmp_path):
+    """mediapipe's state does not survive a fork: once it ran here, the workers come from a fresh server process."""
+    MouthCropper(detector="mediapipe")(data.astronaut()[None])  # mediapipe loaded and run in this process
+    summary = prepare_dataset(raw, tmp_path / "out", "lrs3", split="test", num_workers=2, detector="mediapipe")
+    assert summary.written == 2 and not summary.skipped
+    in_process = prepare_dataset(raw, tmp_path / "one", "lrs3", split="test", detector="mediapipe")
+    for stem in TEXTS:
+        parallel, _ = read_video(tmp_path / "out" / "lrs3" / "test" / f"{stem}.mp4")
+        alone, _ = read_video(tmp_path / "one" / "lrs3" / "test" / f"{stem}.mp4")
+        assert np.array_equal(parallel, alone)
+    assert in_process.written == 2
