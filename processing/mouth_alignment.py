@@ -28,6 +28,7 @@ __all__ = [
     "MeanFaceAligner",
     "MouthCropError",
     "fill_missing_keypoints",
+    "import_cv2",
     "mean_face_keypoints",
     "smooth_keypoints",
 ]
@@ -41,6 +42,18 @@ MOUTH = 3  # index of the mouth centre in KEYPOINT_NAMES
 
 class MouthCropError(ValueError):
     """The aligned mouth lies too far from the aligned face's centre for the crop (auto_avsr's "too much bias")."""
+
+
+def import_cv2():
+    """`cv2`, or an ImportError that names what to install (inside `try`: an exported model folder does not require
+    OpenCV to load)."""
+    try:
+        import cv2
+    except ImportError as error:
+        raise ImportError(
+            "Mouth cropping needs OpenCV: pip install 'opencv-python-headless>=4.8,<5' (or mmavsr[prepare])."
+        ) from error
+    return cv2
 
 
 def mean_face_keypoints(path: str | Path = MEAN_FACE_FILE) -> np.ndarray:
@@ -90,9 +103,7 @@ class MeanFaceAligner:
     """
 
     def __init__(self, crop_size: int = 96, smoothing_window: int = 12, aligned_size: int = 256, bias_threshold=5):
-        import cv2  # the callers check that OpenCV is there and name the extra
-
-        self._cv2 = cv2
+        self._cv2 = import_cv2()
         self.crop_size = crop_size
         self.smoothing_window = smoothing_window
         self.aligned_size = aligned_size

@@ -24,7 +24,7 @@ from typing import Protocol
 import numpy as np
 
 from .mediapipe_detector import CROP_EXTRA, MediapipeFaceDetector
-from .mouth_alignment import MEAN_FACE_FILE, MeanFaceAligner, MouthCropError, fill_missing_keypoints
+from .mouth_alignment import MEAN_FACE_FILE, MeanFaceAligner, MouthCropError, fill_missing_keypoints, import_cv2
 
 
 __all__ = [
@@ -82,16 +82,6 @@ def default_detector() -> str:
     return "haar"
 
 
-def _import_cv2():
-    try:
-        import cv2
-    except ImportError as error:
-        raise ImportError(
-            "Mouth cropping needs OpenCV: pip install 'opencv-python-headless>=4.8,<5' (or mmavsr[prepare])."
-        ) from error
-    return cv2
-
-
 class HaarCascadeMouthDetector:
     """Mouth centre from OpenCV's Haar cascades: a frontal face box, refined by the eyes and the smile cascade.
 
@@ -117,7 +107,7 @@ class HaarCascadeMouthDetector:
         min_face_size: float = 0.1,
         detection_size: int = 480,
     ):
-        cv2 = _import_cv2()
+        cv2 = import_cv2()
         self.mouth_height = mouth_height
         self.eye_mouth_ratio = eye_mouth_ratio
         self.max_offset = max_offset
@@ -314,7 +304,7 @@ class MouthCropper:
         return _smooth(_fill_gaps(track, found), self.smoothing_window)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        cv2 = _import_cv2()
+        cv2 = import_cv2()
         frames = self._check(frames)
         if self.aligned:
             return self.aligner(frames, self.keypoints(frames))

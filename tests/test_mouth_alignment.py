@@ -5,6 +5,7 @@ The face is scikit-image's `astronaut()` photograph moved, rotated and scaled fr
 """
 
 import importlib.util
+import runpy
 import subprocess
 import warnings
 from pathlib import Path
@@ -283,3 +284,10 @@ def test_without_mediapipe_haar_is_the_fallback_and_says_so_once(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert MouthCropper().detector_name == "haar"
+
+
+def test_the_guides_picture_is_drawn_from_the_fixture(tmp_path, capsys):
+    figure = runpy.run_path(str(Path(__file__).parent.parent / "scripts" / "mouth_crops_figure.py"), run_name="figure")
+    output = figure["main"](["--output", str(tmp_path / "crops.png")])
+    assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and output.stat().st_size < 300_000
+    assert "mean |difference| 0.0" in capsys.readouterr().out  # mmavsr's crops equal auto_avsr's to 0.1 gray level
