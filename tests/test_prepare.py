@@ -179,3 +179,27 @@ def test_workers_after_mediapipe_ran_in_this_process(raw, tmp_path):
         alone, _ = read_video(tmp_path / "one" / "lrs3" / "test" / f"{stem}.mp4")
         assert np.array_equal(parallel, alone)
     assert in_process.written == 2
+
+
+def test_a_face_too_close_to_the_edge_is_named_and_counted(raw, tmp_path, monkeypatch, capsys):
+    from mmavsr_processing import MediapipeFaceDetector, prepare
+    from mmavsr_processing.mouth_alignment import mean_face_keypoints
+
+    class MouthFarBelowTheEyes(MediapipeFaceDetector):
+        """Keypoints no similarity transform brings onto the mean face: the crop would leave the aligned face."""
+
+        def __init__(self):
+            pass
+
+        def __call__(self, frames, indices=None):
+            keypoints = np.repeat(mean_face_keypoints()[None], len(frames), axis=0)
+            keypoints[:, 3, 1] += 200
+            return keypoints
+
+    monkeypatch.setattr(prepare, "MouthCropper", lambda **options: MouthCropper(MouthFarBelowTheEyes()))
+    assert run(raw, tmp_path / "out") == 1
+    assert "00001.mp4: frame 0: the aligned mouth lies" in capsys.readouterr().err
+    assert run(raw, tmp_path / "out", "--skip-bad-files") == 0
+    printed = capsys.readouterr().out
+    assert "0 clips (0 written, 0 already there, 2 skipped)" in printed
+    assert "skipped by reason: face too close to the edge 2" in printed
