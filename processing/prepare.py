@@ -53,7 +53,7 @@ from .media_io import (
     write_audio,
     write_video,
 )
-from .mouth_alignment import MouthCropError
+from .mouth_alignment import MouthCropError, import_cv2
 from .mouth_cropping import DETECTORS, MouthCropper, NoFaceError, default_detector
 from .tokenization_mmavsr import MMAVSRTokenizer
 
@@ -157,17 +157,21 @@ REJECTION_KINDS = ("no transcript", "unreadable media", "no face", "face too clo
 _cropper: MouthCropper | None = None
 
 
-def _init_worker(detector: str, detection_stride: int):
+def _init_worker(detector: str, detection_stride: int, one_thread: bool = False):
+    """The cropper of this process; a pool's worker runs OpenCV on one thread (N workers, N cores: the Haar cascades
+    alone would take every core in each worker), one process lets it use them all."""
     global _cropper
+    if one_thread:
+        import_cv2().setNumThreads(1)
     _cropper = MouthCropper(detector=detector, detection_stride=detection_stride)
 
 
 def _pool_context():
-    """The platform's default start method, unless this process has loaded mediapipe, whose state does not survive a
-    fork (the children crashed in malloc, even with every detector closed): then the workers are forked from a fresh
-    server process that imports this module once (seconds, the first time in a process)."""
-    if "mediapipe" not in sys.modules:
-        return multiprocessing.get_context()
+    """Workers forked from a fresh server process that imported this module once (seconds, the first time in a
+    process), never from this one: a fork inherits its threads' locks (PyAV's filter graphs hung in a child's garbage
+    collection, mediapipe crashed in malloc), whatever the caller ran before."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])
     return context
@@ -282,7 +286,7 @@ def prepare_dataset(
             min(num_workers, len(todo)),
             mp_context=_pool_context(),
             initializer=_init_worker,
-            initargs=(detector, detection_stride),
+            initargs=(detector, detection_stride, True),
         )
         results = pool.map(_prepare_clip, todo, [clip_dir / clip.relative for clip in todo])
     else:

@@ -259,7 +259,7 @@ def test_pipeline_and_prepare_pick_the_same_frames(folders, tmp_path, monkeypatc
     assert inputs["input_features"].shape == (1, 16000)
 
     monkeypatch.setattr(
-        prepare, "MouthCropper", lambda detector, detection_stride: MouthCropper(detector=CentreMouth())
+        prepare, "MouthCropper", lambda **options: MouthCropper(detector=CentreMouth())
     )
     summary = prepare.prepare_dataset(tmp_path / "raw", tmp_path / "out", "demo", split="test")
     assert summary.written == 1

@@ -169,7 +169,7 @@ def test_module_runs_as_a_script(tmp_path, monkeypatch, capsys):
 
 
 def test_workers_after_mediapipe_ran_in_this_process(raw, tmp_path):
-    """mediapipe's state does not survive a fork: once it ran here, the workers come from a fresh server process."""
+    """mediapipe's state does not survive a fork: the workers come from a fresh server process, whatever ran here."""
     MouthCropper(detector="mediapipe")(data.astronaut()[None])  # mediapipe loaded and run in this process
     summary = prepare_dataset(raw, tmp_path / "out", "lrs3", split="test", num_workers=2, detector="mediapipe")
     assert summary.written == 2 and not summary.skipped
