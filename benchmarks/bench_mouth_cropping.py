@@ -5,7 +5,8 @@ detectors.
    (`tests/face_video.moving_face_clip`: the astronaut photograph moved, turned and zoomed, 60 frames at 25 fps) at
    each `--sizes` resolution, the face as large in the picture at each; one process.
 2. Preparation end to end (`prepare_dataset`: decode, 25 fps, crop, write the mp4 and wav): `--num-clips` such clips
-   at the first size, with each `--workers` count.
+   at the first size, with each `--workers` count, after a warm-up run that starts the workers' server process (it
+   imports mmavsr once per process).
 
     python benchmarks/bench_mouth_cropping.py
     python benchmarks/bench_mouth_cropping.py --sizes 256x256 720x1280 --strides 1 4 --workers 1 2 --num-clips 8
@@ -77,11 +78,13 @@ def time_preparation(size, workers, num_clips, root: Path) -> None:
         write_video(raw / f"spk/clip{index:03d}.mp4", frames, fps=25, audio=tone)
         (raw / f"spk/clip{index:03d}.txt").write_text("Text:  WE WENT TO THE MOON\n")
     total = num_clips * len(frames)
+    # workers are forked from a server process that imports mmavsr once per process (seconds): started here first
+    start = time.perf_counter()
+    prepare_dataset(raw, root / "warm-up", "bench", split="test", num_workers=2, detector="haar")
+    print(f"\nworker server started and {num_clips} clips prepared in {time.perf_counter() - start:.1f} s (warm-up)")
     print(f"\n{'prepare (decode, crop, write)':<28} {'size':>10} {'workers':>7} {'frames':>6} {'s':>7} {'frames/s':>9}")
-    # Haar first, and more workers before fewer: one worker prepares in this process, and once mediapipe ran here,
-    # workers are forked from a fresh server process that imports mmavsr first (seconds, which would count here)
-    for detector in sorted(DETECTORS):
-        for count in sorted(workers, reverse=True):
+    for detector in DETECTORS:
+        for count in workers:
             out = root / f"out-{detector}-{count}"
             start = time.perf_counter()
             summary = prepare_dataset(raw, out, "bench", split="test", num_workers=count, detector=detector)
