@@ -136,15 +136,17 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         - audio, as for [`AutomaticSpeechRecognitionPipeline`]: a file path (read with soundfile, resampled), an array
           at the feature extractor's rate, or `{"array"/"raw": wave, "sampling_rate": rate}` (resampled here).
 
-    Videos at another frame rate are brought to 25 fps by nearest timestamp (`media_io.resample_frames`, the rule
-    `prepare` applies too: frames repeated or dropped, never blended); the audio track is cut or zero-padded to the
+    Videos at another frame rate, constant or variable, are brought to 25 fps by nearest timestamp
+    (`media_io.resample_frames`, the rule `prepare` applies too: frames repeated or dropped, never blended) and turned
+    upright as their container's rotation says; the audio track is cut or zero-padded to the
     video's duration (640 samples a frame, `media_io.fit_audio_to_video`), unless the two differ by more than
     `processing_mmavsr.AV_DURATION_TOLERANCE` (0.5 s): then a ValueError names the video. Audio files at another
     sampling rate are resampled and several channels averaged. Missing, empty, corrupt or truncated files raise a
     `MediaError` naming the file. Frames larger than 128x128 pixels are taken as full faces and the mouth is
-    cropped by `mouth_cropper` (default: `mmavsr_processing.mouth_cropping.MouthCropper()`, built on first use); frames
-    of at most 128x128 are taken as mouth ROIs already. `crop_mouth=True` / `False` (at construction or per call)
-    forces either way.
+    cropped by `mouth_cropper` (default: `mmavsr_processing.mouth_cropping.MouthCropper(detector=mouth_detector)`,
+    built on first use: `mouth_detector="mediapipe"` crops as auto_avsr's preparation, the default when the `crop`
+    extra is installed; `"haar"` uses OpenCV's Haar cascades, the fallback); frames of at most 128x128 are taken as
+    mouth ROIs already. `crop_mouth=True` / `False` (at construction or per call) forces either way.
 
     Recordings of any length (audio, video, both) are transcribed whole, never cut; `segmentation` says how:
         - `"auto"` (default): a recording of at most `max_segment_s` (20 s) goes to the model in one piece; a longer
@@ -178,6 +180,7 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         tokenizer=None,
         video_processor=None,
         mouth_cropper=None,
+        mouth_detector=None,
         int8: bool = False,
         **kwargs,
     ):
@@ -192,7 +195,12 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         )
         if self.type != "seq2seq":
             raise ValueError(f"{type(self).__name__} runs MMAVSR models; got {type(self.model).__name__}.")
+        if mouth_cropper is not None and mouth_detector is not None:
+            raise ValueError("give mouth_cropper or mouth_detector, not both (the cropper has its own detector).")
+        if mouth_detector not in (None, "mediapipe", "haar"):
+            raise ValueError(f"mouth_detector must be 'mediapipe', 'haar' or None, got {mouth_detector!r}.")
         self.mouth_cropper = mouth_cropper
+        self.mouth_detector = mouth_detector
         if int8 not in (True, False):
             raise ValueError(f"int8 must be True or False, got {int8!r}.")
         if int8 and not getattr(self.model, "is_int8_quantized", False):
@@ -282,8 +290,10 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
             video, fps = inputs, None
         if isinstance(video, (str, os.PathLike)):
             source = str(video)
-            frames, file_fps = read_video(video)
-            fps = fps or file_fps  # 0 when the file does not say: `resample_frames` names the file
+            if fps:  # the caller's rate overrides the file's
+                frames, _ = read_video(video)
+            else:  # by the frames' own timestamps: variable frame rates too (0 fps: `read_video` names the file)
+                frames, fps = read_video(video, target_fps=VIDEO_FPS)
             if audio is None and self._config.audio_encoder is not None:
                 audio = read_audio_track(video, self._sampling_rate)
         else:
@@ -329,7 +339,7 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
                     f"mmavsr_processing.mouth_cropping ({error}); pass crop_mouth=False for mouth ROIs, or a "
                     "mouth_cropper."
                 ) from error
-            self.mouth_cropper = MouthCropper()
+            self.mouth_cropper = MouthCropper(detector=self.mouth_detector)
         try:
             return self.mouth_cropper(frames)
         except ValueError as error:  # NoFaceError included

@@ -22,7 +22,15 @@ from .hf_datasets import (
 from .lrs3 import DatasetError, load_auto_avsr_dataset, load_lrs3_dataset
 from .media_check import check_dataset_media, find_bad_media
 from .media_io import MediaError, read_audio, read_video, resample_audio, write_audio, write_video
-from .mouth_cropping import HaarCascadeMouthDetector, MouthCropper, MouthDetector, MouthLocation, NoFaceError
+from .mediapipe_detector import MediapipeFaceDetector
+from .mouth_cropping import (
+    HaarCascadeMouthDetector,
+    MouthCropError,
+    MouthCropper,
+    MouthDetector,
+    MouthLocation,
+    NoFaceError,
+)
 from .processing_mmavsr import MMAVSRProcessor, pad_labels
 from .tokenization_mmavsr import MMAVSRTokenizer
 from .video_processing_mmavsr import MMAVSRVideoProcessor
@@ -63,6 +71,8 @@ __all__ = [
     "write_audio",
     "write_video",
     "HaarCascadeMouthDetector",
+    "MediapipeFaceDetector",
+    "MouthCropError",
     "MouthCropper",
     "MouthDetector",
     "MouthLocation",

@@ -3,13 +3,14 @@ model's time base (`media_constants`: 25 fps video, 16 kHz audio, 640 samples pe
 `prepare` and the training data path all read through these functions, so that a clip gives the same frames and
 samples everywhere.
 
-- reading: [`read_video`] (frames and frame rate), [`read_audio`] (a wav/flac file, or the audio track of a video
-  container), [`read_audio_track`] (a video's audio track, converted), [`count_frames`];
+- reading: [`read_video`] (frames and frame rate, upright as the container's rotation says; with `target_fps`, brought
+  to that rate by the frames' own timestamps, variable frame rates included), [`read_audio`] (a wav/flac file, or the
+  audio track of a video container), [`read_audio_track`] (a video's audio track, converted), [`count_frames`];
 - reading in pieces, for recordings of any length: [`probe_media`] (durations and streams, nothing decoded),
   [`iter_audio_blocks`] (the sound, converted, block by block), [`iter_video_frames`] (the frames at 25 fps, block by
   block, by the rule of `resample_frames`);
-- conversion: [`resample_frames`] (any frame rate to 25 fps, by nearest timestamp: the one rule),
-  [`resample_audio`], [`fit_audio_to_video`] (audio cut or zero-padded to the video's duration);
+- conversion: [`resample_frames`] (any frame rate, constant or variable, to 25 fps, by nearest timestamp: the one
+  rule), [`resample_audio`], [`fit_audio_to_video`] (audio cut or zero-padded to the video's duration);
 - writing: [`write_video`] (H.264 mp4, optionally with an AAC track), [`write_audio`] (16-bit wav).
 
 Every failure on a file (missing, empty, corrupt, no video stream, wrong sampling rate, unexpected channel count)
@@ -133,43 +134,67 @@ def resample_audio(wave: np.ndarray, orig_rate: int, target_rate: int) -> np.nda
     return out.astype(np.float32)
 
 
-def _read_video_torchcodec(path: Path) -> tuple[np.ndarray, float] | None:
-    """torchcodec's decoding (about 10x faster than PyAV frame by frame); None when torchcodec is missing or fails on
-    the file, so that PyAV decodes it or names what is wrong."""
+def _read_video_torchcodec(path: Path) -> tuple[np.ndarray, float, np.ndarray] | None:
+    """torchcodec's decoding (about 10x faster than PyAV frame by frame; it turns frames as the container's rotation
+    says); None when torchcodec is missing or fails on the file, so that PyAV decodes it or names what is wrong."""
     try:
         from torchcodec.decoders import VideoDecoder
 
         decoder = VideoDecoder(str(path))
-        frames = decoder.get_frames_in_range(0, len(decoder)).data  # (T, 3, H, W) uint8
+        batch = decoder.get_frames_in_range(0, len(decoder))
+        frames, timestamps = batch.data, batch.pts_seconds.numpy()  # (T, 3, H, W) uint8, (T,)
         fps = decoder.metadata.average_fps
     except Exception:  # noqa: BLE001 - any failure: PyAV decodes the file again and reports the problem
         return None
     if len(frames) == 0 or not fps:
         return None
-    return frames.permute(0, 2, 3, 1).numpy(), float(fps)
+    return frames.permute(0, 2, 3, 1).numpy(), float(fps), np.asarray(timestamps, dtype=np.float64)
 
 
-def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
-    """Decode every frame of a video file.
+def _upright(image: np.ndarray, rotation: float) -> np.ndarray:
+    """A decoded frame turned as its container's display matrix says (`rotation`: degrees anticlockwise)."""
+    quarters = int(round(rotation / 90)) % 4
+    return np.ascontiguousarray(np.rot90(image, quarters)) if quarters else image
+
+
+def _read_video_pyav(path: Path) -> tuple[np.ndarray, float, np.ndarray]:
+    with _open_container(path, "video") as container:
+        stream = _video_stream(container, path)
+        rate = stream.average_rate or stream.base_rate or stream.guessed_rate
+        frames, timestamps = [], []
+        for frame in container.decode(stream):
+            frames.append(_upright(frame.to_ndarray(format="rgb24"), getattr(frame, "rotation", 0) or 0))
+            timestamps.append(frame.time)
+    if not frames:
+        raise MediaError(f"{path}: video stream holds no decodable frame (truncated or corrupt file?)")
+    fps = float(rate) if rate else 0.0
+    if any(time is None for time in timestamps):
+        timestamps = np.arange(len(frames)) / fps if fps else np.zeros(len(frames))
+    return np.stack(frames), fps, np.asarray(timestamps, dtype=np.float64)  # (T, H, W, 3)
+
+
+def read_video(path: str | os.PathLike, target_fps: float | None = None) -> tuple[np.ndarray, float]:
+    """Decode every frame of a video file, upright: a container's rotation (a phone's display matrix) is applied.
+
+    Args:
+        path: the video file.
+        target_fps: if given, the frames are brought to this rate by [`resample_frames`] with their own timestamps,
+            so that variable frame rates are resampled by the same nearest-timestamp rule; the returned rate is then
+            `target_fps`.
 
     Returns:
-        `(frames, fps)`: `frames` is uint8 `(T, H, W, 3)` RGB, `fps` the stream's average frame rate.
+        `(frames, fps)`: `frames` is uint8 `(T, H, W, 3)` RGB, `fps` the stream's average frame rate (or
+        `target_fps`).
 
     Raises:
         MediaError: the file is missing, empty, not a decodable video, or holds no frame.
     """
     path = _check_readable(path)
     decoded = _read_video_torchcodec(path)
-    if decoded is not None:
-        return decoded
-    with _open_container(path, "video") as container:
-        stream = _video_stream(container, path)
-        rate = stream.average_rate or stream.base_rate or stream.guessed_rate
-        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
-    if not frames:
-        raise MediaError(f"{path}: video stream holds no decodable frame (truncated or corrupt file?)")
-    fps = float(rate) if rate else 0.0
-    return np.stack(frames), fps  # (T, H, W, 3)
+    frames, fps, timestamps = decoded if decoded is not None else _read_video_pyav(path)
+    if target_fps is None:
+        return frames, fps
+    return resample_frames(frames, fps, target_fps, source=path, timestamps=timestamps), float(target_fps)
 
 
 def read_audio(
@@ -352,9 +377,10 @@ def iter_audio_blocks(
 def iter_video_frames(
     path: str | os.PathLike, target_fps: float = VIDEO_FPS, block_frames: int = 250
 ) -> Iterator[np.ndarray]:
-    """The frames of a video file brought to `target_fps` (the rule of [`resample_frames`]), as uint8 RGB blocks
-    `(n, H, W, 3)` of at most `block_frames`, decoded frame by frame: what [`read_video`] + [`resample_frames`] give,
-    never all in memory.
+    """The frames of a video file brought to `target_fps` (the rule of [`resample_frames`] at the stream's average
+    rate), upright as the container's rotation says, as uint8 RGB blocks `(n, H, W, 3)` of at most `block_frames`,
+    decoded frame by frame: what [`read_video`] + [`resample_frames`] give for a constant frame rate, never all in
+    memory.
 
     Raises:
         MediaError: missing, empty or corrupt file, no video stream, unknown frame rate, no frame; names the file.
@@ -370,7 +396,7 @@ def iter_video_frames(
         emitted = decoded = 0
         image = None
         for frame in container.decode(stream):
-            image = frame.to_ndarray(format="rgb24")
+            image = _upright(frame.to_ndarray(format="rgb24"), getattr(frame, "rotation", 0) or 0)
             # output frames whose nearest source frame is this one (none when frames are dropped, several when repeated)
             while nearest_source_frames(emitted, emitted + 1, fps, target_fps)[0] <= decoded:
                 pending.append(image)
@@ -389,7 +415,11 @@ def iter_video_frames(
 
 
 def resample_frames(
-    frames: np.ndarray, fps: float, target_fps: float = VIDEO_FPS, source: str | os.PathLike = "video"
+    frames: np.ndarray,
+    fps: float,
+    target_fps: float = VIDEO_FPS,
+    source: str | os.PathLike = "video",
+    timestamps: np.ndarray | None = None,
 ) -> np.ndarray:
     """Frames `(T, ...)` at `fps` -> the frames at `target_fps` (25 by default), by nearest timestamp.
 
@@ -402,11 +432,17 @@ def resample_frames(
     `SAMPLES_PER_FRAME` samples per output frame (taking the latest frame shown instead lags by up to a whole
     source frame). Frames already at `target_fps` are returned as they are.
 
+    A variable frame rate: with the frames' `timestamps` (seconds), source frame `i` is shown at `timestamps[i] -
+    timestamps[0]` instead, and output frame `k` is the source frame whose time is nearest `k / target_fps` (a tie
+    goes to the later frame); the clip lasts until its last frame's time plus one frame at the average rate `fps`.
+    Timestamps within a quarter of a frame of `i / fps` are a constant rate, resampled by the formula.
+
     Args:
         frames: the decoded frames, first axis time.
-        fps: their frame rate.
+        fps: their frame rate (the average rate, for a variable one).
         target_fps: the rate wanted.
         source: names the video in errors (e.g. its path).
+        timestamps: each frame's presentation time in seconds, for videos whose frame rate may vary.
 
     Raises:
         MediaError: `fps` is unknown (0, None, not finite) or there is no frame; the message names `source`.
@@ -415,10 +451,23 @@ def resample_frames(
         raise MediaError(f"{source}: unknown frame rate ({fps!r}); cannot bring the video to {target_fps:g} fps")
     if len(frames) == 0:
         raise MediaError(f"{source}: the video has no frame")
-    if fps == target_fps:
+    if timestamps is not None and len(timestamps) != len(frames):
+        raise MediaError(f"{source}: {len(timestamps)} timestamps for {len(frames)} frames")
+    times = None if timestamps is None else np.asarray(timestamps, dtype=np.float64) - timestamps[0]
+    variable = times is not None and np.abs(times - np.arange(len(frames)) / fps).max() > 0.25 / fps
+    if fps == target_fps and not variable:
         return frames
     count = resampled_frame_count(len(frames), fps, target_fps)
-    return frames[np.minimum(nearest_source_frames(0, count, fps, target_fps), len(frames) - 1)]
+    if not variable:
+        return frames[np.minimum(nearest_source_frames(0, count, fps, target_fps), len(frames) - 1)]
+    if np.any(np.diff(times) <= 0):
+        raise MediaError(f"{source}: frame timestamps do not increase; cannot bring the video to {target_fps:g} fps")
+    count = max(1, math.floor((times[-1] + 1 / fps) * target_fps + 0.5))  # the last frame lasts an average frame
+    wanted = np.arange(count) / target_fps
+    later = np.clip(np.searchsorted(times, wanted), 1, len(times) - 1)  # the first frame shown at or after each time
+    earlier = later - 1
+    indices = np.where(times[later] - wanted <= wanted - times[earlier], later, earlier)
+    return frames[indices]
 
 
 def resampled_frame_count(num_frames: int, fps: float, target_fps: float = VIDEO_FPS) -> int:

@@ -1,24 +1,45 @@
 """Mouth regions of interest from talking-face videos, as auto_avsr's preprocessing makes them (96x96 grayscale).
 
-A [`MouthCropper`] finds the mouth in every frame with a detector, fills the frames where detection failed by
-interpolating between their neighbours, smooths the track over time (as auto_avsr smooths its landmarks over a
-window of frames) and cuts a square around the mouth whose side follows the face's width.
+A [`MouthCropper`] finds the face in every frame with one of two detectors:
 
-The default detector, [`HaarCascadeMouthDetector`], uses the Haar cascades bundled with `opencv-python-headless`
-(frontal face, eyes, smile): it works offline and on a CPU, for one roughly frontal, upright face per frame. Another
-detector (mediapipe FaceMesh, dlib's 68 landmarks, ...) plugs in as any callable that maps an RGB frame to a
-[`MouthLocation`] or `None`.
+- `"mediapipe"` (the default when the `crop` extra is installed): auto_avsr's own preparation, step by step
+  (`mediapipe_detector.py`, `mouth_alignment.py`): mediapipe face keypoints, interpolation, smoothing over 12 frames,
+  a similarity transform onto auto_avsr's mean face, the 96x96 patch around the mouth. Crops look like the ones the
+  released auto_avsr models were trained on.
+- `"haar"` (the fallback, with a warning naming the extra, when mediapipe is not installed): OpenCV's Haar cascades
+  bundled with `opencv-python-headless` (frontal face, eyes, smile) give the mouth centre and the face's width; the
+  track is interpolated and smoothed and a square whose side follows the face's width is cut, without rotation. It
+  is good enough for the synthetic demo corpus, not for auto_avsr's checkpoints.
+
+Another detector plugs in as any callable that maps an RGB frame to a [`MouthLocation`] or `None` (the Haar path).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import warnings
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
+from .mediapipe_detector import CROP_EXTRA, MediapipeFaceDetector
+from .mouth_alignment import MEAN_FACE_FILE, MeanFaceAligner, MouthCropError, fill_missing_keypoints, import_cv2
 
-__all__ = ["HaarCascadeMouthDetector", "MouthCropper", "MouthDetector", "MouthLocation", "NoFaceError"]
+
+__all__ = [
+    "DETECTORS",
+    "HaarCascadeMouthDetector",
+    "MouthCropError",
+    "MouthCropper",
+    "MouthDetector",
+    "MouthLocation",
+    "NoFaceError",
+    "default_detector",
+]
+
+DETECTORS = ("mediapipe", "haar")
+_fallback_warned = False
 
 
 class NoFaceError(ValueError):
@@ -40,14 +61,25 @@ class MouthDetector(Protocol):
     def __call__(self, frame: np.ndarray) -> MouthLocation | None: ...
 
 
-def _import_cv2():
-    try:
-        import cv2
-    except ImportError as error:
-        raise ImportError(
-            "Mouth cropping needs OpenCV: pip install 'opencv-python-headless>=4.8,<5' (or mmavsr[prepare])."
-        ) from error
-    return cv2
+def default_detector() -> str:
+    """`"mediapipe"` when the `crop` extra is installed, else `"haar"`, warning once per process that the Haar
+    fallback crops unlike auto_avsr and naming the extra."""
+    global _fallback_warned
+    if importlib.util.find_spec("mediapipe") is None:
+        missing = "mediapipe is not installed"
+    elif not MEAN_FACE_FILE.is_file():
+        missing = f"auto_avsr's mean face {MEAN_FACE_FILE} is missing (exported model folders carry no data files)"
+    else:
+        return "mediapipe"
+    if not _fallback_warned:
+        _fallback_warned = True
+        warnings.warn(
+            f"{missing}: mouths are cropped with OpenCV's Haar cascades, unlike auto_avsr's preparation (no "
+            f"alignment to its mean face). For auto_avsr's crops: {CROP_EXTRA}, or choose detector='haar' to "
+            "silence this.",
+            stacklevel=3,
+        )
+    return "haar"
 
 
 class HaarCascadeMouthDetector:
@@ -75,7 +107,7 @@ class HaarCascadeMouthDetector:
         min_face_size: float = 0.1,
         detection_size: int = 480,
     ):
-        cv2 = _import_cv2()
+        cv2 = import_cv2()
         self.mouth_height = mouth_height
         self.eye_mouth_ratio = eye_mouth_ratio
         self.max_offset = max_offset
@@ -182,47 +214,85 @@ class MouthCropper:
     """Crops a square grayscale mouth region of interest from every frame of a video.
 
     Args:
-        detector: maps an RGB frame to a [`MouthLocation`] or `None`; default [`HaarCascadeMouthDetector`].
+        detector: `"mediapipe"` (auto_avsr's preparation), `"haar"`, a [`MediapipeFaceDetector`], or any callable
+            mapping an RGB frame to a [`MouthLocation`] or `None` (cut like `"haar"`); default: [`default_detector`].
         crop_size: side of the output crops in pixels (auto_avsr: 96).
-        roi_scale: side of the cropped square in the frame, as a fraction of the face's width.
-        smoothing_window: the track (mouth centre and face width) is averaged over this many frames around each.
+        smoothing_window: the track is averaged over this many frames around each (auto_avsr: 12).
         detection_stride: run the detector on every `detection_stride`-th frame (and the last) only; the frames
-            between take interpolated positions (faster, for videos whose faces move slowly).
-        max_jump: a detection further than this many face widths from the median of the detections within
-            `smoothing_window` frames is taken for a false one and dropped.
+            between take interpolated positions (faster, for videos whose faces move slowly). Default 1: every frame,
+            as auto_avsr.
+        roi_scale: Haar path only: side of the cropped square in the frame, as a fraction of the face's width
+            (default 0.65).
+        max_jump: Haar path only: a detection further than this many face widths from the median of the detections
+            within `smoothing_window` frames is taken for a false one and dropped (default 0.5).
 
     Calling it on uint8 RGB frames `(T, H, W, 3)` returns uint8 crops `(T, crop_size, crop_size)`. Frames where the
-    detector fails take a position interpolated from their neighbours (held at the ends); parts of the square
-    outside the frame repeat the border pixels.
+    detector fails take a position interpolated from their neighbours (held at the ends).
 
     Raises:
         NoFaceError: the detector found no face in any frame.
-        ValueError: frames of another shape or type.
+        MouthCropError: mediapipe path: a frame's aligned mouth too far off centre for the crop.
+        ValueError: frames of another shape or type; an unknown detector; an option the chosen path does not use.
     """
 
     def __init__(
         self,
-        detector: MouthDetector | None = None,
+        detector: str | MouthDetector | MediapipeFaceDetector | None = None,
         crop_size: int = 96,
-        roi_scale: float = 0.65,
         smoothing_window: int = 12,
         detection_stride: int = 1,
-        max_jump: float = 0.5,
+        roi_scale: float | None = None,
+        max_jump: float | None = None,
     ):
         if detection_stride < 1:
             raise ValueError(f"detection_stride must be at least 1, got {detection_stride}")
-        self.detector = detector if detector is not None else HaarCascadeMouthDetector()
+        if detector is None:
+            detector = default_detector()
+        if isinstance(detector, str):
+            if detector not in DETECTORS:
+                raise ValueError(f"detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
+            detector = MediapipeFaceDetector() if detector == "mediapipe" else HaarCascadeMouthDetector()
+        self.detector = detector
+        self.aligned = isinstance(detector, MediapipeFaceDetector)
+        if self.aligned and (roi_scale is not None or max_jump is not None):
+            raise ValueError(
+                "roi_scale and max_jump apply to the Haar path; the mediapipe path crops as auto_avsr does "
+                "(MediapipeFaceDetector(max_jump=...) sets how far the tracked face may move)"
+            )
+        self.aligner = MeanFaceAligner(crop_size, smoothing_window) if self.aligned else None
         self.crop_size = crop_size
-        self.roi_scale = roi_scale
+        self.roi_scale = 0.65 if roi_scale is None else roi_scale
         self.smoothing_window = smoothing_window
         self.detection_stride = detection_stride
-        self.max_jump = max_jump
+        self.max_jump = 0.5 if max_jump is None else max_jump
+
+    @property
+    def detector_name(self) -> str:
+        """`"mediapipe"` (auto_avsr's alignment) or `"haar"` (a mouth centre and face width per frame)."""
+        return "mediapipe" if self.aligned else "haar"
+
+    def _searched(self, count: int) -> list[int]:
+        return sorted({*range(0, count, self.detection_stride), count - 1})
+
+    def keypoints(self, frames: np.ndarray) -> np.ndarray:
+        """mediapipe path: the four keypoints per frame (right eye, left eye, nose tip, mouth centre), float
+        `(T, 4, 2)` in pixels, frames without the face interpolated (before smoothing)."""
+        if not self.aligned:
+            raise ValueError("keypoints() needs the mediapipe detector; the Haar path gives locate()")
+        frames = self._check(frames)
+        searched = self._searched(len(frames))
+        found = self.detector(frames, searched)
+        if np.isnan(found).all():
+            raise NoFaceError(f"no face found in any of the {len(searched)} frames searched (of {len(frames)})")
+        return fill_missing_keypoints(found)
 
     def locate(self, frames: np.ndarray) -> np.ndarray:
-        """The smoothed track, float `(T, 3)`: mouth centre `x`, `y` and face width per frame, in pixels."""
+        """Haar path: the smoothed track, float `(T, 3)`: mouth centre `x`, `y` and face width per frame, in pixels."""
+        if self.aligned:
+            raise ValueError("locate() belongs to the Haar path; the mediapipe path gives keypoints()")
         frames = self._check(frames)
         track = np.full((len(frames), 3), np.nan)
-        searched = sorted({*range(0, len(frames), self.detection_stride), len(frames) - 1})
+        searched = self._searched(len(frames))
         for index in searched:
             location = self.detector(frames[index])
             if location is not None:
@@ -234,8 +304,10 @@ class MouthCropper:
         return _smooth(_fill_gaps(track, found), self.smoothing_window)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        cv2 = _import_cv2()
+        cv2 = import_cv2()
         frames = self._check(frames)
+        if self.aligned:
+            return self.aligner(frames, self.keypoints(frames))
         track = self.locate(frames)
         crops = np.empty((len(frames), self.crop_size, self.crop_size), dtype=np.uint8)
         for index, (frame, (x, y, face_width)) in enumerate(zip(frames, track)):

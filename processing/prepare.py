@@ -7,7 +7,9 @@ python -m mmavsr_processing.prepare --input-dir lrs3/trainval --output-dir data 
 For every video under `--input-dir` (searched recursively; .mp4 .m4v .mov .avi .mkv .webm .mpg .mpeg) this writes, under
 `--output-dir`:
 
-- `DATASET/SPLIT/<path below input-dir>.mp4`: the 96x96 grayscale mouth region at 25 fps ([`MouthCropper`]);
+- `DATASET/SPLIT/<path below input-dir>.mp4`: the 96x96 grayscale mouth region at 25 fps ([`MouthCropper`]: with
+  `--detector mediapipe`, the default when the `crop` extra is installed, auto_avsr's own preparation; with
+  `--detector haar`, OpenCV's Haar cascades);
 - the `.wav` beside it with the same stem: the audio track (or a same-stem .wav/.flac beside a silent video),
   mono 16 kHz, cut or zero-padded to 640 samples per video frame so both streams span the same time;
 - `labels/DATASET_SPLIT.csv`: headerless rows `DATASET,SPLIT/<path>.mp4,num_frames,token ids` with the transcript
@@ -15,20 +17,23 @@ For every video under `--input-dir` (searched recursively; .mp4 .m4v .mov .avi .
 
 Transcripts come from the `.txt` beside each video (LRS3's `Text:  THE WORDS` first line, or else the whole file is
 the text), or from a `--transcripts` CSV of `path,text` rows (`path` relative to `--input-dir`; a `path,text` header
-row is allowed). Videos at any frame rate and audio at any sampling rate are resampled (frames by nearest timestamp,
-the rule of `media_io.resample_frames` that the inference pipeline applies too). A rerun skips the clips already
+row is allowed). Videos at any frame rate, constant or variable, and audio at any sampling rate are resampled (frames
+by nearest timestamp, the rule of `media_io.resample_frames` that the inference pipeline applies too); a container's
+rotation is applied. A rerun skips the clips already
 written (files are written under a temporary name and renamed, so an interrupted run leaves no half-written clip)
 and rewrites the label file. A bad clip (unreadable media, no face, no
-transcript) stops the run with an error that names it, or with `--skip-bad-files` is left out, counted and listed
-in `labels/DATASET_SPLIT_skipped.tsv`.
+transcript, a face too close to the edge for the crop) stops the run with an error that names it, or with
+`--skip-bad-files` is left out, counted by reason and listed in `labels/DATASET_SPLIT_skipped.tsv`.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import multiprocessing
 import os
 import sys
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,11 +50,11 @@ from .media_io import (
     read_audio,
     read_audio_track,
     read_video,
-    resample_frames,
     write_audio,
     write_video,
 )
-from .mouth_cropping import MouthCropper, NoFaceError
+from .mouth_alignment import MouthCropError, import_cv2
+from .mouth_cropping import DETECTORS, MouthCropper, NoFaceError, default_detector
 from .tokenization_mmavsr import MMAVSRTokenizer
 
 
@@ -65,13 +70,15 @@ class PreparationError(ValueError):
 @dataclass
 class PreparationSummary:
     """What one run did: `written` clips, `reused` clips already there, `skipped` {source path: reason} (also
-    listed in `skipped_file` when there are any), and the label file holding the `written + reused` clips."""
+    listed in `skipped_file` when there are any) and `rejections` {kind of reason: count} (`REJECTION_KINDS`), and the
+    label file holding the `written + reused` clips."""
 
     label_file: Path
     skipped_file: Path
     written: int = 0
     reused: int = 0
     skipped: dict[str, str] = field(default_factory=dict)
+    rejections: Counter = field(default_factory=Counter)
 
 
 @dataclass(frozen=True)
@@ -144,20 +151,38 @@ def _find_clips(input_dir: Path, transcripts: Path | None, output_dir: Path) -> 
     return clips
 
 
+# the kinds of reason a clip is rejected for, counted in `PreparationSummary.rejections`
+REJECTION_KINDS = ("no transcript", "unreadable media", "no face", "face too close to the edge", "other error")
+
 _cropper: MouthCropper | None = None
 
 
-def _init_worker(detection_stride: int):
+def _init_worker(detector: str, detection_stride: int, one_thread: bool = False):
+    """The cropper of this process; a pool's worker runs OpenCV on one thread (N workers, N cores: the Haar cascades
+    alone would take every core in each worker), one process lets it use them all."""
     global _cropper
-    _cropper = MouthCropper(detection_stride=detection_stride)
+    if one_thread:
+        import_cv2().setNumThreads(1)
+    _cropper = MouthCropper(detector=detector, detection_stride=detection_stride)
 
 
-def _prepare_clip(clip: _Clip, target: Path) -> tuple[int | None, str | None]:
-    """Writes one clip's mouth video `target.mp4` and `target.wav`; returns `(num_frames, None)`, or `(None, reason)`
-    for a clip that cannot be prepared (any error on it: a damaged file can fail in many places)."""
+def _pool_context():
+    """Workers forked from a fresh server process that imported this module once (seconds, the first time in a
+    process), never from this one: a fork inherits its threads' locks (PyAV's filter graphs hung in a child's garbage
+    collection, mediapipe crashed in malloc), whatever the caller ran before."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
+def _prepare_clip(clip: _Clip, target: Path) -> tuple[int | None, str | None, str | None]:
+    """Writes one clip's mouth video `target.mp4` and `target.wav`; returns `(num_frames, None, None)`, or
+    `(None, reason, kind)` for a clip that cannot be prepared (any error on it: a damaged file can fail in many
+    places; `kind` is one of `REJECTION_KINDS`)."""
     try:
-        frames, fps = read_video(clip.source)
-        frames = resample_frames(frames, fps, source=clip.source)
+        frames, _ = read_video(clip.source, target_fps=VIDEO_FPS)  # any frame rate, constant or variable
         wave = read_audio_track(clip.source)
         if wave is None:
             beside = [clip.source.with_suffix(suffix) for suffix in AUDIO_SUFFIXES]
@@ -172,11 +197,13 @@ def _prepare_clip(clip: _Clip, target: Path) -> tuple[int | None, str | None]:
         write_video(partial_video, crops, fps=VIDEO_FPS)
         os.replace(partial_audio, audio)
         os.replace(partial_video, video)  # last: an existing mp4 means the clip is complete
-    except (MediaError, NoFaceError) as error:
-        return None, str(error) if str(clip.source) in str(error) else f"{clip.source}: {error}"
+    except (MediaError, NoFaceError, MouthCropError) as error:
+        kind = {MediaError: "unreadable media", NoFaceError: "no face", MouthCropError: "face too close to the edge"}
+        reason = str(error) if str(clip.source) in str(error) else f"{clip.source}: {error}"
+        return None, reason, next(name for cls, name in kind.items() if isinstance(error, cls))
     except Exception as error:  # noqa: BLE001 - reported against the clip, so one odd file cannot end a long run
-        return None, f"{clip.source}: {type(error).__name__}: {error}"
-    return len(crops), None
+        return None, f"{clip.source}: {type(error).__name__}: {error}", "other error"
+    return len(crops), None, None
 
 
 def _load_tokenizer(name: str) -> MMAVSRTokenizer:
@@ -197,6 +224,7 @@ def prepare_dataset(
     skip_bad_files: bool = False,
     num_workers: int = 1,
     detection_stride: int = 1,
+    detector: str | None = None,
 ) -> PreparationSummary:
     """Converts the videos under `input_dir` to auto_avsr's layout under `output_dir` (see the module's docstring).
 
@@ -210,6 +238,8 @@ def prepare_dataset(
         skip_bad_files: leave bad clips out (counted, listed) instead of raising.
         num_workers: processes cropping clips in parallel (1: in this process).
         detection_stride: run the face detector on every n-th frame only (see [`MouthCropper`]).
+        detector: `"mediapipe"` (auto_avsr's preparation) or `"haar"`; default: mediapipe when the `crop` extra is
+            installed, else Haar (with a warning naming the extra).
 
     Raises:
         PreparationError: a bad clip (without `skip_bad_files`), a bad transcripts CSV, or an unknown tokenizer.
@@ -219,6 +249,12 @@ def prepare_dataset(
         raise PreparationError(f"input dir {input_dir} is not a directory.")
     if detection_stride < 1:
         raise PreparationError(f"detection_stride must be at least 1, got {detection_stride}.")
+    if num_workers < 1:
+        raise PreparationError(f"num_workers must be at least 1, got {num_workers}.")
+    if detector is None:
+        detector = default_detector()
+    if detector not in DETECTORS:
+        raise PreparationError(f"detector must be one of {', '.join(DETECTORS)}, got {detector!r}.")
     if isinstance(tokenizer, str):
         tokenizer = _load_tokenizer(tokenizer)
     clips = _find_clips(input_dir, Path(transcripts) if transcripts is not None else None, output_dir)
@@ -228,15 +264,16 @@ def prepare_dataset(
     summary = PreparationSummary(label_file, label_file.with_name(f"{dataset}_{split}_skipped.tsv"))
     clip_dir = output_dir / dataset / split
 
-    def reject(clip: _Clip, reason: str):
+    def reject(clip: _Clip, reason: str, kind: str):
         if not skip_bad_files:
             raise PreparationError(reason)
         summary.skipped[str(clip.source)] = reason
+        summary.rejections[kind] += 1
 
     frames, todo = {}, []
     for clip in clips:
         if clip.text is None:
-            reject(clip, clip.problem)
+            reject(clip, clip.problem, "no transcript")
         elif (clip_dir / f"{clip.relative}.mp4").is_file() and (clip_dir / f"{clip.relative}.wav").is_file():
             frames[clip.relative] = count_frames(clip_dir / f"{clip.relative}.mp4")
             summary.reused += 1
@@ -245,17 +282,22 @@ def prepare_dataset(
 
     progress = tqdm(total=len(todo), desc=f"{dataset}/{split}", unit="clip", disable=not todo)
     if num_workers > 1 and len(todo) > 1:
-        pool = ProcessPoolExecutor(min(num_workers, len(todo)), initializer=_init_worker, initargs=(detection_stride,))
+        pool = ProcessPoolExecutor(
+            min(num_workers, len(todo)),
+            mp_context=_pool_context(),
+            initializer=_init_worker,
+            initargs=(detector, detection_stride, True),
+        )
         results = pool.map(_prepare_clip, todo, [clip_dir / clip.relative for clip in todo])
     else:
         pool = None
-        _init_worker(detection_stride)
+        _init_worker(detector, detection_stride)
         results = (_prepare_clip(clip, clip_dir / clip.relative) for clip in todo)
     try:
-        for clip, (count, problem) in zip(todo, results):
+        for clip, (count, problem, kind) in zip(todo, results):
             progress.update()
             if problem is not None:
-                reject(clip, problem)
+                reject(clip, problem, kind)
             else:
                 frames[clip.relative] = count
                 summary.written += 1
@@ -305,6 +347,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--detection-stride", type=int, default=1, help="run the face detector on every n-th frame only (default 1)"
     )
     parser.add_argument(
+        "--detector",
+        choices=DETECTORS,
+        help="mediapipe: auto_avsr's preparation (face keypoints aligned to its mean face; the default when the "
+        "`crop` extra is installed); haar: OpenCV's Haar cascades (the fallback, e.g. for the synthetic demo corpus)",
+    )
+    parser.add_argument(
         "--save-to-disk",
         metavar="DIR",
         help="also write every split prepared for --dataset under --output-dir as a `datasets` dataset with the media "
@@ -329,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             skip_bad_files=args.skip_bad_files,
             num_workers=args.num_workers,
             detection_stride=args.detection_stride,
+            detector=args.detector,
         )
     except PreparationError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -338,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary.label_file}: {total} clip{'' if total == 1 else 's'} "
         f"({summary.written} written, {summary.reused} already there, {len(summary.skipped)} skipped)"
     )
+    if summary.rejections:
+        counts = [f"{kind} {summary.rejections[kind]}" for kind in REJECTION_KINDS if summary.rejections[kind]]
+        print("skipped by reason: " + ", ".join(counts))
     for path, reason in list(summary.skipped.items())[:5]:
         print(f"skipped {path}: {reason}")
     if len(summary.skipped) > 5:

@@ -1,10 +1,15 @@
 """Reading and writing mp4/wav files: round trips on real files and clear errors on bad ones; frame-rate conversion
-to 25 fps, audio fitted to the video, audio tracks of videos."""
+to 25 fps (constant and variable rates), audio fitted to the video, audio tracks of videos, rotated containers."""
 
+import subprocess
+from fractions import Fraction
+
+import av
 import numpy as np
 import pytest
 import soundfile as sf
 
+from mmavsr_processing import media_io
 from mmavsr_processing.demo_mouth import mouth_trajectory, render_mouth
 from mmavsr_processing.media_io import MediaError, count_frames, fit_audio_to_video, read_audio, read_audio_track
 from mmavsr_processing.media_io import read_video, resample_frames, write_audio, write_video
@@ -230,3 +235,63 @@ def test_training_data_path_reads_the_sound_of_an_mp4(tmp_path):
     clip = read_clip(row, MMAVSRProcessor.from_auto_avsr(resample=True))
     assert tuple(clip["video"].shape) == (12, 3, 64, 64)
     assert abs(len(clip["audio"]) - 12 * 640) < 2048 and 0.2 < np.abs(clip["audio"]).max() < 0.4
+
+
+def _write_variable_rate(path, milliseconds):
+    """An mp4 whose frame i is uniformly grey at level 20 * i, shown at `milliseconds[i]` (a variable frame rate)."""
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
+        for index, time in enumerate(milliseconds):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 20 * index, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = time, Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.mark.parametrize("decoder", ["torchcodec", "pyav"])
+def test_a_variable_frame_rate_is_resampled_by_the_frames_own_timestamps(tmp_path, monkeypatch, decoder):
+    if decoder == "pyav":
+        monkeypatch.setattr(media_io, "_read_video_torchcodec", lambda path: None)
+    path = tmp_path / "variable.mp4"
+    _write_variable_rate(path, [0, 30, 45, 100, 170, 180, 190, 260, 330, 400])
+    frames, fps = read_video(path, target_fps=25)
+    # 25 fps times 0, 40, 80, ... 400 ms: the frame shown nearest each; the clip lasts 400 ms + one average frame
+    assert fps == 25
+    assert [round(level / 20) for level in frames[..., 0].mean((1, 2))] == [0, 2, 3, 3, 4, 6, 7, 7, 8, 8, 9]
+    # taken for a constant rate, the same frames would be kept in order, one per 25 fps frame
+    as_constant, _ = read_video(path)
+    assert [round(level / 20) for level in resample_frames(as_constant, 25.0)[..., 0].mean((1, 2))] == list(range(10))
+
+
+def test_timestamps_that_do_not_fit_are_refused():
+    frames = np.zeros((3, 2, 2, 3), np.uint8)
+    with pytest.raises(MediaError, match="clip.mp4: 2 timestamps for 3 frames"):
+        resample_frames(frames, 25.0, source="clip.mp4", timestamps=[0.0, 0.04])
+    with pytest.raises(MediaError, match="clip.mp4: frame timestamps do not increase"):
+        resample_frames(frames, 25.0, source="clip.mp4", timestamps=[0.0, 0.2, 0.1])
+    # a constant rate given as timestamps: the formula's frames
+    assert resample_frames(np.arange(30), 30.0, timestamps=np.arange(30) / 30).tolist() == resample_frames(
+        np.arange(30), 30.0
+    ).tolist()
+
+
+@pytest.mark.parametrize("decoder", ["torchcodec", "pyav"])
+def test_the_containers_rotation_is_applied(tmp_path, monkeypatch, decoder):
+    if decoder == "pyav":
+        monkeypatch.setattr(media_io, "_read_video_torchcodec", lambda path: None)
+    upright = np.zeros((3, 48, 64, 3), np.uint8)
+    upright[:, :8, :16] = 255  # a white patch in the top-left corner of a landscape frame
+    write_video(tmp_path / "stored.mp4", np.ascontiguousarray(np.rot90(upright, k=-1, axes=(1, 2))))
+    subprocess.run(  # as a phone stores it: the frames as recorded, and a display matrix that turns them
+        ["ffmpeg", "-loglevel", "error", "-y", "-i", str(tmp_path / "stored.mp4"), "-c", "copy",
+         "-metadata:s:v:0", "rotate=90", str(tmp_path / "rotated.mp4")],
+        check=True,
+    )
+    frames, _ = read_video(tmp_path / "rotated.mp4")
+    assert frames.shape == (3, 48, 64, 3)
+    assert frames[:, :8, :16].mean() > 200 and frames[:, -8:, -16:].mean() < 50

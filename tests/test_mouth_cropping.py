@@ -1,4 +1,5 @@
-"""Mouth cropping on a real face: skimage's astronaut photograph, panned and zoomed per frame into a short clip."""
+"""The Haar path of mouth cropping on a real face: skimage's astronaut photograph, panned and zoomed per frame into a
+short clip. The mediapipe path (auto_avsr's preparation) is tested in `test_mouth_alignment.py`."""
 
 import cv2
 import numpy as np
@@ -38,7 +39,7 @@ def clip():
 
 @pytest.fixture(scope="module")
 def cropper():
-    return MouthCropper()
+    return MouthCropper(detector="haar")
 
 
 def test_detector_finds_the_mouth_of_the_photograph():
@@ -61,7 +62,7 @@ def test_crops_show_the_same_mouth_in_every_frame(clip, cropper):
     crops = cropper(frames)
     assert crops.shape == (len(frames), 96, 96) and crops.dtype == np.uint8
     # the reference: the same region cut from the still photograph, grayscale
-    reference = MouthCropper(smoothing_window=1)(data.astronaut()[None])[0].astype(float)
+    reference = MouthCropper(detector="haar", smoothing_window=1)(data.astronaut()[None])[0].astype(float)
 
     def similarity(crop):
         return np.corrcoef(crop.astype(float).ravel(), reference.ravel())[0, 1]

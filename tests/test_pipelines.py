@@ -186,7 +186,7 @@ def test_mouth_is_cropped_only_from_frames_larger_than_a_mouth_roi(folders):
 
 
 def test_real_mouth_cropper_on_a_real_face(folders):
-    from skimage.data import astronaut
+    from skimage.data import astronaut, coffee
 
     from mmavsr_processing.mouth_cropping import MouthCropper, NoFaceError
 
@@ -194,10 +194,18 @@ def test_real_mouth_cropper_on_a_real_face(folders):
     frames = np.repeat(face[None], 5, axis=0)
     vsr = pipeline("audio-visual-speech-recognition", model=folders["video"])
     text = vsr(frames)["text"]
-    assert text == vsr(MouthCropper()(frames), crop_mouth=False)["text"]
-    noise = np.random.default_rng(4).integers(0, 256, (5, 160, 160, 3), dtype=np.uint8)
+    assert text == vsr(MouthCropper(detector="mediapipe")(frames), crop_mouth=False)["text"]  # the crop extra's
+    haar = pipeline("audio-visual-speech-recognition", model=folders["video"], mouth_detector="haar")
+    assert haar(frames)["text"] == vsr(MouthCropper(detector="haar")(frames), crop_mouth=False)["text"]
+    assert haar.mouth_cropper.detector_name == "haar" and vsr.mouth_cropper.detector_name == "mediapipe"
+    cup = np.repeat(coffee()[None, ::2, ::2], 5, axis=0)  # a real photograph without a face
     with pytest.raises(NoFaceError, match="video input: .*crop_mouth=False"):
-        vsr(noise)
+        vsr(cup)
+    with pytest.raises(ValueError, match="mouth_detector must be 'mediapipe', 'haar' or None, got 'dlib'"):
+        pipeline("audio-visual-speech-recognition", model=folders["video"], mouth_detector="dlib")
+    with pytest.raises(ValueError, match="give mouth_cropper or mouth_detector, not both"):
+        pipeline("audio-visual-speech-recognition", model=folders["video"], mouth_detector="haar",
+                 mouth_cropper=MouthCropper(detector="haar"))
 
 
 def test_frame_rates_are_brought_to_25_fps(folders, tmp_path):
@@ -251,7 +259,7 @@ def test_pipeline_and_prepare_pick_the_same_frames(folders, tmp_path, monkeypatc
     assert inputs["input_features"].shape == (1, 16000)
 
     monkeypatch.setattr(
-        prepare, "MouthCropper", lambda detection_stride: MouthCropper(detector=CentreMouth(), detection_stride=1)
+        prepare, "MouthCropper", lambda **options: MouthCropper(detector=CentreMouth())
     )
     summary = prepare.prepare_dataset(tmp_path / "raw", tmp_path / "out", "demo", split="test")
     assert summary.written == 1

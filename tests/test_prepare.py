@@ -65,11 +65,27 @@ def test_round_trip_through_load_auto_avsr_dataset(raw, tmp_path):
         assert audio.sample_rate == 16000 and audio.data.shape == (1, frames * 640)
     wave, rate = sf.read(out / "lrs3/test/spk0/00001.wav")
     assert rate == 16000 and 0.2 < np.abs(wave).max() < 0.4  # the tone, resampled from 44.1 kHz
-    # the mp4 holds the mouth: like the still photograph's mouth region
+    # the mp4 holds the mouth as auto_avsr's preparation cuts it (the default with the crop extra): like the still
+    # photograph's aligned mouth, whatever the zoom
     frames, _ = read_video(out / "lrs3/test/spk1/00002.mp4")
-    reference = MouthCropper(smoothing_window=1)(data.astronaut()[None])[0].astype(float)
+    reference = MouthCropper(detector="mediapipe")(data.astronaut()[None])[0].astype(float)
     similarity = [np.corrcoef(frame[..., 0].astype(float).ravel(), reference.ravel())[0, 1] for frame in frames]
-    assert np.mean(similarity) > 0.75 and min(similarity) > 0.6, similarity
+    assert np.mean(similarity) > 0.75 and min(similarity) > 0.5, similarity  # a face 60-70 pixels wide
+
+
+def test_detector_choice(raw, tmp_path):
+    """`--detector haar` cuts the Haar crops, `--detector mediapipe` auto_avsr's; both are the cropper's own."""
+    written = {}
+    for detector in ("haar", "mediapipe"):
+        assert run(raw, tmp_path / detector, "--detector", detector) == 0
+        written[detector], _ = read_video(tmp_path / detector / "lrs3/test/spk1/00002.mp4")
+    decoded, _ = read_video(raw / "spk1/00002.mp4")
+    for detector, clip in written.items():
+        expected = MouthCropper(detector=detector)(decoded)
+        assert np.abs(clip[..., 0].astype(int) - expected).mean() < 3, detector  # H.264 round trip
+    assert np.abs(written["haar"].astype(int) - written["mediapipe"]).mean() > 10
+    with pytest.raises(SystemExit):
+        run(raw, tmp_path / "x", "--detector", "dlib")
 
 
 def test_rerun_reuses_written_clips(raw):
@@ -93,7 +109,8 @@ def test_bad_clips_are_named_or_skipped_and_listed(raw, tmp_path, capsys):
     (raw / "spk2/corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
     (raw / "spk2/corrupt.txt").write_text("Text:  BROKEN\n")
     noise = np.random.default_rng(0).integers(0, 255, (6, 64, 64, 3), dtype=np.uint8)
-    write_video(raw / "spk2/noface.mp4", noise, audio=tone(0.24, 16000))
+    cup = np.repeat(data.coffee()[None, ::4, ::4], 6, axis=0)  # a real photograph without a face
+    write_video(raw / "spk2/noface.mp4", cup, audio=tone(0.24, 16000))
     (raw / "spk2/noface.txt").write_text("NO FACE HERE\n")  # plain text also works
     write_video(raw / "spk2/untranscribed.mp4", noise, audio=tone(0.24, 16000))
 
@@ -109,6 +126,7 @@ def test_bad_clips_are_named_or_skipped_and_listed(raw, tmp_path, capsys):
     printed = capsys.readouterr().out
     # the good clips were written by the failed run (they come before spk2) and are reused
     assert "2 clips (0 written, 2 already there, 3 skipped)" in printed
+    assert "skipped by reason: no transcript 1, unreadable media 1, no face 1" in printed
     skipped = (out / "labels/lrs3_test_skipped.tsv").read_text()
     assert "corrupt.mp4\t" in skipped and "cannot decode video" in skipped
     assert "noface.mp4\t" in skipped and "no face found" in skipped
@@ -148,3 +166,40 @@ def test_module_runs_as_a_script(tmp_path, monkeypatch, capsys):
         runpy.run_module("mmavsr_processing.prepare", run_name="__main__")
     assert exit_info.value.code == 1
     assert f"error: input dir {tmp_path / 'nowhere'} is not a directory" in capsys.readouterr().err
+
+
+def test_workers_after_mediapipe_ran_in_this_process(raw, tmp_path):
+    """mediapipe's state does not survive a fork: the workers come from a fresh server process, whatever ran here."""
+    MouthCropper(detector="mediapipe")(data.astronaut()[None])  # mediapipe loaded and run in this process
+    summary = prepare_dataset(raw, tmp_path / "out", "lrs3", split="test", num_workers=2, detector="mediapipe")
+    assert summary.written == 2 and not summary.skipped
+    in_process = prepare_dataset(raw, tmp_path / "one", "lrs3", split="test", detector="mediapipe")
+    for stem in TEXTS:
+        parallel, _ = read_video(tmp_path / "out" / "lrs3" / "test" / f"{stem}.mp4")
+        alone, _ = read_video(tmp_path / "one" / "lrs3" / "test" / f"{stem}.mp4")
+        assert np.array_equal(parallel, alone)
+    assert in_process.written == 2
+
+
+def test_a_face_too_close_to_the_edge_is_named_and_counted(raw, tmp_path, monkeypatch, capsys):
+    from mmavsr_processing import MediapipeFaceDetector, prepare
+    from mmavsr_processing.mouth_alignment import mean_face_keypoints
+
+    class MouthFarBelowTheEyes(MediapipeFaceDetector):
+        """Keypoints no similarity transform brings onto the mean face: the crop would leave the aligned face."""
+
+        def __init__(self):
+            pass
+
+        def __call__(self, frames, indices=None):
+            keypoints = np.repeat(mean_face_keypoints()[None], len(frames), axis=0)
+            keypoints[:, 3, 1] += 200
+            return keypoints
+
+    monkeypatch.setattr(prepare, "MouthCropper", lambda **options: MouthCropper(MouthFarBelowTheEyes()))
+    assert run(raw, tmp_path / "out") == 1
+    assert "00001.mp4: frame 0: the aligned mouth lies" in capsys.readouterr().err
+    assert run(raw, tmp_path / "out", "--skip-bad-files") == 0
+    printed = capsys.readouterr().out
+    assert "0 clips (0 written, 0 already there, 2 skipped)" in printed
+    assert "skipped by reason: face too close to the edge 2" in printed
