@@ -149,7 +149,9 @@ def main():
     args = parse_args()
     torch.set_num_threads(args.threads)
     model, reference = build_models(args.modality, args.auto_avsr)
-    print(f"modality={args.modality} beam={args.beam} ctc_weight={args.ctc_weight} seconds={args.seconds} threads={args.threads}")
+    print(
+        f"modality={args.modality} beam={args.beam} ctc_weight={args.ctc_weight} seconds={args.seconds} threads={args.threads}"
+    )
 
     if not args.skip_decoding:
         model.eval()
@@ -175,9 +177,11 @@ def main():
             with torch.inference_mode():
                 decode_int8()
                 int8, theirs, int8_seconds = compare("decoding int8", decode_int8, decode_theirs, args.repeats, unit)
-            print(f"decoding int8: {layers} linear layers in int8, {fp32_seconds / int8_seconds:.2f}x the fp32 MMAVSR "
-                  f"speed; hypothesis {len(int8)} tokens, same as fp32: {int8 == ours}"
-                  + ("" if theirs is None else f", same as auto_avsr's: {int8 == theirs}"))
+            print(
+                f"decoding int8: {layers} linear layers in int8, {fp32_seconds / int8_seconds:.2f}x the fp32 MMAVSR "
+                f"speed; hypothesis {len(int8)} tokens, same as fp32: {int8 == ours}"
+                + ("" if theirs is None else f", same as auto_avsr's: {int8 == theirs}")
+            )
 
     if not args.skip_training:
         x, _ = make_batch(args.modality, args.seconds, args.batch)

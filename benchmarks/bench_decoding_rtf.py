@@ -19,7 +19,6 @@ import statistics
 import time
 
 import torch
-
 from bench_training_throughput import DEMO_MODELS, FRAME_RATE, build, make_batch
 
 

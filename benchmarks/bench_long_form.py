@@ -28,8 +28,11 @@ import time
 from pathlib import Path
 
 
-MODELS = {"audio": ("asr", "demo-asr-logmel"), "video": ("vsr", "demo-vsr-resnet"),
-          "audiovisual": ("avsr", "demo-avsr-resnet-logmel")}
+MODELS = {
+    "audio": ("asr", "demo-asr-logmel"),
+    "video": ("vsr", "demo-vsr-resnet"),
+    "audiovisual": ("avsr", "demo-avsr-resnet-logmel"),
+}
 MEMORY_TOLERANCE = 0.10
 
 
@@ -79,16 +82,31 @@ def child(args) -> None:
     transcriber = pipeline("audio-visual-speech-recognition", model=model, int8=precision == "int8")
     reads_video = transcriber.model.config.vision_encoder is not None
     loading_peak = _status_mib("VmHWM")  # this process' peak so far (imports, model); `ru_maxrss` would include the
-    reset = _reset_peak_rss()            # parent's, which survives fork and exec
+    reset = _reset_peak_rss()  # parent's, which survives fork and exec
     start = time.perf_counter()
-    result = transcriber({"video": media} if reads_video else media, batch_size=args.batch_size,
-                         num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, return_timestamps=True)
+    result = transcriber(
+        {"video": media} if reads_video else media,
+        batch_size=args.batch_size,
+        num_beams=args.num_beams,
+        max_new_tokens=args.max_new_tokens,
+        return_timestamps=True,
+    )
     elapsed = time.perf_counter() - start
     during = _status_mib("VmHWM") if reset else float("nan")
     peak = max(loading_peak, _status_mib("VmHWM"))
-    print(json.dumps({"seconds": elapsed, "rtf": elapsed / float(seconds), "peak_rss_mib": peak,
-                      "peak_rss_during_mib": during, "rss_before_mib": reset or float("nan"),
-                      "segments": len(result["chunks"]), "words": len(result["text"].split())}))
+    print(
+        json.dumps(
+            {
+                "seconds": elapsed,
+                "rtf": elapsed / float(seconds),
+                "peak_rss_mib": peak,
+                "peak_rss_during_mib": during,
+                "rss_before_mib": reset or float("nan"),
+                "segments": len(result["chunks"]),
+                "words": len(result["text"].split()),
+            }
+        )
+    )
 
 
 def prepare(args) -> tuple[dict, dict]:
@@ -98,8 +116,9 @@ def prepare(args) -> tuple[dict, dict]:
     from mmavsr_training.presets import build_model_from_preset, build_processor_from_preset
 
     work = Path(args.work_dir)
-    labels = generate_demo_corpus(work / "corpus", num_clips=args.num_clips, split_fractions=(0, 0, 1),
-                                  splits=("test",), progress=False)
+    labels = generate_demo_corpus(
+        work / "corpus", num_clips=args.num_clips, split_fractions=(0, 0, 1), splits=("test",), progress=False
+    )
     recordings = {}
     for minutes in args.minutes:
         wav, mp4 = work / f"long_{minutes:g}min.wav", work / f"long_{minutes:g}min.mp4"
@@ -130,34 +149,54 @@ def main() -> None:
         child(args)
         return
     models, recordings = prepare(args)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     rows = []
-    print(f"{'input':12} {'precision':9} {'minutes':>7} {'RTF':>6} {'peak RSS MiB':>12} {'RSS before':>10} "
-          f"{'peak during':>11} {'segments':>8} {'words':>6}")
+    print(
+        f"{'input':12} {'precision':9} {'minutes':>7} {'RTF':>6} {'peak RSS MiB':>12} {'RSS before':>10} "
+        f"{'peak during':>11} {'segments':>8} {'words':>6}"
+    )
     for modality in args.modalities:
         for precision in args.precisions:
             for minutes in args.minutes:
                 recording = recordings[minutes]
                 media = recording["wav"] if modality == "audio" else recording["mp4"]
-                command = [sys.executable, __file__, "--child", models[modality], media, precision,
-                           str(recording["seconds"]), "--threads", str(args.threads), "--batch-size",
-                           str(args.batch_size), "--num-beams", str(args.num_beams), "--max-new-tokens",
-                           str(args.max_new_tokens)]
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    models[modality],
+                    media,
+                    precision,
+                    str(recording["seconds"]),
+                    "--threads",
+                    str(args.threads),
+                    "--batch-size",
+                    str(args.batch_size),
+                    "--num-beams",
+                    str(args.num_beams),
+                    "--max-new-tokens",
+                    str(args.max_new_tokens),
+                ]
                 done = subprocess.run(command, env=env, capture_output=True, text=True)
                 if done.returncode:
                     sys.exit(f"{modality} {precision} {minutes:g} min failed:\n{done.stderr[-3000:]}")
                 result = json.loads(done.stdout.strip().splitlines()[-1])
                 rows.append({"input": modality, "precision": precision, "minutes": minutes, **result})
-                print(f"{modality:12} {precision:9} {minutes:7g} {result['rtf']:6.3f} {result['peak_rss_mib']:12.0f} "
-                      f"{result['rss_before_mib']:10.0f} {result['peak_rss_during_mib']:11.0f} "
-                      f"{result['segments']:8d} {result['words']:6d}", flush=True)
+                print(
+                    f"{modality:12} {precision:9} {minutes:7g} {result['rtf']:6.3f} {result['peak_rss_mib']:12.0f} "
+                    f"{result['rss_before_mib']:10.0f} {result['peak_rss_during_mib']:11.0f} "
+                    f"{result['segments']:8d} {result['words']:6d}",
+                    flush=True,
+                )
     shortest, longest = min(args.minutes), max(args.minutes)
     for modality in args.modalities:
         for precision in args.precisions:
             for key, what in (("peak_rss_mib", "peak RSS"), ("peak_rss_during_mib", "peak RSS while transcribing")):
-                peak = {row["minutes"]: row[key] for row in rows
-                        if row["input"] == modality and row["precision"] == precision}
+                peak = {
+                    row["minutes"]: row[key]
+                    for row in rows
+                    if row["input"] == modality and row["precision"] == precision
+                }
                 ratio = peak[longest] / peak[shortest]
                 verdict = "ok" if abs(ratio - 1) <= MEMORY_TOLERANCE else "GROWS"
                 print(f"{what} {modality} {precision}: {longest:g} min / {shortest:g} min = {ratio:.3f} ({verdict})")

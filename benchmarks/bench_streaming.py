@@ -73,13 +73,15 @@ def write_rows(folder: Path, size: int, files: list[tuple[str, str]], frames: in
     for start in range(0, size, ROWS_PER_FILE):
         count = min(ROWS_PER_FILE, size - start)
         picks = generator.integers(0, len(files), count)
-        table = pa.table({
-            "id": [f"row{start + i}" for i in range(count)],
-            "video": [files[p][0] for p in picks],
-            "audio": [files[p][1] for p in picks],
-            "text": [" ".join(generator.choice(WORDS, 4)) for _ in range(count)],
-            "num_frames": np.full(count, frames, dtype=np.int32),
-        })
+        table = pa.table(
+            {
+                "id": [f"row{start + i}" for i in range(count)],
+                "video": [files[p][0] for p in picks],
+                "audio": [files[p][1] for p in picks],
+                "text": [" ".join(generator.choice(WORDS, 4)) for _ in range(count)],
+                "num_frames": np.full(count, frames, dtype=np.int32),
+            }
+        )
         pq.write_table(table, folder / f"train-{start // ROWS_PER_FILE:05d}.parquet", row_group_size=ROW_GROUP)
 
 
@@ -116,8 +118,9 @@ def measure(mode: str, folder: str, cache: str, max_frames: int, batches: int) -
         dataset = load_avsr_dataset(folder, cache_dir=cache)
         order = np.random.default_rng(0).permutation(len(dataset))
         per_batch = max(1, max_frames // int(dataset[0]["num_frames"]))
-        loader = (collator([dataset[int(i)] for i in order[k : k + per_batch]])
-                  for k in range(0, len(order), per_batch))
+        loader = (
+            collator([dataset[int(i)] for i in order[k : k + per_batch]]) for k in range(0, len(order), per_batch)
+        )
     first = next(loader)
     first_batch = time.perf_counter()
     for _ in range(batches):
@@ -144,10 +147,14 @@ def main(argv=None):
         (work / "media").mkdir(parents=True, exist_ok=True)
         files = write_media(work / "media", args.num_media, args.clip_frames)
         modes = ["streaming"] + (["map-style"] if args.map_style else [])
-        print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; clips of {args.clip_frames} frames, "
-              f"--max-frames {args.max_frames}, first batch then {args.batches} more")
-        print(f"{'rows':>9} {'path':>10} {'parquet MB':>10} {'first batch s':>13} {'+batches s':>10} "
-              f"{'clips/batch':>11} {'RSS before MB':>13} {'peak RSS MB':>11}")
+        print(
+            f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; clips of {args.clip_frames} frames, "
+            f"--max-frames {args.max_frames}, first batch then {args.batches} more"
+        )
+        print(
+            f"{'rows':>9} {'path':>10} {'parquet MB':>10} {'first batch s':>13} {'+batches s':>10} "
+            f"{'clips/batch':>11} {'RSS before MB':>13} {'peak RSS MB':>11}"
+        )
         folders = {}
         for size in args.sizes:
             folders[size] = work / f"rows{size}"
@@ -157,18 +164,32 @@ def main(argv=None):
             for size in args.sizes:
                 for mode in modes:
                     cache = tempfile.mkdtemp(dir=work)
-                    command = [sys.executable, __file__, "--measure", mode, str(folders[size]), cache,
-                               "--max-frames", str(args.max_frames), "--batches", str(args.batches)]
+                    command = [
+                        sys.executable,
+                        __file__,
+                        "--measure",
+                        mode,
+                        str(folders[size]),
+                        cache,
+                        "--max-frames",
+                        str(args.max_frames),
+                        "--batches",
+                        str(args.batches),
+                    ]
                     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
                     runs[size, mode].append(json.loads(output.strip().splitlines()[-1]))
         for (size, mode), results in runs.items():
             megabytes = sum(f.stat().st_size for f in folders[size].iterdir()) / 2**20
             median = {key: float(np.median([r[key] for r in results])) for key in results[0]}
             first = "/".join(f"{r['first_batch_s']:.1f}" for r in results)
-            print(f"{size:>9,} {mode:>10} {megabytes:>10.1f} {median['first_batch_s']:>13.2f} "
-                  f"{median['batches_s']:>10.2f} {median['clips_in_first_batch']:>11.0f} "
-                  f"{median['base_rss_mb']:>13.0f} {median['peak_rss_mb']:>11.0f}   runs: {first}", flush=True)
+            print(
+                f"{size:>9,} {mode:>10} {megabytes:>10.1f} {median['first_batch_s']:>13.2f} "
+                f"{median['batches_s']:>10.2f} {median['clips_in_first_batch']:>11.0f} "
+                f"{median['base_rss_mb']:>13.0f} {median['peak_rss_mb']:>11.0f}   runs: {first}",
+                flush=True,
+            )
         print(f"load average at the end {os.getloadavg()[0]:.1f}")
+
 
 if __name__ == "__main__":
     main()

@@ -51,8 +51,8 @@ def _cuda() -> bool:
 
 def build(name: str):
     """`(model, (crop height, crop width))` of a preset name or a released size."""
-    from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
     from mmavsr_training.presets import build_model_from_preset, load_preset
+    from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
 
     if name in RELEASED_MODELS:
         return MMAVSRForConditionalGeneration(MMAVSRConfig(modality=RELEASED_MODELS[name])), (88, 88)

@@ -52,8 +52,10 @@ def clip_inputs(corpus: Path, labels: Path, reads_video: bool, reads_audio: bool
 def matched_clips(chunks: list[dict], clips: list[tuple[float, float, str]]) -> float:
     """The share of clips whose start and end are within TIME_TOLERANCE of some segment's."""
     times = [chunk["timestamp"] for chunk in chunks]
-    hits = sum(any(abs(s - start) <= TIME_TOLERANCE and abs(e - end) <= TIME_TOLERANCE for s, e in times)
-               for start, end, _ in clips)
+    hits = sum(
+        any(abs(s - start) <= TIME_TOLERANCE and abs(e - end) <= TIME_TOLERANCE for s, e in times)
+        for start, end, _ in clips
+    )
     return hits / len(clips)
 
 
@@ -77,11 +79,13 @@ def main() -> None:
     write_video(mp4, recording.frames, audio=recording.wave)
     reference_long = " ".join(text for _, _, text in recording.clips)
     clip_texts = [text for _, _, text in long_recording(corpus, labels, seed=0).clips]
-    print(f"long recording: {recording.duration / 60:.1f} min, {len(recording.clips)} clips; "
-          f"{len(clip_texts)} test clips")
+    print(
+        f"long recording: {recording.duration / 60:.1f} min, {len(recording.clips)} clips; {len(clip_texts)} test clips"
+    )
     del recording.frames
-    print(f"{'model':6} {'precision':9} {'clips WER':>9} {'long WER':>8} {'diff':>6} {'clips timed':>11} "
-          f"{'RTF long':>8}")
+    print(
+        f"{'model':6} {'precision':9} {'clips WER':>9} {'long WER':>8} {'diff':>6} {'clips timed':>11} {'RTF long':>8}"
+    )
     for name in args.models:
         folder = Path(args.models_dir) / name
         clip_wer = {}
@@ -96,15 +100,18 @@ def main() -> None:
             hypotheses = [out["text"] for out in transcriber(clips, batch_size=args.batch_size)]
             clip_wer[precision] = 100 * jiwer.wer(clip_texts, hypotheses)
             start = time.perf_counter()
-            result = transcriber({"video": str(mp4)} if reads_video else str(wav), return_timestamps=True,
-                                 batch_size=args.batch_size)
+            result = transcriber(
+                {"video": str(mp4)} if reads_video else str(wav), return_timestamps=True, batch_size=args.batch_size
+            )
             rtf = (time.perf_counter() - start) / (60 * args.minutes)
             long_wer = 100 * jiwer.wer(reference_long, result["text"])
             diff = long_wer - clip_wer[precision]
             timed = matched_clips(result["chunks"], recording.clips)
             verdict = "ok" if abs(diff) <= LONG_FORM_BAR else "OVER"
-            print(f"{name:6} {precision:9} {clip_wer[precision]:9.2f} {long_wer:8.2f} {diff:+6.2f} {timed:11.1%} "
-                  f"{rtf:8.3f}  long form vs clips: {verdict}")
+            print(
+                f"{name:6} {precision:9} {clip_wer[precision]:9.2f} {long_wer:8.2f} {diff:+6.2f} {timed:11.1%} "
+                f"{rtf:8.3f}  long form vs clips: {verdict}"
+            )
         if args.int8:
             gap = clip_wer["int8"] - clip_wer["fp32"]
             print(f"{name:6} int8 - fp32 on the clips: {gap:+.2f} points ({'ok' if gap <= INT8_BAR else 'OVER'})")

@@ -103,8 +103,10 @@ class DataTrainingArguments:
     test_file: str | None = field(default=None, metadata={"help": "Test label CSV."})
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": "A `datasets` dataset instead of label files: a Hub id, a save_to_disk folder, a "
-                  "parquet/CSV/JSON file or a videofolder/audiofolder folder with a metadata file (docs/datasets.md)."},
+        metadata={
+            "help": "A `datasets` dataset instead of label files: a Hub id, a save_to_disk folder, a "
+            "parquet/CSV/JSON file or a videofolder/audiofolder folder with a metadata file (docs/datasets.md)."
+        },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "The configuration of --dataset_name."})
     train_split_name: str = field(default="train", metadata={"help": "--dataset_name's training split."})
@@ -117,9 +119,11 @@ class DataTrainingArguments:
     text_column_name: str = field(default="text", metadata={"help": "--dataset_name's transcript column."})
     streaming: bool = field(
         default=False,
-        metadata={"help": "Stream --dataset_name's training split (nothing downloaded or converted up front; needs "
-                  "--max_steps): batches of --max-frames frames (or --per_device_train_batch_size clips), each "
-                  "process reading its own shards, resumed from a checkpoint where it stopped."},
+        metadata={
+            "help": "Stream --dataset_name's training split (nothing downloaded or converted up front; needs "
+            "--max_steps): batches of --max-frames frames (or --per_device_train_batch_size clips), each "
+            "process reading its own shards, resumed from a checkpoint where it stopped."
+        },
     )
     max_frames: int | None = field(
         default=None, metadata={"help": "Cap on the summed video frames of a training batch (replaces the batch size)."}
@@ -130,8 +134,10 @@ class DataTrainingArguments:
     time_masking: bool = field(default=True, metadata={"help": "auto_avsr's adaptive time masks in training."})
     train_snr: list[float] | None = field(
         default=None,
-        metadata={"help": "Add babble/--noise-file noise to the audio in training at an SNR drawn from these "
-                  "(999999 = clean); refused for a model without audio."},
+        metadata={
+            "help": "Add babble/--noise-file noise to the audio in training at an SNR drawn from these "
+            "(999999 = clean); refused for a model without audio."
+        },
     )
     noise_file: str | None = field(
         default=None, metadata={"help": "Noise wav; default: babble mixed from training (or test) utterances."}

@@ -12,16 +12,17 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from mmavsr_processing import MMAVSRFeatureExtractor, MMAVSRProcessor, MMAVSRTokenizer, MMAVSRVideoProcessor
 from tokenizers import normalizers
 from transformers import AutoTokenizer, WhisperConfig
 
-from modeling_mmavsr.loading_checks_mmavsr import UnsafeCheckpointError
+from mmavsr_processing import MMAVSRFeatureExtractor, MMAVSRProcessor, MMAVSRTokenizer, MMAVSRVideoProcessor
 from modeling_mmavsr.configuration_mmavsr import AUTO_AVSR_VOCAB_SIZE, LEGACY_MODALITIES, MMAVSRConfig
-from .convert_auto_avsr_checkpoint import convert_auto_avsr_state_dict, load_auto_avsr_checkpoint
+from modeling_mmavsr.loading_checks_mmavsr import UnsafeCheckpointError
 from modeling_mmavsr.modeling_mmavsr import MMAVSRForConditionalGeneration
 from modeling_mmavsr.modeling_mmavsr_decoder_loading import load_decoder_tokenizer
 from modeling_mmavsr.modeling_mmavsr_lora import llm_base_is_saved
+
+from .convert_auto_avsr_checkpoint import convert_auto_avsr_state_dict, load_auto_avsr_checkpoint
 
 
 logger = logging.getLogger(__name__)
@@ -31,11 +32,18 @@ class UsageError(ValueError):
     """Command-line choices that cannot all be honoured (flags that contradict each other or a saved model): the
     training script's command line reports it as a usage error, one line and exit status 2, as argparse does."""
 
+
 # weights sized by the vocabulary: taken by `init_from_models` only from a model with the same tokenizer
 VOCABULARY_WEIGHTS = ("model.decoder.embed_tokens.", "lm_head.", "ctc_head.")
 # model choices naming a part of the architecture: a saved model must agree with each one given
 ARCHITECTURE_CHOICES = (
-    "modality", "vision_encoder", "audio_encoder", "decoder", "fusion_type", "vision_model_name", "audio_model_name",
+    "modality",
+    "vision_encoder",
+    "audio_encoder",
+    "decoder",
+    "fusion_type",
+    "vision_model_name",
+    "audio_model_name",
     "decoder_model_name",
 )
 # the config field of a choice whose name differs
@@ -318,9 +326,7 @@ def _whisper_mel_bins(audio_config) -> int:
     return audio_config.num_mel_bins
 
 
-def processor_from_settings(
-    values: MMAVSRConfig | Mapping, settings: Mapping | None, tokenizer
-) -> MMAVSRProcessor:
+def processor_from_settings(values: MMAVSRConfig | Mapping, settings: Mapping | None, tokenizer) -> MMAVSRProcessor:
     """The processor of a model of config `values` (an `MMAVSRConfig` or its fields): the video processor and feature
     extractor from `settings` (a preset's `processor` key: `video_processor` / `feature_extractor` keyword
     arguments) over the encoders' needs (a Whisper encoder reads log-mels of its own number of bins; a timm backbone

@@ -24,6 +24,7 @@ from transformers.utils import ADAPTER_SAFE_WEIGHTS_NAME
 
 from modeling_mmavsr.loading_checks_mmavsr import UnsafeCheckpointError
 
+
 logger = logging.getLogger(__name__)
 
 # checkpoints are written under OUTPUT_DIR/INCOMPLETE_CHECKPOINTS_DIR and renamed into OUTPUT_DIR once complete

@@ -25,6 +25,7 @@ import torch
 from modeling_mmavsr.configuration_mmavsr import MMAVSRConfig
 from modeling_mmavsr.modeling_mmavsr import MMAVSRForConditionalGeneration
 
+
 # auto_avsr key -> MMAVSR key, in order; `{frontend}` is `vision_frontend` or `audio_frontend`
 KEY_RENAMES = (
     (r"^frontend\.frontend3D\.0\.", "model.encoder.{frontend}.conv3d."),
@@ -324,9 +325,7 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     try:
-        model = convert_checkpoint(
-            args.checkpoint, args.output_dir, args.attention_heads, args.decoder_attention_heads
-        )
+        model = convert_checkpoint(args.checkpoint, args.output_dir, args.attention_heads, args.decoder_attention_heads)
     except (CheckpointConversionError, FileNotFoundError) as error:
         parser.exit(1, f"error: {error}\n")
     config = model.config

@@ -274,8 +274,14 @@ def _generation_settings(tokenizer: WhisperTokenizer, ct2_config: dict, max_leng
         zip(
             ("sot", "eot", "transcribe", "translate", "no_timestamps", "prev"),
             tokenizer.convert_tokens_to_ids(
-                ["<|startoftranscript|>", "<|endoftext|>", "<|transcribe|>", "<|translate|>", "<|notimestamps|>",
-                 "<|startofprev|>"]  # fmt: skip
+                [
+                    "<|startoftranscript|>",
+                    "<|endoftext|>",
+                    "<|transcribe|>",
+                    "<|translate|>",
+                    "<|notimestamps|>",
+                    "<|startofprev|>",
+                ]  # fmt: skip
             ),
             strict=True,
         )

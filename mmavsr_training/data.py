@@ -30,17 +30,31 @@ logger = logging.getLogger(__name__)
 def check_dataset_flags(data_args) -> None:
     """The training script's data flags (`data_args`, its `DataTrainingArguments`): --dataset_name replaces the label
     files; --streaming streams it (and only it), and is refused with --cache_clips."""
-    label_flags = [flag for flag, value in (("--root-dir", data_args.root_dir), ("--train-file", data_args.train_file),
-                   ("--val-file", data_args.val_file), ("--test-file", data_args.test_file)) if value]
+    label_flags = [
+        flag
+        for flag, value in (
+            ("--root-dir", data_args.root_dir),
+            ("--train-file", data_args.train_file),
+            ("--val-file", data_args.val_file),
+            ("--test-file", data_args.test_file),
+        )
+        if value
+    ]
     if data_args.dataset_name and label_flags:
-        raise ValueError(f"--dataset_name {data_args.dataset_name} and {', '.join(label_flags)}: give a dataset or "
-                         "auto_avsr's label files, not both.")
+        raise ValueError(
+            f"--dataset_name {data_args.dataset_name} and {', '.join(label_flags)}: give a dataset or "
+            "auto_avsr's label files, not both."
+        )
     if data_args.streaming and not data_args.dataset_name:
-        raise ValueError("--streaming streams --dataset_name's training split; label files (--train-file) are read "
-                         "whole. Give --dataset_name (e.g. a folder written by prepare --save-to-disk).")
+        raise ValueError(
+            "--streaming streams --dataset_name's training split; label files (--train-file) are read "
+            "whole. Give --dataset_name (e.g. a folder written by prepare --save-to-disk)."
+        )
     if data_args.streaming and data_args.cache_clips:
-        raise ValueError("--cache_clips keeps a map-style training set's clips in memory; a stream (--streaming) "
-                         "is read once per pass: drop one of them.")
+        raise ValueError(
+            "--cache_clips keeps a map-style training set's clips in memory; a stream (--streaming) "
+            "is read once per pass: drop one of them."
+        )
 
 
 def load_label_splits(data_args, training_args) -> dict[str, datasets.Dataset]:
@@ -97,8 +111,11 @@ def load_dataset_splits(
         audio_column=data_args.audio_column_name,
         text_column=data_args.text_column_name,
         streaming=["train"] if data_args.streaming else [],
-        limits={"train": data_args.max_train_samples, "eval": data_args.max_eval_samples,
-                "test": data_args.max_eval_samples},
+        limits={
+            "train": data_args.max_train_samples,
+            "eval": data_args.max_eval_samples,
+            "test": data_args.max_eval_samples,
+        },
         index_column=index_column or None,
     )
     # every clip's media is opened before the first step, as for label files (a streamed split as it is read)
@@ -124,12 +141,15 @@ def refuse_unused_audio_flags(data_args, modality: str) -> None:
     for flag, value in (("--train-snr", data_args.train_snr), ("--noise-file", data_args.noise_file)):
         if value:
             shown = " ".join(f"{v:g}" for v in value) if isinstance(value, list) else value
-            raise ValueError(f"{flag} {shown}: noise is added to the audio, and this {modality} model reads none; "
-                             "drop the flag.")
+            raise ValueError(
+                f"{flag} {shown}: noise is added to the audio, and this {modality} model reads none; drop the flag."
+            )
     noisy = [f"{snr:g}" for snr in data_args.decode_snr_target if snr < CLEAN_SNR]
     if noisy:
-        logger.warning(f"--decode-snr-target {' '.join(noisy)}: this {modality} model reads no audio, so the noise "
-                       "changes nothing; every condition decodes the same clean video.")
+        logger.warning(
+            f"--decode-snr-target {' '.join(noisy)}: this {modality} model reads no audio, so the noise "
+            "changes nothing; every condition decodes the same clean video."
+        )
 
 
 def noise_for_run(data_args, training_args, splits: dict, modalities) -> str | np.ndarray | None:
@@ -143,8 +163,10 @@ def noise_for_run(data_args, training_args, splits: dict, modalities) -> str | n
         raise FileNotFoundError(f"--noise-file {data_args.noise_file}: no such file.")
     mapped = [dataset for dataset in splits.values() if isinstance(dataset, datasets.Dataset)]
     if not data_args.noise_file and not mapped:
-        raise ValueError("--train-snr with --streaming and no evaluation split: babble noise is mixed from a "
-                         "map-style split; give --noise-file.")
+        raise ValueError(
+            "--train-snr with --streaming and no evaluation split: babble noise is mixed from a "
+            "map-style split; give --noise-file."
+        )
     return data_args.noise_file or babble_from_split(mapped[0], training_args.seed, data_args.skip_bad_files)
 
 
@@ -159,8 +181,11 @@ def training_clips(split, processor, modalities, data_args, training_args, index
             shard_stream(split, training_args.process_index, training_args.world_size, seed=training_args.seed),
             max_frames=data_args.max_frames,
             batch_size=None if data_args.max_frames else training_args.per_device_train_batch_size,
-            seed=training_args.seed, processor=processor, modalities=modalities,
-            skip_bad_files=data_args.skip_bad_files, index_column=index_column,
+            seed=training_args.seed,
+            processor=processor,
+            modalities=modalities,
+            skip_bad_files=data_args.skip_bad_files,
+            index_column=index_column,
         )
     return ClipReader(
         split, processor, modalities, skip_bad_files=data_args.skip_bad_files, cache=data_args.cache_clips

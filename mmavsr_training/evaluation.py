@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jiwer
 import numpy as np
+
 from mmavsr_processing import CLEAN_SNR, AddNoise
 from mmavsr_processing.collation import MMAVSRDataCollator
 

@@ -28,7 +28,6 @@ from pathlib import Path
 from transformers import AutoConfig, AutoModelForSpeechSeq2Seq
 
 from mmavsr_processing.media_constants import SAMPLING_RATE
-
 from modeling_mmavsr.configuration_mmavsr import MMAVSRConfig
 from modeling_mmavsr.modeling_mmavsr import MMAVSRForConditionalGeneration, MMAVSRModel
 from modeling_mmavsr.pipeline_feature_extraction_mmavsr import MMAVSRFeatureExtractionPipeline
@@ -266,12 +265,17 @@ def model_card(
 ) -> str:
     """A README.md with Hub metadata, usage, the configuration and the given metrics."""
     config, generation = model.config, model.generation_config
-    task = {"video": "lip reading (VSR)", "audio": "speech recognition (ASR)", "audiovisual": "audio-visual speech "
-            "recognition (AVSR)"}[config.modality]
+    task = {
+        "video": "lip reading (VSR)",
+        "audio": "speech recognition (ASR)",
+        "audiovisual": "audio-visual speech recognition (AVSR)",
+    }[config.modality]
     example_input = '"speaker.wav"' if config.modality == "audio" else '"speaker.mp4"'
     processor_arguments = ", ".join(
-        [*([f"audio=wave, sampling_rate={SAMPLING_RATE}"] if config.audio_encoder else []),
-         *(["videos=mouth_frames"] if config.vision_encoder else [])]
+        [
+            *([f"audio=wave, sampling_rate={SAMPLING_RATE}"] if config.audio_encoder else []),
+            *(["videos=mouth_frames"] if config.vision_encoder else []),
+        ]
     )
     base_models = _hub_ids(config)
     metadata = [
@@ -295,16 +299,24 @@ def model_card(
         ("vision encoder", named(config.vision_encoder, config.vision_model_name) if config.vision_encoder else "none"),
         ("audio encoder", named(config.audio_encoder, config.audio_model_name) if config.audio_encoder else "none"),
         *([("fusion", f"`{config.fusion_type}`")] if config.modality == "audiovisual" else []),
-        ("Conformer", f"{config.encoder_layers} layers, width {config.hidden_size}, {config.encoder_attention_heads} "
-                      f"heads, feed-forward {config.encoder_ffn_dim}, kernel {config.conv_kernel_size}"),
-        ("decoder", named(config.decoder_type, config.decoder_model_name)
-                    + f", {config.text_config.num_hidden_layers} layers, vocabulary {config.vocab_size}"),
+        (
+            "Conformer",
+            f"{config.encoder_layers} layers, width {config.hidden_size}, {config.encoder_attention_heads} "
+            f"heads, feed-forward {config.encoder_ffn_dim}, kernel {config.conv_kernel_size}",
+        ),
+        (
+            "decoder",
+            named(config.decoder_type, config.decoder_model_name)
+            + f", {config.text_config.num_hidden_layers} layers, vocabulary {config.vocab_size}",
+        ),
         ("CTC weight (training)", f"{config.ctc_weight:g}"),
         ("decoding", f"beam {generation.num_beams or 1}, CTC weight {getattr(generation, 'ctc_weight', 0.0) or 0.0:g}"),
         ("parameters", f"{model.num_parameters():,}"),
     ]
     table = "\n".join(["| | |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows)])
-    return "\n".join(metadata) + f"""
+    return (
+        "\n".join(metadata)
+        + f"""
 
 # {repo_id}
 
@@ -344,6 +356,7 @@ print(processor.batch_decode(model.generate(**inputs)))
 ## Evaluation
 
 {_metrics_section(metrics)}"""
+    )
 
 
 # -- export and push -------------------------------------------------------------------------------------------------
@@ -392,7 +405,9 @@ def export_model(
         model.save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
     entry_files = [_module_file(cls) for cls, _ in registrations]
-    entry_files += [_module_file(cls) for cls in (MMAVSRModel, MMAVSRSpeechRecognitionPipeline, MMAVSRFeatureExtractionPipeline)]
+    entry_files += [
+        _module_file(cls) for cls in (MMAVSRModel, MMAVSRSpeechRecognitionPipeline, MMAVSRFeatureExtractionPipeline)
+    ]
     write_code_files(entry_files, output_dir)
     requirements = code_requirements(output_dir)
     card = model_card(model, repo_id or output_dir.name, metrics, requirements=requirements, license=license)

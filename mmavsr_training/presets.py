@@ -13,9 +13,10 @@ import json
 from importlib.resources import files
 from pathlib import Path
 
-from .builder import model_from_values, processor_from_settings
 from modeling_mmavsr.configuration_mmavsr import take_legacy_decoder
 from modeling_mmavsr.modeling_mmavsr import MMAVSRForConditionalGeneration
+
+from .builder import model_from_values, processor_from_settings
 
 
 # the presets' folder: `hub_configs/` of the repository, installed as the data package `mmavsr_training.hub_configs`
@@ -23,7 +24,13 @@ from modeling_mmavsr.modeling_mmavsr import MMAVSRForConditionalGeneration
 PRESETS_DIR = Path(files("mmavsr_training.hub_configs"))
 # keys a config.json carries that are no configuration fields
 _SAVED_ONLY_KEYS = (
-    "architectures", "auto_map", "custom_pipelines", "transformers_version", "model_type", "dtype", "_name_or_path"
+    "architectures",
+    "auto_map",
+    "custom_pipelines",
+    "transformers_version",
+    "model_type",
+    "dtype",
+    "_name_or_path",
 )
 
 
@@ -69,8 +76,7 @@ def read_preset(name: str) -> tuple[dict, dict, dict]:
     unknown = sorted(set(processor) - {"video_processor", "feature_extractor", "tokenizer"})
     if unknown:
         raise ValueError(
-            f"{path}: unknown processor settings {unknown}; use 'video_processor', 'feature_extractor' and "
-            "'tokenizer'."
+            f"{path}: unknown processor settings {unknown}; use 'video_processor', 'feature_extractor' and 'tokenizer'."
         )
     return values, processor, training
 

@@ -33,6 +33,12 @@ from .builder import (
     modalities_of,
     separate_ctc_tokenizer,
 )
+from .checkpointing import (
+    INTERRUPTED_EXIT_CODE,
+    average_last_checkpoints,
+    discard_incomplete_checkpoints,
+    resume_checkpoint,
+)
 from .data import (
     check_dataset_flags,
     load_dataset_splits,
@@ -40,12 +46,6 @@ from .data import (
     noise_for_run,
     refuse_unused_audio_flags,
     training_clips,
-)
-from .checkpointing import (
-    INTERRUPTED_EXIT_CODE,
-    average_last_checkpoints,
-    discard_incomplete_checkpoints,
-    resume_checkpoint,
 )
 from .evaluation import WERMetric, evaluate_at_snrs, format_wer_table, write_wer_table
 from .trainer import (
@@ -130,7 +130,10 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     model = build_model(model_choices, preset, tokenizer)
     config = model.config
     processor = build_processor(
-        config, settings, tokenizer, tokenizer_name=model_args.tokenizer_name,
+        config,
+        settings,
+        tokenizer,
+        tokenizer_name=model_args.tokenizer_name,
         model_name_or_path=model_args.model_name_or_path,
     )
     if model_args.init_from_models:
@@ -200,8 +203,10 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
             train_result = trainer.train(resume_from_checkpoint=last_checkpoint)
         if sigterm.stopped_at_step is not None:
             checkpoint = Path(training_args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{sigterm.stopped_at_step}"
-            logger.warning(f"Stopped by SIGTERM after step {sigterm.stopped_at_step}: {checkpoint} is saved. Run the "
-                           "same command again to resume from it.")
+            logger.warning(
+                f"Stopped by SIGTERM after step {sigterm.stopped_at_step}: {checkpoint} is saved. Run the "
+                "same command again to resume from it."
+            )
             sys.exit(INTERRUPTED_EXIT_CODE)
         trainer.save_model()
         if training_args.should_save:  # process 0 only, as `save_model`
@@ -211,8 +216,10 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
             metrics["train_samples"] = len(train_dataset)
         metrics["train_skipped_clips"] = len(trainer.skipped_clips)
         if trainer.skipped_clips:
-            logger.warning(f"Skipped {len(trainer.skipped_clips)} unusable training clip(s), e.g. "
-                           f"{sorted(trainer.skipped_clips)[0]}")
+            logger.warning(
+                f"Skipped {len(trainer.skipped_clips)} unusable training clip(s), e.g. "
+                f"{sorted(trainer.skipped_clips)[0]}"
+            )
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
         trainer.save_state()
@@ -227,7 +234,14 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
             continue
         dataset = splits[prefix]
         metrics, rows, utterances = evaluate_at_snrs(
-            trainer, dataset, data_args.decode_snr_target, processor, metric, prefix, modalities, noise,
+            trainer,
+            dataset,
+            data_args.decode_snr_target,
+            processor,
+            metric,
+            prefix,
+            modalities,
+            noise,
             ctc_tokenizer=ctc_tokenizer,
         )
         metrics[f"{prefix}_samples"] = len(dataset)

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mmavsr_processing.collation import SKIPPED_CLIPS, MaxFramesBatchSampler
-from mmavsr_processing.hf_datasets import MaxFramesStreamBatcher, streaming_dataloader
-from mmavsr_processing.label_files import INDEX_COLUMN
 from transformers import Seq2SeqTrainer, TrainerCallback
 from transformers.integrations import TensorBoardCallback
 from transformers.integrations.integration_utils import default_logdir
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+from mmavsr_processing.collation import SKIPPED_CLIPS, MaxFramesBatchSampler
+from mmavsr_processing.hf_datasets import MaxFramesStreamBatcher, streaming_dataloader
+from mmavsr_processing.label_files import INDEX_COLUMN
 
 from .checkpointing import INCOMPLETE_CHECKPOINTS_DIR, refuse_unsafe_pickles
 
@@ -134,8 +135,11 @@ class AVSRSeq2SeqTrainer(Seq2SeqTrainer):
         # max_new_tokens and max_length are both set, and every checkpoint saved after an evaluation would carry
         # them. The settings it found unset are unset again after each batch.
         generation_config = self.model.generation_config
-        unset = [name for name in generation_config._get_default_generation_params()
-                 if getattr(generation_config, name, None) is None]
+        unset = [
+            name
+            for name in generation_config._get_default_generation_params()
+            if getattr(generation_config, name, None) is None
+        ]
         try:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
         finally:

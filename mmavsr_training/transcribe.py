@@ -31,21 +31,34 @@ MODEL_ENV = "MMAVSR_MODEL"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio or video files")
-    parser.add_argument("--model", default=os.environ.get(MODEL_ENV),
-                        help=f"a save_pretrained folder or Hub id of an MMAVSR model (default: ${MODEL_ENV})")
+    parser.add_argument(
+        "--model",
+        default=os.environ.get(MODEL_ENV),
+        help=f"a save_pretrained folder or Hub id of an MMAVSR model (default: ${MODEL_ENV})",
+    )
     parser.add_argument("--output-format", choices=OUTPUT_FORMATS, default="srt", help="default: srt")
     parser.add_argument("--output-dir", help="where to write the transcripts (default: beside each input)")
     parser.add_argument("--batch-size", type=int, default=4, help="segments decoded at once (default 4)")
     parser.add_argument("--num-beams", type=int, help="beam size (default: the model's generation config)")
     parser.add_argument("--max-new-tokens", type=int, help="tokens per segment at most (default: the model's)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
-    parser.add_argument("--int8", action="store_true",
-                        help="int8 dynamic quantization of the linear layers (CPU only): faster, nearly the same WER")
-    parser.add_argument("--segmentation", choices=("auto", "vad", "windows", "off"), default="auto",
-                        help="auto (default): recordings longer than --max-segment-s are cut at pauses, or in "
-                             "windows when silent")
-    parser.add_argument("--max-segment-s", type=float, default=DEFAULT_MAX_SEGMENT_S,
-                        help=f"longest segment in seconds (default {DEFAULT_MAX_SEGMENT_S:g})")
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="int8 dynamic quantization of the linear layers (CPU only): faster, nearly the same WER",
+    )
+    parser.add_argument(
+        "--segmentation",
+        choices=("auto", "vad", "windows", "off"),
+        default="auto",
+        help="auto (default): recordings longer than --max-segment-s are cut at pauses, or in windows when silent",
+    )
+    parser.add_argument(
+        "--max-segment-s",
+        type=float,
+        default=DEFAULT_MAX_SEGMENT_S,
+        help=f"longest segment in seconds (default {DEFAULT_MAX_SEGMENT_S:g})",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if not args.model:
@@ -68,6 +81,7 @@ def pipeline_input(path: str, reads_video: bool):
 def output_names(inputs: list[str], output_dir: str | None) -> dict[str, str]:
     """The name each input's transcript takes (before the format's suffix): the input's stem, or its whole file name
     where two inputs would write the same file (`talk.wav`, `talk.mp4` -> `talk.wav.srt`, `talk.mp4.srt`)."""
+
     def target(path):
         return (Path(output_dir) if output_dir else Path(path).parent).resolve() / Path(path).stem
 
@@ -88,8 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError) as error:
         print(f"{PROG}: {args.model}: cannot load the model ({type(error).__name__}: {error})", file=sys.stderr)
         return 2
-    generate = {key: value for key, value in (("num_beams", args.num_beams), ("max_new_tokens", args.max_new_tokens))
-                if value is not None}
+    generate = {
+        key: value
+        for key, value in (("num_beams", args.num_beams), ("max_new_tokens", args.max_new_tokens))
+        if value is not None
+    }
     reads_video = transcriber.model.config.vision_encoder is not None
     names = output_names(args.inputs, args.output_dir)
     failures = 0

@@ -378,7 +378,9 @@ class MMAVSRConfig(PreTrainedConfig):
         if isinstance(text_config, PreTrainedConfig):
             return text_config
         text_config = dict(text_config or {})
-        model_type = text_config.pop("model_type", DEFAULT_TEXT_MODEL_TYPES.get(self.decoder_type, MMAVSRTextConfig.model_type))
+        model_type = text_config.pop(
+            "model_type", DEFAULT_TEXT_MODEL_TYPES.get(self.decoder_type, MMAVSRTextConfig.model_type)
+        )
         if model_type is None:
             raise ValueError(
                 "decoder_type='llm' needs the LLM's configuration as `text_config` (e.g. a `LlamaConfig`, or a dict with "
@@ -485,7 +487,6 @@ class MMAVSRConfig(PreTrainedConfig):
     @property
     def vocab_size(self) -> int:
         return self.text_config.vocab_size
-
 
 
 # `text_config` defaults to this type (`sub_configs_defaults`), which Transformers resolves through `AutoConfig`; the

@@ -9,14 +9,13 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.utils import ModelOutput
 from transformers.modeling_outputs import (
     BaseModelOutput,
     BaseModelOutputWithPastAndCrossAttentions,
     Seq2SeqLMOutput,
     Seq2SeqModelOutput,
 )
-from transformers.utils import can_return_tuple
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_mmavsr import MMAVSRConfig, modality_of, take_legacy_decoder
 from .cpu_decoding_mmavsr import MMAVSRCPUDecodingMixin, MMAVSRLinear
@@ -27,8 +26,8 @@ from .modeling_mmavsr_conformer import MMAVSRConformerEncoder, MMAVSRRelPosition
 from .modeling_mmavsr_decoder_loading import load_pretrained_decoder, pretrained_decoder_settings
 from .modeling_mmavsr_decoders import DECODER_CLASSES, MMAVSRCTCHead
 from .modeling_mmavsr_features import MMAVSREncoderFeaturesMixin
-from .modeling_mmavsr_lora import MMAVSRLoraMixin, adapters_deferred
 from .modeling_mmavsr_fusion import FUSION_CLASSES, MMAVSRProjector, align_streams, lengths_to_mask
+from .modeling_mmavsr_lora import MMAVSRLoraMixin, adapters_deferred
 from .modeling_mmavsr_vision import VISION_ENCODER_CLASSES
 
 
@@ -133,11 +132,20 @@ class MMAVSREncoder(MMAVSRPreTrainedModel):
         read is refused, never ignored."""
         unused = []
         if self.vision_frontend is None:
-            unused += [name for name, value in (("pixel_values_videos", pixel_values_videos),
-                                                ("video_attention_mask", video_attention_mask)) if value is not None]
+            unused += [
+                name
+                for name, value in (
+                    ("pixel_values_videos", pixel_values_videos),
+                    ("video_attention_mask", video_attention_mask),
+                )
+                if value is not None
+            ]
         if self.audio_frontend is None:
-            unused += [name for name, value in (("input_features", input_features),
-                                                ("attention_mask", attention_mask)) if value is not None]
+            unused += [
+                name
+                for name, value in (("input_features", input_features), ("attention_mask", attention_mask))
+                if value is not None
+            ]
         if unused:
             missing = "video" if self.vision_frontend is None else "audio"
             raise ValueError(
@@ -495,7 +503,10 @@ class MMAVSRForConditionalGeneration(
         )
         # step 1: the pretrained encoders
         encoders = {}
-        for kind, choice, name in (("vision", vision_encoder, vision_model_name), ("audio", audio_encoder, audio_model_name)):
+        for kind, choice, name in (
+            ("vision", vision_encoder, vision_model_name),
+            ("audio", audio_encoder, audio_model_name),
+        ):
             if name is None:
                 continue
             classes = VISION_ENCODER_CLASSES if kind == "vision" else AUDIO_ENCODER_CLASSES

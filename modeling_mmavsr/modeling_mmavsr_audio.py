@@ -16,7 +16,7 @@ from mmavsr_processing.media_constants import VIDEO_FPS
 from .configuration_mmavsr import MMAVSRConfig
 from .modeling_mmavsr_fusion import lengths_to_mask, pool_pairs
 from .modeling_mmavsr_pretrained import MMAVSRPretrainedEncoder
-from .modeling_mmavsr_resnet import MMAVSRResNetTrunk, mask_steps, make_activation
+from .modeling_mmavsr_resnet import MMAVSRResNetTrunk, make_activation, mask_steps
 
 
 class MMAVSRAudioResNet(nn.Module):

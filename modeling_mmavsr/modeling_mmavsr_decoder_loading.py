@@ -24,8 +24,17 @@ WHISPER_TRANSCRIBE_PROMPT = ("<|startoftranscript|>", "<|en|>", "<|transcribe|>"
 FEATURES_MARKER = "<<mmavsr-features>>"
 # the config fields that fix a pretrained decoder's weight shapes (LLM names, then Whisper's)
 DECODER_SHAPE_FIELDS = (
-    "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "d_model", "decoder_layers", "decoder_attention_heads", "decoder_ffn_dim",
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "d_model",
+    "decoder_layers",
+    "decoder_attention_heads",
+    "decoder_ffn_dim",
 )
 
 

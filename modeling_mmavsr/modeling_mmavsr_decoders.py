@@ -57,7 +57,11 @@ class MMAVSRDecoderAttention(nn.Module):
         query = self._project(hidden_states, self.q_proj)
         cache = past_key_values
         if isinstance(past_key_values, EncoderDecoderCache):
-            cache = past_key_values.cross_attention_cache if self.is_cross_attention else past_key_values.self_attention_cache
+            cache = (
+                past_key_values.cross_attention_cache
+                if self.is_cross_attention
+                else past_key_values.self_attention_cache
+            )
 
         if self.is_cross_attention and cache is not None and past_key_values.is_updated.get(self.layer_idx):
             # the encoder's keys and values are computed once, at the first step
@@ -79,7 +83,13 @@ class MMAVSRDecoderAttention(nn.Module):
             query = query.unflatten(0, (-1, group)).transpose(1, 2).flatten(2, 3)  # (B, H, group * L, D)
             attention_mask = None if attention_mask is None else attention_mask[::group]
         output, weights = attention(
-            self, query, key, value, attention_mask, scaling=self.scaling, dropout=self.dropout if self.training else 0.0
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            scaling=self.scaling,
+            dropout=self.dropout if self.training else 0.0,
         )
         if not output_attentions:
             weights = None
@@ -231,7 +241,9 @@ class MMAVSRTransformerDecoder(nn.Module):
         return recorded.output(self.after_norm(hidden_states), past_key_values)
 
 
-def causal_mask(query_positions: torch.Tensor, key_length: int, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+def causal_mask(
+    query_positions: torch.Tensor, key_length: int, attention_mask: torch.Tensor | None
+) -> torch.Tensor | None:
     """Boolean (B|1, 1, Lq, Lk) mask, True where query i may attend key j (j <= i and j not padding)."""
     if attention_mask is None and len(query_positions) == 1:
         return None  # one new token attends its whole past

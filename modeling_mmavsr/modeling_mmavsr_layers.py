@@ -43,7 +43,9 @@ def attention_function(implementation: str | None) -> Callable:
 
 def sinusoidal_table(positions: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal embeddings (len(positions), dim): sin on even channels, cos on odd ones."""
-    inv_freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device) * -(math.log(10000.0) / dim))
+    inv_freq = torch.exp(
+        torch.arange(0, dim, 2, dtype=torch.float32, device=positions.device) * -(math.log(10000.0) / dim)
+    )
     angles = positions.to(torch.float32)[:, None] * inv_freq[None]
     table = torch.zeros(len(positions), dim, device=positions.device)
     table[:, 0::2] = torch.sin(angles)

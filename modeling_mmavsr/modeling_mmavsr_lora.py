@@ -32,8 +32,8 @@ import re
 from pathlib import Path
 
 import torch
-from torch import nn
 from safetensors.torch import load_file
+from torch import nn
 from transformers.utils import ADAPTER_SAFE_WEIGHTS_NAME
 
 from .modeling_mmavsr_quantization import LLM_PREFIX, import_optional, quantize_llm_4bit, require_bitsandbytes

@@ -21,6 +21,7 @@ from transformers import TimmWrapperConfig, TimmWrapperModel
 from .configuration_mmavsr import MMAVSRConfig
 from .modeling_mmavsr_pretrained import MMAVSRPretrainedEncoder
 
+
 # `timm.create_model` arguments that say where the weights come from, not what the architecture is: they are not
 # saved in `model_args` (which rebuilds the architecture in `from_pretrained`)
 TIMM_LOADING_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir")

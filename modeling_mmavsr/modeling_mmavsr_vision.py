@@ -45,7 +45,6 @@ class MMAVSRVideoResNet(nn.Module):
         x = x.mean(dim=(2, 3))  # global average pool
         return x.view(batch_size, num_frames, -1)
 
-
     def conv3d_as_conv2d(self, x: torch.Tensor) -> torch.Tensor:
         """`self.conv3d(x)` computed as a 2D convolution of each frame's stack of temporal neighbours (the same weights,
         reshaped): the same result, several times faster on CPU, where oneDNN's 3D kernels are slow for one channel."""

@@ -17,6 +17,7 @@ from mmavsr_processing.media_constants import VIDEO_FPS
 from .modeling_mmavsr_features import FEATURE_LAYERS
 from .pipeline_mmavsr import MODEL_INPUT_NAMES, MMAVSRSpeechRecognitionPipeline
 
+
 FEATURE_EXTRACTION_TASK = "audio-visual-feature-extraction"
 
 

@@ -42,11 +42,11 @@ from mmavsr_processing.media_io import (
     MediaError,
     fit_audio_to_video,
     read_audio,
+    read_audio_can_read,
     read_audio_track,
     read_video,
     resample_audio,
     resample_frames,
-    read_audio_can_read,
 )
 
 
@@ -270,7 +270,11 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
             if "stride" in inputs:
                 inputs["stride"] = tuple(int(round(s * self._sampling_rate / rate)) for s in inputs["stride"])
             inputs.pop("path", None)
-            return {**inputs, "raw": resample_audio(wave, rate, self._sampling_rate), "sampling_rate": self._sampling_rate}
+            return {
+                **inputs,
+                "raw": resample_audio(wave, rate, self._sampling_rate),
+                "sampling_rate": self._sampling_rate,
+            }
         return inputs
 
     def _read_video_input(self, inputs) -> tuple[str, np.ndarray, float, np.ndarray | None]:
@@ -577,9 +581,7 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
                 "(give {'video': ..., 'audio': wave, 'sampling_rate': rate})."
             )
         else:
-            check_av_durations(
-                len(frames) / VIDEO_FPS, len(audio) / self._sampling_rate, source, AV_DURATION_TOLERANCE
-            )
+            check_av_durations(len(frames) / VIDEO_FPS, len(audio) / self._sampling_rate, source, AV_DURATION_TOLERANCE)
             audio = fit_audio_to_video(audio, len(frames), self._sampling_rate)
         return {"is_last": True, **self._features(source, frames, audio, crop_mouth)}
 

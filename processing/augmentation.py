@@ -171,10 +171,12 @@ def training_augmentations(
     """The collator's augmentations of a training run, by modality (`video_augmentation` / `audio_augmentation`):
     auto_avsr's time masks of each modality read (with `time_masking`), then noise at an SNR drawn from `train_snr`
     added to the audio (`noise` as in [`AddNoise`]); None where there is none."""
-    masks = {modality: [TimeMask.for_video() if modality == "video" else TimeMask.for_audio()]
-             if time_masking and modality in modalities else [] for modality in ("video", "audio")}
+    masks = {
+        modality: [TimeMask.for_video() if modality == "video" else TimeMask.for_audio()]
+        if time_masking and modality in modalities
+        else []
+        for modality in ("video", "audio")
+    }
     if train_snr and "audio" in modalities:
         masks["audio"].append(AddNoise(train_snr, noise=noise))
     return {modality: augmentations or None for modality, augmentations in masks.items()}
-
-

@@ -105,9 +105,15 @@ class ClipPlan:
         return " ".join(self.words)
 
 
-def plan_corpus(num_clips: int, seed: int = 0, voices: tuple[str, ...] | None = None,
-                split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), num_faces: int = 8,
-                tts: str = "flite", mouth_model: str = "ellipse") -> list[ClipPlan]:
+def plan_corpus(
+    num_clips: int,
+    seed: int = 0,
+    voices: tuple[str, ...] | None = None,
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    num_faces: int = 8,
+    tts: str = "flite",
+    mouth_model: str = "ellipse",
+) -> list[ClipPlan]:
     """Draw every clip's sentence, voice, rate, pitch and face. A speaker is a (voice, face) pair; splits are drawn
     per clip, so test speakers are also seen in training (as GRID's usual speaker-dependent split). `tts` and
     `mouth_model` choose the variant (the sentences and splits of a seed are the same in every variant); `voices`
@@ -155,8 +161,7 @@ def check_flite() -> str:
 
 def synthesize(plan: ClipPlan, executable: str | None = None) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
     """The clip's speech (16 kHz float wave) from its engine and voice, and its phones as (phone, start s, end s)."""
-    return synthesize_words(plan.words, Voice(plan.tts, plan.voice, plan.duration_stretch, plan.pitch_mean),
-                            executable)
+    return synthesize_words(plan.words, Voice(plan.tts, plan.voice, plan.duration_stretch, plan.pitch_mean), executable)
 
 
 def make_clip(plan: ClipPlan, output_dir: Path, executable: str | None = None) -> tuple[str, int]:
@@ -203,8 +208,9 @@ def generate_demo_corpus(
 
     from .tokenization_mmavsr import MMAVSRTokenizer
 
-    plans = plan_corpus(num_clips, seed=seed, voices=voices, split_fractions=split_fractions, tts=tts,
-                        mouth_model=mouth_model)
+    plans = plan_corpus(
+        num_clips, seed=seed, voices=voices, split_fractions=split_fractions, tts=tts, mouth_model=mouth_model
+    )
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown or not splits:
         raise ValueError(f"unknown split(s) {unknown or list(splits)}; choose from {', '.join(SPLITS)}.")
@@ -218,7 +224,8 @@ def generate_demo_corpus(
         if made_variant != (tts, mouth_model):
             raise DemoCorpusError(
                 f"{output_dir} holds a demo corpus made with --tts {made_variant[0]} --mouth-model {made_variant[1]}; "
-                f"write the --tts {tts} --mouth-model {mouth_model} variant to another folder.")
+                f"write the --tts {tts} --mouth-model {mouth_model} variant to another folder."
+            )
     tokenizer = MMAVSRTokenizer.from_auto_avsr()
     num_workers = num_workers or os.cpu_count() or 1
     jobs = [(plan, output_dir, executable) for plan in plans]
@@ -246,11 +253,22 @@ def generate_demo_corpus(
         path = labels_dir / f"{split}.csv"
         path.write_text("".join(line + "\n" for line in lines))
         label_files[split] = path
-    (output_dir / "corpus.json").write_text(json.dumps(
-        {"num_clips": num_clips, "seed": seed, "tts": tts, "mouth_model": mouth_model, "splits": list(rows),
-         "voices": list(TTS_VOICES[tts] if voices is None else voices), "split_fractions": list(split_fractions),
-         "clips_per_split": {split: len(lines) for split, lines in rows.items()}, "vocabulary": GRID_WORDS},
-        indent=2))
+    (output_dir / "corpus.json").write_text(
+        json.dumps(
+            {
+                "num_clips": num_clips,
+                "seed": seed,
+                "tts": tts,
+                "mouth_model": mouth_model,
+                "splits": list(rows),
+                "voices": list(TTS_VOICES[tts] if voices is None else voices),
+                "split_fractions": list(split_fractions),
+                "clips_per_split": {split: len(lines) for split, lines in rows.items()},
+                "vocabulary": GRID_WORDS,
+            },
+            indent=2,
+        )
+    )
     return label_files
 
 
@@ -268,8 +286,14 @@ class LongRecording:
         return len(self.frames) / FPS
 
 
-def long_recording(corpus_dir: str | os.PathLike, label_file: str | os.PathLike, seed: int = 0,
-                   min_gap_s: float = 0.3, max_gap_s: float = 1.0, min_duration_s: float = 0.0) -> LongRecording:
+def long_recording(
+    corpus_dir: str | os.PathLike,
+    label_file: str | os.PathLike,
+    seed: int = 0,
+    min_gap_s: float = 0.3,
+    max_gap_s: float = 1.0,
+    min_duration_s: float = 0.0,
+) -> LongRecording:
     """The clips of a label file of the demo corpus (`generate_demo_corpus`) one after another, each after a pause of
     `min_gap_s` to `max_gap_s` seconds (drawn from `seed`; the mouth rests, the sound is silent), the list repeated
     until the recording lasts `min_duration_s`: a long recording whose true clip boundaries are known."""
@@ -301,30 +325,62 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m mmavsr_processing.demo_corpus",
         description="Generate the demo corpus (GRID-style synthetic speech + rendered mouth videos) in auto_avsr's "
-                    "layout.",
+        "layout.",
     )
     parser.add_argument("--output-dir", required=True, help="where to write demo/ and labels/ (created if needed)")
     parser.add_argument("--num-clips", type=int, default=1000, help="number of clips (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="the corpus is a function of the seed (default 0)")
-    parser.add_argument("--variant", choices=sorted(VARIANTS), default=None,
-                        help="shorthand for a (--tts, --mouth-model) pair: " + ", ".join(
-                            f"{name} = {tts} + {mouth}" for name, (tts, mouth) in VARIANTS.items()))
-    parser.add_argument("--tts", choices=TTS_ENGINES, default=None,
-                        help="speech synthesiser: flite (default), espeak (espeak-ng) or festival")
-    parser.add_argument("--mouth-model", choices=MOUTH_MODELS, default=None,
-                        help="mouth model and renderer: ellipse (default) or contour")
-    parser.add_argument("--voices", nargs="+", default=None,
-                        help="voices of the chosen engine (default: all of them): " + "; ".join(
-                            f"{engine}: {' '.join(names)}" for engine, names in TTS_VOICES.items()))
-    parser.add_argument("--split-fractions", nargs=3, type=float, default=[0.8, 0.1, 0.1],
-                        metavar=("TRAIN", "VAL", "TEST"), help="fractions of clips per split (default 0.8 0.1 0.1)")
-    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS),
-                        help="make only these splits' clips and label files (default: all)")
+    parser.add_argument(
+        "--variant",
+        choices=sorted(VARIANTS),
+        default=None,
+        help="shorthand for a (--tts, --mouth-model) pair: "
+        + ", ".join(f"{name} = {tts} + {mouth}" for name, (tts, mouth) in VARIANTS.items()),
+    )
+    parser.add_argument(
+        "--tts",
+        choices=TTS_ENGINES,
+        default=None,
+        help="speech synthesiser: flite (default), espeak (espeak-ng) or festival",
+    )
+    parser.add_argument(
+        "--mouth-model",
+        choices=MOUTH_MODELS,
+        default=None,
+        help="mouth model and renderer: ellipse (default) or contour",
+    )
+    parser.add_argument(
+        "--voices",
+        nargs="+",
+        default=None,
+        help="voices of the chosen engine (default: all of them): "
+        + "; ".join(f"{engine}: {' '.join(names)}" for engine, names in TTS_VOICES.items()),
+    )
+    parser.add_argument(
+        "--split-fractions",
+        nargs=3,
+        type=float,
+        default=[0.8, 0.1, 0.1],
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="fractions of clips per split (default 0.8 0.1 0.1)",
+    )
+    parser.add_argument(
+        "--splits",
+        nargs="+",
+        choices=SPLITS,
+        default=list(SPLITS),
+        help="make only these splits' clips and label files (default: all)",
+    )
     parser.add_argument("--num-workers", type=int, default=None, help="processes (default: one per CPU core)")
-    parser.add_argument("--save-to-disk", metavar="DIR", help="also write the corpus as a `datasets` dataset with "
-                        "the media embedded (`load_from_disk(DIR)`, or the training script's --dataset_name DIR)")
-    parser.add_argument("--push-to-hub", metavar="USER/NAME",
-                        help="also push that dataset to this Hub repository (needs a login)")
+    parser.add_argument(
+        "--save-to-disk",
+        metavar="DIR",
+        help="also write the corpus as a `datasets` dataset with "
+        "the media embedded (`load_from_disk(DIR)`, or the training script's --dataset_name DIR)",
+    )
+    parser.add_argument(
+        "--push-to-hub", metavar="USER/NAME", help="also push that dataset to this Hub repository (needs a login)"
+    )
     args = parser.parse_args(argv)
     tts, mouth_model = VARIANTS[args.variant or "default"]
     for flag, given, implied in (("--tts", args.tts, tts), ("--mouth-model", args.mouth_model, mouth_model)):
@@ -333,9 +389,17 @@ def main(argv: list[str] | None = None) -> None:
     tts, mouth_model = args.tts or tts, args.mouth_model or mouth_model
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        label_files = generate_demo_corpus(args.output_dir, args.num_clips, seed=args.seed, voices=args.voices,
-                                           split_fractions=tuple(args.split_fractions), num_workers=args.num_workers,
-                                           tts=tts, mouth_model=mouth_model, splits=tuple(args.splits))
+        label_files = generate_demo_corpus(
+            args.output_dir,
+            args.num_clips,
+            seed=args.seed,
+            voices=args.voices,
+            split_fractions=tuple(args.split_fractions),
+            num_workers=args.num_workers,
+            tts=tts,
+            mouth_model=mouth_model,
+            splits=tuple(args.splits),
+        )
     except (DemoCorpusError, ValueError) as error:
         parser.exit(2, f"error: {error}\n")
     for split, path in label_files.items():

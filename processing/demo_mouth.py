@@ -48,18 +48,56 @@ _VISEMES = {
     "round_close": (0.25, -1.0, 0.0, 0.0, 0.0, 0.0, 2.0),  # uw uh
 }
 _PHONE_VISEME = {
-    "pau": "rest", "b": "bilabial", "p": "bilabial", "m": "bilabial", "f": "labiodental", "v": "labiodental",
-    "th": "dental", "dh": "dental", "t": "alveolar", "d": "alveolar", "n": "alveolar", "l": "alveolar",
-    "s": "sibilant", "z": "sibilant", "sh": "postalveolar", "zh": "postalveolar", "ch": "postalveolar",
-    "jh": "postalveolar", "k": "velar", "g": "velar", "ng": "velar", "hh": "velar", "r": "r", "w": "w", "y": "y",
-    "aa": "open", "ah": "open", "ay": "open", "aw": "open", "ae": "front_open", "eh": "front_open",
-    "ey": "front_open", "iy": "front_close", "ih": "front_close", "ax": "mid", "er": "mid", "ao": "round_open",
-    "oy": "round_open", "ow": "round_mid", "uw": "round_close", "uh": "round_close",
+    "pau": "rest",
+    "b": "bilabial",
+    "p": "bilabial",
+    "m": "bilabial",
+    "f": "labiodental",
+    "v": "labiodental",
+    "th": "dental",
+    "dh": "dental",
+    "t": "alveolar",
+    "d": "alveolar",
+    "n": "alveolar",
+    "l": "alveolar",
+    "s": "sibilant",
+    "z": "sibilant",
+    "sh": "postalveolar",
+    "zh": "postalveolar",
+    "ch": "postalveolar",
+    "jh": "postalveolar",
+    "k": "velar",
+    "g": "velar",
+    "ng": "velar",
+    "hh": "velar",
+    "r": "r",
+    "w": "w",
+    "y": "y",
+    "aa": "open",
+    "ah": "open",
+    "ay": "open",
+    "aw": "open",
+    "ae": "front_open",
+    "eh": "front_open",
+    "ey": "front_open",
+    "iy": "front_close",
+    "ih": "front_close",
+    "ax": "mid",
+    "er": "mid",
+    "ao": "round_open",
+    "oy": "round_open",
+    "ow": "round_mid",
+    "uw": "round_close",
+    "uh": "round_close",
 }
 # diphthongs move from their first shape to this one over their second half
-_DIPHTHONG_TARGETS = {"ay": "front_close", "aw": "round_close", "ey": "front_close", "oy": "front_close",
-                      "ow": "round_close"}
-
+_DIPHTHONG_TARGETS = {
+    "ay": "front_close",
+    "aw": "round_close",
+    "ey": "front_close",
+    "oy": "front_close",
+    "ow": "round_close",
+}
 
 
 def mouth_trajectory(phones: list[tuple[str, float, float]], num_frames: int) -> np.ndarray:
@@ -69,8 +107,11 @@ def mouth_trajectory(phones: list[tuple[str, float, float]], num_frames: int) ->
     for phone, start, end in phones:
         shape = _VISEMES[_PHONE_VISEME.get(phone, "mid")]
         second = _DIPHTHONG_TARGETS.get(phone)
-        pieces = [(shape, start, end)] if second is None else [
-            (shape, start, (start + end) / 2), (_VISEMES[second], (start + end) / 2, end)]
+        pieces = (
+            [(shape, start, end)]
+            if second is None
+            else [(shape, start, (start + end) / 2), (_VISEMES[second], (start + end) / 2, end)]
+        )
         for values, piece_start, piece_end in pieces:
             targets.append(values[:6])
             dominance.append(values[6])
@@ -128,8 +169,12 @@ def render_mouth(trajectory: np.ndarray, appearance_seed: int, clip_seed: int) -
     cavity = np.sqrt((u / (half_width - 1.0)) ** 2 + (v / np.where(above, inner_up, inner_down)) ** 2)
     cavity_mask = _smooth_step((cavity - 1.0) * np.maximum(np.minimum(inner_up, inner_down), 1.0))
     # upper teeth at the top of the opening, tongue at its bottom, a dark line where closed lips meet
-    teeth_mask = cavity_mask * _smooth_step(v + inner_up - 1.0 - 3.0 * teeth) * _smooth_step(
-        np.abs(u) - 0.75 * half_width) * teeth
+    teeth_mask = (
+        cavity_mask
+        * _smooth_step(v + inner_up - 1.0 - 3.0 * teeth)
+        * _smooth_step(np.abs(u) - 0.75 * half_width)
+        * teeth
+    )
     tongue_mask = cavity_mask * _smooth_step(inner_down - 1.0 - 4.0 * tongue - v) * tongue
     crease = np.exp(-(v**2) / 1.5) * _smooth_step(np.abs(u) - half_width) * (1.0 - cavity_mask) * closure
 
@@ -148,8 +193,6 @@ def _blend(image: np.ndarray, colour, mask: np.ndarray) -> np.ndarray:
     """Paint `colour` over `image` with opacity `mask` (T, H, W)."""
     mask = mask[..., None]
     return image * (1.0 - mask) + np.asarray(colour, dtype=np.float32) * mask
-
-
 
 
 # ---- the `contour` model ----------------------------------------------------------------------------------------
@@ -175,18 +218,55 @@ CONTOUR_VISEMES = {
     "schwa": (0.42, 0.0, 0.1, 0.3, 0.0, 0.2),
 }
 CONTOUR_PHONES = {
-    "pau": "rest", "b": "pbm", "p": "pbm", "m": "pbm", "f": "fv", "v": "fv", "th": "th", "dh": "th", "t": "td",
-    "d": "td", "n": "nl", "l": "nl", "k": "kg", "g": "kg", "ng": "kg", "hh": "kg", "sh": "sh", "zh": "sh", "ch": "sh",
-    "jh": "sh", "s": "sz", "z": "sz", "r": "r", "w": "w", "y": "i", "aa": "aa", "ah": "aa", "ay": "aa", "aw": "aa",
-    "ae": "e", "eh": "e", "ey": "e", "iy": "i", "ih": "i", "ao": "o", "oy": "o", "ow": "o", "uw": "u", "uh": "u",
-    "ax": "schwa", "er": "r",
+    "pau": "rest",
+    "b": "pbm",
+    "p": "pbm",
+    "m": "pbm",
+    "f": "fv",
+    "v": "fv",
+    "th": "th",
+    "dh": "th",
+    "t": "td",
+    "d": "td",
+    "n": "nl",
+    "l": "nl",
+    "k": "kg",
+    "g": "kg",
+    "ng": "kg",
+    "hh": "kg",
+    "sh": "sh",
+    "zh": "sh",
+    "ch": "sh",
+    "jh": "sh",
+    "s": "sz",
+    "z": "sz",
+    "r": "r",
+    "w": "w",
+    "y": "i",
+    "aa": "aa",
+    "ah": "aa",
+    "ay": "aa",
+    "aw": "aa",
+    "ae": "e",
+    "eh": "e",
+    "ey": "e",
+    "iy": "i",
+    "ih": "i",
+    "ao": "o",
+    "oy": "o",
+    "ow": "o",
+    "uw": "u",
+    "uh": "u",
+    "ax": "schwa",
+    "er": "r",
 }
 CONTOUR_DIPHTHONGS = {"ay": "i", "aw": "u", "ey": "i", "oy": "i", "ow": "u"}
 _CONTROL_RATE = 200  # Hz, the articulators' simulation rate
 
 
-def contour_trajectory(phones: list[tuple[str, float, float]], num_frames: int, time_constant: float = 0.035
-                       ) -> np.ndarray:
+def contour_trajectory(
+    phones: list[tuple[str, float, float]], num_frames: int, time_constant: float = 0.035
+) -> np.ndarray:
     """Articulation (num_frames, 6) of the `contour` model at the video frames: each phone's target is held over the
     middle half of the phone (diphthongs glide to a second target), linearly interpolated between, then passed
     forwards and backwards through a critically damped second-order filter with `time_constant` seconds; b/p/m
@@ -240,7 +320,7 @@ def contour_time_constant(appearance_seed: int) -> float:
 def _smooth_noise(rng: np.random.Generator, num_frames: int, cutoff_frames: float, size: int = 1) -> np.ndarray:
     """Slowly varying noise (num_frames, size) in about [-1, 1]: white noise low-passed over `cutoff_frames`."""
     noise = gaussian_filter(rng.standard_normal((num_frames + 20, size)), sigma=(cutoff_frames, 0), mode="wrap")
-    return (noise[10:num_frames + 10] / max(noise.std(), 1e-6)).clip(-2.5, 2.5) / 2.5
+    return (noise[10 : num_frames + 10] / max(noise.std(), 1e-6)).clip(-2.5, 2.5) / 2.5
 
 
 def render_contour_mouth(trajectory: np.ndarray, appearance_seed: int, clip_seed: int) -> np.ndarray:
@@ -254,7 +334,8 @@ def render_contour_mouth(trajectory: np.ndarray, appearance_seed: int, clip_seed
     skin = skin * face.uniform(0.9, 1.1) * face.uniform(0.95, 1.05, size=3)
     if face.uniform() < 0.3:  # lipstick
         lip = np.array([[185.0, 30.0, 50.0], [200.0, 90.0, 120.0], [120.0, 40.0, 70.0], [150.0, 80.0, 60.0]])[
-            face.integers(4)]
+            face.integers(4)
+        ]
     else:
         lip = skin * np.array([0.82, 0.58, 0.6]) + np.array([20.0, 0.0, 0.0])
     teeth_colour = np.array([238.0, 232.0, 210.0]) * face.uniform(0.85, 1.0)
@@ -298,7 +379,8 @@ def render_contour_mouth(trajectory: np.ndarray, appearance_seed: int, clip_seed
     lower_inner = 0.6 * opening - 2.5 * tuck * profile
     thick = 1.0 + 0.6 * protrusion
     upper_lip = upper_thickness * thick * np.sqrt(np.clip(1 - rel_outer**2, 0, 1)) * (
-        1.0 + 0.3 * np.exp(-((rel_outer - 0.3) / 0.18) ** 2)) - bow * np.exp(-((u / (0.1 * outer)) ** 2))
+        1.0 + 0.3 * np.exp(-(((rel_outer - 0.3) / 0.18) ** 2))
+    ) - bow * np.exp(-((u / (0.1 * outer)) ** 2))
     lower_lip = lower_thickness * thick * (1.0 - 0.35 * tuck) * np.power(np.clip(1 - rel_outer**2, 0, 1), 0.6)
     upper_outer = upper_inner - np.maximum(upper_lip, 0.3)
     lower_outer = lower_inner + lower_lip
@@ -313,8 +395,12 @@ def render_contour_mouth(trajectory: np.ndarray, appearance_seed: int, clip_seed
     teeth_band = band(upper_inner, upper_inner + 1.5 + 3.5 * raise_ + 1.5 * tuck) * cavity
     gaps = 1.0 - 0.35 * np.clip(np.cos(u * (2 * np.pi / 3.6)) * 3 - 2, 0, 1)
     upper_teeth = teeth_band * np.clip(1.2 - np.abs(u) / (0.8 * inner), 0, 1) * gaps
-    lower_teeth = band(lower_inner - 1.0 - 2.0 * np.clip(0.7 - aperture, 0, 1), lower_inner) * cavity * np.clip(
-        1.0 - np.abs(u) / (0.6 * inner), 0, 1) * 0.8
+    lower_teeth = (
+        band(lower_inner - 1.0 - 2.0 * np.clip(0.7 - aperture, 0, 1), lower_inner)
+        * cavity
+        * np.clip(1.0 - np.abs(u) / (0.6 * inner), 0, 1)
+        * 0.8
+    )
     tongue_top = lower_inner - (0.25 + 0.7 * tongue) * (lower_inner - upper_inner)
     tongue_mask = band(tongue_top, lower_inner + 1) * cavity * np.clip(1.3 - np.abs(u) / (0.55 * inner), 0, 1)
 
@@ -323,8 +409,7 @@ def render_contour_mouth(trajectory: np.ndarray, appearance_seed: int, clip_seed
     tex_y = np.clip((v + ROI_SIZE).astype(int), 0, 2 * ROI_SIZE - 1)
     tex_x = np.clip((u + ROI_SIZE).astype(int), 0, 2 * ROI_SIZE - 1)
     shade = 1.0 + 0.25 * (np.cos(light_angle) * u + np.sin(light_angle) * v) / ROI_SIZE * 2
-    nostrils = sum(np.exp(-(((u - side * 0.55 * half_width) / 4.0) ** 2 + ((v + 27.0) / 2.2) ** 2))
-                   for side in (-1, 1))
+    nostrils = sum(np.exp(-(((u - side * 0.55 * half_width) / 4.0) ** 2 + ((v + 27.0) / 2.2) ** 2)) for side in (-1, 1))
     philtrum = np.exp(-((u / 2.0) ** 2)) * np.clip((upper_outer - v) / 6.0, 0, 1) * np.clip((v + 24) / 6, 0, 1)
     chin = np.exp(-(((v - lower_outer - 10.0) / 2.5) ** 2)) * np.exp(-((u / (0.8 * half_width)) ** 2))
     under_lip = np.exp(-(((v - lower_outer - 1.5) / 1.5) ** 2)) * side_outer
@@ -333,15 +418,19 @@ def render_contour_mouth(trajectory: np.ndarray, appearance_seed: int, clip_seed
     image = image * (1.0 - 0.5 * dots[tex_y, tex_x][..., None] * (v > lower_outer + 2)[..., None])
 
     lip_shade = 1.0 - 0.2 * np.clip((upper_inner - v) / np.maximum(upper_outer - upper_inner, -8), 0, 1) * (
-        v < upper_inner)
+        v < upper_inner
+    )
     highlight = np.exp(-(((v - (lower_inner + 0.45 * lower_lip)) / 1.2) ** 2)) * np.exp(-((u / (0.4 * outer)) ** 2))
     lip_colour = lip.astype(np.float32) * (shade * lip_shade)[..., None] + (45.0 * highlight)[..., None]
     image = image * (1 - lips[..., None]) + lip_colour * lips[..., None]
     depth = np.clip(1.0 - np.abs(u) / np.maximum(inner, 1), 0, 1)
     cavity_colour = np.array([70.0, 25.0, 25.0], dtype=np.float32) * (1.0 - 0.6 * depth)[..., None]
     image = image * (1 - cavity[..., None]) + cavity_colour * cavity[..., None]
-    for mask, colour in ((tongue_mask, (200.0, 110.0, 115.0)), (lower_teeth, teeth_colour * 0.9),
-                         (upper_teeth, teeth_colour)):
+    for mask, colour in (
+        (tongue_mask, (200.0, 110.0, 115.0)),
+        (lower_teeth, teeth_colour * 0.9),
+        (upper_teeth, teeth_colour),
+    ):
         image = image * (1 - mask[..., None]) + np.asarray(colour, dtype=np.float32) * mask[..., None]
 
     image = image * flicker[:, None, None, None]
@@ -350,8 +439,9 @@ def render_contour_mouth(trajectory: np.ndarray, appearance_seed: int, clip_seed
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def mouth_frames(model: str, phones: list[tuple[str, float, float]], num_frames: int, appearance_seed: int,
-                 clip_seed: int) -> np.ndarray:
+def mouth_frames(
+    model: str, phones: list[tuple[str, float, float]], num_frames: int, appearance_seed: int, clip_seed: int
+) -> np.ndarray:
     """The clip's mouth video (num_frames, 96, 96, 3) uint8 drawn by mouth model `model` from its timed phones."""
     if model == "ellipse":
         return render_mouth(mouth_trajectory(phones, num_frames), appearance_seed, clip_seed=clip_seed)

@@ -31,8 +31,16 @@ from .media_io import resample_audio
 
 TTS_VOICES = {
     "flite": ("slt", "rms", "awb", "kal16"),
-    "espeak": ("en-us+m1", "en-us+f2", "en-us+m3", "en-us+f4", "en-gb-x-rp+m7", "en-gb-x-rp+f1", "en-029+m2",
-               "en-gb-scotland+f3"),
+    "espeak": (
+        "en-us+m1",
+        "en-us+f2",
+        "en-us+m3",
+        "en-us+f4",
+        "en-gb-x-rp+m7",
+        "en-gb-x-rp+f1",
+        "en-029+m2",
+        "en-gb-scotland+f3",
+    ),
     "festival": ("kal_diphone", "ked_diphone"),
 }
 TTS_ENGINES = tuple(TTS_VOICES)
@@ -81,18 +89,21 @@ def check_tts(engine: str) -> str:
     """The engine's executable or library, or a `DemoCorpusError` naming the Debian package to install."""
     if engine not in TTS_VOICES:
         raise ValueError(f"unknown speech synthesiser {engine!r}; choose from {', '.join(TTS_ENGINES)}.")
-    install = (f"`apt-get install {TTS_PACKAGES[engine]}` (scripts/install.sh does it)")
+    install = f"`apt-get install {TTS_PACKAGES[engine]}` (scripts/install.sh does it)"
     if engine == "espeak":
         try:
             ctypes.CDLL(ESPEAK_LIBRARY)
         except OSError as error:
-            raise DemoCorpusError(f"--tts espeak needs Debian's `espeak-ng` speech synthesiser (its library "
-                                  f"{ESPEAK_LIBRARY} cannot be loaded: {error}): {install}.") from None
+            raise DemoCorpusError(
+                f"--tts espeak needs Debian's `espeak-ng` speech synthesiser (its library "
+                f"{ESPEAK_LIBRARY} cannot be loaded: {error}): {install}."
+            ) from None
         return ESPEAK_LIBRARY
     path = shutil.which(engine)
     if path is None:
-        raise DemoCorpusError(f"--tts {engine} needs Debian's `{engine}` speech synthesiser, which is not on PATH: "
-                              f"{install}.")
+        raise DemoCorpusError(
+            f"--tts {engine} needs Debian's `{engine}` speech synthesiser, which is not on PATH: {install}."
+        )
     if engine == "festival":
         for name in TTS_VOICES["festival"]:
             if not _festival_voice_dir(path, name):
@@ -102,8 +113,10 @@ def check_tts(engine: str) -> str:
 
 def _festival_voice_dir(festival: str, name: str) -> str | None:
     """Where festival keeps the voice (Debian: /usr/share/festival/voices/english/NAME), or None."""
-    roots = {os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(festival))), "share", "festival"),
-             "/usr/share/festival"}
+    roots = {
+        os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(festival))), "share", "festival"),
+        "/usr/share/festival",
+    }
     for root in roots:
         path = os.path.join(root, "voices", "english", name)
         if os.path.isdir(path):
@@ -115,8 +128,9 @@ def spoken_text(words: tuple[str, ...], engine: str = "flite") -> str:
     return " ".join(SPOKEN_FORMS[engine].get(word, word.lower()) for word in words)
 
 
-def synthesize_words(words: tuple[str, ...], voice: Voice, executable: str | None = None
-                     ) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
+def synthesize_words(
+    words: tuple[str, ...], voice: Voice, executable: str | None = None
+) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
     """Speech of `words` in `voice` (16 kHz float32 wave) and its phones as (phone, start s, end s)."""
     executable = executable or check_tts(voice.engine)
     text = spoken_text(words, voice.engine)
@@ -137,8 +151,20 @@ def _read_wave(path: str, engine: str, command: str) -> np.ndarray:
 def _flite(text: str, voice: Voice, flite: str) -> tuple[np.ndarray, list[tuple[str, float, float]]]:
     with tempfile.TemporaryDirectory() as tmp:
         wav_path = os.path.join(tmp, "speech.wav")
-        command = [flite, "-voice", voice.name, "--setf", f"duration_stretch={voice.duration_stretch:.3f}",
-                   "--setf", f"int_f0_target_mean={voice.pitch:.1f}", "-psdur", "-t", text, "-o", wav_path]
+        command = [
+            flite,
+            "-voice",
+            voice.name,
+            "--setf",
+            f"duration_stretch={voice.duration_stretch:.3f}",
+            "--setf",
+            f"int_f0_target_mean={voice.pitch:.1f}",
+            "-psdur",
+            "-t",
+            text,
+            "-o",
+            wav_path,
+        ]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0 or not os.path.exists(wav_path):
             raise DemoCorpusError(f"flite failed ({' '.join(command)}): {result.stderr.strip()}")
@@ -186,13 +212,23 @@ def _festival(text: str, voice: Voice, festival: str) -> tuple[np.ndarray, list[
     with tempfile.TemporaryDirectory() as tmp:
         wav_path, segs_path, script_path = (os.path.join(tmp, name) for name in ("speech.wav", "speech.segs", "s.scm"))
         with open(script_path, "w") as script:
-            script.write(_FESTIVAL_SCRIPT.format(name=voice.name, stretch=voice.duration_stretch, pitch=voice.pitch,
-                                                 text=text, wav=wav_path, segs=segs_path))
+            script.write(
+                _FESTIVAL_SCRIPT.format(
+                    name=voice.name,
+                    stretch=voice.duration_stretch,
+                    pitch=voice.pitch,
+                    text=text,
+                    wav=wav_path,
+                    segs=segs_path,
+                )
+            )
         command = [festival, "-b", script_path]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0 or not os.path.exists(wav_path) or not os.path.exists(segs_path):
-            raise DemoCorpusError(f"festival failed for {text!r} with voice {voice.name}: "
-                                  f"{(result.stderr or result.stdout).strip()[-300:]}")
+            raise DemoCorpusError(
+                f"festival failed for {text!r} with voice {voice.name}: "
+                f"{(result.stderr or result.stdout).strip()[-300:]}"
+            )
         wave = _read_wave(wav_path, "festival", " ".join(command))
         phones, ends = [], []
         with open(segs_path) as segs:
@@ -208,14 +244,77 @@ def _festival(text: str, voice: Voice, festival: str) -> tuple[np.ndarray, list[
 
 # espeak-ng's English phoneme names -> the ARPAbet phones of the mouth models (unlisted ones: see `_espeak_phone`)
 ESPEAK_PHONES = {
-    "p": "p", "b": "b", "t": "t", "t#": "t", "t2": "t", "d": "d", "d#": "d", "k": "k", "g": "g", "m": "m", "n": "n",
-    "N": "ng", "f": "f", "v": "v", "T": "th", "D": "dh", "s": "s", "z": "z", "S": "sh", "Z": "zh", "tS": "ch",
-    "dZ": "jh", "h": "hh", "l": "l", "r": "r", "r-": "r", "w": "w", "j": "y", "?": "pau",
-    "@": "ax", "@-": "ax", "@2": "ax", "@5": "ax", "3": "er", "3:": "er", "a": "ae", "a#": "ax", "aa": "ae",
-    "A:": "aa", "A@": "aa", "A": "aa", "aI": "ay", "aI@": "ay", "aI3": "ay", "aU": "aw", "aU@": "aw", "E": "eh",
-    "e@": "eh", "eI": "ey", "i": "iy", "i:": "iy", "i@": "ih", "i@3": "ih", "I": "ih", "I#": "ih", "I2": "ih",
-    "0": "aa", "O": "ao", "O:": "ao", "O@": "ao", "o@": "ao", "OI": "oy", "oU": "ow", "@U": "ow", "U": "uh",
-    "u:": "uw", "U@": "uh", "V": "ah", "@L": "l", "n-": "n", "m-": "m",
+    "p": "p",
+    "b": "b",
+    "t": "t",
+    "t#": "t",
+    "t2": "t",
+    "d": "d",
+    "d#": "d",
+    "k": "k",
+    "g": "g",
+    "m": "m",
+    "n": "n",
+    "N": "ng",
+    "f": "f",
+    "v": "v",
+    "T": "th",
+    "D": "dh",
+    "s": "s",
+    "z": "z",
+    "S": "sh",
+    "Z": "zh",
+    "tS": "ch",
+    "dZ": "jh",
+    "h": "hh",
+    "l": "l",
+    "r": "r",
+    "r-": "r",
+    "w": "w",
+    "j": "y",
+    "?": "pau",
+    "@": "ax",
+    "@-": "ax",
+    "@2": "ax",
+    "@5": "ax",
+    "3": "er",
+    "3:": "er",
+    "a": "ae",
+    "a#": "ax",
+    "aa": "ae",
+    "A:": "aa",
+    "A@": "aa",
+    "A": "aa",
+    "aI": "ay",
+    "aI@": "ay",
+    "aI3": "ay",
+    "aU": "aw",
+    "aU@": "aw",
+    "E": "eh",
+    "e@": "eh",
+    "eI": "ey",
+    "i": "iy",
+    "i:": "iy",
+    "i@": "ih",
+    "i@3": "ih",
+    "I": "ih",
+    "I#": "ih",
+    "I2": "ih",
+    "0": "aa",
+    "O": "ao",
+    "O:": "ao",
+    "O@": "ao",
+    "o@": "ao",
+    "OI": "oy",
+    "oU": "ow",
+    "@U": "ow",
+    "U": "uh",
+    "u:": "uw",
+    "U@": "uh",
+    "V": "ah",
+    "@L": "l",
+    "n-": "n",
+    "m-": "m",
 }
 _ESPEAK_EVENT_END, _ESPEAK_EVENT_PHONEME = 0, 7
 _ESPEAK_RATE, _ESPEAK_PITCH = 1, 3
@@ -236,13 +335,21 @@ class _EspeakEventId(ctypes.Union):
 
 
 class _EspeakEvent(ctypes.Structure):
-    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
-                ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
-                ("user_data", ctypes.c_void_p), ("id", _EspeakEventId)]
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),
+        ("length", ctypes.c_int),
+        ("audio_position", ctypes.c_int),
+        ("sample", ctypes.c_int),
+        ("user_data", ctypes.c_void_p),
+        ("id", _EspeakEventId),
+    ]
 
 
-_ESPEAK_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
-                                    ctypes.POINTER(_EspeakEvent))
+_ESPEAK_CALLBACK = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_EspeakEvent)
+)
 
 
 class _Espeak:
@@ -260,10 +367,19 @@ class _Espeak:
     def __init__(self):
         check_tts("espeak")
         self.lib = ctypes.CDLL(ESPEAK_LIBRARY)
-        self.lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
-                                          ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
-        self.rate = self.lib.espeak_Initialize(_ESPEAK_AUDIO_OUTPUT_RETRIEVAL, 0, None,
-                                               _ESPEAK_INITIALIZE_PHONEME_EVENTS)
+        self.lib.espeak_Synth.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
+        self.rate = self.lib.espeak_Initialize(
+            _ESPEAK_AUDIO_OUTPUT_RETRIEVAL, 0, None, _ESPEAK_INITIALIZE_PHONEME_EVENTS
+        )
         if self.rate <= 0:
             raise DemoCorpusError(f"espeak-ng failed to start (espeak_Initialize returned {self.rate}).")
         self.chunks: list[np.ndarray] = []
@@ -305,8 +421,9 @@ class _Espeak:
             else:
                 phones.append(_espeak_phone(name))
                 starts.append(start)
-        segments = [(phone, start, end) for phone, start, end in zip(phones, starts, starts[1:] + [duration])
-                    if end > start]
+        segments = [
+            (phone, start, end) for phone, start, end in zip(phones, starts, starts[1:] + [duration]) if end > start
+        ]
         if len(segments) < 2:
             raise DemoCorpusError(f"espeak-ng reported no phones for {text!r} with voice {voice.name}.")
         wave = resample_audio(wave, self.rate, SAMPLING_RATE)

@@ -135,8 +135,9 @@ def check_columns(
     Raises:
         DatasetError: naming the column, the flag that chooses it, its type and the dataset's columns.
     """
-    wanted = [("text", text_column)] + [(kind, column) for kind, column in (
-        ("video", video_column), ("audio", audio_column)) if kind in modalities]
+    wanted = [("text", text_column)] + [
+        (kind, column) for kind, column in (("video", video_column), ("audio", audio_column)) if kind in modalities
+    ]
     found = ", ".join(f"{name} ({type(feature).__name__})" for name, feature in features.items())
     for kind, column in wanted:
         flag = f"--{kind}_column_name"
@@ -212,8 +213,9 @@ def load_avsr_dataset(
         dataset = dataset.decode(False)
     check_columns(features, modalities, video_column, audio_column, text_column, source=f"{name} ({split})")
     renames = {"text": text_column}
-    renames.update({kind: column for kind, column in (("video", video_column), ("audio", audio_column))
-                    if kind in modalities})
+    renames.update(
+        {kind: column for kind, column in (("video", video_column), ("audio", audio_column)) if kind in modalities}
+    )
     extras = [column for column in EXTRA_COLUMNS if column in features and column not in renames.values()]
     if len(set(renames.values())) < len(renames):  # one column read twice (a video file's own sound track)
         raise DatasetError(
@@ -256,8 +258,15 @@ def load_avsr_splits(
     loaded = {}
     for stage, split in splits.items():
         dataset = load_avsr_dataset(
-            dataset_name, config_name, split, modalities=modalities, video_column=video_column,
-            audio_column=audio_column, text_column=text_column, streaming=stage in streaming, **load_kwargs,
+            dataset_name,
+            config_name,
+            split,
+            modalities=modalities,
+            video_column=video_column,
+            audio_column=audio_column,
+            text_column=text_column,
+            streaming=stage in streaming,
+            **load_kwargs,
         )
         limit = (limits or {}).get(stage)
         if isinstance(dataset, datasets.IterableDataset):
@@ -271,7 +280,6 @@ def load_avsr_splits(
             dataset = dataset.add_column(index_column, list(range(len(dataset))))
         loaded[stage] = dataset
     return loaded
-
 
 
 # ------------------------------------------------------------------------------------------------------- clip length
@@ -400,8 +408,9 @@ class MaxFramesStreamBatcher(torch.utils.data.IterableDataset):
         if (max_frames is None) == (batch_size is None):
             raise ValueError("give exactly one of max_frames and batch_size")
         if (max_frames or batch_size) < 1 or buffer_size < 1:
-            raise ValueError(f"max_frames, batch_size and buffer_size must be >= 1, got {max_frames}, {batch_size}, "
-                             f"{buffer_size}")
+            raise ValueError(
+                f"max_frames, batch_size and buffer_size must be >= 1, got {max_frames}, {batch_size}, {buffer_size}"
+            )
         if skip_bad_files and processor is None:
             raise ValueError("skip_bad_files needs the processor that reads the clips")
         self.dataset = dataset
@@ -493,12 +502,12 @@ class MaxFramesStreamBatcher(torch.utils.data.IterableDataset):
             chunk = [row for row in chunk if row is not None]
             for done, batch in enumerate(self._pack(chunk, epoch, buffer)[skip:], start=skip + 1):
                 self._state = {"epoch": epoch, "buffer": buffer, "batches_done": done, "source": start}
-                out = self._read([self._materialize({k: v for k, v in chunk[i].items() if k != "__frames__"})
-                                  for i in batch])
+                out = self._read(
+                    [self._materialize({k: v for k, v in chunk[i].items() if k != "__frames__"}) for i in batch]
+                )
                 if out:
                     yield out
             buffer, skip = buffer + 1, 0
-
 
 
 def streaming_dataloader(batcher: MaxFramesStreamBatcher, collate_fn, args) -> torch.utils.data.DataLoader:

@@ -86,7 +86,6 @@ def babble_from_split(
     return make_babble(utterances, n_speakers=4, length=sampling_rate * 30, seed=seed)
 
 
-
 __all__ = [
     "INDEX_COLUMN",
     "babble_from_split",

@@ -280,4 +280,3 @@ def frame_aligned(ranges: Iterable[tuple[int, int]], num_frames: int) -> list[tu
         if last > first:
             aligned.append((first, last))
     return aligned
-

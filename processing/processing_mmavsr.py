@@ -192,4 +192,3 @@ class MMAVSRProcessor(ProcessorMixin):
     @property
     def model_input_names(self) -> list[str]:
         return list(self.feature_extractor.model_input_names) + list(self.video_processor.model_input_names)
-

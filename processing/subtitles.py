@@ -46,8 +46,13 @@ def format_transcript(result: dict, output_format: str) -> str:
     return header + "\n".join(cues)
 
 
-def write_transcript(result: dict, media_path: str | os.PathLike, output_format: str,
-                     output_dir: str | os.PathLike | None = None, name: str | None = None) -> Path:
+def write_transcript(
+    result: dict,
+    media_path: str | os.PathLike,
+    output_format: str,
+    output_dir: str | os.PathLike | None = None,
+    name: str | None = None,
+) -> Path:
     """Write `result` as `<name>.<format>` (`name` defaults to the media file's stem) beside the media file (or in
     `output_dir`); returns the path."""
     media_path = Path(media_path)

@@ -16,8 +16,9 @@ def read_table(job_dir: Path, run: str) -> dict[str, float]:
         path = exp / run / "test_wer_table.json"
         if path.is_file():
             return {row["condition"]: row["wer"] for row in json.loads(path.read_text())}
-    raise SystemExit(f"wer_over_seeds.py: {job_dir} has no {run}/test_wer_table.json (nor exp/{run}/...): "
-                     "is that run finished?")
+    raise SystemExit(
+        f"wer_over_seeds.py: {job_dir} has no {run}/test_wer_table.json (nor exp/{run}/...): is that run finished?"
+    )
 
 
 def cell(values: list[float]) -> str:

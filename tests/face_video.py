@@ -36,7 +36,8 @@ def moving_face_clip(
     for angle, scale, (dx, dy) in zip(angles, zooms, shifts):
         matrix = cv2.getRotationMatrix2D(FACE_CENTRE, float(angle), float(scale))
         matrix[:, 2] += (width / 2 + dx - FACE_CENTRE[0], height / 2 + dy - FACE_CENTRE[1])
-        frames.append(cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR,
-                                     borderMode=cv2.BORDER_REFLECT_101))
+        frames.append(
+            cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+        )
         matrices.append(matrix)
     return np.stack(frames), np.stack(matrices)

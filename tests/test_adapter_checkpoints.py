@@ -7,10 +7,10 @@ import torch
 from transformers import Seq2SeqTrainingArguments
 
 from mmavsr_training import builder
-from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
 from mmavsr_training.checkpointing import average_last_checkpoints, checkpoint_dirs
-from modeling_mmavsr.modeling_mmavsr_decoder_loading import load_decoder_tokenizer
 from mmavsr_training.trainer import AVSRSeq2SeqTrainer
+from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
+from modeling_mmavsr.modeling_mmavsr_decoder_loading import load_decoder_tokenizer
 
 from .common import StopAt, make_inputs
 from .test_qlora import ADAPTERS, TINY_ENCODER, lora_names, tiny_config
@@ -35,12 +35,25 @@ def adapters(model) -> dict[str, torch.Tensor]:
 def trainer(model, output_dir, projector_lr_scale=1.0, **options) -> AVSRSeq2SeqTrainer:
     """4 AdamW steps over 4 fixed batches (one a step), a checkpoint every 2."""
     args = Seq2SeqTrainingArguments(
-        output_dir=str(output_dir), max_steps=4, save_steps=2, per_device_train_batch_size=1, learning_rate=0.02,
-        lr_scheduler_type="constant", report_to=[], use_cpu=True, disable_tqdm=True, logging_steps=100, seed=0,
+        output_dir=str(output_dir),
+        max_steps=4,
+        save_steps=2,
+        per_device_train_batch_size=1,
+        learning_rate=0.02,
+        lr_scheduler_type="constant",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        logging_steps=100,
+        seed=0,
         **options,
     )
     return AVSRSeq2SeqTrainer(
-        model=model, args=args, train_dataset=BATCHES, eval_dataset=BATCHES[:1], data_collator=lambda rows: rows[0],
+        model=model,
+        args=args,
+        train_dataset=BATCHES,
+        eval_dataset=BATCHES[:1],
+        data_collator=lambda rows: rows[0],
         projector_lr_scale=projector_lr_scale,
     )
 
@@ -49,8 +62,14 @@ def test_load_best_model_at_end_restores_the_best_checkpoints_adapters(tmp_path)
     model = lora_model(0)
     # the largest loss is "best": the first checkpoint, before training lowered it
     run = trainer(
-        model, tmp_path / "out", eval_strategy="steps", eval_steps=2, load_best_model_at_end=True,
-        metric_for_best_model="loss", greater_is_better=True, label_names=["labels"],
+        model,
+        tmp_path / "out",
+        eval_strategy="steps",
+        eval_steps=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="loss",
+        greater_is_better=True,
+        label_names=["labels"],
     )
     run.train()
     assert run.state.best_model_checkpoint == str(tmp_path / "out" / "checkpoint-2")
@@ -75,9 +94,7 @@ def qlora_model(llm_folder, seed: int = 0) -> MMAVSRForConditionalGeneration:
 
 
 @pytest.mark.parametrize("option, projector_lr_scale", [("use_lora", 1.0), ("use_qlora", 1.0), ("use_lora", 10.0)])
-def test_a_resumed_run_ends_with_the_adapters_of_an_uninterrupted_one(
-    option, projector_lr_scale, tmp_path, llm_folder
-):
+def test_a_resumed_run_ends_with_the_adapters_of_an_uninterrupted_one(option, projector_lr_scale, tmp_path, llm_folder):
     """Also where the projector trains at its own rate: its optimizer groups are rebuilt before the state loads."""
 
     def build(seed):
@@ -170,8 +187,11 @@ def test_a_saved_adapter_model_finds_its_llm_from_any_folder_or_says_where_it_lo
     torch.testing.assert_close(loaded(**inputs, labels=LABELS).logits, expected, atol=0, rtol=0)
 
     (tmp_path / "llm").rename(tmp_path / "moved")
-    with pytest.raises(FileNotFoundError, match="holds the LLM's adapters, not its base weights, which come from "
-                       f"decoder_model_name='{tmp_path / 'llm'}': not found"):
+    with pytest.raises(
+        FileNotFoundError,
+        match="holds the LLM's adapters, not its base weights, which come from "
+        f"decoder_model_name='{tmp_path / 'llm'}': not found",
+    ):
         MMAVSRForConditionalGeneration.from_pretrained(tmp_path / "saved")
     moved = MMAVSRForConditionalGeneration.from_pretrained(
         tmp_path / "saved", decoder_model_name=str(tmp_path / "moved")

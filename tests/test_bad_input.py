@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from mmavsr_training.run import main
+from transformers import TrainerCallback, pipeline
+
 from mmavsr_processing import (
     DatasetError,
     MediaError,
@@ -25,8 +26,7 @@ from mmavsr_processing import (
     write_video,
 )
 from mmavsr_processing.collation import SKIPPED_CLIPS, ClipReader, MMAVSRDataCollator
-from transformers import TrainerCallback, pipeline
-
+from mmavsr_training.run import main
 from modeling_mmavsr import MMAVSRForConditionalGeneration
 
 from .common import tiny_config

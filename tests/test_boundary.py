@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import modeling_mmavsr
 import mmavsr_processing
+import modeling_mmavsr
 from mmavsr_training.export import ExportError, export_model, find_code_files
 from modeling_mmavsr import MMAVSRForConditionalGeneration, MMAVSRProcessor
 
@@ -97,7 +97,9 @@ def test_the_data_library_words_no_error_as_a_command_line_flag():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Raise) and node.exc is not None:
                 text = " ".join(
-                    part.value for part in ast.walk(node.exc) if isinstance(part, ast.Constant) and isinstance(part.value, str)
+                    part.value
+                    for part in ast.walk(node.exc)
+                    if isinstance(part, ast.Constant) and isinstance(part.value, str)
                 )
                 offending += [f"{path.name}:{node.lineno} {found}" for found in flag.findall(text)]
     assert offending == []

@@ -60,11 +60,15 @@ def test_clip_reader_cache_decodes_each_clip_once_and_keeps_it_as_read(processor
         row = _row(4 + index, "BIN RED", index)
         write_video(tmp_path / f"{index}.mp4", row["video"])
         write_audio(tmp_path / f"{index}.wav", row["audio"]["array"])
-        rows.append({"video": str(tmp_path / f"{index}.mp4"), "audio": str(tmp_path / f"{index}.wav"), "text": "BIN RED"})
+        rows.append(
+            {"video": str(tmp_path / f"{index}.mp4"), "audio": str(tmp_path / f"{index}.wav"), "text": "BIN RED"}
+        )
     plain, cached = ClipReader(rows, processor), ClipReader(rows, processor, cache=True)
     read = plain[0]
     collator = MMAVSRDataCollator(
-        processor, training=True, video_augmentation=TimeMask(max_width=3, stride=2, seed=0),
+        processor,
+        training=True,
+        video_augmentation=TimeMask(max_width=3, stride=2, seed=0),
         audio_augmentation=TimeMask(max_width=1000, stride=2000, seed=0),
     )
     collator([cached[0], cached[1]])  # masks and crops work on copies

@@ -13,7 +13,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
 from mmavsr_training.convert_auto_avsr_checkpoint import (
     CheckpointConversionError,
     convert_auto_avsr_state_dict,
@@ -22,6 +21,8 @@ from mmavsr_training.convert_auto_avsr_checkpoint import (
     main,
     rename_key,
 )
+from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
+
 
 FIXTURES = Path(__file__).parent / "fixtures" / "auto_avsr"
 RELEASED = {"video": "full_vsr_state_dict_shapes.json", "audio": "full_asr_state_dict_shapes.json"}
@@ -272,9 +273,10 @@ def converted_with_vocabulary(tmp_path_factory):
 def test_converted_processor_applies_auto_avsr_test_transforms(converted_with_vocabulary):
     """`AutoProcessor` on a converted folder, against auto_avsr's own `VideoTransform("test")` and
     `AudioTransform("test")` outputs on the same frames and wave (fixture made as its README says)."""
+    from transformers import AutoProcessor
+
     import mmavsr_processing  # noqa: F401  (registers the processor classes with the Auto classes)
     from mmavsr_processing import MMAVSRProcessor
-    from transformers import AutoProcessor
 
     reference = load_file(FIXTURES / "transforms_reference.safetensors")
     for modality, folder in converted_with_vocabulary.items():
@@ -292,9 +294,10 @@ def test_converted_processor_applies_auto_avsr_test_transforms(converted_with_vo
 def test_pipelines_run_on_converted_folders(converted_with_vocabulary, tmp_path):
     """`pipeline(task, model=CONVERTED)` loads the processor from the folder and transcribes as the model and
     processor do by hand: the video model a 96x96 mp4 (audio-visual pipeline), the audio model a wave (ASR pipeline)."""
+    from transformers import pipeline
+
     import mmavsr_processing  # noqa: F401
     from mmavsr_processing import MMAVSRProcessor, write_video
-    from transformers import pipeline
 
     reference = load_file(FIXTURES / "transforms_reference.safetensors")
     frames = reference["video_frames"].permute(0, 2, 3, 1).numpy().repeat(4, axis=0)  # 12 frames (T, 96, 96, 3)

@@ -29,8 +29,16 @@ NO_DROPOUT = dict(encoder_dropout=0.0, positional_dropout=0.0, ctc_dropout=0.0)
 
 def llama_config(**overrides) -> dict:
     values = dict(
-        model_type="llama", vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, bos_token_id=1, eos_token_id=EOS, pad_token_id=0,
+        model_type="llama",
+        vocab_size=40,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        bos_token_id=1,
+        eos_token_id=EOS,
+        pad_token_id=0,
         tie_word_embeddings=True,
     )
     return values | overrides
@@ -38,10 +46,24 @@ def llama_config(**overrides) -> dict:
 
 def whisper_config(**overrides) -> dict:
     values = dict(
-        model_type="whisper", vocab_size=40, d_model=32, decoder_layers=2, encoder_layers=2,
-        decoder_attention_heads=4, encoder_attention_heads=4, decoder_ffn_dim=64, encoder_ffn_dim=64,
-        max_target_positions=32, max_source_positions=64, pad_token_id=EOS, bos_token_id=EOS, eos_token_id=EOS,
-        decoder_start_token_id=WHISPER_PROMPT[0], suppress_tokens=None, begin_suppress_tokens=None, dropout=0.0,
+        model_type="whisper",
+        vocab_size=40,
+        d_model=32,
+        decoder_layers=2,
+        encoder_layers=2,
+        decoder_attention_heads=4,
+        encoder_attention_heads=4,
+        decoder_ffn_dim=64,
+        encoder_ffn_dim=64,
+        max_target_positions=32,
+        max_source_positions=64,
+        pad_token_id=EOS,
+        bos_token_id=EOS,
+        eos_token_id=EOS,
+        decoder_start_token_id=WHISPER_PROMPT[0],
+        suppress_tokens=None,
+        begin_suppress_tokens=None,
+        dropout=0.0,
         attention_dropout=0.0,
     )
     return values | overrides
@@ -55,14 +77,25 @@ def build(decoder, modality="audio", seed=0, hidden_size=32, **overrides) -> MMA
     decoder, variant = VARIANTS.get(decoder, (decoder, {}))
     overrides = variant | overrides
     if decoder == "llm":
-        decoder_values = dict(text_config=llama_config(), instruction_ids=INSTRUCTION_IDS, decoder_prompt_ids=LLM_PROMPT)
+        decoder_values = dict(
+            text_config=llama_config(), instruction_ids=INSTRUCTION_IDS, decoder_prompt_ids=LLM_PROMPT
+        )
     else:
         decoder_values = dict(text_config=whisper_config(), decoder_prompt_ids=WHISPER_PROMPT)
     values = dict(
-        modality=modality, decoder_type=decoder, frontend_channels=4, frontend_layers=[1, 1, 1, 1],
+        modality=modality,
+        decoder_type=decoder,
+        frontend_channels=4,
+        frontend_layers=[1, 1, 1, 1],
         fusion_hidden_size=48,
-        hidden_size=hidden_size, encoder_layers=1, encoder_attention_heads=4, encoder_ffn_dim=64, conv_kernel_size=5,
-        ctc_vocab_size=12, label_smoothing=0.0, **NO_DROPOUT,
+        hidden_size=hidden_size,
+        encoder_layers=1,
+        encoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        conv_kernel_size=5,
+        ctc_vocab_size=12,
+        label_smoothing=0.0,
+        **NO_DROPOUT,
     )
     values.update(decoder_values)
     values.update(overrides)
@@ -159,7 +192,11 @@ NO_SYSTEM_TEMPLATE = (
 
 @pytest.mark.parametrize(
     "template, before",
-    [(SYSTEM_TEMPLATE, "[system] Transcribe. [user]"), (NO_SYSTEM_TEMPLATE, "[user] Transcribe."), (None, "Transcribe.")],
+    [
+        (SYSTEM_TEMPLATE, "[system] Transcribe. [user]"),
+        (NO_SYSTEM_TEMPLATE, "[user] Transcribe."),
+        (None, "Transcribe."),
+    ],
 )
 def test_llm_prompt_puts_the_instruction_in_the_system_turn_where_the_template_has_one(template, before):
     from modeling_mmavsr.modeling_mmavsr_decoder_loading import llm_prompt_ids
@@ -274,9 +311,12 @@ def test_ctc_over_the_decoders_tokens_trains_on_the_labels(decoder):
     log_probs = torch.log_softmax(out.ctc_logits, -1).transpose(0, 1)
     frames = out.encoder_attention_mask.sum(-1)
     targets = torch.tensor([t for row in TOKENS for t in row])
-    expected = torch.nn.functional.ctc_loss(
-        log_probs, targets, frames, torch.tensor([len(r) for r in TOKENS]), blank=vocab, reduction="sum"
-    ) / 2
+    expected = (
+        torch.nn.functional.ctc_loss(
+            log_probs, targets, frames, torch.tensor([len(r) for r in TOKENS]), blank=vocab, reduction="sum"
+        )
+        / 2
+    )
     torch.testing.assert_close(out.ctc_loss, expected)
     with pytest.raises(ValueError, match="means a CTC head of 41 outputs"):
         build(decoder, ctc_vocabulary="decoder", ctc_vocab_size=40)
@@ -290,7 +330,11 @@ def test_joint_ctc_decoding_with_the_decoders_vocabulary(decoder):
     assert losses[-1] < 0.2 * losses[0]
     for ctc_weight in (0.3, 1.0):
         generated = model.generate(
-            **inputs, num_beams=3, max_new_tokens=8, ctc_weight=ctc_weight, return_dict_in_generate=True,
+            **inputs,
+            num_beams=3,
+            max_new_tokens=8,
+            ctc_weight=ctc_weight,
+            return_dict_in_generate=True,
             output_scores=True,
         )
         assert texts(generated.sequences, PROMPT_LENGTH[decoder]) == TOKENS
@@ -301,8 +345,12 @@ def test_joint_ctc_decoding_with_the_decoders_vocabulary(decoder):
     log_probs = torch.log_softmax(ctc_logits, -1).transpose(0, 1)
     for row, tokens in enumerate(TOKENS):
         likelihood = -torch.nn.functional.ctc_loss(
-            log_probs[: FRAMES[row], row : row + 1], torch.tensor([tokens]), torch.tensor([FRAMES[row]]),
-            torch.tensor([len(tokens)]), blank=model.config.ctc_blank_id, reduction="sum",
+            log_probs[: FRAMES[row], row : row + 1],
+            torch.tensor([tokens]),
+            torch.tensor([FRAMES[row]]),
+            torch.tensor([len(tokens)]),
+            blank=model.config.ctc_blank_id,
+            reduction="sum",
         )
         torch.testing.assert_close(generated.sequences_scores[row], likelihood, atol=1e-4, rtol=1e-4)
 
@@ -323,7 +371,9 @@ def test_lora_trains_adapters_and_encoder_not_the_llm_base():
     lora = {n for n, p in model.named_parameters() if "lora_" in n and p.requires_grad}
     assert len(lora) == 2 * 2 * 7  # A and B of every attention and MLP projection of both layers
     assert {n for n in lora if "lora_B" in n} <= with_grad  # B starts at zero, so only B has a gradient at first
-    llm_base = {n for n, _ in model.named_parameters() if n.startswith("model.decoder.language_model") and "lora_" not in n}
+    llm_base = {
+        n for n, _ in model.named_parameters() if n.startswith("model.decoder.language_model") and "lora_" not in n
+    }
     assert llm_base and not (llm_base & with_grad)
     assert not any(n.startswith("model.encoder.conformer") for n in with_grad)
     for part in ("model.encoder.audio_frontend", "model.decoder.projector", "ctc_head"):
@@ -350,15 +400,21 @@ def test_lora_save_load_round_trip_and_merge(tmp_path):
 
     loaded.save_pretrained(tmp_path / "again")  # a model loaded with its adapter saves the same files again
     again = MMAVSRForConditionalGeneration.from_pretrained(tmp_path / "again").eval()
-    torch.testing.assert_close(again(**inputs, labels=labels, ctc_labels=pad(CTC_TOKENS)).logits, expected.logits, atol=0, rtol=0)
+    torch.testing.assert_close(
+        again(**inputs, labels=labels, ctc_labels=pad(CTC_TOKENS)).logits, expected.logits, atol=0, rtol=0
+    )
 
     loaded.merge_lora()
     assert not any("lora_" in n for n, _ in loaded.named_parameters())
-    torch.testing.assert_close(loaded(**inputs, labels=labels, ctc_labels=pad(CTC_TOKENS)).logits, expected.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        loaded(**inputs, labels=labels, ctc_labels=pad(CTC_TOKENS)).logits, expected.logits, atol=1e-5, rtol=0
+    )
     loaded.save_pretrained(tmp_path / "merged")
     merged = MMAVSRForConditionalGeneration.from_pretrained(tmp_path / "merged").eval()
     assert not merged.config.use_qlora
-    torch.testing.assert_close(merged(**inputs, labels=labels, ctc_labels=pad(CTC_TOKENS)).logits, expected.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        merged(**inputs, labels=labels, ctc_labels=pad(CTC_TOKENS)).logits, expected.logits, atol=1e-5, rtol=0
+    )
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
@@ -399,7 +455,7 @@ def test_decoder_hidden_states_and_attentions(decoder):
     steps, heads = prompt - 1 + labels.shape[1], model.config.text_config.decoder_attention_heads
     assert [a.shape for a in out.decoder_attentions] == [(len(FRAMES), heads, steps, steps)] * 2
     assert [a.shape for a in out.cross_attentions] == [(len(FRAMES), heads, steps, max(FRAMES))] * 2
-    assert torch.all(out.cross_attentions[0][1, :, :, FRAMES[1]:] == 0)  # the shorter clip's padding
+    assert torch.all(out.cross_attentions[0][1, :, :, FRAMES[1] :] == 0)  # the shorter clip's padding
 
 
 def test_legacy_decoder_name_builds_and_a_config_saved_with_it_loads(tmp_path):

@@ -43,9 +43,20 @@ def test_smollm2_decoder_trains_a_step_and_generates():
     assert tokenizer.decode(settings["decoder_prompt_ids"]) == "<|im_end|>\n<|im_start|>assistant\n"
     torch.manual_seed(0)
     model = MMAVSRForConditionalGeneration.from_pretrained_components(
-        audio_encoder="resnet1d", decoder_type="llm", decoder_model_name=GGUF, frontend_channels=4,
-        frontend_layers=[1, 1, 1, 1], hidden_size=64, encoder_layers=1, encoder_attention_heads=4,
-        encoder_ffn_dim=128, conv_kernel_size=5, ctc_weight=0.0, use_lora=True, qlora_r=4, qlora_alpha=8,
+        audio_encoder="resnet1d",
+        decoder_type="llm",
+        decoder_model_name=GGUF,
+        frontend_channels=4,
+        frontend_layers=[1, 1, 1, 1],
+        hidden_size=64,
+        encoder_layers=1,
+        encoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        conv_kernel_size=5,
+        ctc_weight=0.0,
+        use_lora=True,
+        qlora_r=4,
+        qlora_alpha=8,
     )
     assert not model.is_llm_quantized and model.config.use_lora
     assert model.config.decoder_prompt_ids == settings["decoder_prompt_ids"]

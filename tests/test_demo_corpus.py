@@ -23,9 +23,21 @@ from mmavsr_processing.demo_mouth import contour_trajectory, mouth_frames, rende
 OPENING, SPREAD, CLOSURE = 0, 1, 2
 APERTURE, WIDTH, PROTRUSION, TUCK = 0, 1, 2, 4
 # "mama" then "see" then "few": lips close on m, open wide on aa, spread on iy, lower lip under the teeth on f
-MAMA_SEE_FEW = [("pau", 0.0, 0.2), ("m", 0.2, 0.32), ("aa", 0.32, 0.56), ("m", 0.56, 0.68), ("aa", 0.68, 0.92),
-                ("pau", 0.92, 1.2), ("s", 1.2, 1.36), ("iy", 1.36, 1.6), ("pau", 1.6, 1.8), ("f", 1.8, 1.96),
-                ("y", 1.96, 2.04), ("uw", 2.04, 2.3), ("pau", 2.3, 2.6)]
+MAMA_SEE_FEW = [
+    ("pau", 0.0, 0.2),
+    ("m", 0.2, 0.32),
+    ("aa", 0.32, 0.56),
+    ("m", 0.56, 0.68),
+    ("aa", 0.68, 0.92),
+    ("pau", 0.92, 1.2),
+    ("s", 1.2, 1.36),
+    ("iy", 1.36, 1.6),
+    ("pau", 1.6, 1.8),
+    ("f", 1.8, 1.96),
+    ("y", 1.96, 2.04),
+    ("uw", 2.04, 2.3),
+    ("pau", 2.3, 2.6),
+]
 
 
 def test_plan_is_deterministic_and_covers_the_grid_grammar():
@@ -63,8 +75,17 @@ def test_flite_speech_and_phone_timings_agree():
 
 def test_mouth_follows_the_phones():
     # "mama" vs "see": lips close on m, open wide on aa, spread on iy
-    phones = [("pau", 0.0, 0.2), ("m", 0.2, 0.32), ("aa", 0.32, 0.56), ("m", 0.56, 0.68), ("aa", 0.68, 0.92),
-              ("pau", 0.92, 1.2), ("s", 1.2, 1.36), ("iy", 1.36, 1.6), ("pau", 1.6, 2.0)]
+    phones = [
+        ("pau", 0.0, 0.2),
+        ("m", 0.2, 0.32),
+        ("aa", 0.32, 0.56),
+        ("m", 0.56, 0.68),
+        ("aa", 0.68, 0.92),
+        ("pau", 0.92, 1.2),
+        ("s", 1.2, 1.36),
+        ("iy", 1.36, 1.6),
+        ("pau", 1.6, 2.0),
+    ]
     trajectory = mouth_trajectory(phones, num_frames=50)
     frame = lambda seconds: int(seconds * 25)  # noqa: E731
     assert trajectory[frame(0.26), CLOSURE] > 0.8  # m: lips shut
@@ -91,7 +112,9 @@ def test_faces_vary_between_speakers_and_stay_fixed_within_one():
 def test_corpus_in_auto_avsr_layout_reads_back_and_resumes(tmp_path):
     label_files = generate_demo_corpus(tmp_path, num_clips=6, seed=1, num_workers=1, progress=False)
     plans = plan_corpus(6, seed=1)
-    rows = [line.split(",") for split in ("train", "val", "test") for line in label_files[split].read_text().splitlines()]
+    rows = [
+        line.split(",") for split in ("train", "val", "test") for line in label_files[split].read_text().splitlines()
+    ]
     assert len(rows) == 6
     for plan in plans:
         video = tmp_path / "demo" / plan.rel_path
@@ -123,8 +146,22 @@ def test_a_seed_makes_the_same_files_with_any_number_of_workers(tmp_path):
 
 
 def test_command_line(tmp_path, capsys):
-    demo_corpus.main(["--output-dir", str(tmp_path), "--num-clips", "2", "--num-workers", "1",
-                      "--voices", "slt", "--split-fractions", "1", "0", "0"])
+    demo_corpus.main(
+        [
+            "--output-dir",
+            str(tmp_path),
+            "--num-clips",
+            "2",
+            "--num-workers",
+            "1",
+            "--voices",
+            "slt",
+            "--split-fractions",
+            "1",
+            "0",
+            "0",
+        ]
+    )
     assert len((tmp_path / "labels" / "train.csv").read_text().splitlines()) == 2
     with pytest.raises(SystemExit) as stop:
         demo_corpus.main(["--output-dir", str(tmp_path), "--num-clips", "0"])
@@ -145,9 +182,13 @@ def test_other_engines_speech_and_phone_timings_agree(tts):
     assert plan.words == ("SET", "RED", "IN", "G", "THREE", "AGAIN")
     spoken = [p[0] for p in phones if p[0] != "pau"]
     assert spoken[:5] == ["s", "eh", "t", "r", "eh"] and "th" in spoken and "jh" in spoken
+
     # the timings match the audio: pauses are quiet, vowels loud
     def energy(names):
-        return np.mean([np.sqrt(np.mean(wave[int(s * 16000):int(e * 16000)] ** 2)) for p, s, e in phones if p in names])
+        return np.mean(
+            [np.sqrt(np.mean(wave[int(s * 16000) : int(e * 16000)] ** 2)) for p, s, e in phones if p in names]
+        )
+
     assert energy({"pau"}) < 0.1 * energy({"eh", "ih", "iy", "ax", "ey"})
 
 
@@ -191,16 +232,31 @@ def test_contour_mouth_follows_the_phones():
     assert dark[frame(0.44)] > 60 and dark[frame(0.26)] < 0.25 * dark[frame(0.44)]
     # the face is fixed per speaker (appearance seed); head motion and noise change per clip
     still = np.tile(trajectory[frame(0.44)][None], (4, 1))
-    first, same_face, other_face = (render_contour_mouth(still, appearance_seed=a, clip_seed=c)
-                                    for a, c in ((1, 0), (1, 7), (2, 0)))
+    first, same_face, other_face = (
+        render_contour_mouth(still, appearance_seed=a, clip_seed=c) for a, c in ((1, 0), (1, 7), (2, 0))
+    )
     assert np.abs(first.astype(float) - other_face).mean() > 2 * np.abs(first.astype(float) - same_face).mean()
 
 
 @pytest.mark.parametrize("variant", ["espeak-contour", "festival-contour"])
 def test_variant_corpus_in_auto_avsr_layout(tmp_path, variant):
     tts, mouth_model = VARIANTS[variant]
-    demo_corpus.main(["--output-dir", str(tmp_path), "--num-clips", "2", "--num-workers", "1", "--variant", variant,
-                      "--split-fractions", "1", "0", "0"])
+    demo_corpus.main(
+        [
+            "--output-dir",
+            str(tmp_path),
+            "--num-clips",
+            "2",
+            "--num-workers",
+            "1",
+            "--variant",
+            variant,
+            "--split-fractions",
+            "1",
+            "0",
+            "0",
+        ]
+    )
     rows = [line.split(",") for line in (tmp_path / "labels" / "train.csv").read_text().splitlines()]
     plans = plan_corpus(2, seed=0, tts=tts, mouth_model=mouth_model, split_fractions=(1, 0, 0))
     assert [row[1] for row in rows] == [plan.rel_path for plan in plans]
@@ -249,12 +305,29 @@ def test_only_some_splits(tmp_path):
     plans = plan_corpus(5, seed=1, split_fractions=(1, 1, 1))
     wanted = [plan for plan in plans if plan.split == "test"]
     assert 0 < len(wanted) < len(plans)
-    demo_corpus.main(["--output-dir", str(tmp_path), "--num-clips", "5", "--num-workers", "1", "--seed", "1",
-                      "--split-fractions", "1", "1", "1", "--splits", "test"])
+    demo_corpus.main(
+        [
+            "--output-dir",
+            str(tmp_path),
+            "--num-clips",
+            "5",
+            "--num-workers",
+            "1",
+            "--seed",
+            "1",
+            "--split-fractions",
+            "1",
+            "1",
+            "1",
+            "--splits",
+            "test",
+        ]
+    )
     assert sorted(path.name for path in (tmp_path / "labels").iterdir()) == ["test.csv"]
     rows = [line.split(",") for line in (tmp_path / "labels" / "test.csv").read_text().splitlines()]
     assert [row[1] for row in rows] == [plan.rel_path for plan in wanted]
     assert sorted(path.relative_to(tmp_path / "demo").as_posix() for path in tmp_path.rglob("*.mp4")) == sorted(
-        plan.rel_path for plan in wanted)
+        plan.rel_path for plan in wanted
+    )
     with pytest.raises(ValueError, match="unknown split"):
         generate_demo_corpus(tmp_path, num_clips=5, splits=("dev",))

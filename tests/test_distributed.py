@@ -15,15 +15,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from mmavsr_training.run import main
-from mmavsr_processing.demo_corpus import generate_demo_corpus
 from safetensors.torch import load_file
 from transformers import set_seed
 
+from mmavsr_processing.demo_corpus import generate_demo_corpus
 from mmavsr_training.builder import build_model
 from mmavsr_training.presets import load_preset
+from mmavsr_training.run import main
 
 from .test_training_script import SCRIPT, tiny_preset
+
 
 STEPS = 3  # 8 clips, global batch 4: the third step is in the second (reshuffled) epoch
 
@@ -72,9 +73,7 @@ def flags(root, output_dir, batch_size, *extra):
 @pytest.fixture(scope="module")
 def one_process(setup):
     """The references, in this process: batch 2 with 2 accumulation steps, and batch 4."""
-    main(
-        flags(setup, setup / "accumulated", 2, "--gradient_accumulation_steps=2")
-    )
+    main(flags(setup, setup / "accumulated", 2, "--gradient_accumulation_steps=2"))
     main(flags(setup, setup / "batch4", 4))
     return {"accumulated": setup / "accumulated", "batch4": setup / "batch4"}
 
@@ -107,15 +106,11 @@ def free_port():
 
 
 def trainable(state):
-    return {
-        k: v for k, v in state.items() if v.is_floating_point() and "running_" not in k
-    }
+    return {k: v for k, v in state.items() if v.is_floating_point() and "running_" not in k}
 
 
 def losses(output_dir):
-    history = json.loads((Path(output_dir) / "trainer_state.json").read_text())[
-        "log_history"
-    ]
+    history = json.loads((Path(output_dir) / "trainer_state.json").read_text())["log_history"]
     return [entry["loss"] for entry in history if "loss" in entry]
 
 
@@ -130,14 +125,10 @@ def assert_matches_one_process(output_dir, one_process, root):
     assert len(losses(output_dir)) == STEPS
 
     # == batch b with 2 accumulation steps, to float precision
-    accumulated = trainable(
-        load_file(str(one_process["accumulated"] / "model.safetensors"))
-    )
+    accumulated = trainable(load_file(str(one_process["accumulated"] / "model.safetensors")))
     for name, tensor in accumulated.items():
         torch.testing.assert_close(weights[name], tensor, atol=1e-6, rtol=0, msg=name)
-    assert losses(output_dir) == pytest.approx(
-        losses(one_process["accumulated"]), rel=1e-5
-    )
+    assert losses(output_dir) == pytest.approx(losses(one_process["accumulated"]), rel=1e-5)
 
     # ~ batch 2b: the same clips per step; BatchNorm statistics over b instead of 2b clips
     assert losses(output_dir) == pytest.approx(losses(one_process["batch4"]), rel=5e-3)
@@ -181,10 +172,7 @@ def test_torchrun_two_cpu_processes_match_one_process(setup, one_process, monkey
         + flags(setup, output_dir, 2, "--gpus=4", "--num-nodes=1")
     )
     # the flags ask for 4 processes, the launcher started 2: a warning, and the launched world size wins
-    assert (
-        "ask for 4 process(es) on 1 machine(s), but this run was launched with 2 process(es)"
-        in log
-    )
+    assert "ask for 4 process(es) on 1 machine(s), but this run was launched with 2 process(es)" in log
     assert "continuing with the launched 2" in log
     # process 0 alone logs it, and alone writes the processor (checkpoints and the final folder)
     assert log.count("continuing with the launched 2") == 1

@@ -29,12 +29,20 @@ from pathlib import Path
 
 import pytest
 
+
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
 FENCE = re.compile(r"^```(?P<info>[^\n]*)\n(?P<code>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 # guides that must hold runnable code (a renamed or emptied guide fails here rather than silently running nothing)
 RUNNABLE_GUIDES = (
-    "README", "architecture", "datasets", "feature_extraction", "fusion", "inference", "mouth_cropping", "qlora",
+    "README",
+    "architecture",
+    "datasets",
+    "feature_extraction",
+    "fusion",
+    "inference",
+    "mouth_cropping",
+    "qlora",
     "transcribe",
 )
 TIMEOUT = 600

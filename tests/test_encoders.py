@@ -50,16 +50,36 @@ def vision_config(choice: str):
 def audio_config(choice: str, feat_extract_norm: str = "layer"):
     if choice == "whisper":
         return WhisperConfig(
-            d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=37, decoder_layers=2,
-            decoder_attention_heads=4, decoder_ffn_dim=37, num_mel_bins=MEL_BINS, max_source_positions=64,
-            max_target_positions=32, vocab_size=100, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-            decoder_start_token_id=3, begin_suppress_tokens=None,
+            d_model=32,
+            encoder_layers=2,
+            encoder_attention_heads=4,
+            encoder_ffn_dim=37,
+            decoder_layers=2,
+            decoder_attention_heads=4,
+            decoder_ffn_dim=37,
+            num_mel_bins=MEL_BINS,
+            max_source_positions=64,
+            max_target_positions=32,
+            vocab_size=100,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            decoder_start_token_id=3,
+            begin_suppress_tokens=None,
         )
     if choice == "wavlm":
         return WavLMConfig(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            conv_dim=(8,) * 7, feat_extract_norm=feat_extract_norm, num_conv_pos_embeddings=8,
-            num_conv_pos_embedding_groups=4, num_buckets=16, max_bucket_distance=64, apply_spec_augment=False,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+            conv_dim=(8,) * 7,
+            feat_extract_norm=feat_extract_norm,
+            num_conv_pos_embeddings=8,
+            num_conv_pos_embedding_groups=4,
+            num_buckets=16,
+            max_bucket_distance=64,
+            apply_spec_augment=False,
             mask_time_prob=0.0,
         )
     return None
@@ -96,8 +116,10 @@ def make_inputs(vision, audio, frames=FRAMES, seed=0) -> dict:
         # whisper: 4 log-mel frames (10 ms) per video frame; raw waves: 640 samples, plus a few that fill no frame
         per_frame, extra = (4, 0) if audio == "whisper" else (640, 37)
         steps = longest * per_frame + extra
-        features = torch.randn(batch, MEL_BINS, steps, generator=generator) if audio == "whisper" else torch.randn(
-            batch, steps, generator=generator
+        features = (
+            torch.randn(batch, MEL_BINS, steps, generator=generator)
+            if audio == "whisper"
+            else torch.randn(batch, steps, generator=generator)
         )
         mask = torch.zeros(batch, steps, dtype=torch.long)
         for row, length in enumerate(frames):
@@ -150,7 +172,8 @@ def test_every_encoder_pair_and_fusion_trains_a_step(vision, audio, fusion):
     assert changed == trainable
     assert frozen <= {"model.encoder.audio_frontend.encoder.embed_positions.weight"}
     assert (model.config.freeze_vision_encoder, model.config.freeze_audio_encoder) == (
-        False if vision else None, False if audio else None
+        False if vision else None,
+        False if audio else None,
     )
 
 
@@ -176,14 +199,13 @@ def test_padding_gives_each_sample_its_own_outputs(kind, choice):
     for row, frames in enumerate(FRAMES):
         alone = model.get_encoder()(**select_row(inputs, row))
         assert alone.last_hidden_state.shape[1] == frames
-        torch.testing.assert_close(
-            batch.last_hidden_state[row, :frames], alone.last_hidden_state[0], atol=1e-5, rtol=0
-        )
+        torch.testing.assert_close(batch.last_hidden_state[row, :frames], alone.last_hidden_state[0], atol=1e-5, rtol=0)
         # and the encoder's own features, before the Conformer
         row_inputs = select_row(inputs, row)
         args = (row_inputs["pixel_values_videos"], None) if kind == "vision" else (row_inputs["input_features"], None)
         batch_args = (
-            (inputs["pixel_values_videos"], inputs["video_attention_mask"]) if kind == "vision"
+            (inputs["pixel_values_videos"], inputs["video_attention_mask"])
+            if kind == "vision"
             else (inputs["input_features"], inputs["attention_mask"])
         )
         torch.testing.assert_close(frontend(*batch_args)[row, :frames], frontend(*args)[0], atol=1e-5, rtol=0)
@@ -337,10 +359,25 @@ def test_composed_model_round_trip_without_the_component_folders(tmp_path, visio
         else:
             pretrained_vision = CLIPVisionModel.from_pretrained(clip_dir)
         model = MMAVSRForConditionalGeneration.from_pretrained_components(
-            vision_encoder=vision, vision_model_name=str(vision_dir), audio_encoder="whisper",
-            audio_model_name=str(whisper_dir), fusion_type="gated", vision_pooling=vision_pooling,
-            **{k: v for k, v in tiny_config().to_dict().items() if k in ("hidden_size", "encoder_layers",
-               "encoder_attention_heads", "encoder_ffn_dim", "conv_kernel_size", "text_config")},
+            vision_encoder=vision,
+            vision_model_name=str(vision_dir),
+            audio_encoder="whisper",
+            audio_model_name=str(whisper_dir),
+            fusion_type="gated",
+            vision_pooling=vision_pooling,
+            **{
+                k: v
+                for k, v in tiny_config().to_dict().items()
+                if k
+                in (
+                    "hidden_size",
+                    "encoder_layers",
+                    "encoder_attention_heads",
+                    "encoder_ffn_dim",
+                    "conv_kernel_size",
+                    "text_config",
+                )
+            },
         ).eval()
         encoder = model.model.encoder
         for name, value in pretrained_vision.state_dict().items():
@@ -364,8 +401,14 @@ def test_composed_model_round_trip_without_the_component_folders(tmp_path, visio
 def test_a_loaded_encoder_is_frozen_by_default_and_the_choice_survives_saving(tmp_path):
     torch.manual_seed(0)
     ViTModel(vision_config("vit"), add_pooling_layer=False).save_pretrained(tmp_path / "vit")
-    names = ("hidden_size", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim", "conv_kernel_size",
-             "text_config")
+    names = (
+        "hidden_size",
+        "encoder_layers",
+        "encoder_attention_heads",
+        "encoder_ffn_dim",
+        "conv_kernel_size",
+        "text_config",
+    )
     sizes = {k: v for k, v in tiny_config().to_dict().items() if k in names}
     components = dict(vision_encoder="vit", vision_model_name=str(tmp_path / "vit"), **sizes)
     inputs = make_inputs("vit", None)
@@ -392,8 +435,13 @@ def test_freezing_a_frontend_that_always_trains_is_refused_unless_the_config_pre
     with pytest.raises(ValueError, match="audio_encoder=None means no such encoder"):
         MMAVSRConfig(vision_encoder="resnet", freeze_audio_encoder=True)
     # configs saved before `decoder_type` hold True, the old default that froze pretrained encoders only
-    legacy = MMAVSRConfig(decoder="transformer", vision_encoder="resnet", audio_encoder="whisper",
-                          freeze_vision_encoder=True, freeze_audio_encoder=True)
+    legacy = MMAVSRConfig(
+        decoder="transformer",
+        vision_encoder="resnet",
+        audio_encoder="whisper",
+        freeze_vision_encoder=True,
+        freeze_audio_encoder=True,
+    )
     assert legacy.freeze_vision_encoder is None and legacy.freeze_audio_encoder is True
 
 

@@ -15,7 +15,6 @@ import torch
 from transformers import AutoModel, AutoModelForSpeechSeq2Seq, AutoProcessor, pipeline
 
 from mmavsr_processing import MMAVSRProcessor, read_video, write_audio, write_video
-from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration, pipeline_mmavsr
 from mmavsr_training.export import (
     CODE_PACKAGES,
     ExportError,
@@ -24,6 +23,7 @@ from mmavsr_training.export import (
     find_code_files,
     main,
 )
+from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration, pipeline_mmavsr
 
 from .common import tiny_config
 
@@ -135,7 +135,8 @@ def test_export_writes_auto_map_custom_pipelines_and_flat_code(exported):
     }
     assert config["custom_pipelines"] == {
         "automatic-speech-recognition": {
-            "impl": "pipeline_mmavsr.MMAVSRSpeechRecognitionPipeline", "pt": ["AutoModelForSpeechSeq2Seq"],
+            "impl": "pipeline_mmavsr.MMAVSRSpeechRecognitionPipeline",
+            "pt": ["AutoModelForSpeechSeq2Seq"],
             "type": "multimodal",
         }
     }
@@ -148,20 +149,40 @@ def test_export_writes_auto_map_custom_pipelines_and_flat_code(exported):
     assert generation["num_beams"] == 3 and generation["ctc_weight"] == 0.1
 
     code = sorted(f for f in os.listdir(folder) if f.endswith(".py"))
-    needed = {"configuration_mmavsr.py", "modeling_mmavsr.py", "generation_mmavsr.py", "pipeline_mmavsr.py",
-              "processing_mmavsr.py", "feature_extraction_mmavsr.py", "video_processing_mmavsr.py",
-              "tokenization_mmavsr.py", "media_io.py", "mouth_cropping.py"}
+    needed = {
+        "configuration_mmavsr.py",
+        "modeling_mmavsr.py",
+        "generation_mmavsr.py",
+        "pipeline_mmavsr.py",
+        "processing_mmavsr.py",
+        "feature_extraction_mmavsr.py",
+        "video_processing_mmavsr.py",
+        "tokenization_mmavsr.py",
+        "media_io.py",
+        "mouth_cropping.py",
+    }
     assert needed <= set(code)
     # what no exported class imports stays out
-    assert not {"lrs3.py", "collation.py", "augmentation.py", "demo_corpus.py", "export.py", "presets.py",
-                "__init__.py"} & set(code)
+    assert not {
+        "lrs3.py",
+        "collation.py",
+        "augmentation.py",
+        "demo_corpus.py",
+        "export.py",
+        "presets.py",
+        "__init__.py",
+    } & set(code)
     for name in code:
         tree = ast.parse(open(os.path.join(folder, name)).read())
         absolute = [
-            node.lineno for node in ast.walk(tree)
-            if isinstance(node, (ast.Import, ast.ImportFrom)) and getattr(node, "level", 0) == 0
-            and any((alias.name if isinstance(node, ast.Import) else node.module or "").split(".")[0] in CODE_PACKAGES
-                    for alias in node.names)
+            node.lineno
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+            and getattr(node, "level", 0) == 0
+            and any(
+                (alias.name if isinstance(node, ast.Import) else node.module or "").split(".")[0] in CODE_PACKAGES
+                for alias in node.names
+            )
         ]
         assert not absolute, f"{name}: absolute imports of the package on lines {absolute}"
     # the same files as following the imports from the exported classes' modules gives
@@ -174,8 +195,12 @@ def test_exported_folders_load_without_the_package_and_match_it(exported, tmp_pa
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), OMP_NUM_THREADS="1")
     arguments = json.dumps([[name, *case] for name, case in cases.items()])
     run = subprocess.run(
-        [sys.executable, "-c", REMOTE_SCRIPT, str(root), arguments], cwd=tmp_path, env=env, capture_output=True,
-        text=True, timeout=600,
+        [sys.executable, "-c", REMOTE_SCRIPT, str(root), arguments],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     remote = json.loads(run.stdout.strip().splitlines()[-1])
@@ -189,8 +214,12 @@ def test_exported_folders_load_without_the_package_and_match_it(exported, tmp_pa
         # the installed package: its own classes and its own task name (the exported ASR task needs remote code)
         asr = pipeline("audio-visual-speech-recognition", model=folder)
         local = outputs(
-            AutoModelForSpeechSeq2Seq.from_pretrained(folder), AutoModel.from_pretrained(folder),
-            AutoProcessor.from_pretrained(folder), asr, media, dict(np.load(inputs)),
+            AutoModelForSpeechSeq2Seq.from_pretrained(folder),
+            AutoModel.from_pretrained(folder),
+            AutoProcessor.from_pretrained(folder),
+            asr,
+            media,
+            dict(np.load(inputs)),
         )
         theirs = remote[name]
         assert all(c.startswith("transformers_modules.") for c in theirs["classes"]), theirs["classes"]
@@ -269,8 +298,20 @@ def test_cli_exports_and_pushes_with_a_token(exported, tmp_path, monkeypatch, ca
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
     out = tmp_path / "cli_export"
-    main(["--model", str(root / "audio_model"), "--output-dir", str(out), "--metrics", str(root / "av_model" /
-          "test_wer_table.json"), "--push-to-hub", "someone/pushed", "--token", "hf_secret"])
+    main(
+        [
+            "--model",
+            str(root / "audio_model"),
+            "--output-dir",
+            str(out),
+            "--metrics",
+            str(root / "av_model" / "test_wer_table.json"),
+            "--push-to-hub",
+            "someone/pushed",
+            "--token",
+            "hf_secret",
+        ]
+    )
     assert calls[0] == ("init", "hf_secret")
     assert calls[1] == ("create_repo", "someone/pushed", {"private": False, "exist_ok": True, "repo_type": "model"})
     assert calls[2][0] == "upload_folder" and calls[2][2] == "someone/pushed"

@@ -7,6 +7,8 @@ The central property: the features of a padded batch, cut to each sample's lengt
 import numpy as np
 import pytest
 import torch
+from transformers import AutoModel, WhisperConfig, pipeline
+
 from mmavsr_processing import (
     MMAVSRFeatureExtractor,
     MMAVSRProcessor,
@@ -15,13 +17,12 @@ from mmavsr_processing import (
     write_audio,
     write_video,
 )
-from transformers import AutoModel, WhisperConfig, pipeline
-
 from modeling_mmavsr import MMAVSRForConditionalGeneration, MMAVSRModel
 from modeling_mmavsr.modeling_mmavsr_features import FEATURE_LAYERS
 from modeling_mmavsr.pipeline_feature_extraction_mmavsr import MMAVSRFeatureExtractionPipeline
 
 from .common import make_inputs, select_row, tiny_config
+
 
 AUTO_AVSR_TEXT = dict(vocab_size=5049, bos_token_id=5048, eos_token_id=5048, decoder_start_token_id=5048)
 LENGTHS = [9, 6, 4]

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from transformers.cache_utils import DynamicLayer
 
 import modeling_mmavsr.cpu_decoding_mmavsr as cpu_decoding
@@ -31,6 +30,11 @@ def _run_prefix(scorer, tokens, rows=1):
     return prefix_scores, psi_eos
 
 
+def strip_special(ids) -> list[int]:
+    """A generated row's tokens without padding (0) and eos."""
+    return [t for t in ids.tolist() if t not in (0, EOS)]
+
+
 @pytest.mark.parametrize("tokens", [[3], [3, 4, 5], [3, 3, 5], [7, 7, 7]])
 def test_prefix_scorer_ends_in_the_ctc_likelihood(tokens):
     torch.manual_seed(0)
@@ -39,7 +43,10 @@ def test_prefix_scorer_ends_in_the_ctc_likelihood(tokens):
     scorer = CTCPrefixScorer(log_probs, torch.tensor([frames]))
     prefix_scores, psi_eos = _run_prefix(scorer, tokens)
     expected = -torch.nn.functional.ctc_loss(
-        log_probs.transpose(0, 1), torch.tensor([tokens]), torch.tensor([frames]), torch.tensor([len(tokens)]),
+        log_probs.transpose(0, 1),
+        torch.tensor([tokens]),
+        torch.tensor([frames]),
+        torch.tensor([len(tokens)]),
         reduction="sum",
     )
     torch.testing.assert_close(psi_eos[0], expected, atol=1e-4, rtol=1e-5)
@@ -67,8 +74,7 @@ def test_joint_decoding_of_a_padded_batch_equals_one_utterance_at_a_time(modalit
         batch = model.generate(**inputs, num_beams=num_beams, ctc_weight=0.3)
         for row, frames in enumerate(FRAMES):
             alone = model.generate(**select_row(inputs, row, frames), num_beams=num_beams, ctc_weight=0.3)
-            strip = lambda ids: [t for t in ids.tolist() if t not in (0, EOS)]
-            assert strip(batch[row]) == strip(alone[0])
+            assert strip_special(batch[row]) == strip_special(alone[0])
 
 
 def test_ctc_weight_changes_the_search_and_defaults_to_the_generation_config():
@@ -87,8 +93,14 @@ def test_ctc_weight_changes_the_search_and_defaults_to_the_generation_config():
 
 
 def test_joint_decoding_recovers_trained_labels():
-    model = build("audio", seed=1, encoder_dropout=0.0, positional_dropout=0.0, ctc_dropout=0.0,
-                  text_config=dict(dropout=0.0, attention_dropout=0.0, positional_dropout=0.0))
+    model = build(
+        "audio",
+        seed=1,
+        encoder_dropout=0.0,
+        positional_dropout=0.0,
+        ctc_dropout=0.0,
+        text_config=dict(dropout=0.0, attention_dropout=0.0, positional_dropout=0.0),
+    )
     inputs, labels = make_inputs("audio", FRAMES, seed=3), make_labels(TOKENS)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
@@ -171,8 +183,9 @@ def test_cpu_decoding_speedups_switched_off_give_the_same_search(modality, monke
     none of the three runs."""
     model = build(modality)
     inputs = make_inputs(modality, FRAMES)
-    settings = dict(num_beams=5, num_return_sequences=3, output_scores=True, return_dict_in_generate=True,
-                    ctc_weight=0.3)
+    settings = dict(
+        num_beams=5, num_return_sequences=3, output_scores=True, return_dict_in_generate=True, ctc_weight=0.3
+    )
     top_k_calls = []
 
     def counting_top_k(scores, k):

@@ -12,8 +12,6 @@ import pytest
 import torch
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 
-from mmavsr_training.run import main
-from mmavsr_training.arguments import parse_args
 from mmavsr_processing import (
     DatasetError,
     MMAVSRDataCollator,
@@ -21,11 +19,12 @@ from mmavsr_processing import (
     MMAVSRProcessor,
     MMAVSRTokenizer,
     MMAVSRVideoProcessor,
+    demo_corpus,
     load_auto_avsr_dataset,
+    prepare,
     write_audio,
     write_video,
 )
-from mmavsr_processing import demo_corpus, prepare
 from mmavsr_processing.hf_datasets import (
     MaxFramesStreamBatcher,
     export_auto_avsr_dataset,
@@ -34,6 +33,8 @@ from mmavsr_processing.hf_datasets import (
     streaming_dataloader,
 )
 from mmavsr_processing.stream_resume import StreamingStateCallback, restore_streaming_state
+from mmavsr_training.arguments import parse_args
+from mmavsr_training.run import main
 from modeling_mmavsr import MMAVSRForConditionalGeneration
 
 from .common import tiny_config
@@ -116,8 +117,13 @@ def path_rows(corpus, frame_counts):
     for index, frames in enumerate(frame_counts):
         clip = corpus / "demo" / "train" / f"clip{index % 10}"
         rows.append(
-            {"id": f"row{index}", "mp4": f"{clip}.mp4", "wav": f"{clip}.wav", "sentence": "BIN BLUE AT",
-             "num_frames": int(frames)}
+            {
+                "id": f"row{index}",
+                "mp4": f"{clip}.mp4",
+                "wav": f"{clip}.wav",
+                "sentence": "BIN BLUE AT",
+                "num_frames": int(frames),
+            }
         )
     return rows
 
@@ -169,8 +175,11 @@ def test_missing_or_mistyped_columns_stop_before_training_naming_them(corpus, tm
     message = str(error.value)
     assert "no text column 'text' (--text_column_name)" in message
     assert "mp4 (Value)" in message and "sentence (Value)" in message and "num_frames (Value)" in message
-    with pytest.raises(DatasetError, match=r"the video column 'num_frames' \(--video_column_name\) holds "
-                                           r"Value\('int64'\), expected a datasets.Video column or file paths"):
+    with pytest.raises(
+        DatasetError,
+        match=r"the video column 'num_frames' \(--video_column_name\) holds "
+        r"Value\('int64'\), expected a datasets.Video column or file paths",
+    ):
         load_avsr_dataset(file, video_column="num_frames", audio_column="wav", text_column="sentence")
     with pytest.raises(DatasetError, match=r"no split 'test'; the splits are \['train'\]"):
         load_avsr_dataset(_saved_single_split(tmp_path), split="test")
@@ -218,8 +227,11 @@ def test_shard_stream_gives_each_process_its_own_rows(saved):
     for num_shards in (4, 3):  # whole shards per process, or every other row
         stream = load_avsr_dataset(saved, streaming=True, num_shards=num_shards)
         parts = [
-            [row["id"] for batch in MaxFramesStreamBatcher(shard_stream(stream, rank, 2, seed=5), batch_size=3)
-             for row in batch]
+            [
+                row["id"]
+                for batch in MaxFramesStreamBatcher(shard_stream(stream, rank, 2, seed=5), batch_size=3)
+                for row in batch
+            ]
             for rank in (0, 1)
         ]
         assert not set(parts[0]) & set(parts[1]) and set(parts[0]) | set(parts[1]) == ids
@@ -249,7 +261,10 @@ def test_streamed_training_resumes_with_the_next_batches(saved, processor, token
         collator = RecordingCollator(MMAVSRDataCollator(processor, training=True))
         args = training_args(output_dir, max_steps=5, save_strategy="steps", save_steps=2)
         trainer = StreamingTrainer(
-            model=tiny_model(tokenizer), args=args, train_dataset=batcher, data_collator=collator,
+            model=tiny_model(tokenizer),
+            args=args,
+            train_dataset=batcher,
+            data_collator=collator,
             callbacks=[StreamingStateCallback(batcher)],
         )
         restored = restore_streaming_state(batcher, resume, args)
@@ -292,10 +307,22 @@ def test_bad_streamed_clip_is_skipped_and_named(corpus, processor, tmp_path):
 
 def test_demo_corpus_saved_as_a_dataset_trains_two_steps_and_decodes(tmp_path, processor, tokenizer):
     corpus, folder = tmp_path / "demo", tmp_path / "dataset"
-    demo_corpus.main([
-        "--output-dir", str(corpus), "--num-clips", "4", "--split-fractions", "0.5", "0.25", "0.25",
-        "--num-workers", "1", "--save-to-disk", str(folder),
-    ])
+    demo_corpus.main(
+        [
+            "--output-dir",
+            str(corpus),
+            "--num-clips",
+            "4",
+            "--split-fractions",
+            "0.5",
+            "0.25",
+            "0.25",
+            "--num-workers",
+            "1",
+            "--save-to-disk",
+            str(folder),
+        ]
+    )
     expected = load_auto_avsr_dataset(corpus, corpus / "labels" / "train.csv")
     written = {"val": "validation"}
     splits = {written.get(file.stem, file.stem) for file in (corpus / "labels").glob("*.csv") if file.stat().st_size}
@@ -308,7 +335,9 @@ def test_demo_corpus_saved_as_a_dataset_trains_two_steps_and_decodes(tmp_path, p
 
     model = tiny_model(tokenizer)
     trainer = Seq2SeqTrainer(
-        model=model, args=training_args(tmp_path / "out"), train_dataset=train,
+        model=model,
+        args=training_args(tmp_path / "out"),
+        train_dataset=train,
         data_collator=MMAVSRDataCollator(processor, training=True),
     )
     result = trainer.train()
@@ -332,8 +361,18 @@ def test_prepare_writes_its_splits_as_a_dataset(tmp_path, tokenizer):
         (raw / split / "spk0" / "00001.txt").write_text(f"Text:  WE WENT TO THE {split.upper()}\n")
     out, folder = tmp_path / "out", tmp_path / "dataset"
     for split in ("train", "test"):
-        argv = ["--input-dir", str(raw / split), "--output-dir", str(out), "--dataset", "lrs3", "--split", split,
-                "--save-to-disk", str(folder)]
+        argv = [
+            "--input-dir",
+            str(raw / split),
+            "--output-dir",
+            str(out),
+            "--dataset",
+            "lrs3",
+            "--split",
+            split,
+            "--save-to-disk",
+            str(folder),
+        ]
         assert prepare.main(argv) == 0
     shutil.rmtree(out)
     dataset = datasets.load_from_disk(str(folder))
@@ -349,9 +388,16 @@ def test_prepare_writes_its_splits_as_a_dataset(tmp_path, tokenizer):
 
 def script_flags(saved, output_dir, preset, *extra):
     return [
-        f"--config_name={preset}", f"--dataset_name={saved}", f"--output_dir={output_dir}", "--report_to=none",
-        "--per_device_eval_batch_size=2", "--seed=0", "--disable_tqdm=true", "--generation_num_beams=2",
-        "--max-frames=30", *extra,
+        f"--config_name={preset}",
+        f"--dataset_name={saved}",
+        f"--output_dir={output_dir}",
+        "--report_to=none",
+        "--per_device_eval_batch_size=2",
+        "--seed=0",
+        "--disable_tqdm=true",
+        "--generation_num_beams=2",
+        "--max-frames=30",
+        *extra,
     ]
 
 
@@ -379,13 +425,21 @@ def test_script_streams_and_resumes_the_stream(saved, tmp_path, caplog):
 def test_script_refuses_conflicting_data_flags_and_names_a_missing_column(saved, corpus, tmp_path):
     preset = tiny_preset(tmp_path / "p.json", "video")
     with pytest.raises(ValueError, match=r"--dataset_name .* and --root-dir, --train-file: give a dataset or"):
-        main(script_flags(saved, tmp_path / "a", preset, "--do_train", f"--root-dir={corpus}",
-                                 "--train-file=train.csv"))
+        main(
+            script_flags(saved, tmp_path / "a", preset, "--do_train", f"--root-dir={corpus}", "--train-file=train.csv")
+        )
     with pytest.raises(ValueError, match=r"--streaming streams --dataset_name's training split"):
-        main([f"--config_name={preset}", f"--root-dir={corpus}", "--train-file=train.csv", "--streaming",
-                     f"--output_dir={tmp_path / 'b'}", "--report_to=none"])
+        main(
+            [
+                f"--config_name={preset}",
+                f"--root-dir={corpus}",
+                "--train-file=train.csv",
+                "--streaming",
+                f"--output_dir={tmp_path / 'b'}",
+                "--report_to=none",
+            ]
+        )
     with pytest.raises(ValueError, match=r"choose the splits' use with --do_train"):
         parse_args([f"--dataset_name={saved}", f"--output_dir={tmp_path / 'c'}"])
     with pytest.raises(DatasetError, match=r"no video column 'mouth' \(--video_column_name\); the columns are: id "):
-        main(script_flags(saved, tmp_path / "d", preset, "--do_train", "--max_steps=1",
-                                 "--video_column_name=mouth"))
+        main(script_flags(saved, tmp_path / "d", preset, "--do_train", "--max_steps=1", "--video_column_name=mouth"))

@@ -13,9 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmavsr_training.run import main
-from mmavsr_training.arguments import parse_args
 from mmavsr_training import checkpointing
+from mmavsr_training.arguments import parse_args
 from mmavsr_training.checkpointing import (
     INCOMPLETE_CHECKPOINTS_DIR,
     INCOMPLETE_MARKER,
@@ -25,8 +24,10 @@ from mmavsr_training.checkpointing import (
     last_complete_checkpoint,
     resume_checkpoint,
 )
+from mmavsr_training.run import main
 
 from .test_training_script import SCRIPT, common_flags, tiny_preset, write_tiny_corpus
+
 
 MAX_STEPS = 6
 
@@ -126,17 +127,11 @@ def straight_run(corpus, preset, tmp_path_factory):
     return output_dir
 
 
-def test_sigterm_saves_a_checkpoint_exits_and_the_rerun_resumes(
-    corpus, preset, straight_run, tmp_path
-):
+def test_sigterm_saves_a_checkpoint_exits_and_the_rerun_resumes(corpus, preset, straight_run, tmp_path):
     output_dir = tmp_path / "out"
-    flags = training_flags(
-        corpus, output_dir, preset, save_steps=100
-    )  # no scheduled save before the end
+    flags = training_flags(corpus, output_dir, preset, save_steps=100)  # no scheduled save before the end
     # as a user runs it: a progress bar and TensorBoard logs
-    flags = [
-        f for f in flags if f not in ("--disable_tqdm=true", "--report_to=none")
-    ] + ["--report_to=tensorboard"]
+    flags = [f for f in flags if f not in ("--disable_tqdm=true", "--report_to=none")] + ["--report_to=tensorboard"]
     returncode, log = sigterm_after_first_step(flags)
     assert returncode == INTERRUPTED_EXIT_CODE == 143, log
     assert "Traceback" not in log, log
@@ -146,19 +141,13 @@ def test_sigterm_saves_a_checkpoint_exits_and_the_rerun_resumes(
     assert 1 <= stopped_at < MAX_STEPS, log
     assert f"Stopped by SIGTERM after step {stopped_at}" in log
     assert checkpoint_problem(checkpoints[0]) is None
-    assert not (output_dir / "model.safetensors").exists(), (
-        "an interrupted run must not pass for a finished one"
-    )
+    assert not (output_dir / "model.safetensors").exists(), "an interrupted run must not pass for a finished one"
     assert f"{stopped_at}/{MAX_STEPS} [" in log, "no progress bar"
-    assert list((output_dir / "runs").rglob("events.out.tfevents.*")), (
-        "no TensorBoard log"
-    )
+    assert list((output_dir / "runs").rglob("events.out.tfevents.*")), "no TensorBoard log"
 
     handler = signal.getsignal(signal.SIGTERM)
     main(flags)  # the same command again: resumes from the SIGTERM checkpoint
-    assert signal.getsignal(signal.SIGTERM) is handler, (
-        "SIGTERM's handler outlived training"
-    )
+    assert signal.getsignal(signal.SIGTERM) is handler, "SIGTERM's handler outlived training"
     assert_same_training(output_dir, straight_run)
 
 
@@ -167,11 +156,16 @@ def test_sigterm_in_an_epoch_of_epoch_wise_validation_stops_without_decoding_and
 ):
     """The main job's flags (validation WER every epoch, the best epoch kept): the cut-short epoch is neither decoded
     nor saved as an epoch (a preemption leaves seconds), and the resumed run keeps the epoch the straight run keeps."""
+
     def flags(output_dir):  # batches of at most 12 frames, one clip of the 4 (8 to 11 frames): 4 steps an epoch
         kept = [f for f in training_flags(corpus, output_dir, preset, save_steps=100) if not f.startswith("--save_")]
         return [f for f in kept if not f.startswith("--max-frames")] + [
-            "--max-frames=12", "--val-file=test.csv", "--eval_strategy=epoch", "--save_strategy=epoch",
-            "--metric_for_best_model=wer", "--load_best_model_at_end",
+            "--max-frames=12",
+            "--val-file=test.csv",
+            "--eval_strategy=epoch",
+            "--save_strategy=epoch",
+            "--metric_for_best_model=wer",
+            "--load_best_model_at_end",
         ]
 
     straight = tmp_path / "straight"
@@ -209,9 +203,7 @@ runpy.run_path({script!r}, run_name="__main__")
 """
 
 
-def test_sigkill_during_a_save_leaves_the_last_checkpoint_loadable(
-    corpus, preset, straight_run, tmp_path, caplog
-):
+def test_sigkill_during_a_save_leaves_the_last_checkpoint_loadable(corpus, preset, straight_run, tmp_path, caplog):
     output_dir = tmp_path / "out"
     flags = training_flags(corpus, output_dir, preset, save_steps=2)
     wrapper = tmp_path / "kill_during_save.py"
@@ -250,21 +242,10 @@ def test_half_written_checkpoints_are_skipped_with_a_warning(tmp_path, caplog):
             (output_dir / name / "trainer_state.json").write_text(state)
     (output_dir / "checkpoint-10" / INCOMPLETE_MARKER).write_text("in progress")
     with caplog.at_level(logging.WARNING, logger=checkpointing.logger.name):
-        assert last_complete_checkpoint(str(output_dir)) == str(
-            output_dir / "checkpoint-4"
-        )
-    assert (
-        f"Ignoring {output_dir / 'checkpoint-10'}: its save never finished"
-        in caplog.text
-    )
-    assert (
-        f"Ignoring {output_dir / 'checkpoint-8'}: it has no trainer_state.json"
-        in caplog.text
-    )
-    assert (
-        f"Ignoring {output_dir / 'checkpoint-6'}: its trainer_state.json is cut short"
-        in caplog.text
-    )
+        assert last_complete_checkpoint(str(output_dir)) == str(output_dir / "checkpoint-4")
+    assert f"Ignoring {output_dir / 'checkpoint-10'}: its save never finished" in caplog.text
+    assert f"Ignoring {output_dir / 'checkpoint-8'}: it has no trainer_state.json" in caplog.text
+    assert f"Ignoring {output_dir / 'checkpoint-6'}: its trainer_state.json is cut short" in caplog.text
     assert "checkpoint-4:" not in caplog.text
 
     _, _, args = parse_args(

@@ -13,9 +13,9 @@ import pytest
 import torch
 from transformers import AutoProcessor, ViTConfig, ViTModel, WhisperConfig, WhisperModel
 
+from mmavsr_training.presets import build_model_from_preset, load_preset
 from mmavsr_training.run import main
 from modeling_mmavsr import MMAVSRForConditionalGeneration
-from mmavsr_training.presets import build_model_from_preset, load_preset
 
 from .test_presets import TINY_TEXT, tiny_inputs, tiny_overrides
 from .test_training_script import common_flags, tiny_llm_folder, write_tiny_corpus
@@ -42,7 +42,10 @@ def test_llm_preset_builds_tiny_trains_a_step_and_generates(name):
     model = build_model_from_preset(name, pretrained=False, **tiny_overrides(values))
     config = model.config
     assert (config.decoder_type, config.use_qlora, config.ctc_weight, config.instruction) == (
-        "llm", True, 0.0, "Transcribe."
+        "llm",
+        True,
+        0.0,
+        "Transcribe.",
     )
     assert any(type(module).__name__ == "Linear4bit" for module in model.modules())  # the LLM in NF4
     inputs = tiny_inputs(name, values)
@@ -71,15 +74,28 @@ def test_llm_job_recipe_trains_and_decodes_through_the_script(corpus, tmp_path, 
     """llm_job.sh's asr-llm step on a tiny corpus: the main job's audio preset trains a step, the LLM preset starts
     from it with a local LLM in 4-bit QLoRA, trains a step and prints the clean and 0 dB WER."""
     vocabulary = ["--train_vocabulary_size=40", "--train_vocabulary_type=word"]
-    main(common_flags(corpus, tmp_path / "asr", "demo-asr-logmel") + ["--train-file=train.csv", "--max_steps=1"]
-                + vocabulary)
+    main(
+        common_flags(corpus, tmp_path / "asr", "demo-asr-logmel")
+        + ["--train-file=train.csv", "--max_steps=1"]
+        + vocabulary
+    )
     caplog.set_level(logging.INFO)
     results = main(
         common_flags(corpus, tmp_path / "asr-llm", "demo-asr-logmel-llm-qlora")
-        + [f"--decoder-model-name={tiny_llm_folder(tmp_path / 'llm', lowercase=True)}", "--init_from_models",
-           str(tmp_path / "asr"),
-           "--train-file=train.csv", "--test-file=test.csv", "--do_train", "--do_predict", "--max_steps=1",
-           "--decode-snr-target", "999999", "0", "--generation_num_beams=1"]
+        + [
+            f"--decoder-model-name={tiny_llm_folder(tmp_path / 'llm', lowercase=True)}",
+            "--init_from_models",
+            str(tmp_path / "asr"),
+            "--train-file=train.csv",
+            "--test-file=test.csv",
+            "--do_train",
+            "--do_predict",
+            "--max_steps=1",
+            "--decode-snr-target",
+            "999999",
+            "0",
+            "--generation_num_beams=1",
+        ]
     )
     assert math.isfinite(results["train_loss"]) and math.isfinite(results["test_wer"])
     assert (tmp_path / "asr-llm" / "test_wer_table.json").is_file()
@@ -100,16 +116,32 @@ def test_a_trained_llm_model_decodes_after_its_llm_moved(corpus, tmp_path):
     llm = tiny_llm_folder(tmp_path / "llm", lowercase=True)
     trained = main(
         common_flags(corpus, tmp_path / "asr-llm", "demo-asr-logmel-llm-qlora")
-        + [f"--decoder-model-name={llm}", "--train-file=train.csv", "--test-file=test.csv", "--do_train",
-           "--do_predict", "--max_steps=2", "--generation_num_beams=1", f"--output_json={tmp_path / 'trained.json'}"]
+        + [
+            f"--decoder-model-name={llm}",
+            "--train-file=train.csv",
+            "--test-file=test.csv",
+            "--do_train",
+            "--do_predict",
+            "--max_steps=2",
+            "--generation_num_beams=1",
+            f"--output_json={tmp_path / 'trained.json'}",
+        ]
     )
     (tmp_path / "llm").rename(tmp_path / "moved")
 
     def decode(*flags):
         return main(
-            [f"--pretrained-model-path={tmp_path / 'asr-llm'}", f"--root-dir={corpus}", "--test-file=test.csv",
-             f"--output_dir={tmp_path / 'decode'}", "--report_to=none", "--generation_num_beams=1",
-             "--per_device_eval_batch_size=2", f"--output_json={tmp_path / 'decoded.json'}", *flags]
+            [
+                f"--pretrained-model-path={tmp_path / 'asr-llm'}",
+                f"--root-dir={corpus}",
+                "--test-file=test.csv",
+                f"--output_dir={tmp_path / 'decode'}",
+                "--report_to=none",
+                "--generation_num_beams=1",
+                "--per_device_eval_batch_size=2",
+                f"--output_json={tmp_path / 'decoded.json'}",
+                *flags,
+            ]
         )
 
     with pytest.raises(FileNotFoundError, match=r"not its base weights.*\(the training script: --decoder-model-name\)"):
@@ -124,8 +156,11 @@ def test_a_trained_llm_model_decodes_after_its_llm_moved(corpus, tmp_path):
     other = json.loads((tmp_path / "moved" / "config.json").read_text())
     shutil.copytree(tmp_path / "moved", tmp_path / "other")
     (tmp_path / "other" / "config.json").write_text(json.dumps({**other, "num_hidden_layers": 2}))
-    with pytest.raises(ValueError, match=r"is not the decoder this model was built with: num_hidden_layers 2 \(the "
-                       r"model's: 1\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"is not the decoder this model was built with: num_hidden_layers 2 \(the "
+        r"model's: 1\)",
+    ):
         decode(f"--decoder-model-name={tmp_path / 'other'}")
 
 
@@ -133,23 +168,50 @@ def test_vit_whisper_llama_qlora_preset_trains_and_decodes_with_local_parts(corp
     """The seed's headline configuration, its Hub parts replaced by local folders through the script's flags."""
     torch.manual_seed(0)
     vit_dir, whisper_dir = tmp_path / "vit", tmp_path / "whisper"
-    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37),
-             add_pooling_layer=False).save_pretrained(vit_dir)
-    WhisperModel(WhisperConfig(
-        d_model=32, encoder_layers=1, encoder_attention_heads=4, encoder_ffn_dim=37, decoder_layers=1,
-        decoder_attention_heads=4, decoder_ffn_dim=37, num_mel_bins=80, vocab_size=60, pad_token_id=0,
-        bos_token_id=1, eos_token_id=2, decoder_start_token_id=3, begin_suppress_tokens=None, suppress_tokens=None,
-    )).save_pretrained(whisper_dir)
+    ViTModel(
+        ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37),
+        add_pooling_layer=False,
+    ).save_pretrained(vit_dir)
+    WhisperModel(
+        WhisperConfig(
+            d_model=32,
+            encoder_layers=1,
+            encoder_attention_heads=4,
+            encoder_ffn_dim=37,
+            decoder_layers=1,
+            decoder_attention_heads=4,
+            decoder_ffn_dim=37,
+            num_mel_bins=80,
+            vocab_size=60,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            decoder_start_token_id=3,
+            begin_suppress_tokens=None,
+            suppress_tokens=None,
+        )
+    ).save_pretrained(whisper_dir)
     results = main(
         common_flags(corpus, tmp_path / "out", "mmavsr-avsr-vit-whisper-llama-qlora")
-        + [f"--vision-model-name={vit_dir}", f"--audio-model-name={whisper_dir}",
-           f"--decoder-model-name={tiny_llm_folder(tmp_path / 'llm')}", "--train-file=train.csv",
-           "--test-file=test.csv", "--do_train", "--do_predict", "--max_steps=2", "--generation_num_beams=1"]
+        + [
+            f"--vision-model-name={vit_dir}",
+            f"--audio-model-name={whisper_dir}",
+            f"--decoder-model-name={tiny_llm_folder(tmp_path / 'llm')}",
+            "--train-file=train.csv",
+            "--test-file=test.csv",
+            "--do_train",
+            "--do_predict",
+            "--max_steps=2",
+            "--generation_num_beams=1",
+        ]
     )
     assert math.isfinite(results["train_loss"]) and math.isfinite(results["test_wer"])
     saved = MMAVSRForConditionalGeneration.from_pretrained(tmp_path / "out")
     config = saved.config
     assert (config.vision_encoder, config.audio_encoder, config.decoder_type, config.use_qlora) == (
-        "vit", "whisper", "llm", True
+        "vit",
+        "whisper",
+        "llm",
+        True,
     )
     assert config.vision_config.hidden_size == 32 and config.audio_config.d_model == 32  # the local parts

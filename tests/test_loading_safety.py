@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from mmavsr_training.run import main
-from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
 from mmavsr_training import trainer
 from mmavsr_training.builder import load_pretrained
 from mmavsr_training.checkpointing import refuse_unsafe_pickles
-from modeling_mmavsr.loading_checks_mmavsr import UnsafeCheckpointError
 from mmavsr_training.convert_auto_avsr_checkpoint import CheckpointConversionError
+from mmavsr_training.run import main
+from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
+from modeling_mmavsr.loading_checks_mmavsr import UnsafeCheckpointError
 
 from .test_training_script import common_flags, tiny_preset, write_tiny_corpus
-
 
 
 @pytest.fixture(scope="module")
@@ -133,9 +132,7 @@ def test_refuse_unsafe_pickles_names_the_file(tmp_path, side_effect):
     (folder / "scheduler.pt").unlink()
 
     # a bare pickle (no torch.save archive) is refused without being opened by pickle
-    (folder / "rng_state_1.pth").write_bytes(
-        pickle.dumps(Payload(side_effect), protocol=2)
-    )
+    (folder / "rng_state_1.pth").write_bytes(pickle.dumps(Payload(side_effect), protocol=2))
     with pytest.raises(
         UnsafeCheckpointError,
         match=r"checkpoint-1/rng_state_1.pth: refused to load: not a `torch.save` archive",
@@ -146,9 +143,7 @@ def test_refuse_unsafe_pickles_names_the_file(tmp_path, side_effect):
         torch.load(folder / "rng_state_1.pth", weights_only=True)
 
 
-def test_resuming_from_a_checkpoint_with_a_payload_is_refused(
-    corpus, tmp_path, side_effect, monkeypatch
-):
+def test_resuming_from_a_checkpoint_with_a_payload_is_refused(corpus, tmp_path, side_effect, monkeypatch):
     """A real checkpoint whose optimizer.pt was replaced: resuming stops before loading anything; with the script's
     check switched off, the Trainer's own `torch.load(weights_only=True)` still refuses it."""
     preset = tiny_preset(tmp_path / "p.json", "video")
@@ -159,9 +154,7 @@ def test_resuming_from_a_checkpoint_with_a_payload_is_refused(
     ]
     main(flags + ["--max_steps=1"])
     checkpoint = output_dir / "checkpoint-1"
-    refuse_unsafe_pickles(
-        checkpoint
-    )  # the Trainer's own files pass (its RNG state holds numpy objects)
+    refuse_unsafe_pickles(checkpoint)  # the Trainer's own files pass (its RNG state holds numpy objects)
 
     optimizer = torch.load(checkpoint / "optimizer.pt", weights_only=True)
     optimizer["payload"] = Payload(side_effect)
@@ -196,7 +189,9 @@ def test_from_pretrained_names_a_truncated_or_corrupt_safetensors(tiny_model, tm
     ]
     for content, problem in cases:
         weights.write_bytes(content)
-        with pytest.raises(CorruptWeightsError, match=rf"{weights}: cannot load the model's weights: the file {problem}"):
+        with pytest.raises(
+            CorruptWeightsError, match=rf"{weights}: cannot load the model's weights: the file {problem}"
+        ):
             MMAVSRForConditionalGeneration.from_pretrained(tmp_path)
     weights.write_bytes(whole)
     loaded = MMAVSRForConditionalGeneration.from_pretrained(tmp_path)

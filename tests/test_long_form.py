@@ -21,8 +21,7 @@ from mmavsr_processing.long_form import (
     speech_segments,
 )
 from mmavsr_processing.media_io import iter_audio_blocks, iter_video_frames, read_video, resample_frames
-from modeling_mmavsr import MMAVSRForConditionalGeneration
-from modeling_mmavsr import pipeline_mmavsr
+from modeling_mmavsr import MMAVSRForConditionalGeneration, pipeline_mmavsr
 
 from .test_pipelines import AUTO_AVSR_TEXT, RATE, tiny_config
 
@@ -35,8 +34,9 @@ SEGMENT_S = 5.0  # recordings longer than this are segmented (the default, 20 s,
 def recording(tmp_path_factory):
     """7 demo clips with 0.3-1 s pauses (about 20 s): the wave, the frames, the clips' true times, and files."""
     root = tmp_path_factory.mktemp("long")
-    labels = generate_demo_corpus(root / "corpus", num_clips=7, split_fractions=(0, 0, 1), num_workers=1,
-                                  progress=False)
+    labels = generate_demo_corpus(
+        root / "corpus", num_clips=7, split_fractions=(0, 0, 1), num_workers=1, progress=False
+    )
     long = long_recording(root / "corpus", labels["test"], seed=0)
     paths = {"wav": root / "long.wav", "mp4": root / "long.mp4", "silent": root / "silent.mp4"}
     write_audio(paths["wav"], long.wave)
@@ -216,8 +216,22 @@ def test_transcribe_command_writes_subtitles_and_names_each_unreadable_input(mod
     folder, _ = models["audiovisual"]
     (tmp_path / "broken.mp4").write_bytes(b"not a video")
     inputs = [paths["mp4"], str(tmp_path / "missing.wav"), str(tmp_path / "broken.mp4"), paths["silent"]]
-    status = main([*inputs, "--model", folder, "--max-segment-s", str(SEGMENT_S), "--max-new-tokens", "4",
-                   "--num-beams", "1", "--output-dir", str(tmp_path / "out"), "--no-progress"])
+    status = main(
+        [
+            *inputs,
+            "--model",
+            folder,
+            "--max-segment-s",
+            str(SEGMENT_S),
+            "--max-new-tokens",
+            "4",
+            "--num-beams",
+            "1",
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--no-progress",
+        ]
+    )
     errors = capsys.readouterr().err.splitlines()
     assert status == 1
     problems = [line for line in errors if line.startswith("mmavsr-transcribe: ")]
@@ -238,8 +252,24 @@ def test_transcribe_command_writes_subtitles_and_names_each_unreadable_input(mod
         assert abs(_seconds(first) - start) < 0.5 and abs(_seconds(last) - end) < 0.5
     assert format_timestamp(3725.5) == "01:02:05,500" and format_timestamp(0.0421, ".") == "00:00:00.042"
     # the same recording as a vtt and a json beside it, in int8
-    assert main([paths["mp4"], "--model", folder, "--max-segment-s", str(SEGMENT_S), "--max-new-tokens", "4",
-                 "--output-format", "vtt", "--int8", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                paths["mp4"],
+                "--model",
+                folder,
+                "--max-segment-s",
+                str(SEGMENT_S),
+                "--max-new-tokens",
+                "4",
+                "--output-format",
+                "vtt",
+                "--int8",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     vtt = (Path(paths["mp4"]).with_suffix(".vtt")).read_text()
     assert vtt.startswith("WEBVTT\n\n") and vtt.count(" --> ") == len(long.clips)
 

@@ -11,8 +11,17 @@ import soundfile as sf
 
 from mmavsr_processing import media_io
 from mmavsr_processing.demo_mouth import mouth_trajectory, render_mouth
-from mmavsr_processing.media_io import MediaError, count_frames, fit_audio_to_video, read_audio, read_audio_track
-from mmavsr_processing.media_io import read_video, resample_frames, write_audio, write_video
+from mmavsr_processing.media_io import (
+    MediaError,
+    count_frames,
+    fit_audio_to_video,
+    read_audio,
+    read_audio_track,
+    read_video,
+    resample_frames,
+    write_audio,
+    write_video,
+)
 
 
 def _moving_square(num_frames=12, size=64):
@@ -160,7 +169,16 @@ def test_frame_rate_conversion_examples_and_errors():
     # 0.5 s at 20 fps: 12.5 frames at 25 fps, rounded half up; each the nearest, the last one clamped
     assert resample_frames(frames, 20.0)[:, 0, 0].tolist() == [0, 1, 2, 2, 3, 4, 5, 6, 6, 7, 8, 9, 9]
     assert resample_frames(np.arange(30), 30.0).tolist() == [0, 1, 2, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 16, 17] + [
-        18, 19, 20, 22, 23, 24, 25, 26, 28, 29
+        18,
+        19,
+        20,
+        22,
+        23,
+        24,
+        25,
+        26,
+        28,
+        29,
     ]
     assert resample_frames(frames, 25.0) is frames
     assert resample_frames(frames, 30.0, target_fps=15.0)[:, 0, 0].tolist() == [0, 2, 4, 6, 8]
@@ -275,9 +293,10 @@ def test_timestamps_that_do_not_fit_are_refused():
     with pytest.raises(MediaError, match="clip.mp4: frame timestamps do not increase"):
         resample_frames(frames, 25.0, source="clip.mp4", timestamps=[0.0, 0.2, 0.1])
     # a constant rate given as timestamps: the formula's frames
-    assert resample_frames(np.arange(30), 30.0, timestamps=np.arange(30) / 30).tolist() == resample_frames(
-        np.arange(30), 30.0
-    ).tolist()
+    assert (
+        resample_frames(np.arange(30), 30.0, timestamps=np.arange(30) / 30).tolist()
+        == resample_frames(np.arange(30), 30.0).tolist()
+    )
 
 
 @pytest.mark.parametrize("decoder", ["torchcodec", "pyav"])
@@ -288,8 +307,19 @@ def test_the_containers_rotation_is_applied(tmp_path, monkeypatch, decoder):
     upright[:, :8, :16] = 255  # a white patch in the top-left corner of a landscape frame
     write_video(tmp_path / "stored.mp4", np.ascontiguousarray(np.rot90(upright, k=-1, axes=(1, 2))))
     subprocess.run(  # as a phone stores it: the frames as recorded, and a display matrix that turns them
-        ["ffmpeg", "-loglevel", "error", "-y", "-i", str(tmp_path / "stored.mp4"), "-c", "copy",
-         "-metadata:s:v:0", "rotate=90", str(tmp_path / "rotated.mp4")],
+        [
+            "ffmpeg",
+            "-loglevel",
+            "error",
+            "-y",
+            "-i",
+            str(tmp_path / "stored.mp4"),
+            "-c",
+            "copy",
+            "-metadata:s:v:0",
+            "rotate=90",
+            str(tmp_path / "rotated.mp4"),
+        ],
         check=True,
     )
     frames, _ = read_video(tmp_path / "rotated.mp4")

@@ -65,8 +65,14 @@ def test_padding_does_not_change_outputs_or_loss(modality):
 
 @pytest.mark.parametrize("modality", MODALITIES)
 def test_overfits_two_samples_until_generate_returns_the_labels(modality):
-    model = build(modality, seed=1, encoder_dropout=0.0, positional_dropout=0.0, ctc_dropout=0.0,
-                  text_config=dict(dropout=0.0, attention_dropout=0.0, positional_dropout=0.0))
+    model = build(
+        modality,
+        seed=1,
+        encoder_dropout=0.0,
+        positional_dropout=0.0,
+        ctc_dropout=0.0,
+        text_config=dict(dropout=0.0, attention_dropout=0.0, positional_dropout=0.0),
+    )
     inputs, labels = make_inputs(modality, FRAMES, seed=3), make_labels(TOKENS)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
@@ -155,8 +161,13 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     inputs, labels = make_inputs("audiovisual", FRAMES), make_labels(TOKENS)
     grads = []
     for checkpointing in (False, True):
-        model = build("audiovisual", encoder_dropout=0.0, positional_dropout=0.0, ctc_dropout=0.0,
-                      text_config=dict(dropout=0.0, attention_dropout=0.0, positional_dropout=0.0)).train()
+        model = build(
+            "audiovisual",
+            encoder_dropout=0.0,
+            positional_dropout=0.0,
+            ctc_dropout=0.0,
+            text_config=dict(dropout=0.0, attention_dropout=0.0, positional_dropout=0.0),
+        ).train()
         if checkpointing:
             model.activation_checkpointing_enable()
             assert model.is_activation_checkpointing
@@ -174,7 +185,10 @@ def test_no_split_modules_name_layers_of_the_model():
 
 
 def test_legacy_modality_maps_onto_encoders():
-    assert (MMAVSRConfig(modality="video").vision_encoder, MMAVSRConfig(modality="video").audio_encoder) == ("resnet", None)
+    assert (MMAVSRConfig(modality="video").vision_encoder, MMAVSRConfig(modality="video").audio_encoder) == (
+        "resnet",
+        None,
+    )
     assert MMAVSRConfig(modality="audio").audio_encoder == "resnet1d"
     assert MMAVSRConfig(modality="audiovisual").modality == "audiovisual"
     assert MMAVSRConfig().modality == "video"
@@ -272,7 +286,7 @@ def test_hidden_states_and_attentions_are_returned_as_whisper_returns_them(modal
     assert [a.shape for a in out.encoder_attentions] == [(batch, heads, frames, frames)] * config.encoder_layers
     # padded frames get no attention; each row of weights sums to one
     for weights in out.encoder_attentions:
-        assert torch.all(weights[1, :, :, FRAMES[1]:] == 0)
+        assert torch.all(weights[1, :, :, FRAMES[1] :] == 0)
         torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights.sum(-1)))
     layers = config.text_config.num_hidden_layers
     assert len(out.decoder_hidden_states) == layers + 1
@@ -280,7 +294,7 @@ def test_hidden_states_and_attentions_are_returned_as_whisper_returns_them(modal
     assert [a.shape for a in out.decoder_attentions] == [(batch, heads, steps, steps)] * layers
     assert [a.shape for a in out.cross_attentions] == [(batch, heads, steps, frames)] * layers
     assert torch.all(out.decoder_attentions[0].triu(1) == 0)  # causal
-    assert torch.all(out.cross_attentions[0][1, :, :, FRAMES[1]:] == 0)
+    assert torch.all(out.cross_attentions[0][1, :, :, FRAMES[1] :] == 0)
     # the config's defaults apply when a call leaves the flags out
     model.config.output_hidden_states = True
     assert len(model(**inputs, labels=labels).encoder_hidden_states) == config.encoder_layers + 1
@@ -310,7 +324,11 @@ def test_generate_returns_the_encoder_and_decoder_states_asked_for():
     inputs = make_inputs("audiovisual", FRAMES)
     plain = model.generate(**inputs, num_beams=3, max_new_tokens=4)
     out = model.generate(
-        **inputs, num_beams=3, max_new_tokens=4, output_hidden_states=True, output_attentions=True,
+        **inputs,
+        num_beams=3,
+        max_new_tokens=4,
+        output_hidden_states=True,
+        output_attentions=True,
         return_dict_in_generate=True,
     )
     assert torch.equal(out.sequences, plain)

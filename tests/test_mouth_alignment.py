@@ -16,8 +16,15 @@ import pytest
 from safetensors.numpy import load_file
 from skimage import data
 
-from mmavsr_processing import MediapipeFaceDetector, MouthCropError, MouthCropper, NoFaceError, read_video, write_video
-from mmavsr_processing import mouth_cropping
+from mmavsr_processing import (
+    MediapipeFaceDetector,
+    MouthCropError,
+    MouthCropper,
+    NoFaceError,
+    mouth_cropping,
+    read_video,
+    write_video,
+)
 from mmavsr_processing.mouth_alignment import (
     MeanFaceAligner,
     fill_missing_keypoints,
@@ -249,8 +256,19 @@ def test_container_rotation_metadata_is_honoured(tmp_path, cropper):
     write_video(tmp_path / "stored.mp4", sideways)
     # a phone's way: the frames stay as recorded, a display matrix says how to turn them
     subprocess.run(
-        ["ffmpeg", "-loglevel", "error", "-y", "-i", str(tmp_path / "stored.mp4"), "-c", "copy",
-         "-metadata:s:v:0", "rotate=90", str(tmp_path / "rotated.mp4")],
+        [
+            "ffmpeg",
+            "-loglevel",
+            "error",
+            "-y",
+            "-i",
+            str(tmp_path / "stored.mp4"),
+            "-c",
+            "copy",
+            "-metadata:s:v:0",
+            "rotate=90",
+            str(tmp_path / "rotated.mp4"),
+        ],
         check=True,
     )
     upright, _ = read_video(tmp_path / "upright.mp4")

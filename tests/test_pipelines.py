@@ -72,9 +72,12 @@ def test_asr_pipeline_runs_an_audio_only_model_as_seq2seq(folders, media):
     assert asr(media["wave"])["text"] == expected
     assert asr(media["wav"])["text"] == expected  # a file path (decoded by ffmpeg)
     # generation settings: the model's generation config, then per-call arguments
-    assert asr(media["wave"], num_beams=1)["text"] == processor.batch_decode(
-        model.generate(**processor(audio=media["wave"], sampling_rate=RATE), num_beams=1, max_new_tokens=256)
-    )[0]
+    assert (
+        asr(media["wave"], num_beams=1)["text"]
+        == processor.batch_decode(
+            model.generate(**processor(audio=media["wave"], sampling_rate=RATE), num_beams=1, max_new_tokens=256)
+        )[0]
+    )
 
 
 def test_asr_pipeline_chunks_long_audio(folders):
@@ -204,8 +207,12 @@ def test_real_mouth_cropper_on_a_real_face(folders):
     with pytest.raises(ValueError, match="mouth_detector must be 'mediapipe', 'haar' or None, got 'dlib'"):
         pipeline("audio-visual-speech-recognition", model=folders["video"], mouth_detector="dlib")
     with pytest.raises(ValueError, match="give mouth_cropper or mouth_detector, not both"):
-        pipeline("audio-visual-speech-recognition", model=folders["video"], mouth_detector="haar",
-                 mouth_cropper=MouthCropper(detector="haar"))
+        pipeline(
+            "audio-visual-speech-recognition",
+            model=folders["video"],
+            mouth_detector="haar",
+            mouth_cropper=MouthCropper(detector="haar"),
+        )
 
 
 def test_frame_rates_are_brought_to_25_fps(folders, tmp_path):
@@ -258,9 +265,7 @@ def test_pipeline_and_prepare_pick_the_same_frames(folders, tmp_path, monkeypatc
     assert frame_numbers(levels) == nearest
     assert inputs["input_features"].shape == (1, 16000)
 
-    monkeypatch.setattr(
-        prepare, "MouthCropper", lambda **options: MouthCropper(detector=CentreMouth())
-    )
+    monkeypatch.setattr(prepare, "MouthCropper", lambda **options: MouthCropper(detector=CentreMouth()))
     summary = prepare.prepare_dataset(tmp_path / "raw", tmp_path / "out", "demo", split="test")
     assert summary.written == 1
     prepared, prepared_fps = read_video(tmp_path / "out/demo/test/spk/clip.mp4")

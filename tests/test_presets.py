@@ -53,37 +53,98 @@ HUB_CHECKPOINTS = {
 }
 IMAGE, MEL_BINS, FRAMES = 32, 16, 8
 TINY_SIZES = dict(
-    frontend_channels=4, frontend_layers=[1, 1, 1, 1], fusion_hidden_size=48, hidden_size=32, encoder_layers=1,
-    encoder_attention_heads=4, encoder_ffn_dim=64, conv_kernel_size=5, qlora_r=4, qlora_alpha=8,
+    frontend_channels=4,
+    frontend_layers=[1, 1, 1, 1],
+    fusion_hidden_size=48,
+    hidden_size=32,
+    encoder_layers=1,
+    encoder_attention_heads=4,
+    encoder_ffn_dim=64,
+    conv_kernel_size=5,
+    qlora_r=4,
+    qlora_alpha=8,
 )
 TINY_VISION = {
-    "vit": lambda: ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37,
-                             image_size=IMAGE, patch_size=8),
-    "clip-vit": lambda: CLIPVisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                                         intermediate_size=37, image_size=IMAGE, patch_size=8, projection_dim=16),
-    "vivit": lambda: VivitConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37,
-                                 image_size=IMAGE, num_frames=4, tubelet_size=[2, 8, 8]),
+    "vit": lambda: ViTConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37, image_size=IMAGE, patch_size=8
+    ),
+    "clip-vit": lambda: CLIPVisionConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=37,
+        image_size=IMAGE,
+        patch_size=8,
+        projection_dim=16,
+    ),
+    "vivit": lambda: VivitConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=37,
+        image_size=IMAGE,
+        num_frames=4,
+        tubelet_size=[2, 8, 8],
+    ),
 }
 TINY_AUDIO = {
     "whisper": lambda: WhisperConfig(
-        d_model=32, encoder_layers=1, encoder_attention_heads=4, encoder_ffn_dim=37, decoder_layers=1,
-        decoder_attention_heads=4, decoder_ffn_dim=37, num_mel_bins=MEL_BINS, max_source_positions=64,
-        max_target_positions=32, vocab_size=60, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-        decoder_start_token_id=3, begin_suppress_tokens=None, suppress_tokens=None,
+        d_model=32,
+        encoder_layers=1,
+        encoder_attention_heads=4,
+        encoder_ffn_dim=37,
+        decoder_layers=1,
+        decoder_attention_heads=4,
+        decoder_ffn_dim=37,
+        num_mel_bins=MEL_BINS,
+        max_source_positions=64,
+        max_target_positions=32,
+        vocab_size=60,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=3,
+        begin_suppress_tokens=None,
+        suppress_tokens=None,
     ),
     "wavlm": lambda: WavLMConfig(
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37, conv_dim=(8,) * 7,
-        num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4, num_buckets=16, max_bucket_distance=64,
-        apply_spec_augment=False, mask_time_prob=0.0,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=37,
+        conv_dim=(8,) * 7,
+        num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=4,
+        num_buckets=16,
+        max_bucket_distance=64,
+        apply_spec_augment=False,
+        mask_time_prob=0.0,
     ),
 }
 TINY_TEXT = {
-    "llm": lambda: LlamaConfig(vocab_size=60, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                               num_attention_heads=4, num_key_value_heads=2, bos_token_id=1, eos_token_id=2,
-                               pad_token_id=0, tie_word_embeddings=True),
+    "llm": lambda: LlamaConfig(
+        vocab_size=60,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=True,
+    ),
     "whisper-decoder": TINY_AUDIO["whisper"],
-    "transformer": lambda: dict(vocab_size=60, d_model=32, num_hidden_layers=1, decoder_attention_heads=4,
-                                decoder_ffn_dim=64, bos_token_id=2, eos_token_id=2, decoder_start_token_id=2),
+    "transformer": lambda: dict(
+        vocab_size=60,
+        d_model=32,
+        num_hidden_layers=1,
+        decoder_attention_heads=4,
+        decoder_ffn_dim=64,
+        bos_token_id=2,
+        eos_token_id=2,
+        decoder_start_token_id=2,
+    ),
 }
 
 
@@ -124,8 +185,11 @@ def test_presets_cover_the_seed_configurations_and_name_real_hub_checkpoints():
         values, settings = load_preset(name)
         choices = (values.get("vision_encoder"), values.get("audio_encoder"), values["decoder_type"])
         found.add((*choices, values.get("use_qlora", False)))
-        for part, choice in (("vision", values.get("vision_encoder")), ("audio", values.get("audio_encoder")),
-                             ("decoder", values["decoder_type"])):
+        for part, choice in (
+            ("vision", values.get("vision_encoder")),
+            ("audio", values.get("audio_encoder")),
+            ("decoder", values["decoder_type"]),
+        ):
             model_name = values.get(f"{part}_model_name")
             if choice in HUB_CHECKPOINTS:
                 assert model_name in HUB_CHECKPOINTS[choice], f"{name}: {part} {choice!r} names {model_name!r}"
@@ -147,15 +211,25 @@ def test_preset_builds_tiny_trains_a_step_and_generates(name):
     model = build_model_from_preset(name, pretrained=False, **tiny_overrides(values))
     config = model.config
     assert (config.vision_encoder, config.audio_encoder, config.decoder_type) == (
-        values.get("vision_encoder"), values.get("audio_encoder"), values["decoder_type"]
+        values.get("vision_encoder"),
+        values.get("audio_encoder"),
+        values["decoder_type"],
     )
     assert config.ctc_weight == values["ctc_weight"]
     if values.get("use_qlora"):  # the adapters themselves are tested in test_decoders.py
-        assert (config.use_qlora, config.qlora_r, config.qlora_alpha) == (True, TINY_SIZES["qlora_r"], TINY_SIZES["qlora_alpha"])
+        assert (config.use_qlora, config.qlora_r, config.qlora_alpha) == (
+            True,
+            TINY_SIZES["qlora_r"],
+            TINY_SIZES["qlora_alpha"],
+        )
         assert values["qlora_r"] == 16 and values["qlora_alpha"] == 32
     frozen = [
-        model.model.encoder.vision_frontend if config.freeze_vision_encoder and config.vision_encoder != "resnet" else None,
-        model.model.encoder.audio_frontend if config.freeze_audio_encoder and config.audio_encoder != "resnet1d" else None,
+        model.model.encoder.vision_frontend
+        if config.freeze_vision_encoder and config.vision_encoder != "resnet"
+        else None,
+        model.model.encoder.audio_frontend
+        if config.freeze_audio_encoder and config.audio_encoder != "resnet1d"
+        else None,
     ]
     for frontend in filter(None, frozen):
         assert not any(p.requires_grad for p in frontend.parameters())
@@ -182,7 +256,9 @@ def test_named_parts_load_through_from_pretrained_components(tmp_path):
     whisper.save_pretrained(whisper_dir)
 
     model = build_model_from_preset(
-        "mmavsr-vsr-vit-transformer", vision_model_name=str(vit_dir), text_config=TINY_TEXT["transformer"](),
+        "mmavsr-vsr-vit-transformer",
+        vision_model_name=str(vit_dir),
+        text_config=TINY_TEXT["transformer"](),
         **TINY_SIZES,
     )
     assert model.config.vision_config.hidden_size == 32
@@ -191,7 +267,9 @@ def test_named_parts_load_through_from_pretrained_components(tmp_path):
         assert torch.equal(loaded[key], value), key
 
     model = build_model_from_preset(
-        "mmavsr-asr-whisper-transformer", audio_model_name=str(whisper_dir), text_config=TINY_TEXT["transformer"](),
+        "mmavsr-asr-whisper-transformer",
+        audio_model_name=str(whisper_dir),
+        text_config=TINY_TEXT["transformer"](),
         **TINY_SIZES,
     )
     loaded = model.model.encoder.audio_frontend.encoder.state_dict()
@@ -225,13 +303,14 @@ def test_bad_presets_raise_clear_errors(tmp_path):
 
 def test_the_lowercase_tokenizer_setting_lowercases_labels_and_is_saved_with_the_processor(tmp_path):
     from mmavsr_processing import MMAVSRProcessor, MMAVSRTokenizer
-
     from mmavsr_training.builder import processor_from_settings
 
     values = {"audio_encoder": "resnet1d", "decoder_type": "llm"}
     upper = ["PLACE", "RED"]
     plain = processor_from_settings(values, {}, word_tokenizer(upper + ["place", "red"]))
-    lowered = processor_from_settings(values, {"tokenizer": {"lowercase": True}}, word_tokenizer(upper + ["place", "red"]))
+    lowered = processor_from_settings(
+        values, {"tokenizer": {"lowercase": True}}, word_tokenizer(upper + ["place", "red"])
+    )
     assert plain(text=["PLACE RED"])["labels"].tolist() == [[3, 4]]
     assert lowered(text=["PLACE RED"])["labels"].tolist() == [[5, 6]]
     assert lowered.batch_decode(lowered(text=["PLACE Red"])["labels"]) == ["place red"]

@@ -19,11 +19,25 @@ ARCHITECTURE = Path(__file__).resolve().parent.parent / "docs" / "architecture.m
 # (Transformers class, private method) -> its parameters in the versions tested (transformers 5.23)
 OVERRIDES = {
     (GenerationMixin, "_prepare_decoder_input_ids_for_generation"): (
-        "self", "batch_size", "model_input_name", "model_kwargs", "decoder_start_token_id", "device",
+        "self",
+        "batch_size",
+        "model_input_name",
+        "model_kwargs",
+        "decoder_start_token_id",
+        "device",
     ),
     (GenerationMixin, "_get_top_k_continuations"): (
-        "self", "accumulated_log_probs", "running_sequences", "running_beam_indices", "cur_len",
-        "decoder_prompt_len", "do_sample", "beams_to_keep", "num_beams", "batch_size", "kwargs",
+        "self",
+        "accumulated_log_probs",
+        "running_sequences",
+        "running_beam_indices",
+        "cur_len",
+        "decoder_prompt_len",
+        "do_sample",
+        "beams_to_keep",
+        "num_beams",
+        "batch_size",
+        "kwargs",
     ),
     (Trainer, "_get_output_dir"): ("self", "trial"),
     (Trainer, "_save_checkpoint"): ("self", "model", "trial"),
@@ -71,6 +85,6 @@ def test_beam_search_still_asks_the_model_for_its_cache_reordering():
 
 def test_each_override_is_documented_with_its_reason():
     text = ARCHITECTURE.read_text()
-    section = text[text.index("## Private methods of Transformers that mmavsr overrides"):]
+    section = text[text.index("## Private methods of Transformers that mmavsr overrides") :]
     for base, name in [*OVERRIDES, (GenerationMixin, "_reorder_cache")]:
         assert f"`{base.__name__}.{name}`" in section, f"{base.__name__}.{name} is not in docs/architecture.md"

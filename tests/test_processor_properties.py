@@ -8,8 +8,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+
 from mmavsr_processing import MMAVSRFeatureExtractor, MMAVSRProcessor, MMAVSRTokenizer, MMAVSRVideoProcessor
 from mmavsr_processing.processing_mmavsr import AV_DURATION_TOLERANCE
+
 
 SAMPLES_PER_FRAME = 640  # 16 kHz audio, 25 fps video
 CROP = 88

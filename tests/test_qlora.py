@@ -12,10 +12,10 @@ from safetensors import safe_open
 from torch import nn
 from transformers import Seq2SeqTrainingArguments
 
+from mmavsr_training.trainer import AVSRSeq2SeqTrainer
 from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
 from modeling_mmavsr.modeling_mmavsr_decoder_loading import load_decoder_tokenizer
 from modeling_mmavsr.modeling_mmavsr_quantization import llm_weight_footprint
-from mmavsr_training.trainer import AVSRSeq2SeqTrainer
 
 from .common import make_inputs
 from .test_decoders_pretrained import smollm2_gguf
@@ -23,12 +23,28 @@ from .test_decoders_pretrained import smollm2_gguf
 
 LLM = "model.decoder.language_model"
 TINY_LLAMA = dict(
-    model_type="llama", vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-    num_attention_heads=4, num_key_value_heads=2, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    model_type="llama",
+    vocab_size=40,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
 )
 TINY_ENCODER = dict(
-    audio_encoder="resnet1d", vision_encoder=None, frontend_channels=4, frontend_layers=[1, 1, 1, 1], hidden_size=32,
-    encoder_layers=1, encoder_attention_heads=4, encoder_ffn_dim=64, conv_kernel_size=5, ctc_weight=0.0,
+    audio_encoder="resnet1d",
+    vision_encoder=None,
+    frontend_channels=4,
+    frontend_layers=[1, 1, 1, 1],
+    hidden_size=32,
+    encoder_layers=1,
+    encoder_attention_heads=4,
+    encoder_ffn_dim=64,
+    conv_kernel_size=5,
+    ctc_weight=0.0,
 )
 ADAPTERS = dict(qlora_r=4, qlora_alpha=8, lora_dropout=0.0)
 
@@ -92,15 +108,24 @@ def test_the_projector_trains_at_projector_lr_scale_times_the_rate(tmp_path, sca
     model = MMAVSRForConditionalGeneration(tiny_config(use_lora=True))
     before = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
     args = Seq2SeqTrainingArguments(
-        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=1, learning_rate=1e-3, weight_decay=0.0,
-        lr_scheduler_type="constant", report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="no",
+        output_dir=str(tmp_path),
+        max_steps=1,
+        per_device_train_batch_size=1,
+        learning_rate=1e-3,
+        weight_decay=0.0,
+        lr_scheduler_type="constant",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        save_strategy="no",
     )
     batch = {**make_inputs("audio", [6, 4]), "labels": torch.tensor([[5, 6, 2], [7, 2, -100]])}
     AVSRSeq2SeqTrainer(
         model=model, args=args, train_dataset=[batch], data_collator=lambda rows: rows[0], projector_lr_scale=scale
     ).train()
-    moved = {name: (p.detach() - before[name]).abs().max().item() for name, p in model.named_parameters()
-             if name in before}
+    moved = {
+        name: (p.detach() - before[name]).abs().max().item() for name, p in model.named_parameters() if name in before
+    }
     projector = max(step for name, step in moved.items() if name.startswith("model.decoder.projector."))
     adapters = max(step for name, step in moved.items() if "lora_" in name)
     assert adapters == pytest.approx(1e-3, rel=0.01)
@@ -152,7 +177,12 @@ def smollm2_batch():
 def smollm2_qlora():
     torch.manual_seed(0)
     return MMAVSRForConditionalGeneration.from_pretrained_components(
-        decoder_type="llm", decoder_model_name=GGUF, use_qlora=True, **TINY_ENCODER, qlora_r=8, qlora_alpha=16,
+        decoder_type="llm",
+        decoder_model_name=GGUF,
+        use_qlora=True,
+        **TINY_ENCODER,
+        qlora_r=8,
+        qlora_alpha=16,
         lora_dropout=0.0,
     )
 

@@ -29,14 +29,16 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from modeling_mmavsr import MMAVSRForConditionalGeneration
+from mmavsr_processing import MMAVSRFeatureExtractor
 from mmavsr_training.convert_ctranslate2_whisper import (
     CTranslate2ConversionError,
     convert_ctranslate2_whisper,
-    main as convert_main,
     read_ctranslate2_model,
 )
-from mmavsr_processing import MMAVSRFeatureExtractor
+from mmavsr_training.convert_ctranslate2_whisper import (
+    main as convert_main,
+)
+from modeling_mmavsr import MMAVSRForConditionalGeneration
 
 from .assets import parse_sphinx_transcription, read_wav_16k_mono, speech_clips, whisper_base_dir  # noqa: F401
 
@@ -337,7 +339,11 @@ def composed_encoder_outputs(composed, windows):
 
 @pytest.mark.assets
 def test_whisper_encoder_gives_whisper_base_features_on_real_speech(
-    whisper, composed, speech_clips, whisper_encoder_states, composed_encoder_outputs  # noqa: F811
+    whisper,
+    composed,
+    speech_clips,
+    whisper_encoder_states,
+    composed_encoder_outputs,  # noqa: F811
 ):
     # Whisper's own input, the 30 s window: MMAVSR's encoder (no Conformer, 50 Hz) returns Whisper's features as they
     # are, for every clip
@@ -374,7 +380,12 @@ def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
 
 @pytest.mark.assets
 def test_composed_whisper_transcribes_like_whisper_base(
-    whisper, composed, processor, speech_clips, whisper_encoder_states, composed_encoder_outputs  # noqa: F811
+    whisper,
+    composed,
+    processor,
+    speech_clips,
+    whisper_encoder_states,
+    composed_encoder_outputs,  # noqa: F811
 ):
     """Greedy decoding of every LibriVox clip by Whisper-base and by the composed model, each from its own encoder's
     states on Whisper's 30 s log-mel window (the fixtures above: equal, as the previous test shows); the composed

@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 import timm
 import torch
-from mmavsr_processing import MMAVSRProcessor, MMAVSRVideoProcessor
 from PIL import Image
 from safetensors.torch import save_file
 from timm.data import create_transform, resolve_data_config
 
+from mmavsr_processing import MMAVSRProcessor, MMAVSRVideoProcessor
 from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
 
 from .common import make_inputs, make_labels, tiny_config
+
 
 SIZE = 32
 LENGTHS = [5, 3]

@@ -14,22 +14,22 @@ import numpy as np
 import pytest
 import torch
 from matplotlib.image import imread
-from mmavsr_training.run import main
-from mmavsr_training.arguments import parse_args
-from mmavsr_processing import MMAVSRTokenizer, write_audio, write_video
 from safetensors.torch import load_file, save_file
 
-from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration, MMAVSRProcessor
+from mmavsr_processing import MMAVSRTokenizer, write_audio, write_video
 from mmavsr_training import builder
+from mmavsr_training.arguments import parse_args
 from mmavsr_training.checkpointing import average_last_checkpoints, average_state_dicts, checkpoint_dirs
-from modeling_mmavsr.configuration_mmavsr import LEGACY_MODALITIES
 from mmavsr_training.presets import PRESETS_DIR, load_preset, load_preset_training
+from mmavsr_training.run import main
 from mmavsr_training.trainer import check_world_size
+from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration, MMAVSRProcessor
+from modeling_mmavsr.configuration_mmavsr import LEGACY_MODALITIES
 
 from .common import StopAt, word_tokenizer
 
-SCRIPT = Path(__file__).resolve().parent.parent / "run_speech_recognition_avsr.py"
 
+SCRIPT = Path(__file__).resolve().parent.parent / "run_speech_recognition_avsr.py"
 
 
 WORDS = ["BIN", "BLUE", "AT", "NOW", "PLACE", "RED", "WITH", "GREEN"]
@@ -207,22 +207,11 @@ def test_seed_encoder_decoder_and_qlora_flags():
     ) == ("vit", "whisper", "llm")
     assert (model_args.fusion_type, model_args.vision_model_name) == ("gated", "v")
     assert (model_args.audio_model_name, model_args.decoder_model_name) == ("a", "d")
-    assert (
-        model_args.unfreeze_vision
-        and model_args.unfreeze_audio
-        and model_args.use_qlora
-    )
+    assert model_args.unfreeze_vision and model_args.unfreeze_audio and model_args.use_qlora
     assert (model_args.qlora_r, model_args.qlora_alpha) == (8, 16)
     overrides = builder.config_overrides(dataclasses.asdict(model_args))
-    assert (
-        overrides["fusion_type"] == "gated"
-        and overrides["use_qlora"]
-        and overrides["qlora_r"] == 8
-    )
-    assert (
-        overrides["freeze_vision_encoder"] is False
-        and overrides["freeze_audio_encoder"] is False
-    )
+    assert overrides["fusion_type"] == "gated" and overrides["use_qlora"] and overrides["qlora_r"] == 8
+    assert overrides["freeze_vision_encoder"] is False and overrides["freeze_audio_encoder"] is False
     assert data_args.output_json == "out.json"
 
 
@@ -265,9 +254,7 @@ def test_arguments_from_json_and_yaml(tmp_path):
         "decode_snr_target": [999999, 0],
     }
     (tmp_path / "args.json").write_text(json.dumps(values))
-    (tmp_path / "args.yaml").write_text(
-        "\n".join(f"{k}: {json.dumps(v)}" for k, v in values.items())
-    )
+    (tmp_path / "args.yaml").write_text("\n".join(f"{k}: {json.dumps(v)}" for k, v in values.items()))
     for name in ("args.json", "args.yaml"):
         model_args, data_args, args = parse_args([str(tmp_path / name)])
         assert (model_args.modality, args.num_train_epochs, args.do_train) == (
@@ -285,23 +272,46 @@ def test_a_presets_training_recipe_is_the_default_and_every_flag_overrides_it(tm
     base = ["--root-dir=d", "--train-file=t.csv", f"--output_dir={tmp_path / 'o'}"]
     _, data_args, args = parse_args(["--config_name=demo-asr-logmel-llm-qlora"] + base)
     assert (args.learning_rate, args.lr_scheduler_type, args.warmup_steps, args.weight_decay, args.max_grad_norm) == (
-        5e-4, "cosine", 0.2, 0.01, 5.0
+        5e-4,
+        "cosine",
+        0.2,
+        0.01,
+        5.0,
     )
     assert args.projector_lr_scale == 10.0
     assert (args.per_device_train_batch_size, args.num_train_epochs, data_args.time_masking) == (8, 1, False)
     _, data_args, args = parse_args(
-        ["--config-name", "demo-avsr-resnet-logmel-llm-qlora", "--lr=1e-3", "--warmup_steps=0", "--max-epochs=3",
-         "--time_masking=true", "--per_device_train_batch_size=2", "--projector_lr_scale=1"] + base
+        [
+            "--config-name",
+            "demo-avsr-resnet-logmel-llm-qlora",
+            "--lr=1e-3",
+            "--warmup_steps=0",
+            "--max-epochs=3",
+            "--time_masking=true",
+            "--per_device_train_batch_size=2",
+            "--projector_lr_scale=1",
+        ]
+        + base
     )
     assert (args.learning_rate, args.warmup_steps, args.num_train_epochs, args.per_device_train_batch_size) == (
-        1e-3, 0, 3, 2
+        1e-3,
+        0,
+        3,
+        2,
     )
     assert args.projector_lr_scale == 1.0
     assert data_args.time_masking and args.lr_scheduler_type == "cosine"  # the rest of the recipe stays
-    (tmp_path / "args.json").write_text(json.dumps(
-        {"config_name": "demo-asr-logmel-llm-qlora", "root_dir": "d", "train_file": "t.csv",
-         "output_dir": str(tmp_path / "o"), "learning_rate": 2e-4}
-    ))
+    (tmp_path / "args.json").write_text(
+        json.dumps(
+            {
+                "config_name": "demo-asr-logmel-llm-qlora",
+                "root_dir": "d",
+                "train_file": "t.csv",
+                "output_dir": str(tmp_path / "o"),
+                "learning_rate": 2e-4,
+            }
+        )
+    )
     _, data_args, args = parse_args([str(tmp_path / "args.json")])
     assert (args.learning_rate, args.warmup_steps, data_args.time_masking) == (2e-4, 0.2, False)
     _, data_args, args = parse_args(["--config_name=demo-asr-resnet1d"] + base)
@@ -355,8 +365,18 @@ def test_the_jobs_training_step_passes_epochs_only_when_given(tmp_path):
     """
     subprocess.run(["bash", "-c", shell], check=True)
     assert (tmp_path / "asr.log").read_text().split() == [
-        "run_speech_recognition_avsr.py", "--config_name", "demo-asr-logmel", "--exp-name", "asr", "--root-dir",
-        "corpus", "--seed", "0", "--train-snr", "999999", "0",
+        "run_speech_recognition_avsr.py",
+        "--config_name",
+        "demo-asr-logmel",
+        "--exp-name",
+        "asr",
+        "--root-dir",
+        "corpus",
+        "--seed",
+        "0",
+        "--train-snr",
+        "999999",
+        "0",
     ]
     assert "--max-epochs 3 --root-dir" in (tmp_path / "vsr.log").read_text()
 
@@ -428,17 +448,13 @@ def test_qlora_flags_reach_the_config():
 
 def test_world_size_flags_that_disagree_with_the_launcher_warn(caplog, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    _, _, args = parse_args(
-        ["--modality", "video", "--test-file", "t", "--gpus", "8", "--num-nodes", "4"]
-    )
+    _, _, args = parse_args(["--modality", "video", "--test-file", "t", "--gpus", "8", "--num-nodes", "4"])
     with caplog.at_level(logging.WARNING, logger="mmavsr_training.trainer"):
         check_world_size(args)
     assert "launched with 1 process(es) on 1 machine(s)" in caplog.text
     assert "torchrun --nnodes 4 --nproc_per_node 8" in caplog.text
     caplog.clear()
-    _, _, args = parse_args(
-        ["--modality", "video", "--test-file", "t", "--gpus", "1", "--num-nodes", "1"]
-    )
+    _, _, args = parse_args(["--modality", "video", "--test-file", "t", "--gpus", "1", "--num-nodes", "1"])
     with caplog.at_level(logging.WARNING, logger="mmavsr_training.trainer"):
         check_world_size(args)
     # (other records may appear: an earlier test's run of the script can leave transformers logging at INFO)
@@ -451,21 +467,12 @@ def test_world_size_flags_that_disagree_with_the_launcher_warn(caplog, monkeypat
 def test_missing_files_and_folders_give_clear_errors(corpus, tmp_path):
     preset = tiny_preset(tmp_path / "p.json", "video")
     flags = common_flags(corpus, tmp_path / "out", preset)
-    with pytest.raises(
-        FileNotFoundError, match="--root-dir .*nowhere: no such directory"
-    ):
-        main(
-            flags + [f"--root-dir={tmp_path / 'nowhere'}", "--test-file=test.csv"]
-        )
+    with pytest.raises(FileNotFoundError, match="--root-dir .*nowhere: no such directory"):
+        main(flags + [f"--root-dir={tmp_path / 'nowhere'}", "--test-file=test.csv"])
     with pytest.raises(FileNotFoundError, match="--test-file missing.csv: not found"):
         main(flags + ["--test-file=missing.csv"])
-    with pytest.raises(
-        FileNotFoundError, match="--pretrained-model-path .*absent: no such model"
-    ):
-        main(
-            flags
-            + ["--test-file=test.csv", f"--pretrained-model-path={tmp_path / 'absent'}"]
-        )
+    with pytest.raises(FileNotFoundError, match="--pretrained-model-path .*absent: no such model"):
+        main(flags + ["--test-file=test.csv", f"--pretrained-model-path={tmp_path / 'absent'}"])
     with pytest.raises(FileNotFoundError, match="--config_name 'no-such-preset'"):
         main(
             [
@@ -474,9 +481,7 @@ def test_missing_files_and_folders_give_clear_errors(corpus, tmp_path):
                 "--test-file=test.csv",
             ]
         )
-    with pytest.raises(
-        FileNotFoundError, match="--noise-file .*none.wav: no such file"
-    ):
+    with pytest.raises(FileNotFoundError, match="--noise-file .*none.wav: no such file"):
         main(
             flags[1:]
             + [
@@ -521,8 +526,14 @@ def test_flags_that_disagree_with_a_saved_model_are_refused_before_loading(tmp_p
             main(flags + [flag])
     # the same choices that agree with the checkpoint pass; --ctc-weight and --unfreeze-* are honoured
     loaded = builder.load_pretrained(
-        audio, {"modality": "audio", "audio_encoder": "resnet1d", "decoder": "transformer", "ctc_weight": 0.5,
-                "unfreeze_audio": True},
+        audio,
+        {
+            "modality": "audio",
+            "audio_encoder": "resnet1d",
+            "decoder": "transformer",
+            "ctc_weight": 0.5,
+            "unfreeze_audio": True,
+        },
     )
     assert (loaded.config.ctc_weight, loaded.config.freeze_audio_encoder) == (0.5, False)
 
@@ -531,23 +542,41 @@ def test_flags_that_disagree_are_a_usage_error_on_the_command_line(tmp_path):
     """As argparse refuses a bad command line: one line on stderr, `PROG: error: ...`, exit status 2, no traceback."""
     audio = save_tiny_model(tmp_path / "audio", "audio")
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), f"--pretrained-model-path={audio}", f"--root-dir={tmp_path}",
-         "--test-file=test.csv", "--modality=video"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        [
+            sys.executable,
+            str(SCRIPT),
+            f"--pretrained-model-path={audio}",
+            f"--root-dir={tmp_path}",
+            "--test-file=test.csv",
+            "--modality=video",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if "error:" in line]
-    assert lines == [f"run_speech_recognition_avsr.py: error: --modality video disagrees with the checkpoint at "
-                     f"{audio} (audio); drop the flag, or start a new model from its weights with --init_from_models or "
-                     "--transfer-frontend."]
+    assert lines == [
+        f"run_speech_recognition_avsr.py: error: --modality video disagrees with the checkpoint at "
+        f"{audio} (audio); drop the flag, or start a new model from its weights with --init_from_models or "
+        "--transfer-frontend."
+    ]
     assert "Traceback" not in done.stderr
 
 
 def test_transfer_flags_and_audio_flags_on_a_video_model_are_refused(corpus, tmp_path):
     video = save_tiny_model(tmp_path / "video", "video")
     with pytest.raises(ValueError, match="--transfer-frontend copies the frontends, --transfer-encoder the whole"):
-        main([f"--pretrained-model-path={video}", "--transfer-frontend", "--transfer-encoder",
-                     f"--root-dir={tmp_path / 'nowhere'}", "--train-file=train.csv"])
+        main(
+            [
+                f"--pretrained-model-path={video}",
+                "--transfer-frontend",
+                "--transfer-encoder",
+                f"--root-dir={tmp_path / 'nowhere'}",
+                "--train-file=train.csv",
+            ]
+        )
     flags = common_flags(corpus, tmp_path / "out", tiny_preset(tmp_path / "p.json", "video"))
     with pytest.raises(ValueError, match="--train-snr 0 999999: noise is added to the audio, and this video model"):
         main(flags + ["--train-file=train.csv", "--train-snr", "0", "999999"])
@@ -591,9 +620,7 @@ def test_train_average_then_evaluate_like_the_seed(corpus, tmp_path, monkeypatch
     assert np.isfinite(results["eval_wer"]) and results["eval_wer"] >= 0
     saved = json.loads((out / "eval_results.json").read_text())
     assert saved["eval_wer"] == pytest.approx(results["eval_wer"])
-    assert list((out / "runs").rglob("events.out.tfevents.*")), (
-        "TensorBoard logs are missing"
-    )
+    assert list((out / "runs").rglob("events.out.tfevents.*")), "TensorBoard logs are missing"
 
     # model_avg_2 is the mean of the last two checkpoints, BatchNorm statistics included
     checkpoints = checkpoint_dirs(out)
@@ -628,9 +655,7 @@ def test_train_average_then_evaluate_like_the_seed(corpus, tmp_path, monkeypatch
     plot = imread(tmp_path / "eval" / "test_wer_table.png")  # the table's plot beside it, a readable PNG
     assert plot.ndim == 3 and plot.shape[0] > 100 and plot.shape[1] > 100
     assert not list((tmp_path / "eval").glob("eval_*"))
-    assert results["test_clean_loss"] != results["test_snr0_loss"], (
-        "the 0 dB condition was not noisier"
-    )
+    assert results["test_clean_loss"] != results["test_snr0_loss"], "the 0 dB condition was not noisier"
     decoded = json.loads(hypotheses.read_text())[0]["conditions"]
     references = [u["reference"] for u in decoded[0]["utterances"]]
     tokenizer = MMAVSRTokenizer.from_auto_avsr()
@@ -662,17 +687,10 @@ def test_video_only_decoding_through_the_trainer(corpus, tmp_path, capsys):
     saved = MMAVSRForConditionalGeneration.from_pretrained(tmp_path / "out")
     tokenizer = MMAVSRProcessor.from_pretrained(tmp_path / "out").tokenizer
     assert saved.config.vocab_size == tokenizer.vocab_size < 40
-    assert (
-        saved.config.text_config.eos_token_id
-        == tokenizer.eos_token_id
-        == tokenizer.vocab_size - 1
-    )
+    assert saved.config.text_config.eos_token_id == tokenizer.eos_token_id == tokenizer.vocab_size - 1
     assert len(tokenizer.tokenize("BLUE AT NOW")) == 3
     assert "WER of video on 2 utterances (test)" in capsys.readouterr().out
-    assert (
-        json.loads((tmp_path / "out" / "test_results.json").read_text())["test_wer"]
-        == results["test_wer"]
-    )
+    assert json.loads((tmp_path / "out" / "test_results.json").read_text())["test_wer"] == results["test_wer"]
 
 
 def tiny_llm_folder(path, lowercase: bool = False) -> str:
@@ -683,8 +701,15 @@ def tiny_llm_folder(path, lowercase: bool = False) -> str:
     tokenizer = word_tokenizer([word.lower() if lowercase else word for word in WORDS])
     tokenizer.save_pretrained(path)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True,
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=True,
     )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(path)
@@ -697,12 +722,18 @@ def test_llm_decoder_trains_its_ctc_head_and_decodes_through_the_script(corpus, 
     units (`ctc_labels` from the collator) or on the LLM's tokens, which joint CTC decoding then also uses."""
     preset = json.loads(Path(tiny_preset(tmp_path / "p.json", "audio")).read_text())
     del preset["text_config"]
-    preset.update(decoder_type="llm", decoder_model_name=tiny_llm_folder(tmp_path / "llm"), ctc_vocabulary=ctc_vocabulary)
+    preset.update(
+        decoder_type="llm", decoder_model_name=tiny_llm_folder(tmp_path / "llm"), ctc_vocabulary=ctc_vocabulary
+    )
     (tmp_path / "p.json").write_text(json.dumps(preset))
     torch.manual_seed(0)
-    initial = MMAVSRForConditionalGeneration.from_pretrained_components(
-        **{k: v for k, v in preset.items() if k != "processor"}
-    ).ctc_head.ctc_lo.weight.detach().clone()
+    initial = (
+        MMAVSRForConditionalGeneration.from_pretrained_components(
+            **{k: v for k, v in preset.items() if k != "processor"}
+        )
+        .ctc_head.ctc_lo.weight.detach()
+        .clone()
+    )
     decoding = ["--decode_ctc_weight=0.4"] if ctc_vocabulary == "decoder" else []
     results = main(
         common_flags(corpus, tmp_path / "out", str(tmp_path / "p.json"))
@@ -733,7 +764,9 @@ def test_audio_visual_model_starts_from_an_audio_and_a_video_model(corpus, tmp_p
         main(
             common_flags(corpus, tmp_path / modality, preset) + ["--train-file=train.csv", "--max_steps=1"] + vocabulary
         )
-    audio, video = (MMAVSRForConditionalGeneration.from_pretrained(tmp_path / m).state_dict() for m in ("audio", "video"))
+    audio, video = (
+        MMAVSRForConditionalGeneration.from_pretrained(tmp_path / m).state_dict() for m in ("audio", "video")
+    )
     sources = [str(tmp_path / "audio"), str(tmp_path / "video")]
     flags = common_flags(corpus, tmp_path / "av", tiny_preset(tmp_path / "av.json", "audiovisual"))
     choices = {"init_from_models": sources}
@@ -777,8 +810,15 @@ def test_validation_wer_during_training_keeps_the_best_checkpoint(corpus, tmp_pa
     weights. Without --val-file it is refused before training (the test split never chooses the model)."""
     out = tmp_path / "out"
     flags = common_flags(corpus, out, tiny_preset(tmp_path / "p.json", "audio")) + [
-        "--train-file=train.csv", "--max_steps=3", "--eval_strategy=steps", "--eval_steps=1", "--save_steps=1",
-        "--metric_for_best_model=wer", "--load_best_model_at_end", "--learning_rate=0.01", "--decode_ctc_weight=0.3",
+        "--train-file=train.csv",
+        "--max_steps=3",
+        "--eval_strategy=steps",
+        "--eval_steps=1",
+        "--save_steps=1",
+        "--metric_for_best_model=wer",
+        "--load_best_model_at_end",
+        "--learning_rate=0.01",
+        "--decode_ctc_weight=0.3",
     ]
     with pytest.raises(ValueError, match="--eval_strategy steps evaluates the model during training on the validation"):
         main(flags + ["--test-file=test.csv"])
@@ -826,14 +866,10 @@ def test_resumed_run_ends_where_an_uninterrupted_run_ends(corpus, tmp_path):
     run(tmp_path / "resumed", callbacks=[StopAt(3)])
     interrupted = load_file(str(tmp_path / "resumed" / "model.safetensors"))
     assert checkpoint_dirs(tmp_path / "resumed")[-1].name == "checkpoint-3"
-    run(
-        tmp_path / "resumed"
-    )  # finds checkpoint-3 in the output folder and resumes from it
+    run(tmp_path / "resumed")  # finds checkpoint-3 in the output folder and resumes from it
     straight = load_file(str(tmp_path / "straight" / "model.safetensors"))
     resumed = load_file(str(tmp_path / "resumed" / "model.safetensors"))
-    assert any(not torch.equal(interrupted[k], resumed[k]) for k in resumed), (
-        "the resumed run did not train"
-    )
+    assert any(not torch.equal(interrupted[k], resumed[k]) for k in resumed), "the resumed run did not train"
     for name, tensor in straight.items():
         torch.testing.assert_close(resumed[name], tensor, atol=1e-6, rtol=0, msg=name)
 
@@ -873,10 +909,7 @@ def test_average_last_checkpoints_loads_into_the_model(tmp_path):
         folder = tmp_path / "out" / f"checkpoint-{step}"
         folder.mkdir(parents=True)
         save_file(
-            {
-                k: v * scale if v.is_floating_point() else v
-                for k, v in model.state_dict().items()
-            },
+            {k: v * scale if v.is_floating_point() else v for k, v in model.state_dict().items()},
             str(folder / "model.safetensors"),
         )
     original = {k: v.clone() for k, v in model.state_dict().items()}

@@ -20,8 +20,8 @@ import torch
 from transformers import pipeline
 
 from mmavsr_processing import MMAVSRProcessor, read_audio, write_audio, write_video
-from modeling_mmavsr import MMAVSRForConditionalGeneration
 from mmavsr_training.presets import build_model_from_preset, load_preset_training
+from modeling_mmavsr import MMAVSRForConditionalGeneration
 
 from .common import tiny_config
 
@@ -146,10 +146,20 @@ def test_importing_the_packages_leaves_the_llm_extra_unloaded_until_a_trainer_ca
 
 # the preset's architecture at test sizes (the released one takes long to build on a busy CPU)
 TINY_SIZES = dict(
-    frontend_channels=4, hidden_size=32, encoder_layers=1, encoder_attention_heads=4, encoder_ffn_dim=64,
+    frontend_channels=4,
+    hidden_size=32,
+    encoder_layers=1,
+    encoder_attention_heads=4,
+    encoder_ffn_dim=64,
     text_config=dict(
-        vocab_size=24, d_model=32, num_hidden_layers=1, decoder_attention_heads=4, decoder_ffn_dim=64,
-        bos_token_id=23, eos_token_id=23, decoder_start_token_id=23,
+        vocab_size=24,
+        d_model=32,
+        num_hidden_layers=1,
+        decoder_attention_heads=4,
+        decoder_ffn_dim=64,
+        bos_token_id=23,
+        eos_token_id=23,
+        decoder_start_token_id=23,
     ),
 )
 WHEEL_USER_CODE = """

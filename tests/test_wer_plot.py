@@ -16,8 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def rows(wers: dict) -> list[dict]:
-    return [{"snr": snr, "condition": "clean" if snr >= 999999 else f"snr{snr:g}", "wer": wer, "utterances": 10}
-            for snr, wer in wers.items()]
+    return [
+        {"snr": snr, "condition": "clean" if snr >= 999999 else f"snr{snr:g}", "wer": wer, "utterances": 10}
+        for snr, wer in wers.items()
+    ]
 
 
 # matplotlib's first two line colours (C0 blue, C1 orange)
@@ -53,7 +55,9 @@ def test_wer_summary_prints_the_table_and_writes_the_plot(tmp_path):
         (tmp_path / run / "test_wer_table.json").write_text(json.dumps(rows(wers)))
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "wer_summary.py"), str(tmp_path), "asr", "avsr"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "| asr | 8.1 | 72.4 | 10 |" in result.stdout and "| avsr | 12.9 | 16.2 | 10 |" in result.stdout
     assert imread(tmp_path / "wer_vs_snr.png").shape[0] > 300
@@ -67,7 +71,9 @@ def test_wer_over_seeds_prints_mean_and_spread_per_model(tmp_path):
     script = str(ROOT / "scripts" / "wer_over_seeds.py")
     result = subprocess.run(
         [sys.executable, script, "--runs=asr", *(str(tmp_path / job) for job in seeds)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "| model | clean | snr0 |" in result.stdout
     assert "| asr | 8.0 ± 2.0 (6.0-10.0) | 72.0 ± 2.0 (70.0-74.0) |" in result.stdout
