@@ -555,7 +555,8 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
             model_inputs.update(self.video_processor(frames, return_tensors="pt"))
         if audio is not None:
             if len(audio) == 0:
-                raise MediaError(f"{source}: the audio holds no sample")
+                what = "the audio file" if os.path.isfile(source) else "the audio"
+                raise MediaError(f"{source}: {what} holds no sample")
             model_inputs.update(
                 self.feature_extractor(
                     audio, sampling_rate=self._sampling_rate, return_tensors="pt", return_attention_mask=True

@@ -320,7 +320,11 @@ def probe_media(path: str | os.PathLike) -> MediaInfo:
         if info is not None:
             seconds = info.frames / info.samplerate
             return MediaInfo(str(path), seconds, audio_duration=seconds)
-    with _open_container(path, "the file") as container:
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        opened = _open_container(path, "video")
+    else:  # an audio file libsndfile does not read: FFmpeg's turn, worded as `read_audio` words it
+        opened = open_container(path, lambda error: f"{path}: cannot read audio ({type(error).__name__}: {error})")
+    with opened as container:
         video = container.streams.video[0] if container.streams.video else None
         audio = container.streams.audio[0] if container.streams.audio else None
         if video is None and audio is None:

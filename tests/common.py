@@ -1,5 +1,7 @@
 """A tester in the spirit of transformers' ModelTesterMixin: tiny configs and real inputs for every modality."""
 
+import subprocess
+
 import torch
 from transformers import TrainerCallback
 
@@ -108,3 +110,10 @@ def word_tokenizer(words):
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocabulary)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+def write_rotated_copy(source, target, degrees: int = 90) -> None:
+    """Copy the mp4 `source` to `target` with a display matrix that turns it by `degrees` (as a phone stores a video:
+    the frames as recorded, the rotation in the container), with Debian's ffmpeg and no re-encoding."""
+    command = ["ffmpeg", "-loglevel", "error", "-y", "-i", str(source), "-c", "copy"]
+    subprocess.run([*command, "-metadata:s:v:0", f"rotate={degrees}", str(target)], check=True)

@@ -1,7 +1,6 @@
 """Reading and writing mp4/wav files: round trips on real files and clear errors on bad ones; frame-rate conversion
 to 25 fps (constant and variable rates), audio fitted to the video, audio tracks of videos, rotated containers."""
 
-import subprocess
 from fractions import Fraction
 
 import av
@@ -22,6 +21,8 @@ from mmavsr_processing.media_io import (
     write_audio,
     write_video,
 )
+
+from .common import write_rotated_copy
 
 
 def _moving_square(num_frames=12, size=64):
@@ -306,22 +307,8 @@ def test_the_containers_rotation_is_applied(tmp_path, monkeypatch, decoder):
     upright = np.zeros((3, 48, 64, 3), np.uint8)
     upright[:, :8, :16] = 255  # a white patch in the top-left corner of a landscape frame
     write_video(tmp_path / "stored.mp4", np.ascontiguousarray(np.rot90(upright, k=-1, axes=(1, 2))))
-    subprocess.run(  # as a phone stores it: the frames as recorded, and a display matrix that turns them
-        [
-            "ffmpeg",
-            "-loglevel",
-            "error",
-            "-y",
-            "-i",
-            str(tmp_path / "stored.mp4"),
-            "-c",
-            "copy",
-            "-metadata:s:v:0",
-            "rotate=90",
-            str(tmp_path / "rotated.mp4"),
-        ],
-        check=True,
-    )
+    # as a phone stores it: the frames as recorded, and a display matrix that turns them
+    write_rotated_copy(tmp_path / "stored.mp4", tmp_path / "rotated.mp4")
     frames, _ = read_video(tmp_path / "rotated.mp4")
     assert frames.shape == (3, 48, 64, 3)
     assert frames[:, :8, :16].mean() > 200 and frames[:, -8:, -16:].mean() < 50

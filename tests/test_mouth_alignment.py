@@ -6,7 +6,6 @@ The face is scikit-image's `astronaut()` photograph moved, rotated and scaled fr
 
 import importlib.util
 import runpy
-import subprocess
 import warnings
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from mmavsr_processing.mouth_alignment import (
     smooth_keypoints,
 )
 
+from .common import write_rotated_copy
 from .face_video import moving_face_clip
 
 
@@ -255,22 +255,7 @@ def test_container_rotation_metadata_is_honoured(tmp_path, cropper):
     sideways = np.ascontiguousarray(np.rot90(frames, k=-1, axes=(1, 2)))  # stored turned a quarter clockwise
     write_video(tmp_path / "stored.mp4", sideways)
     # a phone's way: the frames stay as recorded, a display matrix says how to turn them
-    subprocess.run(
-        [
-            "ffmpeg",
-            "-loglevel",
-            "error",
-            "-y",
-            "-i",
-            str(tmp_path / "stored.mp4"),
-            "-c",
-            "copy",
-            "-metadata:s:v:0",
-            "rotate=90",
-            str(tmp_path / "rotated.mp4"),
-        ],
-        check=True,
-    )
+    write_rotated_copy(tmp_path / "stored.mp4", tmp_path / "rotated.mp4")
     upright, _ = read_video(tmp_path / "upright.mp4")
     shown, _ = read_video(tmp_path / "rotated.mp4")
     assert shown.shape == upright.shape == (10, 240, 320, 3)
