@@ -62,8 +62,9 @@ SEGMENTATION_MODES = ("auto", "vad", "windows", "off")
 
 
 def collate_segments(items: list[dict]) -> dict:
-    """A batch of the pipeline's segments: tensors zero-padded along time (axis 1 of videos `(1, T, C, H, W)`, the
-    last axis of waves, log-mels and masks) and stacked; other values listed."""
+    """A batch of the pipeline's segments: tensors zero-padded along time, whichever axis it is (videos `(1, T, C, H,
+    W)`, waves and masks `(1, S)`, log-mels `(1, T, mels)`: every axis after the first is padded to the longest) and
+    stacked; other values listed."""
     keys = set(items[0])
     if any(set(item) != keys for item in items):
         raise ValueError(f"segments with different inputs cannot be batched: {[sorted(item) for item in items]}")
@@ -73,11 +74,10 @@ def collate_segments(items: list[dict]) -> dict:
         if not isinstance(values[0], torch.Tensor):
             batch[key] = values
             continue
-        axis = 1 if values[0].dim() == 5 else values[0].dim() - 1
-        longest = max(value.shape[axis] for value in values)
+        longest = [max(value.shape[axis] for value in values) for axis in range(values[0].dim())]
         padded = []
         for value in values:
-            widths = [0, 0] * (value.dim() - 1 - axis) + [0, longest - value.shape[axis]]
+            widths = [w for axis in reversed(range(1, value.dim())) for w in (0, longest[axis] - value.shape[axis])]
             padded.append(torch.nn.functional.pad(value, widths))
         batch[key] = torch.cat(padded, dim=0)
     return batch
