@@ -132,6 +132,14 @@ class DataTrainingArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training clips."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation clips."})
     time_masking: bool = field(default=True, metadata={"help": "auto_avsr's adaptive time masks in training."})
+    boundary_jitter_s: float = field(
+        default=0.0,
+        metadata={
+            "help": "Move each training clip's start and end by up to this many seconds (trim, or add silence and "
+            "still frames), the same in audio and video, so that the model transcribes segments cut from long "
+            "recordings (0: off, auto_avsr's recipe; the demo presets use 0.2)."
+        },
+    )
     train_snr: list[float] | None = field(
         default=None,
         metadata={

@@ -55,6 +55,8 @@ def check_dataset_flags(data_args) -> None:
             "--cache_clips keeps a map-style training set's clips in memory; a stream (--streaming) "
             "is read once per pass: drop one of them."
         )
+    if not data_args.boundary_jitter_s >= 0:
+        raise ValueError(f"--boundary_jitter_s must be a number of seconds >= 0, got {data_args.boundary_jitter_s}.")
 
 
 def load_label_splits(data_args, training_args) -> dict[str, datasets.Dataset]:

@@ -151,13 +151,16 @@ def main(argv: list[str] | None = None, callbacks: list[TrainerCallback] | None 
     noise = noise_for_run(data_args, training_args, splits, modalities)
     train_collator = train_dataset = None
     if "train" in splits:
-        augmentations = training_augmentations(modalities, data_args.time_masking, data_args.train_snr, noise)
+        augmentations = training_augmentations(
+            modalities, data_args.time_masking, data_args.train_snr, noise, data_args.boundary_jitter_s
+        )
         train_collator = SeededCollator(
             MMAVSRDataCollator(
                 processor,
                 training=True,
                 video_augmentation=augmentations["video"],
                 audio_augmentation=augmentations["audio"],
+                clip_augmentation=augmentations["clip"],
                 modalities=modalities,
                 ctc_tokenizer=ctc_tokenizer,
             ),

@@ -237,7 +237,8 @@ class SeededCollator:
         self.epoch = 0
 
     def _augmentations(self):
-        for group in (self.collator.video_augmentation, self.collator.audio_augmentation):
+        collator = self.collator
+        for group in (collator.video_augmentation, collator.audio_augmentation, collator.clip_augmentation):
             yield from group or []
 
     def __call__(self, rows):

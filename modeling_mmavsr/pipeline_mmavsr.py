@@ -28,6 +28,7 @@ from transformers.pipelines.automatic_speech_recognition import AutomaticSpeechR
 from mmavsr_processing.long_form import (
     DEFAULT_MAX_SEGMENT_S,
     DEFAULT_MIN_PAUSE_S,
+    DEFAULT_SPEECH_PAD_S,
     Recording,
     SpeechDetector,
     cut_ranges,
@@ -153,7 +154,9 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
           one is cut at pauses when it has sound (`"vad"`), in overlapping windows when it has none (`"windows"`);
         - `"vad"`: speech regions found by silero-vad on the sound (also for a lip-reading model, when the video has
           sound), split at pauses of at least `min_pause_s` (0.2 s) and again at their longest pause when longer
-          than `max_segment_s`; silence between them is not transcribed;
+          than `max_segment_s`, each widened by `speech_pad_s` of the sound around it (SPEECHPAD s: the lead-in a
+          model trained on clips expects; chosen on validation data, docs/transcribe.md); silence between them is
+          not transcribed;
         - `"windows"`: windows of `chunk_length_s` (default `max_segment_s`) overlapping by `stride_length_s` on each
           side (default a sixth of a window); the transcripts of neighbouring windows are joined where they repeat
           each other (`long_form.overlap_start`). Giving `chunk_length_s` chooses this mode;
@@ -213,6 +216,7 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         segmentation=None,
         max_segment_s=None,
         min_pause_s=None,
+        speech_pad_s=None,
         progress=None,
         return_timestamps=None,
         **kwargs,
@@ -233,6 +237,10 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
                 if not isinstance(value, (int, float)) or value <= 0:
                     raise ValueError(f"{name} must be a positive number of seconds, got {value!r}.")
                 preprocess_params[name] = float(value)
+        if speech_pad_s is not None:
+            if not isinstance(speech_pad_s, (int, float)) or speech_pad_s < 0:
+                raise ValueError(f"speech_pad_s must be a number of seconds >= 0, got {speech_pad_s!r}.")
+            preprocess_params["speech_pad_s"] = float(speech_pad_s)
         if progress is not None:
             preprocess_params["progress"] = bool(progress)
         if return_timestamps is not None:
@@ -358,6 +366,7 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         segmentation="auto",
         max_segment_s=DEFAULT_MAX_SEGMENT_S,
         min_pause_s=DEFAULT_MIN_PAUSE_S,
+        speech_pad_s=DEFAULT_SPEECH_PAD_S,
         progress=False,
     ):
         config = self._config
@@ -399,7 +408,7 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
                     f"chunk_length_s={window_s:g} is longer than this model takes in one piece ({limit:g} s)."
                 )
             yield from self._segments(
-                recording, mode, window_s, stride_s, max_segment_s, min_pause_s, crop_mouth, progress
+                recording, mode, window_s, stride_s, (max_segment_s, min_pause_s, speech_pad_s), crop_mouth, progress
             )
 
     def _max_piece_seconds(self) -> float | None:
@@ -476,8 +485,9 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
             )
         return segmentation
 
-    def _segments(self, recording, mode, window_s, stride_s, max_segment_s, min_pause_s, crop_mouth, progress):
-        """The model inputs of each segment of a long recording, read in pieces (see the class docstring)."""
+    def _segments(self, recording, mode, window_s, stride_s, vad_settings, crop_mouth, progress):
+        """The model inputs of each segment of a long recording, read in pieces (see the class docstring).
+        `vad_settings`: (max_segment_s, min_pause_s, speech_pad_s) of `long_form.speech_segments`."""
         from tqdm.auto import tqdm
 
         from mmavsr_processing.processing_mmavsr import AV_DURATION_TOLERANCE, check_av_durations
@@ -504,7 +514,10 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
             if self._speech_detector is None:
                 self._speech_detector = SpeechDetector()
             probabilities = self._speech_detector.probabilities(counting(recording.audio_blocks()), rate)
-            speech = speech_segments(probabilities, counted[0], max_segment_s, min_pause_s, sampling_rate=rate)
+            max_segment_s, min_pause_s, pad_s = vad_settings
+            speech = speech_segments(
+                probabilities, counted[0], max_segment_s, min_pause_s, pad_s=pad_s, sampling_rate=rate
+            )
             ranges = frame_aligned(speech, total) if recording.has_video else speech
             overlap = 0
         else:

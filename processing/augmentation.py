@@ -1,4 +1,5 @@
-"""Augmentation for training and for noisy evaluation: adaptive time masking and additive noise at an exact SNR."""
+"""Augmentation for training and for noisy evaluation: adaptive time masking, additive noise at an exact SNR, and
+clip boundaries moved at random (the same in every modality)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .media_constants import SAMPLING_RATE, VIDEO_FPS
+from .media_constants import SAMPLES_PER_FRAME, SAMPLING_RATE, VIDEO_FPS
 from .media_io import read_audio
 
 
 __all__ = [
     "CLEAN_SNR",
+    "BoundaryJitter",
     "TimeMask",
     "AddNoise",
     "make_babble",
@@ -73,6 +75,60 @@ class TimeMask:
             start = int(self.generator.integers(0, length - width))
             masked[start : start + width] = 0
         return _like(masked, was_torch)
+
+
+class BoundaryJitter:
+    """Moves a clip's start and its end, each by a whole number of 25 fps frames drawn uniformly from
+    `[-max_frames, max_frames]`, the same in every modality: a negative draw trims frames (video) and their
+    `SAMPLES_PER_FRAME` samples each (audio); a positive one adds frames, copies of the edge frame, and silence.
+
+    A model trained only on clips cut the same way (e.g. a speech synthesizer's fixed lead-in) learns that cut: fed a
+    segment that a voice-activity detector cut from a long recording, it loses the first and last words. Trims keep
+    at least half of the clip (at most a quarter from each end). Called on a clip dict (`video`: `(T, C, H, W)`
+    tensor or array, `audio`: wave `(S,)`; either may be absent) and returns a new dict. `seed` (or the `generator`
+    attribute) makes the draws repeatable."""
+
+    def __init__(self, max_frames: int, seed: int | None = None):
+        if max_frames < 0:
+            raise ValueError(f"max_frames must be >= 0, got {max_frames}")
+        self.max_frames = max_frames
+        self.generator = np.random.default_rng(seed)
+
+    @classmethod
+    def from_seconds(cls, max_shift_s: float, seed: int | None = None) -> BoundaryJitter:
+        """Up to `max_shift_s` seconds at each end, rounded to whole frames."""
+        if max_shift_s < 0:
+            raise ValueError(f"the boundary jitter must be >= 0 seconds, got {max_shift_s}")
+        return cls(int(round(max_shift_s * VIDEO_FPS)), seed=seed)
+
+    def __call__(self, clip: dict) -> dict:
+        video, audio = clip.get("video"), clip.get("audio")
+        if video is None and audio is None:
+            return clip
+        frames = len(video) if video is not None else len(audio) // SAMPLES_PER_FRAME
+        shifts = self.generator.integers(-self.max_frames, self.max_frames + 1, size=2)
+        # a trim takes at most a quarter of the clip from each end
+        head, tail = (int(max(shift, -(frames // 4))) for shift in shifts)
+        clip = dict(clip)
+        if video is not None:
+            clip["video"] = _moved_edges(video, head, tail, 1, edge_copies=True)
+        if audio is not None:
+            clip["audio"] = _moved_edges(audio, head, tail, SAMPLES_PER_FRAME, edge_copies=False)
+        return clip
+
+
+def _moved_edges(x, head: int, tail: int, unit: int, edge_copies: bool):
+    """`x` (time first) with `head` / `tail` frames of `unit` steps added (> 0) or removed (< 0) at its start / end;
+    added steps repeat the edge (`edge_copies`) or are zeros."""
+    array, was_torch = _to_numpy(x)
+    array = array[max(-head, 0) * unit : len(array) - max(-tail, 0) * unit]
+
+    def filler(count: int, edge: np.ndarray) -> np.ndarray:
+        edge = edge if edge_copies else np.zeros_like(edge)
+        return np.repeat(edge, max(count, 0) * unit, axis=0)
+
+    moved = np.concatenate([filler(head, array[:1]), array, filler(tail, array[-1:])])
+    return _like(moved, was_torch)
 
 
 def snr_db(clean: np.ndarray, noisy: np.ndarray) -> float:
@@ -166,9 +222,14 @@ def make_babble(
 
 
 def training_augmentations(
-    modalities, time_masking: bool = True, train_snr: Sequence[float] | None = None, noise=None
+    modalities,
+    time_masking: bool = True,
+    train_snr: Sequence[float] | None = None,
+    noise=None,
+    boundary_jitter_s: float = 0.0,
 ) -> dict[str, list | None]:
-    """The collator's augmentations of a training run, by modality (`video_augmentation` / `audio_augmentation`):
+    """The collator's augmentations of a training run: `clip` (`clip_augmentation`: a [`BoundaryJitter`] of up to
+    `boundary_jitter_s` seconds when it is > 0), then by modality (`video_augmentation` / `audio_augmentation`):
     auto_avsr's time masks of each modality read (with `time_masking`), then noise at an SNR drawn from `train_snr`
     added to the audio (`noise` as in [`AddNoise`]); None where there is none."""
     masks = {
@@ -179,4 +240,6 @@ def training_augmentations(
     }
     if train_snr and "audio" in modalities:
         masks["audio"].append(AddNoise(train_snr, noise=noise))
-    return {modality: augmentations or None for modality, augmentations in masks.items()}
+    augmentations = {modality: augmentations or None for modality, augmentations in masks.items()}
+    augmentations["clip"] = [BoundaryJitter.from_seconds(boundary_jitter_s)] if boundary_jitter_s > 0 else None
+    return augmentations

@@ -156,6 +156,9 @@ class MMAVSRDataCollator:
     Args:
         processor: the processor making the batch.
         training: random video crops instead of centre crops.
+        clip_augmentation: callable(s) applied in order to each clip dict (`video` a tensor `(T, C, H, W)`, `audio` a
+            wave) before the per-modality ones, for changes that must agree across modalities, e.g.
+            `BoundaryJitter.from_seconds(0.2)`.
         video_augmentation: callable(s) applied in order to each clip as a uint8 tensor `(T, C, H, W)` before
             processing, e.g. `TimeMask.for_video()` (masked frames become black, as in auto_avsr).
         audio_augmentation: callable(s) applied in order to each float32 wave `(S,)` before feature extraction,
@@ -173,6 +176,7 @@ class MMAVSRDataCollator:
     audio_augmentation: Augmentation | None = None
     modalities: tuple[str, ...] = field(default=("video", "audio"))
     ctc_tokenizer: Any = None
+    clip_augmentation: Augmentation | None = None
 
     def __post_init__(self):
         unknown = set(self.modalities) - {"video", "audio"}
@@ -191,6 +195,7 @@ class MMAVSRDataCollator:
             raise ValueError(f"rows carry none of the modalities {self.modalities} (keys: {sorted(rows[0])})")
 
         clips = [read_clip(row, self.processor, self.modalities, index) for index, row in enumerate(rows)]
+        clips = [_apply(self.clip_augmentation, clip) for clip in clips]
         inputs = {}
         if "video" in wanted:
             inputs["videos"] = [_apply(self.video_augmentation, clip["video"]) for clip in clips]

@@ -31,6 +31,7 @@ from .media_io import iter_audio_blocks, iter_video_frames, probe_media, resampl
 __all__ = [
     "DEFAULT_MAX_SEGMENT_S",
     "DEFAULT_MIN_PAUSE_S",
+    "DEFAULT_SPEECH_PAD_S",
     "Recording",
     "SpeechDetector",
     "cut_ranges",
@@ -43,7 +44,7 @@ __all__ = [
 DEFAULT_MAX_SEGMENT_S = 20.0
 DEFAULT_MIN_PAUSE_S = 0.2
 # the silence kept on each side of a speech region (silero's `speech_pad_ms`)
-SPEECH_PAD_S = 0.1
+DEFAULT_SPEECH_PAD_S = 0.1
 # silero-vad scores 512-sample windows at 16 kHz
 VAD_WINDOW = 512
 VAD_RATE = 16000
@@ -249,7 +250,7 @@ def speech_segments(
     max_segment_s: float = DEFAULT_MAX_SEGMENT_S,
     min_pause_s: float = DEFAULT_MIN_PAUSE_S,
     threshold: float = 0.5,
-    pad_s: float = SPEECH_PAD_S,
+    pad_s: float = DEFAULT_SPEECH_PAD_S,
     sampling_rate: int = VAD_RATE,
 ) -> list[tuple[int, int]]:
     """Speech regions `[start, stop)` in samples, from [`SpeechDetector.probabilities`]: split at pauses of at least

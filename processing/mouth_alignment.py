@@ -11,20 +11,17 @@ video_process.py` (mpc001/auto_avsr), in the same order and with the same number
 4. The 96x96 patch centred on the aligned mouth keypoint is cut out. A mouth more than 48 + 5 pixels from the aligned
    image's centre (auto_avsr's "too much bias") is refused with [`MouthCropError`].
 
-The mean face is auto_avsr's `20words_mean_face.npy` (68 landmarks in a 256x256 frame, Apache-2.0), stored in
-`assets/`.
+The mean face is auto_avsr's `20words_mean_face.npy` (68 landmarks in a 256x256 frame, Apache-2.0), written out as
+data in `mean_face_20words.py` (a Python module, so that exported model folders carry it).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 
 
 __all__ = [
     "KEYPOINT_NAMES",
-    "MEAN_FACE_FILE",
     "MeanFaceAligner",
     "MouthCropError",
     "fill_missing_keypoints",
@@ -33,7 +30,6 @@ __all__ = [
     "smooth_keypoints",
 ]
 
-MEAN_FACE_FILE = Path(__file__).resolve().parent / "assets" / "20words_mean_face.npy"
 # the four points per frame, in auto_avsr's order, and the mean-face landmarks (of 68) each one is the mean of
 KEYPOINT_NAMES = ("right eye", "left eye", "nose tip", "mouth centre")
 _MEAN_FACE_GROUPS = (slice(36, 42), slice(42, 48), slice(31, 36), slice(48, 68))
@@ -56,14 +52,14 @@ def import_cv2():
     return cv2
 
 
-def mean_face_keypoints(path: str | Path = MEAN_FACE_FILE) -> np.ndarray:
-    """The mean face's four keypoints, float64 `(4, 2)` (x, y in a 256x256 frame), in `KEYPOINT_NAMES` order."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: auto_avsr's mean face (20words_mean_face.npy) is missing")
-    landmarks = np.load(path, allow_pickle=False)
+def mean_face_keypoints(landmarks=None) -> np.ndarray:
+    """The mean face's four keypoints, float64 `(4, 2)` (x, y in a 256x256 frame), in `KEYPOINT_NAMES` order: the
+    means of the landmark groups of `landmarks` (68 (x, y) pairs; default auto_avsr's, `mean_face_20words`)."""
+    if landmarks is None:
+        from .mean_face_20words import LANDMARKS as landmarks
+    landmarks = np.asarray(landmarks, dtype=np.float64)
     if landmarks.shape != (68, 2):
-        raise ValueError(f"{path}: expected 68 landmarks (68, 2), got shape {landmarks.shape}")
+        raise ValueError(f"a mean face has 68 landmarks (68, 2), got shape {landmarks.shape}")
     return np.stack([landmarks[group].mean(axis=0) for group in _MEAN_FACE_GROUPS])
 
 

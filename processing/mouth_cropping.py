@@ -24,7 +24,7 @@ from typing import Protocol
 import numpy as np
 
 from .mediapipe_detector import CROP_EXTRA, MediapipeFaceDetector
-from .mouth_alignment import MEAN_FACE_FILE, MeanFaceAligner, MouthCropError, fill_missing_keypoints, import_cv2
+from .mouth_alignment import MeanFaceAligner, MouthCropError, fill_missing_keypoints, import_cv2
 
 
 __all__ = [
@@ -65,12 +65,9 @@ def default_detector() -> str:
     """`"mediapipe"` when the `crop` extra is installed, else `"haar"`, warning once per process that the Haar
     fallback crops unlike auto_avsr and naming the extra."""
     global _fallback_warned
-    if importlib.util.find_spec("mediapipe") is None:
-        missing = "mediapipe is not installed"
-    elif not MEAN_FACE_FILE.is_file():
-        missing = f"auto_avsr's mean face {MEAN_FACE_FILE} is missing (exported model folders carry no data files)"
-    else:
+    if importlib.util.find_spec("mediapipe") is not None:
         return "mediapipe"
+    missing = "mediapipe is not installed"
     if not _fallback_warned:
         _fallback_warned = True
         warnings.warn(

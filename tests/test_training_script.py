@@ -582,6 +582,8 @@ def test_transfer_flags_and_audio_flags_on_a_video_model_are_refused(corpus, tmp
         main(flags + ["--train-file=train.csv", "--train-snr", "0", "999999"])
     with pytest.raises(ValueError, match="--noise-file .*noise.wav: noise is added to the audio, and this video"):
         main(flags + ["--test-file=test.csv", f"--noise-file={tmp_path / 'noise.wav'}"])
+    with pytest.raises(ValueError, match="--boundary_jitter_s must be a number of seconds >= 0, got -0.1"):
+        main(flags + ["--train-file=train.csv", "--boundary_jitter_s=-0.1"])
     assert not (tmp_path / "out").exists(), "a refused run must not start training"
     # the same flags on a model with audio are taken
     for modality in ("audio", "audiovisual"):
@@ -612,6 +614,7 @@ def test_train_average_then_evaluate_like_the_seed(corpus, tmp_path, monkeypatch
             "--train-snr",
             "0",
             "999999",
+            "--boundary_jitter_s=0.2",
             "--per_device_train_batch_size=2",
             "--generation_num_beams=2",
             "--disable_tqdm=true",
