@@ -154,7 +154,7 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
           one is cut at pauses when it has sound (`"vad"`), in overlapping windows when it has none (`"windows"`);
         - `"vad"`: speech regions found by silero-vad on the sound (also for a lip-reading model, when the video has
           sound), split at pauses of at least `min_pause_s` (0.2 s) and again at their longest pause when longer
-          than `max_segment_s`, each widened by `speech_pad_s` of the sound around it (SPEECHPAD s: the lead-in a
+          than `max_segment_s`, each widened by `speech_pad_s` of the sound around it (0.2 s: the lead-in a
           model trained on clips expects; chosen on validation data, docs/transcribe.md); silence between them is
           not transcribed;
         - `"windows"`: windows of `chunk_length_s` (default `max_segment_s`) overlapping by `stride_length_s` on each

@@ -44,7 +44,7 @@ __all__ = [
 DEFAULT_MAX_SEGMENT_S = 20.0
 DEFAULT_MIN_PAUSE_S = 0.2
 # the silence kept on each side of a speech region (silero's `speech_pad_ms`)
-DEFAULT_SPEECH_PAD_S = 0.1
+DEFAULT_SPEECH_PAD_S = 0.2
 # silero-vad scores 512-sample windows at 16 kHz
 VAD_WINDOW = 512
 VAD_RATE = 16000

@@ -27,6 +27,7 @@ from mmavsr_processing import (
     write_video,
 )
 from mmavsr_processing.mouth_alignment import (
+    MOUTH,
     MeanFaceAligner,
     fill_missing_keypoints,
     mean_face_keypoints,
@@ -124,6 +125,43 @@ def test_a_face_turned_up_to_45_degrees_is_aligned(cropper, angle):
     assert np.abs(turned_angle - upright_angle).max() < 8
     assert np.abs(turned_scale / upright_scale - 1).max() < 0.2
     assert np.abs(turned_mouth - upright_mouth).max() < 12  # pixels of the 256x256 aligned image (crop: 96)
+    assert cropper(turned).shape == (4, 96, 96)
+
+
+def turned_towards_profile(frames: np.ndarray, yaw: float, distance: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """The frames' picture plane turned by `yaw` degrees about the vertical line through the frame's centre and seen
+    by a pinhole camera `distance` frame widths away (one side recedes and shrinks): a head turn towards profile, as
+    far as a photograph allows (no part of the face hides another). Returns the frames and the 3x3 homography."""
+    size = frames.shape[2]
+    focal, centre, radians = distance * size, size / 2, np.radians(yaw)
+    turn = np.array([[focal * np.cos(radians), 0, 0], [0, focal, 0], [np.sin(radians), 0, focal]])
+    to_centre = np.array([[1, 0, -centre], [0, 1, -centre], [0, 0, 1.0]])
+    homography = np.linalg.inv(to_centre) @ turn @ to_centre
+    homography /= homography[2, 2]
+    warp = [cv2.warpPerspective(f, homography, (size, size), borderMode=cv2.BORDER_REFLECT_101) for f in frames]
+    return np.stack(warp), homography
+
+
+@pytest.mark.parametrize("yaw", [-45, 30, 45])
+def test_a_head_turned_towards_profile_is_aligned(cropper, yaw):
+    frames, matrices = moving_face_clip(4, size=(320, 320), max_angle=0, max_zoom=0, max_shift=0)
+    mouth = matrices[0, :, :2] @ ASTRONAUT_MOUTH + matrices[0, :, 2]  # in the upright frames
+    turned, homography = turned_towards_profile(frames, yaw)
+    turned_mouth = homography @ np.append(mouth, 1.0)
+    turned_mouth = turned_mouth[:2] / turned_mouth[2]
+
+    def aligned_mouth(frames, mouth):
+        keypoints = cropper.keypoints(frames)
+        transforms = cropper.aligner.transforms(keypoints)
+        return keypoints[:, MOUTH], transforms[:, :, :2] @ mouth + transforms[:, :, 2]
+
+    keypoints, aligned = aligned_mouth(turned, turned_mouth)
+    _, upright = aligned_mouth(frames, mouth)
+    eyes = [np.hypot(*(k[:, 0] - k[:, 1]).T).mean() for k in (cropper.keypoints(turned), cropper.keypoints(frames))]
+    assert eyes[0] < 0.97 * eyes[1], "the eyes come closer together as the head turns"  # 30 degrees: 0.95
+    assert np.hypot(*(keypoints - turned_mouth).T).max() < 8  # mediapipe still finds the mouth (face ~110 px wide)
+    # the mouth lands where it lands for the upright face: the 96x96 crop is centred on it
+    assert np.hypot(*(aligned - upright).T).max() < 12
     assert cropper(turned).shape == (4, 96, 96)
 
 
