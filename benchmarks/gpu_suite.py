@@ -9,7 +9,8 @@ Rows (random weights everywhere; nothing is downloaded):
   start from the same weights). Batch `--train-batch` x `--train-seconds` (default 16 x 4 s = 1600 frames, auto_avsr's
   default `--max-frames`), median of `--train-steps` steps after `--train-warmup`. On CUDA both sides run under bf16
   autocast (`--precision`); MMAVSR's attention is SDPA (`attn_implementation="sdpa"`), auto_avsr's attention is its
-  own matmul + softmax (its code has no SDPA path; nothing of it is patched). Goal: MMAVSR at least 1.5x auto_avsr.
+  own matmul + softmax (its code has no SDPA path; nothing of it is patched); both use AdamW with auto_avsr's betas
+  and weight decay, neither auto_avsr's Lightning gradient clipping. Goal: MMAVSR at least 1.5x auto_avsr.
   Without a checkout the row says that auto_avsr was not run and gives MMAVSR's figure alone.
 - decoding: beam search (`--beam`, default 40) with joint CTC scoring (`--ctc-weight` 0.1) of `--utterances` (1,321,
   the size of LRS3's test set) video utterances at the released VSR size, batches of `--decode-batch-size` (longest
