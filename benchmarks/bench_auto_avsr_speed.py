@@ -133,16 +133,26 @@ def decode_ours(model, modality, x, beam, ctc_weight):
     return [t for t in generated[0, 1:].tolist() if t not in (EOS, 0)]
 
 
-def train_step_reference(reference, modality, x, labels):
-    lengths = torch.full((x.shape[0],), x.shape[1] if modality == "video" else x.shape[1], dtype=torch.long)
+def reference_loss(reference, modality, x, labels):
+    """auto_avsr's training loss of a batch (its own forward: CTC + label-smoothed attention loss)."""
+    lengths = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
     inputs = x if modality == "video" else x.unsqueeze(-1)
     loss, _, _, _ = reference(inputs, lengths, labels.masked_fill(labels == -100, -1))
-    loss.backward()
+    return loss
+
+
+def ours_loss(model, modality, x, labels):
+    """MMAVSR's training loss of the same batch (labels end with eos, as the collator builds them)."""
+    with_eos = torch.cat([labels, torch.full((labels.shape[0], 1), EOS, device=labels.device)], dim=1)
+    return model(**model_inputs(modality, x), labels=with_eos).loss
+
+
+def train_step_reference(reference, modality, x, labels):
+    reference_loss(reference, modality, x, labels).backward()
 
 
 def train_step_ours(model, modality, x, labels):
-    with_eos = torch.cat([labels, torch.full((labels.shape[0], 1), EOS)], dim=1)
-    model(**model_inputs(modality, x), labels=with_eos).loss.backward()
+    ours_loss(model, modality, x, labels).backward()
 
 
 def main():

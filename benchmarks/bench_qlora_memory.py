@@ -58,26 +58,32 @@ LLAMA_7B = dict(
 )
 
 
-def build(mode: str):
+def build(mode: str, device: str | torch.device = "cuda", text_config: dict | None = None, **overrides):
+    """The audio encoder (auto_avsr's sizes unless `overrides` shrink it) + a Llama-shaped LLM (`text_config`,
+    default `LLAMA_7B`) with random weights, built on the meta device and materialised on `device`: for "qlora" the
+    LLM straight into NF4 4-bit (bitsandbytes; it runs on the CPU too) with LoRA adapters, for "bf16" every weight
+    in bf16. `overrides` are further config fields (a tiny encoder, the LLM's compression rate)."""
     from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
     from modeling_mmavsr.modeling_mmavsr_quantization import quantize_llm_4bit
 
     # adapters are added by hand below, once the meta weights are materialised (add_lora then records use_qlora)
-    config = MMAVSRConfig(
+    values = dict(
         modality="audio",
         decoder_type="llm",
-        text_config=LLAMA_7B,
+        text_config=text_config or LLAMA_7B,
         ctc_weight=0.1,
         instruction_ids=list(range(3, 23)),
         decoder_prompt_ids=[1],
     )
+    values.update(overrides)
+    config = MMAVSRConfig(**values)
     with torch.device("meta"):
         model = MMAVSRForConditionalGeneration(config)
-    device = torch.device("cuda")
+    device = torch.device(device)
     if mode == "qlora":
-        # the LLM's Linear layers go from meta straight to NF4 on the GPU, one at a time (random bf16 weights)
+        # the LLM's Linear layers go from meta straight to NF4 on the device, one at a time (random weights)
         quantize_llm_4bit(model, device)
-    # everything still on meta gets random weights on the GPU
+    # everything still on meta gets random weights on the device
     with torch.no_grad():
         for name, module in model.named_modules():
             for key, param in list(module.named_parameters(recurse=False)):
@@ -100,11 +106,15 @@ def build(mode: str):
     return model.train()
 
 
-def batch(model):
+def batch(model, seconds: float = 2.0, tokens: int = 20, size: int = 2) -> dict:
+    """`size` random waves of `seconds` on the model's device, `tokens`-token LLM transcripts and 15-token CTC
+    labels (the default: batch 2 x 2 s, 20 tokens)."""
     generator = torch.Generator().manual_seed(0)
-    wave = torch.randn(2, 2 * 16000, generator=generator).cuda()
-    labels = torch.randint(3, 32000, (2, 20), generator=generator).cuda()
-    ctc_labels = torch.randint(1, 5048, (2, 15), generator=generator).cuda()
+    device = model.lm_head.weight.device
+    config = model.config
+    wave = torch.randn(size, int(seconds * 16000), generator=generator).to(device)
+    labels = torch.randint(3, config.text_config.vocab_size, (size, tokens), generator=generator).to(device)
+    ctc_labels = torch.randint(1, config.ctc_vocab_size - 1, (size, 15), generator=generator).to(device)
     dtype = next(p for p in model.model.encoder.parameters()).dtype
     return dict(
         input_features=wave.to(dtype),
@@ -114,35 +124,45 @@ def batch(model):
     )
 
 
+def train_steps(model, inputs: dict, steps: int) -> tuple[list[float], float]:
+    """`steps` timed AdamW steps over the trainable parameters after one untimed warm-up step (bf16 autocast on
+    CUDA); (step times in seconds, last loss)."""
+    cuda = model.lm_head.weight.device.type == "cuda"
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+    times = []
+    for _ in range(steps + 1):  # the first step warms up kernels
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            loss = model(**inputs).loss
+        loss.backward()
+        optimizer.step()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return times[1:], loss.item()
+
+
 def run(mode: str, steps: int) -> dict:
     gc.collect()  # the previous mode's model must not count towards this one's peak
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     model = build(mode)
     inputs = batch(model)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
-    times = []
-    for _ in range(steps + 1):  # the first step warms up kernels
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(**inputs).loss
-        loss.backward()
-        optimizer.step()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+    times, loss = train_steps(model, inputs, steps)
     figures = {
         "mode": mode,
-        "trainable_params_M": sum(p.numel() for p in trainable) / 1e6,
+        "trainable_params_M": sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
         "peak_memory_GiB": torch.cuda.max_memory_allocated() / 2**30,
         "peak_reserved_GiB": torch.cuda.max_memory_reserved() / 2**30,
-        "step_times_s": times[1:],
-        "step_s": sum(times[1:]) / steps,
-        "loss": loss.item(),
+        "step_times_s": times,
+        "step_s": sum(times) / steps,
+        "loss": loss,
     }
-    del model, optimizer, inputs, trainable, loss
+    del model, inputs
     return figures
 
 

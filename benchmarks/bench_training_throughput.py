@@ -80,6 +80,21 @@ def make_batch(config, crop, batch_size: int, seconds: float, generator) -> dict
     return batch
 
 
+def median_step_seconds(step, steps: int, warmup: int, cuda: bool) -> float:
+    """Run `step()` `warmup` untimed times, then `steps` timed times (CUDA synchronised); the median step time."""
+    import torch
+
+    times = []
+    for index in range(warmup + steps):
+        start = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        if index >= warmup:
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
 def measure(args) -> dict:
     """Train `args.one` for warmup + steps steps; returns its figures."""
     import torch
@@ -97,18 +112,17 @@ def measure(args) -> dict:
     }
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for step in range(args.warmup + args.steps):
-        start = time.perf_counter()
+    losses = []
+
+    def step():
         loss = model(**batch).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        if step >= args.warmup:
-            times.append(time.perf_counter() - start)
-    step_seconds = sorted(times)[len(times) // 2]  # the median step
+        losses.append(float(loss.detach()))
+
+    step_seconds = median_step_seconds(step, args.steps, args.warmup, args.device.startswith("cuda"))
+    loss = losses[-1]
     frames = args.batch_size * int(args.seconds * FRAME_RATE)
     result = {
         "model": args.one,
