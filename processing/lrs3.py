@@ -28,9 +28,9 @@ from pathlib import Path
 
 import datasets
 
-from .media_check import describe_bad_media, find_bad_media, probe_audio, probe_video
+from .media_check import describe_bad_media, find_bad_media
 from .media_constants import SAMPLING_RATE, VIDEO_FPS
-from .media_io import MediaError, same_frame_rate
+from .media_io import MediaError, probe_audio, probe_video, same_frame_rate
 from .processing_mmavsr import AV_DURATION_TOLERANCE
 from .tokenization_mmavsr import MMAVSRTokenizer
 

@@ -1,5 +1,5 @@
 """Checking media before training: every clip's video (its container header and first decoded frame) and audio (its
-header and first samples) are opened in a thread pool, with a progress bar, so that a truncated or corrupt file is
+header and first samples; `media_io.probe_video` / `probe_audio`) are opened in a thread pool, with a progress bar, so that a truncated or corrupt file is
 found before the first training step instead of when the DataLoader reaches it.
 
 [`find_bad_media`] returns what fails as [`BadMedia`] `(index, path, reason)` records; [`check_dataset_media`] raises a
@@ -13,19 +13,16 @@ first); the training data path (`collation.ClipReader`) names or skips such a cl
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import datasets
-import soundfile as sf
 from datasets.utils.tqdm import tqdm
 
-from .media_io import MediaError, open_container
+from .media_io import MediaError, probe_audio, probe_video  # the probes run on each file
 
 
 logger = logging.getLogger(__name__)
@@ -35,19 +32,13 @@ __all__ = [
     "check_dataset_media",
     "describe_bad_media",
     "find_bad_media",
-    "probe_audio",
-    "probe_video",
     "without_decoding",
 ]
 
-# the samples read from the start of an audio file (0.1 s at 16 kHz): a header that promises samples it lacks fails
-AUDIO_PROBE_SAMPLES = 1600
 # the bad files a message or log line names; the rest are counted
 LISTED_BAD_FILES = 5
 # the thread pool's default size: opening a file is mostly waiting for the disk and FFmpeg, which release the GIL
 DEFAULT_NUM_WORKERS = min(8, os.cpu_count() or 1)
-# suffixes read with soundfile (libsndfile); other audio (an mp4's track, m4a, mp3) is read with PyAV
-SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".au", ".w64"}
 
 
 class BadMedia(NamedTuple):
@@ -56,76 +47,6 @@ class BadMedia(NamedTuple):
     index: int
     path: str
     reason: str
-
-
-def _source(item: Any) -> tuple[str, Any]:
-    """`(name for messages, what to open)` of a path, a `{"path", "bytes"}` dict (an undecoded `datasets` column)
-    or raw bytes."""
-    if isinstance(item, dict):
-        path, data = item.get("path"), item.get("bytes")
-        if data is not None:
-            return str(path or "<embedded bytes>"), io.BytesIO(data)
-        item = path
-    if isinstance(item, (bytes, bytearray)):
-        return "<embedded bytes>", io.BytesIO(item)
-    if not isinstance(item, (str, os.PathLike)):
-        raise MediaError(f"{item!r}: not a media file path (got {type(item).__name__})")
-    path = Path(item)
-    if not path.is_file():
-        raise MediaError(f"{path} does not exist")
-    if path.stat().st_size == 0:
-        raise MediaError(f"{path} is empty")
-    return str(path), str(path)
-
-
-def _corrupt(kind: str, name: str) -> Callable[[Exception], str]:
-    return lambda error: f"{kind} {name} is corrupt ({type(error).__name__}: {error})"
-
-
-def probe_video(item: Any, need_audio: bool = False) -> dict:
-    """Opens a video (path, `{"path", "bytes"}` or bytes), reads its header and decodes its first frame; with
-    `need_audio`, it must also hold an audio stream. Returns `{"fps", "frames"}` (frames 0 when the header does not
-    say). Raises a `MediaError` starting `video PATH` and saying what is wrong."""
-    name, source = _source(item)
-    with open_container(source, _corrupt("video", name)) as container:
-        if not container.streams.video:
-            raise MediaError(f"video {name} has no video stream")
-        if need_audio and not container.streams.audio:
-            raise MediaError(f"video {name} has no audio stream")
-        stream = container.streams.video[0]
-        rate = stream.average_rate or stream.base_rate or stream.guessed_rate
-        if next(container.decode(video=0), None) is None:
-            raise MediaError(f"video {name} holds no decodable frame")
-        # read while the container is open: PyAV >= 18.1.1 refuses any read of a stream of a closed container
-        return {"fps": float(rate) if rate else 0.0, "frames": int(stream.frames or 0)}
-
-
-def probe_audio(item: Any) -> dict:
-    """Opens an audio file (path, `{"path", "bytes"}` or bytes; a wav/flac with soundfile, another container's audio
-    track with PyAV), reads its header and its first samples. Returns `{"rate", "channels", "samples"}` (samples 0
-    when a container's header does not say). Raises a `MediaError` starting `audio PATH` and saying what is wrong."""
-    name, source = _source(item)
-    if isinstance(source, io.BytesIO) or Path(name).suffix.lower() in SOUNDFILE_SUFFIXES:
-        try:
-            with sf.SoundFile(source) as handle:
-                first = handle.read(AUDIO_PROBE_SAMPLES, dtype="float32")
-                info = {"rate": handle.samplerate, "channels": handle.channels, "samples": handle.frames}
-        except (sf.LibsndfileError, RuntimeError, TypeError) as error:
-            if not isinstance(source, io.BytesIO):
-                raise MediaError(f"audio {name} is corrupt ({error})") from None
-            source.seek(0)  # embedded bytes of a format libsndfile does not read: PyAV below
-        else:
-            if info["samples"] == 0 or len(first) == 0:
-                raise MediaError(f"audio {name} holds no sample")
-            return info
-    with open_container(source, _corrupt("audio", name)) as container:
-        if not container.streams.audio:
-            raise MediaError(f"audio {name} has no audio stream")
-        stream = container.streams.audio[0]
-        if next(container.decode(audio=0), None) is None:
-            raise MediaError(f"audio {name} holds no decodable sample")
-        samples = int(stream.duration * stream.time_base * stream.rate) if stream.duration else 0
-        return {"rate": stream.rate, "channels": stream.channels, "samples": samples}
 
 
 def _media_columns(dataset: datasets.Dataset) -> dict[str, str]:

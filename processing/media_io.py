@@ -9,6 +9,8 @@ samples everywhere.
 - reading in pieces, for recordings of any length: [`probe_media`] (durations and streams, nothing decoded),
   [`iter_audio_blocks`] (the sound, converted, block by block), [`iter_video_frames`] (the frames at 25 fps, block by
   block, by the rule of `resample_frames`);
+- checking: [`probe_video`] / [`probe_audio`] (a path, an undecoded `datasets` column or bytes: the header and the
+  first frame or samples; what `media_check` runs on every clip before training);
 - conversion: [`resample_frames`] (any frame rate, constant or variable, to 25 fps, by nearest timestamp: the one
   rule), [`resample_audio`], [`fit_audio_to_video`] (audio cut or zero-padded to the video's duration);
 - writing: [`write_video`] (H.264 mp4, optionally with an AAC track), [`write_audio`] (16-bit wav).
@@ -20,6 +22,7 @@ raises [`MediaError`] with a message that names the path and the problem.
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import math
 import os
@@ -27,6 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -57,6 +61,8 @@ __all__ = [
     "resample_frames",
     "same_frame_rate",
     "read_audio_can_read",
+    "probe_audio",
+    "probe_video",
     "write_audio",
     "write_video",
 ]
@@ -65,6 +71,10 @@ __all__ = [
 FRAME_RATE_TOLERANCE = 0.01
 # containers read with FFmpeg as videos (their sound as an audio track); other audio files are read with soundfile
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg")
+# the samples read from the start of an audio file (0.1 s at 16 kHz): a header that promises samples it lacks fails
+AUDIO_PROBE_SAMPLES = 1600
+# suffixes read with soundfile (libsndfile); other audio (an mp4's track, m4a, mp3) is read with PyAV
+SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff", ".au", ".w64"}
 
 
 class MediaError(ValueError):
@@ -340,6 +350,76 @@ def probe_media(path: str | os.PathLike) -> MediaInfo:
     if not seconds:
         raise MediaError(f"{path}: the file does not say how long it lasts")
     return MediaInfo(str(path), max(seconds), video_seconds, fps, audio_seconds)
+
+
+def _source(item: Any) -> tuple[str, Any]:
+    """`(name for messages, what to open)` of a path, a `{"path", "bytes"}` dict (an undecoded `datasets` column)
+    or raw bytes."""
+    if isinstance(item, dict):
+        path, data = item.get("path"), item.get("bytes")
+        if data is not None:
+            return str(path or "<embedded bytes>"), io.BytesIO(data)
+        item = path
+    if isinstance(item, (bytes, bytearray)):
+        return "<embedded bytes>", io.BytesIO(item)
+    if not isinstance(item, (str, os.PathLike)):
+        raise MediaError(f"{item!r}: not a media file path (got {type(item).__name__})")
+    path = Path(item)
+    if not path.is_file():
+        raise MediaError(f"{path} does not exist")
+    if path.stat().st_size == 0:
+        raise MediaError(f"{path} is empty")
+    return str(path), str(path)
+
+
+def _corrupt(kind: str, name: str) -> Callable[[Exception], str]:
+    return lambda error: f"{kind} {name} is corrupt ({type(error).__name__}: {error})"
+
+
+def probe_video(item: Any, need_audio: bool = False) -> dict:
+    """Opens a video (path, `{"path", "bytes"}` or bytes), reads its header and decodes its first frame; with
+    `need_audio`, it must also hold an audio stream. Returns `{"fps", "frames"}` (frames 0 when the header does not
+    say). Raises a `MediaError` starting `video PATH` and saying what is wrong."""
+    name, source = _source(item)
+    with open_container(source, _corrupt("video", name)) as container:
+        if not container.streams.video:
+            raise MediaError(f"video {name} has no video stream")
+        if need_audio and not container.streams.audio:
+            raise MediaError(f"video {name} has no audio stream")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.base_rate or stream.guessed_rate
+        if next(container.decode(video=0), None) is None:
+            raise MediaError(f"video {name} holds no decodable frame")
+        # read while the container is open: PyAV >= 18.1.1 refuses any read of a stream of a closed container
+        return {"fps": float(rate) if rate else 0.0, "frames": int(stream.frames or 0)}
+
+
+def probe_audio(item: Any) -> dict:
+    """Opens an audio file (path, `{"path", "bytes"}` or bytes; a wav/flac with soundfile, another container's audio
+    track with PyAV), reads its header and its first samples. Returns `{"rate", "channels", "samples"}` (samples 0
+    when a container's header does not say). Raises a `MediaError` starting `audio PATH` and saying what is wrong."""
+    name, source = _source(item)
+    if isinstance(source, io.BytesIO) or Path(name).suffix.lower() in SOUNDFILE_SUFFIXES:
+        try:
+            with sf.SoundFile(source) as handle:
+                first = handle.read(AUDIO_PROBE_SAMPLES, dtype="float32")
+                info = {"rate": handle.samplerate, "channels": handle.channels, "samples": handle.frames}
+        except (sf.LibsndfileError, RuntimeError, TypeError) as error:
+            if not isinstance(source, io.BytesIO):
+                raise MediaError(f"audio {name} is corrupt ({error})") from None
+            source.seek(0)  # embedded bytes of a format libsndfile does not read: PyAV below
+        else:
+            if info["samples"] == 0 or len(first) == 0:
+                raise MediaError(f"audio {name} holds no sample")
+            return info
+    with open_container(source, _corrupt("audio", name)) as container:
+        if not container.streams.audio:
+            raise MediaError(f"audio {name} has no audio stream")
+        stream = container.streams.audio[0]
+        if next(container.decode(audio=0), None) is None:
+            raise MediaError(f"audio {name} holds no decodable sample")
+        samples = int(stream.duration * stream.time_base * stream.rate) if stream.duration else 0
+        return {"rate": stream.rate, "channels": stream.channels, "samples": samples}
 
 
 def iter_audio_blocks(
