@@ -530,7 +530,12 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         frames = cut_ranges(recording.video_blocks(), ranges) if recording.has_video else None
         unit = SAMPLES_PER_FRAME if recording.has_video else 1
         audio = cut_ranges(recording.audio_blocks(), [(a * unit, b * unit) for a, b in ranges]) if needs_audio else None
-        bar = tqdm(total=round(recording.duration, 1), unit="s", desc=recording.name, disable=not progress)
+        bar = tqdm(
+            total=round(recording.duration, 1),
+            desc=recording.name,
+            disable=not progress,
+            bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s [{elapsed}<{remaining}]",  # 47.9, not 47.900000000000006
+        )
         done = 0.0
         try:
             for index, (start, stop) in enumerate(ranges):
@@ -549,9 +554,13 @@ class MMAVSRSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
                     "overlap": bool(overlap) and not first,
                     "skip": skip,
                 }
-                yield {"is_last": last, **self._features(recording.name, piece, wave, crop_mouth), **meta}
-                bar.update(round(min(end / per_second, recording.duration) - done, 1))
-                done = round(min(end / per_second, recording.duration), 1)
+                features = self._features(recording.name, piece, wave, crop_mouth)
+                # counted when handed to the model (a consumer may not resume the generator after the last piece);
+                # the silence after the last segment is done with it
+                reached = round(recording.duration if last else min(end / per_second, recording.duration), 1)
+                bar.update(reached - done)
+                done = reached
+                yield {"is_last": last, **features, **meta}
         finally:
             bar.close()
 

@@ -3,6 +3,7 @@ cut at pauses (silero-vad) or in overlapping windows, decoded in batches, and jo
 timestamps are those of the true clips; files are read in pieces; a recording too long for a model is refused, never
 truncated."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +151,16 @@ def test_the_speech_pad_widens_each_segment_as_asked(models, recording):
     assert spans[0.3] > spans[0.0] + 0.3 * len(long.clips), "a wider pad keeps more sound around each clip"
     with pytest.raises(ValueError, match="speech_pad_s must be a number of seconds >= 0"):
         asr(paths["wav"], speech_pad_s=-0.1)
+
+
+def test_the_progress_bar_counts_seconds_of_the_recording(models, recording, capsys):
+    long, paths = recording
+    asr = pipeline("audio-visual-speech-recognition", model=models["audio"][0], max_segment_s=SEGMENT_S, **GENERATE)
+    asr(paths["wav"], progress=True)
+    shown = re.findall(r"(\d+\.\d+)/(\d+\.\d+) s", capsys.readouterr().err)
+    total = f"{len(long.wave) / RATE:.1f}"
+    assert shown and shown[-1] == (total, total), shown[-3:]  # the whole recording, one decimal, never 47.900000000001
+    assert all(len(done.split(".")[1]) == 1 for done, _ in shown)
 
 
 def test_long_video_with_sound_is_cut_at_pauses_and_read_in_pieces(models, recording, monkeypatch):
