@@ -230,7 +230,8 @@ class MMAVSRGenerationMixin(GenerationMixin):
             Weight of the CTC prefix score in joint decoding; defaults to the generation config's `ctc_weight`
             (0 turns it off). Needs a CTC head over the decoder's tokens (`config.ctc_vocabulary == "decoder"`).
 
-        Each utterance's hypotheses end after as many tokens as it has encoder frames; without `max_new_tokens` /
+        Each utterance's hypotheses end after as many tokens as it has encoder frames, and after `max_new_tokens`
+        (the argument, else the generation config's, as saved with the model); without `max_new_tokens` /
         `max_length`, the Whisper decoder stops at its last learned position (`max_target_positions`). The LLM
         decoder returns the new tokens only, as a decoder-only LLM does (its prompt's tail is ordinary text).
         """
@@ -265,6 +266,8 @@ class MMAVSRGenerationMixin(GenerationMixin):
             )
         eos_token_id = generation_config.eos_token_id
         frame_lengths = encoder_outputs.attention_mask.sum(-1)
+        if kwargs.get("max_new_tokens") is None and generation_config.max_new_tokens is not None:
+            kwargs["max_new_tokens"] = generation_config.max_new_tokens  # the saved generation config's limit
         if config.decoder_type == "whisper-decoder" and kwargs.get("max_new_tokens") is None:
             # Whisper's learned positions end at max_target_positions
             kwargs.setdefault("max_length", config.text_config.max_target_positions)

@@ -140,6 +140,32 @@ def test_saved_generation_settings_survive_loading(tmp_path):
     assert (reloaded.generation_config.ctc_weight, reloaded.generation_config.num_beams) == (0.3, 5)
 
 
+def test_a_saved_max_new_tokens_holds_in_generate_and_the_pipeline(tmp_path):
+    from transformers import pipeline
+
+    from mmavsr_processing import MMAVSRProcessor
+    from modeling_mmavsr import MMAVSRForConditionalGeneration
+
+    from .test_pipelines import AUTO_AVSR_TEXT, tiny_config
+
+    torch.manual_seed(0)
+    model = MMAVSRForConditionalGeneration(tiny_config("audio", text_config=AUTO_AVSR_TEXT)).eval()
+    inputs = make_inputs("audio", [40])
+    free = model.generate(**inputs, num_beams=1, ctc_weight=0.0)
+    assert free.shape[1] > 4, "random weights run on: the limit below is what stops them"
+    model.generation_config.max_new_tokens = 2
+    model.generation_config.num_beams, model.generation_config.ctc_weight = 1, 0.0
+    model.save_pretrained(tmp_path)
+    MMAVSRProcessor.from_auto_avsr().save_pretrained(tmp_path)
+    reloaded = type(model).from_pretrained(tmp_path).eval()
+    prompt = len(reloaded.config.decoder_prompt_ids)
+    assert reloaded.generate(**inputs).shape[1] == prompt + 2
+    assert reloaded.generate(**inputs, max_new_tokens=3).shape[1] == prompt + 3  # the call's argument wins
+    asr = pipeline("audio-visual-speech-recognition", model=str(tmp_path))
+    text = asr(inputs["input_features"][0].numpy())["text"]
+    assert text and len(asr.tokenizer(text, add_special_tokens=False)["input_ids"]) <= 2
+
+
 def test_generate_sizes_the_self_attention_cache_by_its_length_limit(monkeypatch):
     """generate() passes the search's length limit (prompt + new tokens) to the decoder's cache."""
     model = build("video")
