@@ -59,6 +59,7 @@ __all__ = [
     "read_video",
     "resample_audio",
     "resample_frames",
+    "resampled_indices",
     "same_frame_rate",
     "read_audio_can_read",
     "probe_audio",
@@ -461,10 +462,10 @@ def iter_audio_blocks(
 def iter_video_frames(
     path: str | os.PathLike, target_fps: float = VIDEO_FPS, block_frames: int = 250
 ) -> Iterator[np.ndarray]:
-    """The frames of a video file brought to `target_fps` (the rule of [`resample_frames`] at the stream's average
-    rate), upright as the container's rotation says, as uint8 RGB blocks `(n, H, W, 3)` of at most `block_frames`,
-    decoded frame by frame: what [`read_video`] + [`resample_frames`] give for a constant frame rate, never all in
-    memory.
+    """The frames of a video file brought to `target_fps` by [`resample_frames`]' rule, with the frames' own
+    timestamps (variable frame rates included), upright as the container's rotation says, as uint8 RGB blocks
+    `(n, H, W, 3)` of at most `block_frames`, decoded frame by frame: what `read_video(path, target_fps)` gives, never
+    all in memory. The timestamps are read first from the packets (nothing decoded), then the frames.
 
     Raises:
         MediaError: missing, empty or corrupt file, no video stream, unknown frame rate, no frame; names the file.
@@ -474,26 +475,34 @@ def iter_video_frames(
         stream = _video_stream(container, path)
         rate = stream.average_rate or stream.base_rate or stream.guessed_rate
         fps = float(rate) if rate else 0.0
-        if not fps or not math.isfinite(fps):
-            raise MediaError(f"{path}: unknown frame rate ({fps!r}); cannot bring the video to {target_fps:g} fps")
+        base = stream.time_base
+        # presentation times of the frames, in presentation order (packets come in decoding order)
+        stamps = sorted(packet.pts for packet in container.demux(stream) if packet.pts is not None)
+    if not stamps:
+        raise MediaError(f"{path}: video stream holds no decodable frame (truncated or corrupt file?)")
+    times = np.asarray([float(stamp * base) for stamp in stamps]) if base is not None else None
+    indices = resampled_indices(len(stamps), fps, target_fps, path, times)
+    with _open_container(path, "video") as container:
+        stream = _video_stream(container, path)
         pending: list[np.ndarray] = []
-        emitted = decoded = 0
+        position = decoded = 0  # the next output frame; frames decoded so far
         image = None
         for frame in container.decode(stream):
             image = _upright(frame.to_ndarray(format="rgb24"), getattr(frame, "rotation", 0) or 0)
-            # output frames whose nearest source frame is this one (none when frames are dropped, several when repeated)
-            while nearest_source_frames(emitted, emitted + 1, fps, target_fps)[0] <= decoded:
+            if indices is None:
                 pending.append(image)
-                emitted += 1
+            else:  # the output frames whose source is this frame (none when dropped, several when repeated)
+                while position < len(indices) and indices[position] <= decoded:
+                    pending.append(image)
+                    position += 1
             decoded += 1
-            if len(pending) > block_frames + 1:  # one frame held back: the count is known only at the end
+            if len(pending) >= block_frames:
                 yield np.stack(pending[:block_frames])
                 pending = pending[block_frames:]
     if image is None:
         raise MediaError(f"{path}: video stream holds no decodable frame (truncated or corrupt file?)")
-    count = resampled_frame_count(decoded, fps, target_fps)
-    pending.extend([image] * max(0, count - emitted))  # the last frame repeated, as `resample_frames` clamps
-    pending = pending[: len(pending) - max(0, emitted - count)]
+    if indices is not None:
+        pending.extend([image] * (len(indices) - position))  # fewer frames decoded than packets: the last repeated
     for start in range(0, len(pending), block_frames):
         yield np.stack(pending[start : start + block_frames])
 
@@ -531,27 +540,40 @@ def resample_frames(
     Raises:
         MediaError: `fps` is unknown (0, None, not finite) or there is no frame; the message names `source`.
     """
-    if not fps or not math.isfinite(fps) or fps <= 0:
-        raise MediaError(f"{source}: unknown frame rate ({fps!r}); cannot bring the video to {target_fps:g} fps")
     if len(frames) == 0:
         raise MediaError(f"{source}: the video has no frame")
     if timestamps is not None and len(timestamps) != len(frames):
         raise MediaError(f"{source}: {len(timestamps)} timestamps for {len(frames)} frames")
+    indices = resampled_indices(len(frames), fps, target_fps, source, timestamps)
+    return frames if indices is None else frames[indices]
+
+
+def resampled_indices(
+    num_frames: int,
+    fps: float,
+    target_fps: float = VIDEO_FPS,
+    source: str | os.PathLike = "video",
+    timestamps: np.ndarray | None = None,
+) -> np.ndarray | None:
+    """The source frame of each output frame by [`resample_frames`]' rule, int64 `(count,)`, or None when the frames
+    are already at `target_fps` (nothing to do): what `resample_frames` and the streaming [`iter_video_frames`]
+    share, from the frames' count, average rate and (optional) timestamps alone."""
+    if not fps or not math.isfinite(fps) or fps <= 0:
+        raise MediaError(f"{source}: unknown frame rate ({fps!r}); cannot bring the video to {target_fps:g} fps")
     times = None if timestamps is None else np.asarray(timestamps, dtype=np.float64) - timestamps[0]
-    variable = times is not None and np.abs(times - np.arange(len(frames)) / fps).max() > 0.25 / fps
+    variable = times is not None and np.abs(times - np.arange(num_frames) / fps).max() > 0.25 / fps
     if fps == target_fps and not variable:
-        return frames
-    count = resampled_frame_count(len(frames), fps, target_fps)
+        return None
     if not variable:
-        return frames[np.minimum(nearest_source_frames(0, count, fps, target_fps), len(frames) - 1)]
+        count = resampled_frame_count(num_frames, fps, target_fps)
+        return np.minimum(nearest_source_frames(0, count, fps, target_fps), num_frames - 1)
     if np.any(np.diff(times) <= 0):
         raise MediaError(f"{source}: frame timestamps do not increase; cannot bring the video to {target_fps:g} fps")
     count = max(1, math.floor((times[-1] + 1 / fps) * target_fps + 0.5))  # the last frame lasts an average frame
     wanted = np.arange(count) / target_fps
     later = np.clip(np.searchsorted(times, wanted), 1, len(times) - 1)  # the first frame shown at or after each time
     earlier = later - 1
-    indices = np.where(times[later] - wanted <= wanted - times[earlier], later, earlier)
-    return frames[indices]
+    return np.minimum(np.where(times[later] - wanted <= wanted - times[earlier], later, earlier), num_frames - 1)
 
 
 def resampled_frame_count(num_frames: int, fps: float, target_fps: float = VIDEO_FPS) -> int:

@@ -14,6 +14,7 @@ from mmavsr_processing.media_io import (
     MediaError,
     count_frames,
     fit_audio_to_video,
+    iter_video_frames,
     read_audio,
     read_audio_track,
     read_video,
@@ -285,6 +286,9 @@ def test_a_variable_frame_rate_is_resampled_by_the_frames_own_timestamps(tmp_pat
     # taken for a constant rate, the same frames would be kept in order, one per 25 fps frame
     as_constant, _ = read_video(path)
     assert [round(level / 20) for level in resample_frames(as_constant, 25.0)[..., 0].mean((1, 2))] == list(range(10))
+    # read in pieces for a long recording: the same frames, by the same timestamps
+    streamed = np.concatenate(list(iter_video_frames(path, block_frames=4)))
+    np.testing.assert_array_equal(streamed, frames)
 
 
 def test_timestamps_that_do_not_fit_are_refused():
@@ -312,3 +316,4 @@ def test_the_containers_rotation_is_applied(tmp_path, monkeypatch, decoder):
     frames, _ = read_video(tmp_path / "rotated.mp4")
     assert frames.shape == (3, 48, 64, 3)
     assert frames[:, :8, :16].mean() > 200 and frames[:, -8:, -16:].mean() < 50
+    np.testing.assert_array_equal(np.concatenate(list(iter_video_frames(tmp_path / "rotated.mp4"))), frames)
