@@ -53,6 +53,10 @@ mkdir -p "$WORK"
 export OMP_NUM_THREADS=1
 # The audio model: 18 epochs (cosine over 18) in batches of 8, not 14: with 14 one seed (2) ended at 11.9% validation
 # WER, still falling; with 18 it reached 4.6% (seed 0: 6.9 -> 2.3%), and the audio lane still ends before the video's.
+# The audio and audio-visual presets move each training clip's start and end by up to 0.1 s (boundary_jitter_s): the
+# models then transcribe segments a voice-activity detector cuts from long recordings as well as whole clips
+# (validation, docs/transcribe.md: long-form WER 5.6 -> 1.8% audio, 12.2 -> 9.1% audio-visual); the video preset does
+# not (its clips' validation WER rose from 24.6 to 32.5% with it, its long-form WER did not fall).
 train asr demo-asr-logmel "${ASR_EPOCHS:-}" &
 asr_job=$!
 # The video model takes batches of 4, not 8: twice the updates for about the same time (it learns slowly at first,
