@@ -519,8 +519,17 @@ class MMAVSRForConditionalGeneration(
         # step 2: the pretrained decoder's configuration and prompts, read from its checkpoint and tokenizer
         if decoder_model_name is not None:
             modality = modality_of(vision_encoder, audio_encoder)
-            instruction = kwargs.pop("instruction", None)
-            kwargs.update(pretrained_decoder_settings(decoder_type, decoder_model_name, modality, instruction))
+            prompt = {name: kwargs.pop(name, None) for name in ("instruction", "system_prompt", "llm_chat_template")}
+            settings = pretrained_decoder_settings(decoder_type, decoder_model_name, modality, **prompt)
+            for name, value in settings.items():
+                # a saved model's config (prompt ids, template) used as a preset: it must be what the decoder gives
+                given = kwargs.get(name)
+                if name != "text_config" and given is not None and given != value:
+                    raise ValueError(
+                        f"`{name}`={given!r} disagrees with what {decoder_model_name!r} and its tokenizer give for this "
+                        f"prompt ({value!r}); leave it out: it is derived from the decoder."
+                    )
+            kwargs.update(settings)
 
         config = MMAVSRConfig(
             vision_encoder=vision_encoder,
