@@ -24,7 +24,7 @@ from .loading_checks_mmavsr import name_unusable_weights
 from .modeling_mmavsr_audio import AUDIO_ENCODER_CLASSES, AUDIO_INPUTS
 from .modeling_mmavsr_conformer import MMAVSRConformerEncoder, MMAVSRRelPositionAttention
 from .modeling_mmavsr_decoder_loading import load_pretrained_decoder, pretrained_decoder_settings
-from .modeling_mmavsr_decoders import DECODER_CLASSES, MMAVSRCTCHead
+from .modeling_mmavsr_decoders import DECODER_CLASSES, MMAVSRCTCHead, MMAVSRLLMQueryCompressor
 from .modeling_mmavsr_features import MMAVSREncoderFeaturesMixin
 from .modeling_mmavsr_fusion import FUSION_CLASSES, MMAVSRProjector, align_streams, lengths_to_mask
 from .modeling_mmavsr_lora import MMAVSRLoraMixin, adapters_deferred
@@ -96,6 +96,10 @@ class MMAVSRPreTrainedModel(PreTrainedModel):
             init.xavier_uniform_(module.pos_bias_v)
         elif isinstance(module, nn.PReLU):
             init.constant_(module.weight, 0.25)
+        elif isinstance(module, MMAVSRLLMQueryCompressor):
+            # distinct queries (equal ones would get equal gradients and stay equal), positions within the window
+            init.normal_(module.queries, std=self.config.initializer_range)
+            init.normal_(module.window_positions, std=self.config.initializer_range)
 
 
 class MMAVSREncoder(MMAVSRPreTrainedModel):

@@ -206,6 +206,21 @@ def test_llm_reads_ceil_frames_over_the_rate(compression, options):
     assert batch == len(INSTRUCTION_IDS) + compressed.config.llm_num_embeddings(max(FRAMES)) + len(LLM_PROMPT) + 4
 
 
+def test_llm_query_compressor_gives_each_query_its_own_embedding():
+    """The learned queries start distinct (equal ones would train alike and stay equal): a window's queries read
+    it differently; a window's padded frames are not attended to."""
+    model = build("llm", llm_compression="query", llm_query_window=4, llm_num_queries=3)
+    compressor = model.model.decoder.compressor
+    assert compressor.queries.std() > 0 and not torch.equal(compressor.queries[0], compressor.queries[1])
+    states, mask = torch.randn(1, 6, 32), torch.tensor([[True] * 6])
+    out = model.model.decoder.compress(states, mask)  # 2 windows x 3 queries
+    assert out.shape == (1, 6, 32) and not torch.allclose(out[0, 0], out[0, 1])
+    # two padded frames fill the second window: its queries read the same two real frames
+    padded = torch.cat([states, torch.randn(1, 2, 32)], 1)
+    padded_out = model.model.decoder.compress(padded, torch.tensor([[True] * 6 + [False] * 2]))
+    torch.testing.assert_close(padded_out, out, atol=1e-6, rtol=0)
+
+
 def test_llm_pool_averages_the_real_frames_of_each_group():
     """The projector of a pooling model reads the mean of each group's real frames: a lone clip's last, partial
     group averages only its own frames, and padding is never averaged in."""

@@ -153,3 +153,33 @@ def test_a_folder_missing_its_tied_weights_is_still_called_corrupted(tmp_path):
     save_file(cut, tmp_path / "model.safetensors", metadata={"format": "pt"})
     _, log = reload_logging(tmp_path)
     assert CORRUPTED in log, log
+
+
+def test_the_training_script_builds_the_presets_prompt(llm_folder, tmp_path):
+    """A preset's `instruction` and `system_prompt` reach the model through the training script's builder (a
+    preset file read as `--config_name` is), rendered with the LLM's template and saved with the model."""
+    import json
+
+    from mmavsr_training.builder import build_model
+    from mmavsr_training.presets import load_preset
+
+    preset = tmp_path / "tiny-llm.json"
+    values = dict(
+        TINY_ENCODER,
+        decoder_type="llm",
+        decoder_model_name=llm_folder,
+        instruction="Transcribe.",
+        system_prompt="Be helpful.",
+        llm_compression="pool",
+        llm_compression_rates={"audio": 4},
+    )
+    preset.write_text(json.dumps(values))
+    base, _ = load_preset(str(preset))
+    model = build_model({"config_name": str(preset)}, base=base)
+    tokenizer = word_tokenizer(WORDS)
+    assert tokenizer.decode(model.config.instruction_ids) == "[system] Be helpful. [user] Transcribe."
+    assert (model.config.llm_compression, model.config.llm_compression_rate) == ("pool", 4)
+    model.save_pretrained(tmp_path / "saved")
+    saved = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert (saved["instruction"], saved["system_prompt"]) == ("Transcribe.", "Be helpful.")
+    assert saved["llm_chat_template"] == DEFAULT_SYSTEM_TEMPLATE
