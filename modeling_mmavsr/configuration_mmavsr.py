@@ -560,6 +560,20 @@ class MMAVSRConfig(PreTrainedConfig):
             raise ValueError(f"`ctc_weight` must lie in [0, 1], got {self.ctc_weight}.")
         if self.decoder_type == "llm" and self.instruction is None:
             self.instruction = DEFAULT_INSTRUCTIONS[self.modality]
+        for name in ("system_prompt", "llm_chat_template"):
+            if getattr(self, name) is None:
+                continue
+            if self.decoder_type != "llm":
+                raise ValueError(
+                    f"`{name}` belongs to the LLM decoder's prompt; this config has decoder_type={self.decoder_type!r}."
+                )
+            if self.instruction_ids is None:
+                # only a tokenizer renders it: without the ids it would be saved and never read
+                raise ValueError(
+                    f"`{name}` is rendered into the prompt ids by the LLM's tokenizer: build the model with "
+                    "`from_pretrained_components(decoder_model_name=...)`, or call `set_instruction(model, tokenizer, "
+                    "system_prompt=...)` on it."
+                )
         if self.decoder_prompt_ids is None:
             start = getattr(text_config, "decoder_start_token_id", None)
             if self.decoder_type == "llm" or start is None:

@@ -206,6 +206,20 @@ def test_llm_reads_ceil_frames_over_the_rate(compression, options):
     assert batch == len(INSTRUCTION_IDS) + compressed.config.llm_num_embeddings(max(FRAMES)) + len(LLM_PROMPT) + 4
 
 
+@pytest.mark.parametrize("decoder", ["llm", "llm-stacked", "llm-pooled", "llm-query"])
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_a_clip_generates_the_same_alone_and_in_a_padded_batch(decoder, num_beams):
+    """Random weights (no training): greedy and beam search give each clip of a padded batch the tokens it gets alone,
+    at every compression."""
+    model = build(decoder, seed=2)
+    inputs = make_inputs("audio", FRAMES, seed=4)
+    batch = texts(model.generate(**inputs, num_beams=num_beams, max_new_tokens=6, min_new_tokens=6), 0)
+    for row in range(len(FRAMES)):
+        alone = {k: v[row : row + 1, : int(inputs["attention_mask"][row].sum())] for k, v in inputs.items()}
+        single = texts(model.generate(**alone, num_beams=num_beams, max_new_tokens=6, min_new_tokens=6), 0)
+        assert single == [batch[row]] and len(batch[row]) > 0
+
+
 def test_llm_query_compressor_gives_each_query_its_own_embedding():
     """The learned queries start distinct (equal ones would train alike and stay equal): a window's queries read
     it differently; a window's padded frames are not attended to."""
@@ -351,6 +365,13 @@ def test_llm_prompt_has_a_system_turn_only_when_asked(template, system_prompt, b
     instruction_ids, prompt_ids = llm_prompt_ids(tokenizer, "Transcribe.", system_prompt)
     assert tokenizer.decode(instruction_ids) == before
     assert tokenizer.decode(prompt_ids) == ("[assistant]" if template else "<s>")  # a template's header, or bos
+
+
+def test_a_system_prompt_without_its_rendered_ids_is_refused():
+    with pytest.raises(ValueError, match="`system_prompt` is rendered into the prompt ids by the LLM's tokenizer"):
+        build("llm", instruction_ids=None, system_prompt="Be brief.")
+    with pytest.raises(ValueError, match="`system_prompt` belongs to the LLM decoder's prompt; .*'whisper-decoder'"):
+        build("whisper-decoder", system_prompt="Be brief.")
 
 
 def test_a_system_prompt_the_template_cannot_render_is_refused():
