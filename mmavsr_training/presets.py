@@ -9,11 +9,12 @@ key: the training recipe measured for the model, as defaults of the training scr
 the same files (`--config_name NAME`); the models and processors are built by `builder.py`, for both.
 """
 
+import dataclasses
 import json
 from importlib.resources import files
 from pathlib import Path
 
-from modeling_mmavsr.configuration_mmavsr import take_legacy_decoder
+from modeling_mmavsr.configuration_mmavsr import MMAVSRConfig, take_legacy_decoder
 from modeling_mmavsr.modeling_mmavsr import MMAVSRForConditionalGeneration
 
 from .builder import model_from_values, processor_from_settings
@@ -32,6 +33,9 @@ _SAVED_ONLY_KEYS = (
     "dtype",
     "_name_or_path",
 )
+# keys a config accepts besides its fields: auto_avsr's `modality`, the legacy `llm_stack_factor` (`decoder` is
+# mapped before the check)
+_LEGACY_CONFIG_KEYS = ("modality", "llm_stack_factor")
 
 
 def preset_names() -> list[str]:
@@ -73,6 +77,14 @@ def read_preset(name: str) -> tuple[dict, dict, dict]:
     if legacy is not None:
         values["decoder_type"] = legacy
     processor = values.pop("processor", {})
+    # MMAVSRConfig keeps any keyword as an attribute: a misspelt or unknown field would be carried and never applied
+    fields = {field.name for field in dataclasses.fields(MMAVSRConfig)}
+    unknown = sorted(set(values) - fields - set(_LEGACY_CONFIG_KEYS))
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown configuration fields {unknown}: a preset holds MMAVSRConfig fields (see its docstring), "
+            "'processor' and 'training'."
+        )
     unknown = sorted(set(processor) - {"video_processor", "feature_extractor", "tokenizer"})
     if unknown:
         raise ValueError(

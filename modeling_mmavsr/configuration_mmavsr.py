@@ -1,5 +1,7 @@
 """Configuration of MMAVSR models: which encoders, which fusion, which decoder, and every size."""
 
+import math
+
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
@@ -42,6 +44,12 @@ LEGACY_MODALITIES = {
 }
 # the input streams of each modality, as the model's inputs name them
 MODALITY_STREAMS = {"video": ("video",), "audio": ("audio",), "audiovisual": ("video", "audio")}
+# how the LLM decoder's projector shortens the encoder frames (`llm_compression`)
+LLM_COMPRESSIONS = ("stack", "pool", "query")
+# the query compressor's window and queries when `llm_compression="query"` leaves them unset: 4 frames, 1 query
+DEFAULT_LLM_QUERY_WINDOW, DEFAULT_LLM_NUM_QUERIES = 4, 1
+# `ctc_weight` of every config saved before its default depended on the CTC vocabulary (it was 0.1 for all)
+LEGACY_CTC_WEIGHT = 0.1
 
 
 def modality_of(vision_encoder: str | None, audio_encoder: str | None) -> str:
@@ -148,7 +156,11 @@ class MMAVSRConfig(PreTrainedConfig):
             `gated`.
         vision_model_name / audio_model_name / decoder_model_name (`str`, optional): Hub id or local folder of a
             pretrained component (used by the pretrained encoders and decoders).
-        ctc_weight (`float`): weight of the CTC loss; the attention loss gets `1 - ctc_weight`.
+        ctc_weight (`float`, optional): weight of the CTC loss; the attention loss gets `1 - ctc_weight`. Default:
+            0.1 (auto_avsr's) when the CTC head trains on the `labels` (`ctc_vocabulary="decoder"`: the Transformer
+            decoder's default), 0 with `ctc_vocabulary="separate"` (the LLM and Whisper decoders' default), whose
+            targets are `ctc_labels` that a batch of `labels` alone does not carry; set it to train that head. A
+            `config.json` saved without the field (before this default) loads with 0.1, its value then.
         frontend_channels (`int`): channels of the first ResNet stage (the output is `8 *` that).
         frontend_layers (`list[int]`): BasicBlocks per ResNet stage.
         frontend_activation (`str`): `swish`, `relu` or `prelu`.
@@ -204,17 +216,35 @@ class MMAVSRConfig(PreTrainedConfig):
         ctc_vocab_size (`int`, optional): size of the CTC head's output: the Transformer decoder's vocabulary, the
             LLM's or Whisper's + 1 with `ctc_vocabulary="decoder"` (another value raises), 5049 by default for
             `separate`.
-        instruction (`str`, optional): the LLM decoder's instruction; default per modality (`DEFAULT_INSTRUCTIONS`).
+        instruction (`str`, optional): the LLM decoder's instruction, the user turn's text before the encoder
+            features; default per modality (`DEFAULT_INSTRUCTIONS`).
+        system_prompt (`str`, optional): a system turn before the user turn. None (default): the prompt has no
+            system turn at all (a chat template's default system prompt, e.g. SmolLM2's, is left out).
+        llm_chat_template (`str`, optional): the Jinja chat template the prompt was rendered with (the LLM
+            tokenizer's `chat_template`, saved with the model so that the prompt can be rebuilt); None: no template,
+            the prompt is `instruction\n<features>\n`.
         instruction_ids (`list[int]`, optional): the LLM's prompt tokens before the encoder features (the
-            instruction as its chat template renders it); written by `set_instruction(tokenizer)`.
+            rendered prompt up to the features); written by `set_instruction(model, tokenizer)` and
+            `from_pretrained_components`.
         decoder_prompt_ids (`list[int]`, optional): tokens that start every decoder sequence: `forward` puts them
             before the labels, `generate` starts from them. Default: `[decoder_start_token_id]`; Whisper's
             `<|startoftranscript|><|en|><|transcribe|><|notimestamps|>`; for the LLM the prompt's tail after the
             features (e.g. the chat template's assistant header), `[bos_token_id]` without a tokenizer.
-        llm_stack_factor (`int`): encoder frames per LLM input embedding: the LLM decoder's projector reads this many
-            consecutive encoder frames concatenated (width `hidden_size * llm_stack_factor`), so the LLM reads a
-            sequence that many times shorter (3 at 25 frames/s: one embedding per 120 ms). 1 (default): one
-            embedding per frame. Only for `decoder_type='llm'`.
+        llm_compression (`str`): how the LLM decoder's projector shortens the encoder frames (25 per second):
+            `stack` (default; k consecutive frames concatenated into one embedding, the projector `k` times as
+            wide), `pool` (the average of the real frames of each group of k) or `query` (`llm_num_queries` learned
+            queries per window of `llm_query_window` frames, cross-attending to that window's real frames). Only
+            for `decoder_type='llm'`.
+        llm_compression_rates (`dict[str, int]`, optional): encoder frames per LLM embedding (k) for `stack` and
+            `pool`, keyed by modality (`audio`, `video`, `audiovisual`); the model uses the rate of its own
+            `modality` (the encoder fuses the streams before the decoder), which the dict must hold; the other
+            modalities' rates may stay in it (one dict for a family of models, e.g. `{"audio": 4, "video": 2}`).
+            Default: 1 (no compression) for the model's modality. The LLM reads ceil(T / k) embeddings for T frames.
+            Not with `query`, whose rate is `llm_query_window / llm_num_queries`. (`llm_stack_factor=k`, its legacy
+            form in configs saved before it, is read as `llm_compression="stack"` with rate k.)
+        llm_query_window, llm_num_queries (`int`, optional): the query compressor's window (encoder frames) and
+            learned queries per window: ceil(T / window) * queries embeddings for T frames. Only with
+            `llm_compression="query"`, where they default to 4 and 1.
         use_qlora (`bool`): QLoRA: the LLM decoder's linear layers in 4-bit NF4 (bitsandbytes, on the CPU as on
             CUDA; `pip install "mmavsr[llm]"`), frozen, with LoRA adapters that train. Without bitsandbytes, building
             the model raises an ImportError. A randomly initialised LLM is quantized too; a pretrained one is loaded
@@ -242,7 +272,7 @@ class MMAVSRConfig(PreTrainedConfig):
     vision_model_name: str | None = None
     audio_model_name: str | None = None
     decoder_model_name: str | None = None
-    ctc_weight: float = 0.1
+    ctc_weight: float | None = None
 
     # ResNet frontends (auto_avsr's Conv3dResNet / Conv1dResNet)
     frontend_channels: int = 64
@@ -279,9 +309,14 @@ class MMAVSRConfig(PreTrainedConfig):
     ctc_vocabulary: str | None = None
     ctc_vocab_size: int | None = None
     instruction: str | None = None
+    system_prompt: str | None = None
+    llm_chat_template: str | None = None
     instruction_ids: list[int] | None = None
     decoder_prompt_ids: list[int] | None = None
-    llm_stack_factor: int = 1
+    llm_compression: str = "stack"
+    llm_compression_rates: dict | None = None
+    llm_query_window: int | None = None
+    llm_num_queries: int | None = None
 
     # LoRA / QLoRA on the LLM decoder
     use_qlora: bool = False
@@ -303,6 +338,7 @@ class MMAVSRConfig(PreTrainedConfig):
         if modality is not None:
             _check_choice("modality", modality, tuple(LEGACY_MODALITIES))
             self.vision_encoder, self.audio_encoder = LEGACY_MODALITIES[modality]
+        stack_factor = kwargs.pop("llm_stack_factor", None)
         self.text_config = self._build_text_config(self.text_config)
         self.vision_config = _build_encoder_config("vision", self.vision_encoder, self.vision_config)
         self.audio_config = _build_encoder_config("audio", self.audio_encoder, self.audio_config)
@@ -323,8 +359,6 @@ class MMAVSRConfig(PreTrainedConfig):
                 "An MMAVSR model needs at least one encoder: set `vision_encoder` (one of "
                 f"{', '.join(VISION_ENCODERS)}) and/or `audio_encoder` (one of {', '.join(AUDIO_ENCODERS)})."
             )
-        if not 0.0 <= self.ctc_weight <= 1.0:
-            raise ValueError(f"`ctc_weight` must lie in [0, 1], got {self.ctc_weight}.")
         if self.encoder_layers < 0:
             raise ValueError(f"`encoder_layers` must be >= 0 (0: no Conformer), got {self.encoder_layers}.")
         if self.encoder_layers and self.hidden_size % self.encoder_attention_heads:
@@ -335,6 +369,124 @@ class MMAVSRConfig(PreTrainedConfig):
         if self.conv_kernel_size % 2 != 1:
             raise ValueError(f"`conv_kernel_size` must be odd, got {self.conv_kernel_size}.")
         self._resolve_decoder_defaults()
+        self._resolve_llm_compression(stack_factor)
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        # a config.json saved before `ctc_weight` had a per-vocabulary default left it out when it was 0.1
+        if "ctc_weight" not in config_dict and "ctc_weight" not in kwargs:
+            config_dict = {**config_dict, "ctc_weight": LEGACY_CTC_WEIGHT}
+        return super().from_dict(config_dict, **kwargs)
+
+    def _resolve_llm_compression(self, stack_factor):
+        """Check the LLM projector's compression options, map the legacy `llm_stack_factor` onto them, and fill
+        the defaults (rate 1 for `stack` and `pool`, window 4 with 1 query for `query`)."""
+        _check_choice("llm_compression", self.llm_compression, LLM_COMPRESSIONS)
+        modality = self.modality
+        if stack_factor is not None:
+            if isinstance(stack_factor, bool) or not isinstance(stack_factor, int) or stack_factor < 1:
+                raise ValueError(f"`llm_stack_factor` must be >= 1, got {stack_factor!r}.")
+            if self.decoder_type != "llm" and stack_factor != 1:
+                raise ValueError(
+                    f"`llm_stack_factor` ({stack_factor}) groups encoder frames for an LLM decoder; this config has "
+                    f"decoder_type={self.decoder_type!r}."
+                )
+            if self.decoder_type == "llm":
+                if self.llm_compression != "stack":
+                    raise ValueError(
+                        f"`llm_stack_factor` ({stack_factor}) is the rate of llm_compression='stack' (its legacy "
+                        f"name); this config has llm_compression={self.llm_compression!r}: set "
+                        "`llm_compression_rates` instead."
+                    )
+                rates = self.llm_compression_rates
+                if rates is not None and rates.get(modality) != stack_factor:
+                    raise ValueError(
+                        f"`llm_stack_factor` ({stack_factor}, the legacy name of the {modality!r} rate) disagrees "
+                        f"with llm_compression_rates={rates}: give one of them."
+                    )
+                self.llm_compression_rates = {**(rates or {}), modality: stack_factor}
+        if self.decoder_type != "llm":
+            given = [
+                f"{name}={getattr(self, name)!r}"
+                for name in ("llm_compression_rates", "llm_query_window", "llm_num_queries")
+                if getattr(self, name) is not None
+            ]
+            if self.llm_compression != "stack":
+                given.insert(0, f"llm_compression={self.llm_compression!r}")
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)}: the LLM decoder's compression of the encoder frames; this config has "
+                    f"decoder_type={self.decoder_type!r}."
+                )
+            return
+        if self.llm_compression == "query":
+            if self.llm_compression_rates is not None:
+                raise ValueError(
+                    f"llm_compression='query' takes its rate from `llm_query_window` / `llm_num_queries`; "
+                    f"llm_compression_rates={self.llm_compression_rates} would not apply: leave it unset."
+                )
+            if self.llm_query_window is None:
+                self.llm_query_window = DEFAULT_LLM_QUERY_WINDOW
+            if self.llm_num_queries is None:
+                self.llm_num_queries = DEFAULT_LLM_NUM_QUERIES
+            for name in ("llm_query_window", "llm_num_queries"):
+                value = getattr(self, name)
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+            if self.hidden_size % self.encoder_attention_heads:
+                raise ValueError(
+                    f"llm_compression='query' attends with `encoder_attention_heads` ({self.encoder_attention_heads}) "
+                    f"heads, which must divide `hidden_size` ({self.hidden_size})."
+                )
+            return
+        for name in ("llm_query_window", "llm_num_queries"):
+            if getattr(self, name) is not None:
+                raise ValueError(
+                    f"`{name}` ({getattr(self, name)}) sets the query compressor; this config has "
+                    f"llm_compression={self.llm_compression!r}: use llm_compression='query' or drop it."
+                )
+        rates = self.llm_compression_rates
+        if rates is None:
+            rates = {modality: 1}
+        if not isinstance(rates, dict):
+            raise ValueError(
+                f"`llm_compression_rates` is a dict of encoder frames per LLM embedding keyed by modality (e.g. "
+                f"{{{modality!r}: 4}}), got {rates!r}."
+            )
+        unknown = sorted(set(rates) - set(MODALITY_STREAMS))
+        if unknown:
+            raise ValueError(
+                f"`llm_compression_rates` is keyed by modality ({', '.join(map(repr, MODALITY_STREAMS))}); "
+                f"got {', '.join(map(repr, unknown))}."
+            )
+        if modality not in rates:
+            raise ValueError(
+                f"`llm_compression_rates` ({rates}) holds no rate for this model's modality {modality!r} (the "
+                "encoder fuses its streams before the decoder: one rate, of its own modality, applies)."
+            )
+        for key, value in rates.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"`llm_compression_rates[{key!r}]` must be an integer >= 1 (encoder frames per LLM embedding), "
+                    f"got {value!r}."
+                )
+        self.llm_compression_rates = dict(rates)
+
+    @property
+    def llm_compression_rate(self) -> float:
+        """Encoder frames per LLM embedding of this model: its modality's rate (`stack`, `pool`), or
+        `llm_query_window / llm_num_queries` (`query`). 1 for the other decoders."""
+        if self.decoder_type != "llm":
+            return 1
+        if self.llm_compression == "query":
+            return self.llm_query_window / self.llm_num_queries
+        return self.llm_compression_rates[self.modality]
+
+    def llm_num_embeddings(self, num_frames: int) -> int:
+        """How many embeddings the LLM reads for `num_frames` encoder frames (the prompt's tokens aside)."""
+        if self.llm_compression == "query":
+            return math.ceil(num_frames / self.llm_query_window) * self.llm_num_queries
+        return math.ceil(num_frames / self.llm_compression_rate)
 
     def _check_freezing(self, legacy: bool):
         for kind, choice in (("vision", self.vision_encoder), ("audio", self.audio_encoder)):
@@ -401,8 +553,27 @@ class MMAVSRConfig(PreTrainedConfig):
         if self.decoder_type == "whisper-decoder" and text_config.model_type != "whisper":
             raise ValueError(f"decoder_type='whisper-decoder' takes a WhisperConfig, got {text_config.model_type!r}.")
         self._resolve_ctc_vocabulary()
+        if self.ctc_weight is None:
+            # a head over its own units trains on `ctc_labels`: without them a default model could not train
+            self.ctc_weight = 0.1 if self.ctc_vocabulary == "decoder" else 0.0
+        if not 0.0 <= self.ctc_weight <= 1.0:
+            raise ValueError(f"`ctc_weight` must lie in [0, 1], got {self.ctc_weight}.")
         if self.decoder_type == "llm" and self.instruction is None:
             self.instruction = DEFAULT_INSTRUCTIONS[self.modality]
+        for name in ("system_prompt", "llm_chat_template"):
+            if getattr(self, name) is None:
+                continue
+            if self.decoder_type != "llm":
+                raise ValueError(
+                    f"`{name}` belongs to the LLM decoder's prompt; this config has decoder_type={self.decoder_type!r}."
+                )
+            if self.instruction_ids is None:
+                # only a tokenizer renders it: without the ids it would be saved and never read
+                raise ValueError(
+                    f"`{name}` is rendered into the prompt ids by the LLM's tokenizer: build the model with "
+                    "`from_pretrained_components(decoder_model_name=...)`, or call `set_instruction(model, tokenizer, "
+                    "system_prompt=...)` on it."
+                )
         if self.decoder_prompt_ids is None:
             start = getattr(text_config, "decoder_start_token_id", None)
             if self.decoder_type == "llm" or start is None:
@@ -413,13 +584,6 @@ class MMAVSRConfig(PreTrainedConfig):
         self.decoder_prompt_ids = [int(i) for i in self.decoder_prompt_ids]
         if self.lora_target_modules is not None:
             self.lora_target_modules = list(self.lora_target_modules)
-        if self.llm_stack_factor < 1:
-            raise ValueError(f"`llm_stack_factor` must be >= 1, got {self.llm_stack_factor}.")
-        if self.llm_stack_factor != 1 and self.decoder_type != "llm":
-            raise ValueError(
-                f"`llm_stack_factor` ({self.llm_stack_factor}) groups encoder frames for an LLM decoder; this config "
-                f"has decoder_type={self.decoder_type!r}."
-            )
         if self.use_qlora and self.use_lora:
             raise ValueError(
                 "`use_qlora` (LoRA over a 4-bit LLM) and `use_lora` (LoRA over a full-precision LLM) exclude each "

@@ -24,7 +24,7 @@ from .loading_checks_mmavsr import name_unusable_weights
 from .modeling_mmavsr_audio import AUDIO_ENCODER_CLASSES, AUDIO_INPUTS
 from .modeling_mmavsr_conformer import MMAVSRConformerEncoder, MMAVSRRelPositionAttention
 from .modeling_mmavsr_decoder_loading import load_pretrained_decoder, pretrained_decoder_settings
-from .modeling_mmavsr_decoders import DECODER_CLASSES, MMAVSRCTCHead
+from .modeling_mmavsr_decoders import DECODER_CLASSES, MMAVSRCTCHead, MMAVSRLLMQueryCompressor
 from .modeling_mmavsr_features import MMAVSREncoderFeaturesMixin
 from .modeling_mmavsr_fusion import FUSION_CLASSES, MMAVSRProjector, align_streams, lengths_to_mask
 from .modeling_mmavsr_lora import MMAVSRLoraMixin, adapters_deferred
@@ -96,6 +96,10 @@ class MMAVSRPreTrainedModel(PreTrainedModel):
             init.xavier_uniform_(module.pos_bias_v)
         elif isinstance(module, nn.PReLU):
             init.constant_(module.weight, 0.25)
+        elif isinstance(module, MMAVSRLLMQueryCompressor):
+            # distinct queries (equal ones would get equal gradients and stay equal), positions within the window
+            init.normal_(module.queries, std=self.config.initializer_range)
+            init.normal_(module.window_positions, std=self.config.initializer_range)
 
 
 class MMAVSREncoder(MMAVSRPreTrainedModel):
@@ -519,8 +523,17 @@ class MMAVSRForConditionalGeneration(
         # step 2: the pretrained decoder's configuration and prompts, read from its checkpoint and tokenizer
         if decoder_model_name is not None:
             modality = modality_of(vision_encoder, audio_encoder)
-            instruction = kwargs.pop("instruction", None)
-            kwargs.update(pretrained_decoder_settings(decoder_type, decoder_model_name, modality, instruction))
+            prompt = {name: kwargs.pop(name, None) for name in ("instruction", "system_prompt", "llm_chat_template")}
+            settings = pretrained_decoder_settings(decoder_type, decoder_model_name, modality, **prompt)
+            for name, value in settings.items():
+                # a saved model's config (prompt ids, template) used as a preset: it must be what the decoder gives
+                given = kwargs.get(name)
+                if name != "text_config" and given is not None and given != value:
+                    raise ValueError(
+                        f"`{name}`={given!r} disagrees with what {decoder_model_name!r} and its tokenizer give for this "
+                        f"prompt ({value!r}); leave it out: it is derived from the decoder."
+                    )
+            kwargs.update(settings)
 
         config = MMAVSRConfig(
             vision_encoder=vision_encoder,

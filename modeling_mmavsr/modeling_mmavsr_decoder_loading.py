@@ -65,20 +65,62 @@ def load_decoder_tokenizer(decoder_type: str, decoder_model_name: str):
     return tokenizer
 
 
-def llm_prompt_ids(tokenizer, instruction: str) -> tuple[list[int], list[int]]:
-    """Token ids before and after the encoder features: with the tokenizer's chat template, the instruction as the
-    system turn (in place of the template's default system prompt, tokens that every step would pay for) and the
-    features as the user turn, then the assistant header (a template without a system role: the instruction opens
-    the user turn); `instruction\\n<features>\\n` without a template."""
-    if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "system", "content": instruction}, {"role": "user", "content": FEATURES_MARKER}]
+SYSTEM_MARKER = "<<mmavsr-system>>"
+_TOKENIZER_TEMPLATE = object()  # `chat_template` not given: the tokenizer's own
+
+
+def render_llm_prompt(tokenizer, instruction: str, system_prompt: str | None = None, chat_template=_TOKENIZER_TEMPLATE):
+    """The LLM prompt's text with `FEATURES_MARKER` where the encoder features go: with a chat template (default: the
+    tokenizer's), a user turn `instruction\n<features>` and the assistant header, after a system turn only when
+    `system_prompt` asks for one; without a template `[system_prompt\n]instruction\n<features>\n`.
+
+    A template that opens with a default system prompt when the messages hold none (SmolLM2's: 20 tokens that
+    every step would pay for) is rendered without it: its output for `[system: X, user: U]` minus its output for
+    `[system: X]` is the user turn alone (a bos string before the template's system turn is kept). A
+    `system_prompt` that the template cannot render (no system role) is refused."""
+    if chat_template is _TOKENIZER_TEMPLATE:
+        chat_template = getattr(tokenizer, "chat_template", None)
+    user = f"{instruction}\n{FEATURES_MARKER}" if instruction else FEATURES_MARKER
+    if not chat_template:
+        return (f"{system_prompt}\n" if system_prompt else "") + f"{user}\n"
+
+    def render(messages, generation=True):
+        return tokenizer.apply_chat_template(
+            messages, chat_template=chat_template, tokenize=False, add_generation_prompt=generation
+        )
+
+    turn = [{"role": "user", "content": user}]
+    if system_prompt:
         try:
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except TemplateError:  # e.g. "System role not supported"
-            messages = [{"role": "user", "content": f"{instruction}\n{FEATURES_MARKER}"}]
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    else:
-        text = f"{instruction}\n{FEATURES_MARKER}\n"
+            return render([{"role": "system", "content": system_prompt}, *turn])
+        except TemplateError as error:
+            raise ValueError(
+                f"system_prompt={system_prompt!r}: the LLM's chat template cannot render a system turn ({error}); "
+                "leave `system_prompt` unset (the instruction opens the user turn)."
+            ) from None
+    text = render(turn)
+    system = [{"role": "system", "content": SYSTEM_MARKER}]
+    try:
+        with_system, system_only = render(system + turn), render(system, generation=False)
+    except TemplateError:  # no system role: the template cannot have put one in
+        return text
+    if SYSTEM_MARKER not in system_only or not with_system.startswith(system_only):
+        return text  # the system turn is not a turn of its own (folded into the user turn): nothing to leave out
+    user_turn = with_system[len(system_only) :]
+    if text == user_turn or not text.endswith(user_turn):
+        return text
+    bos = getattr(tokenizer, "bos_token", None)
+    inserted = text[: -len(user_turn)]  # what the template wrote before the user turn: its default system turn
+    keep_bos = bos and inserted.startswith(bos) and not user_turn.startswith(bos)
+    return (bos if keep_bos else "") + user_turn
+
+
+def llm_prompt_ids(
+    tokenizer, instruction: str, system_prompt: str | None = None, chat_template=_TOKENIZER_TEMPLATE
+) -> tuple[list[int], list[int]]:
+    """Token ids before and after the encoder features of `render_llm_prompt`'s prompt (no system turn unless
+    `system_prompt`); the ids after end with the assistant header, or are a start token (bos, else eos)."""
+    text = render_llm_prompt(tokenizer, instruction, system_prompt, chat_template)
     before, after = text.split(FEATURES_MARKER)
     encode = lambda part: tokenizer(part, add_special_tokens=False)["input_ids"] if part else []  # noqa: E731
     after_ids = encode(after)
@@ -87,36 +129,70 @@ def llm_prompt_ids(tokenizer, instruction: str) -> tuple[list[int], list[int]]:
     return encode(before), after_ids
 
 
-def set_instruction(model, tokenizer, instruction: str | None = None) -> None:
-    """Set an LLM-decoder model's instruction (default: the one for its modality) and its prompt ids."""
+def llm_prompt_settings(
+    tokenizer,
+    modality: str,
+    instruction: str | None = None,
+    system_prompt: str | None = None,
+    chat_template: str | None = None,
+) -> dict:
+    """The `MMAVSRConfig` fields of an LLM decoder's prompt, rendered with `chat_template` (default: `tokenizer`'s
+    own): `instruction` (default: the modality's), `system_prompt`, `llm_chat_template` (the template, saved with
+    the model), `instruction_ids` and `decoder_prompt_ids`."""
+    instruction = instruction or DEFAULT_INSTRUCTIONS[modality]
+    template = chat_template or getattr(tokenizer, "chat_template", None) or None
+    before, after = llm_prompt_ids(tokenizer, instruction, system_prompt, template)
+    return {
+        "instruction": instruction,
+        "system_prompt": system_prompt,
+        "llm_chat_template": template,
+        "instruction_ids": before,
+        "decoder_prompt_ids": after,
+    }
+
+
+def set_instruction(model, tokenizer, instruction: str | None = None, system_prompt: str | None = None) -> None:
+    """Set an LLM-decoder model's prompt: `instruction` (default: the model's own, else the one for its modality)
+    and `system_prompt` (default: the model's own; None: no system turn), rendered with `tokenizer`'s chat
+    template, which the config keeps (`llm_prompt_settings`)."""
     config = model.config
-    config.instruction = instruction or DEFAULT_INSTRUCTIONS[config.modality]
-    config.instruction_ids, config.decoder_prompt_ids = llm_prompt_ids(tokenizer, config.instruction)
+    settings = llm_prompt_settings(
+        tokenizer, config.modality, instruction or config.instruction, system_prompt or config.system_prompt
+    )
+    for name, value in settings.items():
+        setattr(config, name, value)
     model.generation_config.decoder_start_token_id = config.decoder_prompt_ids[0]
 
 
 def pretrained_decoder_settings(
-    decoder_type: str, decoder_model_name: str, modality: str, instruction: str | None = None
+    decoder_type: str,
+    decoder_model_name: str,
+    modality: str,
+    instruction: str | None = None,
+    system_prompt: str | None = None,
+    llm_chat_template: str | None = None,
 ) -> dict:
-    """`MMAVSRConfig` fields of a pretrained decoder: `text_config`, `decoder_prompt_ids` (and the LLM's
-    `instruction`, `instruction_ids`); read from the checkpoint and its tokenizer, no weights loaded."""
+    """`MMAVSRConfig` fields of a pretrained decoder: `text_config`, `decoder_prompt_ids` (and the LLM's prompt,
+    `llm_prompt_settings`); read from the checkpoint and its tokenizer, no weights loaded."""
     text_config = AutoConfig.from_pretrained(**_location(decoder_model_name))
     tokenizer = load_decoder_tokenizer(decoder_type, decoder_model_name)
     if decoder_type == "whisper-decoder":
+        prompt = (
+            ("instruction", instruction),
+            ("system_prompt", system_prompt),
+            ("llm_chat_template", llm_chat_template),
+        )
+        for name, value in prompt:
+            if value is not None:
+                raise ValueError(f"`{name}` is the LLM decoder's prompt; decoder_type='whisper-decoder' has none.")
         prompt = tokenizer.convert_tokens_to_ids(list(WHISPER_TRANSCRIBE_PROMPT))
         return {"text_config": text_config, "decoder_prompt_ids": prompt}
     if decoder_type != "llm":
         raise ValueError(
             f"decoder_type={decoder_type!r} has no pretrained weights to load; use 'llm' or 'whisper-decoder'."
         )
-    instruction = instruction or DEFAULT_INSTRUCTIONS[modality]
-    instruction_ids, decoder_prompt_ids = llm_prompt_ids(tokenizer, instruction)
-    return {
-        "text_config": text_config,
-        "instruction": instruction,
-        "instruction_ids": instruction_ids,
-        "decoder_prompt_ids": decoder_prompt_ids,
-    }
+    prompt = llm_prompt_settings(tokenizer, modality, instruction, system_prompt, llm_chat_template)
+    return {"text_config": text_config, **prompt}
 
 
 def load_pretrained_llm(decoder_model_name: str, load_in_4bit: bool = False, **kwargs):
@@ -187,6 +263,8 @@ __all__ = [
     "load_decoder_tokenizer",
     "is_missing_local_path",
     "llm_prompt_ids",
+    "llm_prompt_settings",
+    "render_llm_prompt",
     "set_instruction",
     "pretrained_decoder_settings",
     "load_pretrained_llm",

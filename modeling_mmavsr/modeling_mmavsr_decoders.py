@@ -357,24 +357,83 @@ class MMAVSRLLMProjector(nn.Module):
         return self.linear_2(self.act(self.linear_1(hidden_states)))
 
 
+def frame_windows(states: torch.Tensor, frame_mask: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T, D) frames and their (B, T) bool mask -> (B, N, window, D) windows of consecutive frames, N =
+    ceil(T / window), and their (B, N, window) mask. Padded frames, and the frames that fill a clip's last window,
+    are zeros and masked: a window holds the same real frames whatever the batch."""
+    states = states * frame_mask[..., None].to(states.dtype)
+    extra = -states.shape[1] % window
+    states = nn.functional.pad(states, (0, 0, 0, extra))
+    frame_mask = torch.cat([frame_mask.bool(), frame_mask.new_zeros(frame_mask.shape[0], extra, dtype=torch.bool)], 1)
+    batch, length, width = states.shape
+    return states.reshape(batch, length // window, window, width), frame_mask.reshape(batch, length // window, window)
+
+
+class MMAVSRLLMQueryCompressor(nn.Module):
+    """`llm_num_queries` learned queries per window of `llm_query_window` encoder frames, cross-attending to that
+    window's real frames only (the padded ones are masked out of the keys): (B, T, D) -> (B, N * Q, D), N =
+    ceil(T / window). One attention layer with a residual feed-forward block, in the encoder's width; the window's
+    frames carry a learned position within the window."""
+
+    def __init__(self, config: MMAVSRConfig):
+        super().__init__()
+        width = config.hidden_size
+        self.window, self.num_queries = config.llm_query_window, config.llm_num_queries
+        self.num_heads = config.encoder_attention_heads
+        self.queries = nn.Parameter(torch.zeros(self.num_queries, width))
+        self.window_positions = nn.Parameter(torch.zeros(self.window, width))
+        self.frame_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(width, width) for _ in range(3))
+        self.out_proj = nn.Linear(width, width)
+        self.ffn_norm = nn.LayerNorm(width, eps=config.layer_norm_eps)
+        self.ffn = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+
+    def _heads(self, states: torch.Tensor) -> torch.Tensor:
+        rows, length, width = states.shape
+        return states.view(rows, length, self.num_heads, width // self.num_heads).transpose(1, 2)
+
+    def forward(self, hidden_states: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        windows, window_mask = frame_windows(hidden_states, frame_mask, self.window)  # (B, N, W, D), (B, N, W)
+        batch, num_windows, window, width = windows.shape
+        # a window without a real frame (batch padding) attends to its first (zero) frame: its tokens are masked
+        # out of the LLM's attention, and no row of the softmax is empty (no NaN)
+        window_mask = window_mask.clone()
+        window_mask[..., 0] |= ~window_mask.any(-1)
+        frames = self.frame_norm(windows + self.window_positions).reshape(batch * num_windows, window, width)
+        queries = self.queries[None].expand(batch * num_windows, -1, -1)
+        attended = nn.functional.scaled_dot_product_attention(
+            self._heads(self.q_proj(queries)),
+            self._heads(self.k_proj(frames)),
+            self._heads(self.v_proj(frames)),
+            attn_mask=window_mask.reshape(batch * num_windows, 1, 1, window),
+        )
+        states = queries + self.out_proj(attended.transpose(1, 2).reshape(batch * num_windows, -1, width))
+        states = states + self.ffn(self.ffn_norm(states))
+        return states.reshape(batch, num_windows * self.num_queries, width)
+
+
 class MMAVSRLLMDecoder(nn.Module):
     """A causal LM (any `AutoModel` decoder, Llama first) reading one sequence of embeddings:
 
-        [instruction tokens; projected encoder frames; decoder tokens (prompt tail + text)]
+        [prompt before the features; compressed, projected encoder frames; decoder tokens (prompt tail + text)]
 
-    With `llm_stack_factor` k > 1 the projector reads k consecutive encoder frames concatenated (a clip's last group
-    padded with zeros), one embedding per group. No layer is added inside the LLM. Padded encoder frames are masked
-    out and use no position, so each utterance of a padded batch sees exactly what it would alone. Returns the
-    states of the decoder tokens only (B, L, D_llm).
+    The encoder frames reach the LLM compressed (`config.llm_compression`, at the rate of the model's modality,
+    `config.llm_compression_rates`): `stack`, k consecutive frames concatenated into one embedding (a clip's last
+    group filled with zeros); `pool`, the average of the real frames of each group of k; `query`,
+    `llm_num_queries` learned queries per window of `llm_query_window` frames (`MMAVSRLLMQueryCompressor`). A
+    group or window is real when its first frame is. No layer is added inside the LLM. Padded encoder frames and
+    groups are masked out and use no position, so each utterance of a padded batch sees exactly what it would alone.
+    Returns the states of the decoder tokens only (B, L, D_llm).
     With a cache, the first call fills it with the whole prefix; later calls feed only the new tokens.
     """
 
     def __init__(self, config: MMAVSRConfig):
         super().__init__()
         self.config = config
-        self.projector = MMAVSRLLMProjector(
-            config.hidden_size * config.llm_stack_factor, config.text_config.hidden_size
-        )
+        compression = config.llm_compression
+        self.compressor = MMAVSRLLMQueryCompressor(config) if compression == "query" else None
+        stacked = config.llm_compression_rate if compression == "stack" else 1
+        self.projector = MMAVSRLLMProjector(config.hidden_size * stacked, config.text_config.hidden_size)
         self.language_model = AutoModel.from_config(config.text_config)
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -387,17 +446,28 @@ class MMAVSRLLMDecoder(nn.Module):
         ids = torch.tensor(self.config.instruction_ids or [], dtype=torch.long, device=device)
         return self.get_input_embeddings()(ids)[None].expand(batch, -1, -1)  # (B, P, D_llm)
 
-    def _stack_frames(self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) frames and their (B, T) mask -> (B, ceil(T/k), k*D) groups of k frames. Padded frames become
-        zeros, as the zeros that fill a lone clip's last group, so a group's features do not depend on the batch (a
-        group is real when its first frame is: the mask `encoder_frame_mask[:, ::k]`)."""
-        factor = self.config.llm_stack_factor
-        if factor == 1:
+    def feature_mask(self, encoder_frame_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) mask of the encoder frames -> (B, N) mask of the LLM embeddings they become: a group (a window) is
+        real when its first frame is; the `llm_num_queries` embeddings of a window share its entry."""
+        config = self.config
+        if config.llm_compression == "query":
+            return encoder_frame_mask[:, :: config.llm_query_window].repeat_interleave(config.llm_num_queries, dim=1)
+        return encoder_frame_mask[:, :: config.llm_compression_rate]
+
+    def compress(self, encoder_hidden_states: torch.Tensor, encoder_frame_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) frames and their (B, T) bool mask -> (B, N, D_in) inputs of the projector (`feature_mask`)."""
+        config = self.config
+        if config.llm_compression == "query":
+            return self.compressor(encoder_hidden_states, encoder_frame_mask)
+        rate = config.llm_compression_rate
+        if rate == 1:
             return encoder_hidden_states
-        states = encoder_hidden_states * encoder_frame_mask[..., None].to(encoder_hidden_states.dtype)
-        states = nn.functional.pad(states, (0, 0, 0, -states.shape[1] % factor))
-        batch, length, width = states.shape
-        return states.reshape(batch, length // factor, width * factor)
+        groups, group_mask = frame_windows(encoder_hidden_states, encoder_frame_mask, rate)  # (B, N, k, D)
+        if config.llm_compression == "stack":
+            return groups.flatten(2)
+        # pool: the average of the group's real frames (a padded group, all zeros, stays zero)
+        counts = group_mask.sum(-1, keepdim=True).clamp(min=1).to(groups.dtype)
+        return groups.sum(2) / counts
 
     def forward(
         self,
@@ -424,13 +494,14 @@ class MMAVSRLLMDecoder(nn.Module):
         prompt_length = len(self.config.instruction_ids or [])
         if encoder_frame_mask is None:
             encoder_frame_mask = torch.ones(batch, encoder_hidden_states.shape[1], dtype=torch.bool, device=device)
-        frame_mask = encoder_frame_mask.bool()[:, :: self.config.llm_stack_factor]  # one entry per LLM embedding
+        encoder_frame_mask = encoder_frame_mask.bool()
+        frame_mask = self.feature_mask(encoder_frame_mask)  # one entry per LLM embedding
         num_frames = frame_mask.shape[1]
 
         token_embeds = self.get_input_embeddings()(input_ids)
         if past_length == 0:
-            stacked = self._stack_frames(encoder_hidden_states, encoder_frame_mask)
-            features = self.projector(stacked).to(token_embeds.dtype)
+            compressed = self.compress(encoder_hidden_states, encoder_frame_mask)
+            features = self.projector(compressed).to(token_embeds.dtype)
             inputs_embeds = torch.cat([self._instruction_embeddings(batch, device), features, token_embeds], dim=1)
         else:
             inputs_embeds = token_embeds

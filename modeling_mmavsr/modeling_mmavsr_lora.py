@@ -161,10 +161,23 @@ class MMAVSRLoraMixin:
 
     def post_init(self):
         super().post_init()
-        if _ADAPTERS_DEFERRED.get() is not None:
+        pending = _ADAPTERS_DEFERRED.get()
+        if pending is not None:
             if self.uses_adapters and self.config.decoder_model_name:
                 # a saved adapter model may leave out the LLM's base weights: they are loaded from decoder_model_name
                 self._keys_to_ignore_on_load_missing |= {rf"^{re.escape(LLM_PREFIX)}\.", r"^lm_head\."}
+                if pending.get("llm_base_left_out"):
+                    # nor are the LLM's tied weights (lm_head and its token embeddings) in the folder: transformers
+                    # would tie two absent tensors and call the folder corrupted; they are tied once the base is
+                    # loaded (`load_pretrained_decoder`), and the mapping is restored then
+                    llm_tied = {
+                        target: source
+                        for target, source in self.all_tied_weights_keys.items()
+                        if _is_llm_base(target) or _is_llm_base(source)
+                    }
+                    for target in llm_tied:
+                        del self.all_tied_weights_keys[target]
+                    pending["llm_tied_weights"] = llm_tied
             return
         self.apply_adapter_config()
 
@@ -350,6 +363,7 @@ class MMAVSRLoraMixin:
         `decoder_model_name` where the folder leaves it out; in 4-bit for QLoRA) and then its saved adapter, or fresh
         adapters when the folder has none."""
         with adapters_deferred() as pending:
+            pending["llm_base_left_out"] = not llm_base_is_saved(pretrained_model_name_or_path, **kwargs)
             loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         config = model.config
@@ -369,7 +383,8 @@ class MMAVSRLoraMixin:
                         f"{os.getcwd()}). Pass `decoder_model_name=` (that LLM's GGUF file, folder or Hub id) to "
                         "from_pretrained (the training script: --decoder-model-name)."
                     )
-                load_pretrained_decoder(model, config.decoder_model_name)
+                load_pretrained_decoder(model, config.decoder_model_name)  # ties lm_head to the loaded embeddings
+                model.all_tied_weights_keys.update(pending.get("llm_tied_weights", {}))
             if config.use_qlora and not model.is_llm_quantized:
                 require_bitsandbytes()
                 quantize_llm_4bit(model)

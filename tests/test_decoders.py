@@ -7,7 +7,9 @@ import warnings
 
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassFieldValidationError
 from safetensors.torch import load_file
+from torch import nn
 from transformers.models.whisper.modeling_whisper import WhisperDecoder
 from transformers.testing_utils import CaptureLogger
 from transformers.utils import logging as hf_logging
@@ -69,8 +71,12 @@ def whisper_config(**overrides) -> dict:
     return values | overrides
 
 
-# a decoder choice, or a variant of one: (decoder_type, config values)
-VARIANTS = {"llm-stacked": ("llm", dict(llm_stack_factor=3))}  # the LLM reading groups of 3 encoder frames
+# a decoder choice, or a variant of one: (decoder_type, config values); the LLM reading compressed encoder frames
+VARIANTS = {
+    "llm-stacked": ("llm", dict(llm_compression_rates={"audio": 3})),  # groups of 3 frames concatenated
+    "llm-pooled": ("llm", dict(llm_compression="pool", llm_compression_rates={"audio": 4})),  # means of 4 frames
+    "llm-query": ("llm", dict(llm_compression="query", llm_query_window=5, llm_num_queries=2)),  # 2 per 5 frames
+}
 
 
 def build(decoder, modality="audio", seed=0, hidden_size=32, **overrides) -> MMAVSRForConditionalGeneration:
@@ -94,6 +100,7 @@ def build(decoder, modality="audio", seed=0, hidden_size=32, **overrides) -> MMA
         encoder_ffn_dim=64,
         conv_kernel_size=5,
         ctc_vocab_size=12,
+        ctc_weight=0.1,  # the separate CTC head trains on `ctc_labels` (its default weight is 0)
         label_smoothing=0.0,
         **NO_DROPOUT,
     )
@@ -129,8 +136,8 @@ def train(model, inputs, steps, lr=3e-3, **batch):
     return model.eval(), losses
 
 
-DECODERS = ("llm", "llm-stacked", "whisper-decoder")
-PROMPT_LENGTH = {"llm": 0, "llm-stacked": 0, "whisper-decoder": len(WHISPER_PROMPT)}  # the LLM returns new tokens only
+DECODERS = ("llm", "llm-stacked", "llm-pooled", "llm-query", "whisper-decoder")
+PROMPT_LENGTH = {name: 0 for name in DECODERS} | {"whisper-decoder": len(WHISPER_PROMPT)}  # the LLM: new tokens only
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
@@ -146,6 +153,9 @@ def test_logits_align_with_labels_and_padding_changes_nothing(decoder):
         row_labels = labels[row : row + 1, : len(TOKENS[row]) + 1]
         alone = model(**alone_inputs, labels=row_labels, ctc_labels=pad(CTC_TOKENS[row : row + 1]))
         torch.testing.assert_close(batch.logits[row, : row_labels.shape[1]], alone.logits[0], atol=1e-5, rtol=0)
+        # and the clip's attention loss (summed over its tokens), from its rows of the batch's logits
+        row_loss = nn.functional.cross_entropy(batch.logits[row, : row_labels.shape[1]], row_labels[0], reduction="sum")
+        torch.testing.assert_close(row_loss, alone.att_loss, atol=1e-5, rtol=0)
 
 
 def llm_sequence_lengths(model, inputs, labels) -> list[int]:
@@ -161,51 +171,239 @@ def llm_sequence_lengths(model, inputs, labels) -> list[int]:
     return lengths
 
 
-@pytest.mark.parametrize("factor", [2, 3, 5])
-def test_llm_stack_factor_shortens_what_the_llm_reads(factor):
-    """k frames per embedding: ceil(T / k) embeddings for T frames (a clip's last group padded), through a projector
-    k times as wide; the padding invariance of a batch is tested with the other decoders (`llm-stacked`)."""
-    plain, stacked = build("llm"), build("llm", llm_stack_factor=factor)
-    assert stacked.model.decoder.projector.linear_1.in_features == factor * plain.config.hidden_size
+COMPRESSIONS = [
+    ("stack", {"llm_compression_rates": {"audio": 2}}),
+    ("stack", {"llm_compression_rates": {"audio": 5, "video": 2}}),  # another modality's rate stays unused
+    ("pool", {"llm_compression_rates": {"audio": 2}}),
+    ("pool", {"llm_compression_rates": {"audio": 4}}),
+    ("query", {"llm_query_window": 4, "llm_num_queries": 1}),
+    ("query", {"llm_query_window": 6, "llm_num_queries": 3}),
+]
+
+
+@pytest.mark.parametrize("compression, options", COMPRESSIONS)
+def test_llm_reads_ceil_frames_over_the_rate(compression, options):
+    """T frames reach the LLM as ceil(T / k) embeddings (stack, pool), ceil(T / window) * queries (query), alone
+    and in a padded batch; a stacking projector is k times as wide."""
+    plain, compressed = build("llm"), build("llm", llm_compression=compression, **options)
+    rate = options.get("llm_compression_rates", {}).get("audio")
+    width = plain.config.hidden_size * (rate if compression == "stack" else 1)
+    assert compressed.model.decoder.projector.linear_1.in_features == width
     inputs, labels = make_inputs("audio", FRAMES), pad(TOKENS, EOS)
     for row, frames in enumerate(FRAMES):
+        if compression == "query":
+            expected = math.ceil(frames / options["llm_query_window"]) * options["llm_num_queries"]
+            assert compressed.config.llm_compression_rate == options["llm_query_window"] / options["llm_num_queries"]
+        else:
+            expected = math.ceil(frames / rate)
+            assert compressed.config.llm_compression_rate == rate
+        assert compressed.config.llm_num_embeddings(frames) == expected
         alone = {k: v[row : row + 1, : int(inputs["attention_mask"][row].sum())] for k, v in inputs.items()}
         row_labels = labels[row : row + 1, : len(TOKENS[row]) + 1]
         [full] = llm_sequence_lengths(plain, alone, row_labels)
-        assert llm_sequence_lengths(stacked, alone, row_labels) == [full - frames + math.ceil(frames / factor)]
+        assert llm_sequence_lengths(compressed, alone, row_labels) == [full - frames + expected]
+    [batch] = llm_sequence_lengths(compressed, inputs, labels)
+    assert batch == len(INSTRUCTION_IDS) + compressed.config.llm_num_embeddings(max(FRAMES)) + len(LLM_PROMPT) + 4
 
 
-def test_llm_stack_factor_is_checked_and_only_for_the_llm():
+@pytest.mark.parametrize("decoder", ["llm", "llm-stacked", "llm-pooled", "llm-query"])
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_a_clip_generates_the_same_alone_and_in_a_padded_batch(decoder, num_beams):
+    """Random weights (no training): greedy and beam search give each clip of a padded batch the tokens it gets alone,
+    at every compression."""
+    model = build(decoder, seed=2)
+    inputs = make_inputs("audio", FRAMES, seed=4)
+    batch = texts(model.generate(**inputs, num_beams=num_beams, max_new_tokens=6, min_new_tokens=6), 0)
+    for row in range(len(FRAMES)):
+        alone = {k: v[row : row + 1, : int(inputs["attention_mask"][row].sum())] for k, v in inputs.items()}
+        single = texts(model.generate(**alone, num_beams=num_beams, max_new_tokens=6, min_new_tokens=6), 0)
+        assert single == [batch[row]] and len(batch[row]) > 0
+
+
+def test_llm_query_compressor_gives_each_query_its_own_embedding():
+    """The learned queries start distinct (equal ones would train alike and stay equal): a window's queries read
+    it differently; a window's padded frames are not attended to."""
+    model = build("llm", llm_compression="query", llm_query_window=4, llm_num_queries=3)
+    compressor = model.model.decoder.compressor
+    assert compressor.queries.std() > 0 and not torch.equal(compressor.queries[0], compressor.queries[1])
+    states, mask = torch.randn(1, 6, 32), torch.tensor([[True] * 6])
+    out = model.model.decoder.compress(states, mask)  # 2 windows x 3 queries
+    assert out.shape == (1, 6, 32) and not torch.allclose(out[0, 0], out[0, 1])
+    # two padded frames fill the second window: its queries read the same two real frames
+    padded = torch.cat([states, torch.randn(1, 2, 32)], 1)
+    padded_out = model.model.decoder.compress(padded, torch.tensor([[True] * 6 + [False] * 2]))
+    torch.testing.assert_close(padded_out, out, atol=1e-6, rtol=0)
+
+
+def test_llm_pool_averages_the_real_frames_of_each_group():
+    """The projector of a pooling model reads the mean of each group's real frames: a lone clip's last, partial
+    group averages only its own frames, and padding is never averaged in."""
+    model = build("llm", llm_compression="pool", llm_compression_rates={"audio": 3})
+    decoder = model.model.decoder
+    states = torch.randn(2, 7, 32)
+    mask = torch.tensor([[True] * 7, [True] * 5 + [False] * 2])
+    pooled = decoder.compress(states, mask)
+    assert pooled.shape == (2, 3, 32)
+    torch.testing.assert_close(pooled[0, 2], states[0, 6])  # 7 frames: the last group is frame 6 alone
+    torch.testing.assert_close(pooled[1, 1], states[1, 3:5].mean(0))  # frames 3, 4; frame 5 is padding
+    assert decoder.feature_mask(mask).tolist() == [[True, True, True], [True, True, False]]
+
+
+@pytest.mark.parametrize("decoder", ["llm-stacked", "llm-pooled", "llm-query"])
+def test_compressed_llm_saves_and_reloads_exactly(decoder, tmp_path):
+    model = build(decoder)
+    inputs, labels = make_inputs("audio", FRAMES), pad(TOKENS, EOS)
+    model, _ = train(model, inputs, 2, labels=labels, ctc_labels=pad(CTC_TOKENS))
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    loaded = MMAVSRForConditionalGeneration.from_pretrained(tmp_path).eval()
+    for name in ("llm_compression", "llm_compression_rates", "llm_query_window", "llm_num_queries", "ctc_weight"):
+        assert saved[name] == getattr(model.config, name) == getattr(loaded.config, name), name
+    with torch.no_grad():
+        expected = model(**inputs, labels=labels, ctc_labels=pad(CTC_TOKENS))
+        actual = loaded(**inputs, labels=labels, ctc_labels=pad(CTC_TOKENS))
+    torch.testing.assert_close(actual.logits, expected.logits, atol=0, rtol=0)
+    torch.testing.assert_close(actual.loss, expected.loss, atol=0, rtol=0)
+    assert torch.equal(
+        model.generate(**inputs, num_beams=3, max_new_tokens=5),
+        loaded.generate(**inputs, num_beams=3, max_new_tokens=5),
+    )
+
+
+def test_a_config_saved_with_llm_stack_factor_loads_with_identical_outputs(tmp_path):
+    """A folder from before `llm_compression`: `llm_stack_factor` 3 and no `ctc_weight` (0.1 was every config's
+    default then, and left out of config.json)."""
+    model = build("llm-stacked")
+    inputs, labels = make_inputs("audio", FRAMES), pad(TOKENS, EOS)
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for name in ("llm_compression", "llm_compression_rates", "llm_query_window", "llm_num_queries", "ctc_weight"):
+        config.pop(name, None)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "llm_stack_factor": 3}))
+    loaded = MMAVSRForConditionalGeneration.from_pretrained(tmp_path).eval()
+    assert (loaded.config.llm_compression, loaded.config.llm_compression_rates) == ("stack", {"audio": 3})
+    assert loaded.config.ctc_weight == 0.1 and not hasattr(loaded.config, "llm_stack_factor")
+    with torch.no_grad():
+        expected = model(**inputs, labels=labels, ctc_labels=pad(CTC_TOKENS))
+        actual = loaded(**inputs, labels=labels, ctc_labels=pad(CTC_TOKENS))
+    torch.testing.assert_close(actual.logits, expected.logits, atol=0, rtol=0)
+    torch.testing.assert_close(actual.loss, expected.loss, atol=0, rtol=0)
+    # and the legacy keyword in the constructor: the same model
+    assert build("llm", llm_stack_factor=3).config.llm_compression_rates == {"audio": 3}
+    assert "llm_stack_factor" not in json.loads(loaded.config.to_json_string())
+
+
+def test_llm_compression_options_are_checked_and_only_for_the_llm():
     for bad in (0, -3):
         with pytest.raises(ValueError, match="`llm_stack_factor` must be >= 1"):
             build("llm", llm_stack_factor=bad)
     with pytest.raises(ValueError, match="groups encoder frames for an LLM decoder; .*'whisper-decoder'"):
         build("whisper-decoder", llm_stack_factor=2)
+    refusals = [
+        (dict(llm_compression="mean"), "Unknown llm_compression 'mean'"),
+        (dict(llm_compression_rates={"audio": 0}), r"llm_compression_rates\['audio'\]` must be an integer >= 1"),
+        (dict(llm_compression_rates={"audio": 2.5}), "must be an integer >= 1"),
+        (dict(llm_compression_rates={"speech": 2, "audio": 2}), "keyed by modality .*'speech'"),
+        (dict(llm_compression_rates={"video": 2}), "no rate for this model's modality 'audio'"),
+        (dict(llm_compression="query", llm_compression_rates={"audio": 4}), "would not apply"),
+        (dict(llm_compression="query", llm_num_queries=0), "`llm_num_queries` must be an integer >= 1"),
+        (dict(llm_query_window=4), "sets the query compressor; .*'stack'"),
+        (dict(llm_compression="pool", llm_stack_factor=2), "is the rate of llm_compression='stack'"),
+        (dict(llm_stack_factor=2, llm_compression_rates={"audio": 3}), "disagrees with llm_compression_rates"),
+    ]
+    for options, message in refusals:
+        with pytest.raises(ValueError, match=message):
+            build("llm", **options)
+    with pytest.raises(StrictDataclassFieldValidationError, match="llm_compression_rates"):
+        build("llm", llm_compression_rates=4)  # the config's type check: a dict keyed by modality
+    with pytest.raises(ValueError, match="compression of the encoder frames; this config has .*'whisper-decoder'"):
+        build("whisper-decoder", llm_compression="pool")
+    # the audio-visual model fuses its streams first: its own rate applies, not the audio or the video one
+    with pytest.raises(ValueError, match="no rate for this model's modality 'audiovisual'"):
+        build("llm", modality="audiovisual", llm_compression_rates={"audio": 4, "video": 2})
+    assert (
+        build("llm", modality="audiovisual", llm_compression_rates={"audiovisual": 4}).config.llm_compression_rate == 4
+    )
+    assert build("llm").config.llm_compression_rates == {"audio": 1}  # default: one embedding per frame
+    query = build("llm", llm_compression="query").config
+    assert (query.llm_query_window, query.llm_num_queries) == (4, 1)
 
 
-SYSTEM_TEMPLATE = "{% for m in messages %}[{{ m.role }}] {{ m.content }} {% endfor %}[assistant] "
+HEADER = "{% if add_generation_prompt %}[assistant] {% endif %}"
+SYSTEM_TEMPLATE = "{% for m in messages %}[{{ m.role }}] {{ m.content }} {% endfor %}" + HEADER
 NO_SYSTEM_TEMPLATE = (
     "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
-    "[{{ m.role }}] {{ m.content }} {% endfor %}[assistant] "
+    "[{{ m.role }}] {{ m.content }} {% endfor %}" + HEADER
 )
+# as SmolLM2's: a default system prompt when the messages hold none
+DEFAULT_SYSTEM_TEMPLATE = (
+    "{% for m in messages %}{% if loop.first and messages[0].role != 'system' %}[system] Be helpful. {% endif %}"
+    "[{{ m.role }}] {{ m.content }} {% endfor %}" + HEADER
+)
+# as Llama 3's: bos, then the turns
+BOS_TEMPLATE = "<s> " + DEFAULT_SYSTEM_TEMPLATE
 
 
 @pytest.mark.parametrize(
-    "template, before",
+    "template, system_prompt, before",
     [
-        (SYSTEM_TEMPLATE, "[system] Transcribe. [user]"),
-        (NO_SYSTEM_TEMPLATE, "[user] Transcribe."),
-        (None, "Transcribe."),
+        (SYSTEM_TEMPLATE, None, "[user] Transcribe."),
+        (DEFAULT_SYSTEM_TEMPLATE, None, "[user] Transcribe."),
+        (BOS_TEMPLATE, None, "<s> [user] Transcribe."),
+        (NO_SYSTEM_TEMPLATE, None, "[user] Transcribe."),
+        (None, None, "Transcribe."),
+        (SYSTEM_TEMPLATE, "Be brief.", "[system] Be brief. [user] Transcribe."),
+        (DEFAULT_SYSTEM_TEMPLATE, "Be brief.", "[system] Be brief. [user] Transcribe."),
+        (None, "Be brief.", "Be brief. Transcribe."),
     ],
 )
-def test_llm_prompt_puts_the_instruction_in_the_system_turn_where_the_template_has_one(template, before):
+def test_llm_prompt_has_a_system_turn_only_when_asked(template, system_prompt, before):
     from modeling_mmavsr.modeling_mmavsr_decoder_loading import llm_prompt_ids
 
-    tokenizer = word_tokenizer(["[system]", "[user]", "[assistant]", "Transcribe."])
+    tokenizer = word_tokenizer(["[system]", "[user]", "[assistant]", "Transcribe.", "Be", "brief.", "helpful."])
     tokenizer.chat_template = template
-    instruction_ids, prompt_ids = llm_prompt_ids(tokenizer, "Transcribe.")
+    instruction_ids, prompt_ids = llm_prompt_ids(tokenizer, "Transcribe.", system_prompt)
     assert tokenizer.decode(instruction_ids) == before
     assert tokenizer.decode(prompt_ids) == ("[assistant]" if template else "<s>")  # a template's header, or bos
+
+
+def test_a_system_prompt_without_its_rendered_ids_is_refused():
+    with pytest.raises(ValueError, match="`system_prompt` is rendered into the prompt ids by the LLM's tokenizer"):
+        build("llm", instruction_ids=None, system_prompt="Be brief.")
+    with pytest.raises(ValueError, match="`system_prompt` belongs to the LLM decoder's prompt; .*'whisper-decoder'"):
+        build("whisper-decoder", system_prompt="Be brief.")
+
+
+def test_a_system_prompt_the_template_cannot_render_is_refused():
+    from modeling_mmavsr.modeling_mmavsr_decoder_loading import llm_prompt_ids
+
+    tokenizer = word_tokenizer(["[user]", "[assistant]", "Transcribe."])
+    tokenizer.chat_template = NO_SYSTEM_TEMPLATE
+    with pytest.raises(ValueError, match="system_prompt='Be brief.': the LLM's chat template cannot render"):
+        llm_prompt_ids(tokenizer, "Transcribe.", "Be brief.")
+
+
+def test_the_prompt_and_its_template_are_saved_and_rebuild_the_same_ids(tmp_path):
+    from modeling_mmavsr.modeling_mmavsr_decoder_loading import llm_prompt_ids, set_instruction
+
+    tokenizer = word_tokenizer(["[system]", "[user]", "[assistant]", "Transcribe.", "Be", "brief.", "helpful."])
+    tokenizer.chat_template = DEFAULT_SYSTEM_TEMPLATE
+    model = build("llm", text_config=llama_config(vocab_size=len(tokenizer)))
+    set_instruction(model, tokenizer, "Transcribe.", system_prompt="Be brief.")
+    ids = (model.config.instruction_ids, model.config.decoder_prompt_ids)
+    model.save_pretrained(tmp_path)
+    loaded = MMAVSRForConditionalGeneration.from_pretrained(tmp_path)
+    config = loaded.config
+    assert (config.instruction, config.system_prompt) == ("Transcribe.", "Be brief.")
+    assert config.llm_chat_template == DEFAULT_SYSTEM_TEMPLATE
+    assert (config.instruction_ids, config.decoder_prompt_ids) == ids
+    plain = word_tokenizer(["[system]", "[user]", "[assistant]", "Transcribe.", "Be", "brief.", "helpful."])
+    rebuilt = llm_prompt_ids(plain, config.instruction, config.system_prompt, config.llm_chat_template)
+    assert rebuilt == ids  # the saved template, not the tokenizer's (none here), renders the prompt
+    assert tokenizer.decode(ids[0]) == "[system] Be brief. [user] Transcribe."
+    # generate starts from the saved prompt: the model reads the same sequence as before saving
+    inputs = make_inputs("audio", FRAMES)
+    assert torch.equal(model.generate(**inputs, max_new_tokens=3), loaded.eval().generate(**inputs, max_new_tokens=3))
 
 
 def test_llm_loss_covers_only_the_target_tokens():
@@ -326,7 +524,9 @@ def test_ctc_over_the_decoders_tokens_trains_on_the_labels(decoder):
 def test_joint_ctc_decoding_with_the_decoders_vocabulary(decoder):
     model = build(decoder, seed=1, ctc_vocabulary="decoder", ctc_vocab_size=None, ctc_weight=0.5)
     inputs = make_inputs("audio", FRAMES, seed=3)
-    model, losses = train(model, inputs, 40, lr=5e-3, labels=pad(TOKENS, EOS))
+    # behind the query compressor the CTC head needs more steps to decode alone (at 40: ctc loss 2.4, two words lost)
+    steps = 60 if decoder == "llm-query" else 40
+    model, losses = train(model, inputs, steps, lr=5e-3, labels=pad(TOKENS, EOS))
     assert losses[-1] < 0.2 * losses[0]
     for ctc_weight in (0.3, 1.0):
         generated = model.generate(

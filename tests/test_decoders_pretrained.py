@@ -35,11 +35,9 @@ pytestmark = [
 def test_smollm2_decoder_trains_a_step_and_generates():
     settings = pretrained_decoder_settings("llm", GGUF, modality="audio")
     tokenizer = load_decoder_tokenizer("llm", GGUF)
-    # the chat template frames the features: the instruction is the system turn (SmolLM2's default system prompt
-    # would cost 20 tokens a step), the features the user turn, and the assistant header the decoder prompt
-    assert tokenizer.decode(settings["instruction_ids"]) == (
-        "<|im_start|>system\nTranscribe the speech in the audio.<|im_end|>\n<|im_start|>user\n"
-    )
+    # the chat template frames the features: the instruction opens the user turn, with no system turn (SmolLM2's
+    # default system prompt would cost 20 tokens a step), and the assistant header is the decoder prompt
+    assert tokenizer.decode(settings["instruction_ids"]) == "<|im_start|>user\nTranscribe the speech in the audio.\n"
     assert tokenizer.decode(settings["decoder_prompt_ids"]) == "<|im_end|>\n<|im_start|>assistant\n"
     torch.manual_seed(0)
     model = MMAVSRForConditionalGeneration.from_pretrained_components(
@@ -87,3 +85,23 @@ def test_smollm2_decoder_trains_a_step_and_generates():
     generated = model.generate(**inputs, num_beams=2, max_new_tokens=4)
     assert generated.shape[0] == 2 and 1 <= generated.shape[1] <= 4
     assert all(isinstance(t, str) for t in tokenizer.batch_decode(generated, skip_special_tokens=True))
+
+
+def test_smollm2_prompt_holds_no_system_turn_unless_asked():
+    """The presets' instruction "Transcribe." as SmolLM2's chat template renders it: 8 tokens before the features
+    and 6 after (docs/qlora.md counts them), no system turn; a `system_prompt` adds one, and only it."""
+    tokenizer = load_decoder_tokenizer("llm", GGUF)
+    settings = pretrained_decoder_settings("llm", GGUF, modality="audio", instruction="Transcribe.")
+    before, after = settings["instruction_ids"], settings["decoder_prompt_ids"]
+    assert tokenizer.decode(before) == "<|im_start|>user\nTranscribe.\n"
+    assert tokenizer.decode(after) == "<|im_end|>\n<|im_start|>assistant\n"
+    assert (len(before), len(after)) == (8, 6)
+    assert "system" not in tokenizer.decode(before + after)
+    assert settings["system_prompt"] is None and settings["llm_chat_template"] == tokenizer.chat_template
+    asked = pretrained_decoder_settings(
+        "llm", GGUF, modality="audio", instruction="Transcribe.", system_prompt="You transcribe speech."
+    )
+    assert tokenizer.decode(asked["instruction_ids"]) == (
+        "<|im_start|>system\nYou transcribe speech.<|im_end|>\n<|im_start|>user\nTranscribe.\n"
+    )
+    assert asked["decoder_prompt_ids"] == after

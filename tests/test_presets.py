@@ -299,6 +299,21 @@ def test_bad_presets_raise_clear_errors(tmp_path):
         load_preset(str(odd))
     with pytest.raises(ValueError, match="needs the LLM's configuration"):
         build_model_from_preset("mmavsr-vsr-vit-llama-qlora", pretrained=False, vision_model_name=None)
+    # a key that is no configuration field would be carried and never applied: refused, named
+    misspelt = tmp_path / "misspelt.json"
+    misspelt.write_text(json.dumps({"vision_encoder": "resnet", "system_promt": "Be brief.", "llm_stack_factor": 2}))
+    with pytest.raises(ValueError, match="misspelt.json: unknown configuration fields \\['system_promt'\\]"):
+        load_preset(str(misspelt))
+
+
+def test_a_saved_llm_models_config_is_a_preset_of_known_fields(tmp_path):
+    """Every key `save_pretrained` writes for an LLM-decoder model (prompt, template, compression) is one a preset
+    may hold: a saved folder used as `--config_name` passes the unknown-field check."""
+    from .test_decoders import build
+
+    build("llm-query", modality="audio").save_pretrained(tmp_path)
+    values, _ = load_preset(str(tmp_path))
+    assert values["llm_compression"] == "query" and values["llm_query_window"] == 5
 
 
 def test_the_lowercase_tokenizer_setting_lowercases_labels_and_is_saved_with_the_processor(tmp_path):

