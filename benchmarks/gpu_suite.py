@@ -93,9 +93,9 @@ TINY_LLAMA = dict(
 
 
 def compression_config(rate: int) -> dict:
-    """The config fields that set the LLM decoder's compression rate (encoder frames per LLM input embedding).
-    The one place to change when the projector's fields change (today `llm_stack_factor`)."""
-    return {"llm_stack_factor": rate}
+    """The config fields that set the LLM decoder's compression rate (encoder frames per LLM input embedding) of the
+    rows' audio model: `rate` adjacent frames stacked into one embedding (`llm_compression="stack"`)."""
+    return {"llm_compression": "stack", "llm_compression_rates": {"audio": rate}}
 
 
 def parse_args(argv=None):
