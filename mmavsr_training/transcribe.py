@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from mmavsr_processing.long_form import DEFAULT_MAX_SEGMENT_S
+from mmavsr_processing.long_form import DEFAULT_MAX_SEGMENT_S, DEFAULT_MIN_PAUSE_S, DEFAULT_SPEECH_PAD_S
 from mmavsr_processing.media_io import MediaError, probe_media
 from mmavsr_processing.subtitles import OUTPUT_FORMATS, write_transcript
 
@@ -59,8 +59,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_MAX_SEGMENT_S,
         help=f"longest segment in seconds (default {DEFAULT_MAX_SEGMENT_S:g})",
     )
+    parser.add_argument(
+        "--min-pause-s",
+        type=float,
+        default=DEFAULT_MIN_PAUSE_S,
+        help=f"the shortest pause that ends a segment, in seconds (default {DEFAULT_MIN_PAUSE_S:g})",
+    )
+    parser.add_argument(
+        "--speech-pad-s",
+        type=float,
+        default=DEFAULT_SPEECH_PAD_S,
+        help=f"sound kept on each side of a speech region, in seconds (default {DEFAULT_SPEECH_PAD_S:g})",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    if not args.min_pause_s > 0:
+        parser.error(f"--min-pause-s must be more than 0 seconds, got {args.min_pause_s:g}")
+    if not args.speech_pad_s >= 0:
+        parser.error(f"--speech-pad-s must be 0 seconds or more, got {args.speech_pad_s:g}")
     if not args.model:
         parser.error(f"give --model (a model folder or Hub id) or set ${MODEL_ENV}")
     if args.batch_size < 1:
@@ -118,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                 batch_size=args.batch_size,
                 segmentation=args.segmentation,
                 max_segment_s=args.max_segment_s,
+                min_pause_s=args.min_pause_s,
+                speech_pad_s=args.speech_pad_s,
                 progress=not args.no_progress,
                 **generate,
             )

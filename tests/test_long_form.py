@@ -3,6 +3,7 @@ cut at pauses (silero-vad) or in overlapping windows, decoded in batches, and jo
 timestamps are those of the true clips; files are read in pieces; a recording too long for a model is refused, never
 truncated."""
 
+import json
 import re
 from pathlib import Path
 
@@ -300,6 +301,20 @@ def test_transcribe_command_writes_subtitles_and_names_each_unreadable_input(mod
     )
     vtt = (Path(paths["mp4"]).with_suffix(".vtt")).read_text()
     assert vtt.startswith("WEBVTT\n\n") and vtt.count(" --> ") == len(long.clips)
+    # the pauses' settings reach the segmentation: without a pad each cue is the speech alone, so shorter
+    narrow = tmp_path / "narrow"
+    flags = ["--max-segment-s", str(SEGMENT_S), "--max-new-tokens", "4", "--no-progress", "--output-format", "json"]
+    assert main([paths["mp4"], "--model", folder, *flags, "--speech-pad-s", "0", "--output-dir", str(narrow)]) == 0
+    assert main([paths["mp4"], "--model", folder, *flags, "--speech-pad-s", "0.3", "--output-dir", str(tmp_path)]) == 0
+    segments = [json.loads(file.read_text())["segments"] for file in (narrow / "long.json", tmp_path / "long.json")]
+    assert len(segments[0]) == len(segments[1]) == len(long.clips)
+    spans = [sum(segment["end"] - segment["start"] for segment in listed) for listed in segments]
+    assert spans[1] > spans[0] + 0.3 * len(long.clips)
+    for bad in (["--speech-pad-s", "-1"], ["--min-pause-s", "0"]):
+        with pytest.raises(SystemExit) as stop:
+            main([paths["mp4"], "--model", folder, *bad])
+        assert stop.value.code == 2
+    assert "must be" in capsys.readouterr().err
 
 
 def _seconds(stamp: str) -> float:
