@@ -113,8 +113,8 @@ def llm_base_is_saved(pretrained_model_name_or_path, **download_kwargs) -> bool:
 
 def _checkpoint_keys(pretrained_model_name_or_path, **download_kwargs) -> set[str] | None:
     """The weight names of a `save_pretrained` folder (model.safetensors or its shard index), or None when it has
-    neither (e.g. `pytorch_model.bin`)."""
-    from safetensors import safe_open
+    neither (e.g. `pytorch_model.bin`) or its header cannot be read."""
+    from safetensors import SafetensorError, safe_open
     from transformers.utils import cached_file
 
     options = dict(_raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False)
@@ -128,8 +128,11 @@ def _checkpoint_keys(pretrained_model_name_or_path, **download_kwargs) -> set[st
     single = cached_file(pretrained_model_name_or_path, "model.safetensors", **options)
     if single is None:
         return None
-    with safe_open(single, framework="pt") as file:
-        return set(file.keys())
+    try:
+        with safe_open(single, framework="pt") as file:
+            return set(file.keys())
+    except (SafetensorError, OSError, ValueError):
+        return None  # unreadable: loading the weights names the file and the problem (`loading_checks_mmavsr`)
 
 
 class _DeferredAdapterInfo:
