@@ -81,6 +81,7 @@ def audio_config(choice: str, feat_extract_norm: str = "layer"):
             max_bucket_distance=64,
             apply_spec_augment=False,
             mask_time_prob=0.0,
+            layerdrop=0.0,  # WavLM skips whole layers at random in training (0.1 by default): every layer trains here
         )
     return None
 
